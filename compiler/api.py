@@ -1,0 +1,163 @@
+"""The public Python API. The CLI (compiler/cli.py) only parses arguments and calls these functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.artifact import manifest_path
+from compiler.config import CompileOptions
+from compiler.errors import IntformerError
+from compiler.progress import progress_bar, status
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    library: str
+    manifest: object
+    report: dict
+
+
+def compile_model(model_path: str, output: str, options: CompileOptions = CompileOptions(),
+                  report_path: str | None = None, save_calibration_table: str | None = None) -> CompileResult:
+    """ONNX file -> integer library at `output` (+ `<output>.manifest.json`, + the report if asked)."""
+    from compiler.pipeline import run_pipeline
+    from compiler.tvm_compat import export_library
+
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(out_dir):
+        raise IntformerError(f"-o {output}: directory {out_dir} does not exist")
+    st = run_pipeline(model_path, options)
+    # write to a temporary name first: an interrupted compile never leaves a half-written library
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir, prefix=".intformer-")
+    os.close(fd)
+    try:
+        export_library(st.executable, tmp, st.target_spec.cross_compiler)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    with open(manifest_path(output), "w") as f:
+        f.write(st.manifest.dumps())
+    report = dict(st.report)
+    report["model"] = os.path.abspath(model_path)
+    report["target"] = st.target_spec.to_json()
+    report["calibration"] = st.manifest.calibration
+    if report_path:
+        with open(report_path, "w") as f:
+            json.dump(report, f, indent=1)
+    if save_calibration_table:
+        st.table.save(save_calibration_table)
+    mm = report["matmuls"]
+    status(f"wrote {output}: {mm['int8']}/{mm['total']} matmuls int8, target {st.target_spec.name}")
+    return CompileResult(output, st.manifest, report)
+
+
+def load(library: str):
+    from compiler.runtime import CompiledModel
+
+    return CompiledModel(library)
+
+
+def run(library: str, inputs_npz: str, output_npz: str | None = None) -> dict[str, np.ndarray]:
+    """Run every sample of an inputs .npz; returns (and saves) outputs stacked on a leading sample axis."""
+    from compiler.npz import load_samples
+
+    model = load(library)
+    samples = load_samples(inputs_npz, list(model.inputs))
+    outs = []
+    with progress_bar("running", total=len(samples)) as advance:
+        for feed in samples:
+            outs.append(model(feed))
+            advance()
+    result = {s.name: np.stack([o[i] for o in outs]) for i, s in enumerate(model.outputs)}
+    if output_npz:
+        np.savez(output_npz, **result)
+    return result
+
+
+def _ort_session(model_path: str, threads: int = 0):
+    import onnxruntime as ort
+
+    from compiler.frontend.load import load_onnx
+
+    load_onnx(model_path)  # clear errors for a missing or broken file
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    name: str
+    cosine_mean: float
+    cosine_min: float
+    max_abs_error: float
+    argmax_agreement: float  # share of positions whose argmax over the last axis agrees
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def compare_outputs(name: str, got: np.ndarray, ref: np.ndarray) -> OutputComparison:
+    """Per-sample cosine similarity of flattened outputs, max abs error, argmax agreement on the last axis."""
+    g = got.reshape(got.shape[0], -1).astype(np.float64)
+    r = ref.reshape(ref.shape[0], -1).astype(np.float64)
+    den = np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1)
+    cos = np.where(den > 0, np.sum(g * r, axis=1) / np.maximum(den, 1e-300), 1.0)
+    agree = float(np.mean(np.argmax(got, axis=-1) == np.argmax(ref, axis=-1))) if got.ndim >= 2 else 1.0
+    return OutputComparison(name, float(np.mean(cos)), float(np.min(cos)),
+                            float(np.max(np.abs(got.astype(np.float64) - ref))), agree)
+
+
+def evaluate(library: str, model_path: str, inputs_npz: str) -> list[OutputComparison]:
+    """Compare the library's outputs with onnxruntime fp32 on the same inputs."""
+    from compiler.npz import load_samples
+
+    model = load(library)
+    samples = load_samples(inputs_npz, list(model.inputs))
+    sess = _ort_session(model_path)
+    ort_names = [o.name for o in sess.get_outputs()]
+    missing = [s.name for s in model.outputs if s.name not in ort_names]
+    if missing:
+        raise IntformerError(f"{model_path}: has no output(s) {missing}; is it the model {library} was compiled from?")
+    got, ref = [], []
+    with progress_bar("evaluating", total=len(samples)) as advance:
+        for feed in samples:
+            got.append(model(feed))
+            ort_feed = {i.name: feed[i.name] for i in sess.get_inputs()}
+            ref.append(sess.run([s.name for s in model.outputs], ort_feed))
+            advance()
+    return [compare_outputs(s.name, np.stack([g[i] for g in got]), np.stack([r[i] for r in ref]))
+            for i, s in enumerate(model.outputs)]
+
+
+def print_inspect(library: str) -> None:
+    """Print a library's manifest: inputs, outputs, target, matmul counts, float ops."""
+    from rich.console import Console
+    from rich.table import Table
+
+    m = load(library).manifest
+    con = Console()
+    t = Table(title=f"{library}")
+    t.add_column("kind")
+    t.add_column("name")
+    t.add_column("shape")
+    t.add_column("dtype")
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for s in specs:
+            t.add_row(kind, s.name, "x".join(map(str, s.shape)), s.dtype)
+    con.print(t)
+    con.print(f"target: {m.target.get('name')} {m.target.get('llvm')}")
+    mm = m.report.get("matmuls", {})
+    con.print(f"matmuls: {mm.get('int8')}/{mm.get('total')} int8")
+    con.print(f"float ops: {', '.join(m.report.get('float_ops') or []) or 'none'}")
+    con.print(f"calibration: {m.calibration}")
+    con.print(f"tools: {m.tool_versions}")

@@ -1,0 +1,46 @@
+"""Build: a Relax module -> one library with kernels, the VM execution plan, int8 constants and the manifest."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from compiler.artifact import MANIFEST_FUNC, Manifest
+from compiler.calibrate.collect import index_bounds
+
+
+def tool_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("intformer", "apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def make_manifest(st) -> Manifest:
+    rep = st.report
+    return Manifest(
+        inputs=st.inputs, outputs=st.outputs, target=st.target_spec.to_json(),
+        tool_versions=tool_versions(), model_sha256=st.model_sha256,
+        calibration_table_sha256=st.table_sha256,
+        calibration={"method": st.options.calibration_method, "source": st.table.source,
+                     "samples": st.table.num_samples, "percentile": st.table.percentile},
+        input_ranges={n: list(r) for n, r in st.table.input_ranges},
+        report={"matmuls": rep.get("matmuls"), "float_ops": rep.get("float_ops")},
+        input_bounds={n: [-rows, rows - 1] for n, rows in index_bounds(st.onnx_model).items()},
+    )
+
+
+def build_executable(st):
+    from compiler.tvm_compat import BlockBuilder, build, string_const
+
+    manifest = make_manifest(st)
+    mod = st.relax_mod
+    bb = BlockBuilder(mod)
+    with bb.function(MANIFEST_FUNC, []):
+        bb.emit_func_output(string_const(manifest.dumps()))
+    mod = bb.get()
+    executable = build(mod, st.target_spec)
+    return executable, manifest

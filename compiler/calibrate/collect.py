@@ -1,0 +1,162 @@
+"""Run the fp32 model on calibration samples and record per-tensor ranges (the observer).
+
+Instruments the shape-pinned, folded ONNX graph: every float tensor a node produces becomes an extra
+output of an onnxruntime session; each sample updates min/max and the per-sample percentiles.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import numpy as np
+import onnx
+from onnx import helper
+
+from compiler.calibrate.table import CalibrationTable, TensorRange
+from compiler.config import TensorSpec
+from compiler.progress import progress_bar
+
+DEFAULT_PERCENTILE = 99.99
+SYNTHETIC_SAMPLES = 8
+
+
+def float_tensors(model: onnx.ModelProto) -> list[str]:
+    """Names of the float32 tensors computed by nodes (not constants)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    names = []
+    for node in model.graph.node:
+        if node.op_type in ("Constant",):
+            continue
+        for o in node.output:
+            if o and types.get(o) == onnx.TensorProto.FLOAT:
+                names.append(o)
+    return names
+
+
+def _run_observed(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], names: list[str],
+                  description: str):
+    """Yield (feed, {tensor name: value}) for every sample, with `names` exposed as extra outputs."""
+    import onnxruntime as ort
+
+    inst = onnx.ModelProto()
+    inst.CopyFrom(model)
+    existing = {o.name for o in inst.graph.output}
+    for n in names:
+        if n not in existing:
+            inst.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="intformer-calib-") as tmp:
+        path = os.path.join(tmp, "calib.onnx")
+        onnx.save(inst, path, save_as_external_data=inst.ByteSize() > (1 << 30))
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    with progress_bar(description, total=len(samples)) as advance:
+        for feed in samples:
+            yield feed, dict(zip(names, sess.run(names, feed)))
+            advance()
+
+
+def channel_stats(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], names: list[str],
+                  max_rows: int = 512, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-channel (last axis) max |x| of the named tensors over all samples, and a random sample of
+    their rows (at most `max_rows` per tensor)."""
+    rng = np.random.default_rng(seed)
+    absmax: dict[str, np.ndarray] = {}
+    rows: dict[str, list] = {}
+    per_sample = max(1, max_rows // max(1, len(samples)))
+    for _, values in _run_observed(model, samples, names, "calibrating (channels)"):
+        for n, v in values.items():
+            if not v.size:
+                continue
+            r = v.reshape(-1, v.shape[-1])
+            m = np.abs(r).max(axis=0)
+            absmax[n] = m if n not in absmax else np.maximum(absmax[n], m)
+            pick = rng.choice(r.shape[0], size=min(per_sample, r.shape[0]), replace=False)
+            rows.setdefault(n, []).append(r[pick])
+    return absmax, {n: np.concatenate(v)[:max_rows] for n, v in rows.items()}
+
+
+def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_sha256: str,
+            input_specs: list[TensorSpec], source: str = "data",
+            percentile: float = DEFAULT_PERCENTILE) -> CalibrationTable:
+    """Ranges of every float tensor of `model` (min/max and mean per-sample percentiles)."""
+    names = float_tensors(model)
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+    plo: dict[str, list] = {n: [] for n in names}
+    phi: dict[str, list] = {n: [] for n in names}
+    in_lo = {s.name: np.inf for s in input_specs}
+    in_hi = {s.name: -np.inf for s in input_specs}
+    q = (100.0 - percentile, percentile)
+    for feed, values in _run_observed(model, samples, names, "calibrating"):
+        for s in input_specs:
+            in_lo[s.name] = min(in_lo[s.name], float(np.min(feed[s.name])))
+            in_hi[s.name] = max(in_hi[s.name], float(np.max(feed[s.name])))
+        for n, v in values.items():
+            if v.size == 0:
+                continue
+            v = v.ravel()
+            lo[n] = min(lo[n], float(v.min()))
+            hi[n] = max(hi[n], float(v.max()))
+            a, b = np.percentile(v, q)
+            plo[n].append(float(a))
+            phi[n].append(float(b))
+    tensors = tuple(
+        (n, TensorRange(lo[n], hi[n], float(np.mean(plo[n])), float(np.mean(phi[n]))))
+        for n in names if np.isfinite(lo[n]) and np.isfinite(hi[n])
+    )
+    return CalibrationTable(
+        model_sha256=model_sha256,
+        input_shapes=tuple((s.name, s.shape) for s in input_specs),
+        num_samples=len(samples), percentile=percentile, source=source, tensors=tensors,
+        input_ranges=tuple((s.name, (in_lo[s.name], in_hi[s.name])) for s in input_specs),
+    )
+
+
+def synthetic_samples(model: onnx.ModelProto, specs: list[TensorSpec], n: int = SYNTHETIC_SAMPLES,
+                      seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Stand-in calibration inputs when the user gives none: ids inside the embedding tables they index,
+    masks of ones, floats from a unit normal. Accuracy on real data needs real calibration data."""
+    rng = np.random.default_rng(seed)
+    bounds = index_bounds(model)
+    out = []
+    for _ in range(n):
+        feed = {}
+        for s in specs:
+            dt = np.dtype(s.dtype)
+            if dt.kind == "f":
+                feed[s.name] = rng.standard_normal(s.shape).astype(dt)
+            elif dt.kind == "b" or "mask" in s.name.lower():
+                feed[s.name] = np.ones(s.shape, dtype=dt)
+            else:
+                feed[s.name] = rng.integers(0, bounds.get(s.name, 2), size=s.shape).astype(dt)
+        out.append(feed)
+    return out
+
+
+def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """For each integer graph input, the row count of the smallest constant table it indexes (via Gather)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    bounds = {}
+    for inp in model.graph.input:
+        frontier, seen, depth = [inp.name], set(), 0
+        while frontier and depth < 6:
+            nxt = []
+            for t in frontier:
+                for node in consumers.get(t, []):
+                    if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == t \
+                            and node.input[0] in inits:
+                        rows = inits[node.input[0]].dims[0]
+                        bounds[inp.name] = min(bounds.get(inp.name, rows), rows)
+                    elif node.name not in seen:
+                        seen.add(node.name)
+                        nxt.extend(node.output)
+            frontier, depth = nxt, depth + 1
+    return bounds

@@ -1,0 +1,97 @@
+"""The calibration table: observed per-tensor ranges, a JSON file that `compile` can reuse."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from compiler.errors import IntformerError
+
+FORMAT = "intformer-calibration"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """What calibration saw of one tensor over all samples."""
+
+    min: float
+    max: float
+    pct_lo: float  # mean over samples of the low percentile
+    pct_hi: float  # mean over samples of the high percentile
+
+    def to_json(self) -> dict:
+        return {"min": self.min, "max": self.max, "pct_lo": self.pct_lo, "pct_hi": self.pct_hi}
+
+    @staticmethod
+    def from_json(d: dict) -> "TensorRange":
+        return TensorRange(float(d["min"]), float(d["max"]), float(d["pct_lo"]), float(d["pct_hi"]))
+
+
+@dataclass(frozen=True)
+class CalibrationTable:
+    """Ranges keyed by ONNX tensor name (of the shape-pinned, folded graph)."""
+
+    model_sha256: str
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...]
+    num_samples: int
+    percentile: float
+    source: str  # "data" or "synthetic"
+    tensors: tuple[tuple[str, TensorRange], ...]
+    input_ranges: tuple[tuple[str, tuple[float, float]], ...] = ()
+    smoothing_alpha: float = 0.0
+    smoothing: tuple[tuple[str, tuple[float, ...]], ...] = ()  # activation -> per-channel factors s
+
+    def smoothing_factors(self) -> dict:
+        import numpy as np
+
+        return {n: np.asarray(f, dtype=np.float32) for n, f in self.smoothing}
+
+    def ranges(self) -> dict[str, TensorRange]:
+        return dict(self.tensors)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256,
+            "input_shapes": {n: list(s) for n, s in self.input_shapes},
+            "num_samples": self.num_samples, "percentile": self.percentile, "source": self.source,
+            "input_ranges": {n: list(r) for n, r in self.input_ranges},
+            "smoothing_alpha": self.smoothing_alpha,
+            "smoothing": {n: list(f) for n, f in self.smoothing},
+            "tensors": {n: r.to_json() for n, r in self.tensors},
+        }
+
+    @staticmethod
+    def from_json(d: dict) -> "CalibrationTable":
+        return CalibrationTable(
+            model_sha256=d["model_sha256"],
+            input_shapes=tuple((n, tuple(s)) for n, s in d["input_shapes"].items()),
+            num_samples=int(d["num_samples"]), percentile=float(d["percentile"]), source=d["source"],
+            tensors=tuple((n, TensorRange.from_json(r)) for n, r in d["tensors"].items()),
+            input_ranges=tuple((n, (float(r[0]), float(r[1]))) for n, r in d.get("input_ranges", {}).items()),
+            smoothing_alpha=float(d.get("smoothing_alpha", 0.0)),
+            smoothing=tuple((n, tuple(float(x) for x in f)) for n, f in d.get("smoothing", {}).items()),
+        )
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+    @staticmethod
+    def load(path: str) -> "CalibrationTable":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise IntformerError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IntformerError(f"{path}: not a JSON calibration table ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise IntformerError(f"{path}: not an intformer calibration table (written by `intformer calibrate` "
+                                 "or `compile --save-calibration-table`)")
+        if d.get("version") != VERSION:
+            raise IntformerError(f"{path}: calibration table version {d.get('version')}, this intformer reads {VERSION}")
+        try:
+            return CalibrationTable.from_json(d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntformerError(f"{path}: malformed calibration table ({e})") from None

@@ -1,0 +1,160 @@
+"""`intformer` command line: argparse subcommands that call compiler.api. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _compile(a) -> int:
+    from compiler import api
+    from compiler.config import CompileOptions
+    from compiler.frontend.shapes import parse_input_shape
+
+    if a.calibration_data and a.calibration_table:
+        raise _usage("give --calibration-data or --calibration-table, not both")
+    opts = CompileOptions(
+        target=a.target, input_shapes=tuple(parse_input_shape(s) for s in a.input_shape),
+        calibration_data=a.calibration_data, calibration_table=a.calibration_table,
+        calibration_method=a.calibration_method, calibration_samples=a.calibration_samples,
+        smoothing_alpha=a.smoothing_alpha, dump_ir=a.dump_ir,
+    )
+    api.compile_model(a.model, a.output, opts, report_path=a.report,
+                      save_calibration_table=a.save_calibration_table)
+    return 0
+
+
+def _run(a) -> int:
+    from compiler import api
+
+    api.run(a.library, a.inputs, a.output)
+    print(f"wrote {a.output}")
+    return 0
+
+
+def _eval(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from compiler import api
+
+    rows = api.evaluate(a.library, a.model, a.inputs)
+    t = Table(title=f"{os.path.basename(a.library)} vs onnxruntime fp32 ({os.path.basename(a.model)})")
+    for col in ("output", "cosine mean", "cosine min", "max abs error", "argmax agreement"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r.name, f"{r.cosine_mean:.5f}", f"{r.cosine_min:.5f}", f"{r.max_abs_error:.4g}",
+                  f"{100 * r.argmax_agreement:.2f}%")
+    Console().print(t)
+    return 0
+
+
+def _bench(a) -> int:
+    from compiler import bench
+
+    bench.print_report(bench.run_bench(a.library, threads=a.threads, model=a.model, repeats=a.repeats))
+    return 0
+
+
+def _inspect(a) -> int:
+    from compiler import api
+
+    api.print_inspect(a.library)
+    return 0
+
+
+def _targets(a) -> int:
+    from targets.presets import print_targets
+
+    print_targets()
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(msg: str) -> _UsageError:
+    return _UsageError(msg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="intformer", description="Compile Transformers from ONNX into integer-only "
+                                "TVM libraries for CPUs and ARM boards.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
+    c.add_argument("model", metavar="MODEL.onnx")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.so")
+    c.add_argument("--target", default="host", help="target preset (see `intformer targets`); default: host")
+    c.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="static shape of an input, e.g. input_ids=1x128 (repeat per input)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--calibration-data", metavar="CALIB.npz", help="calibration inputs (.npz, leading sample axis)")
+    g.add_argument("--calibration-table", metavar="TABLE.json", help="reuse a saved calibration table")
+    c.add_argument("--save-calibration-table", metavar="TABLE.json", help="write the calibration table")
+    c.add_argument("--calibration-method", default="minmax", help="minmax (default) or percentile")
+    c.add_argument("--calibration-samples", type=int, default=0, metavar="N", help="use the first N samples only")
+    c.add_argument("--smoothing-alpha", type=float, default=None, metavar="A",
+                   help="outlier smoothing strength in [0, 1] for every MatMul input; 0 disables it "
+                        "(default: chosen per input on the calibration data)")
+    c.add_argument("--report", metavar="REPORT.json", help="write the compile report (ops, dtypes, matmul counts)")
+    c.add_argument("--dump-ir", metavar="DIR", help="write the graph after every pipeline stage")
+    c.set_defaults(func=_compile)
+
+    r = sub.add_parser("run", help="run a compiled library on inputs from an .npz")
+    r.add_argument("library", metavar="OUT.so")
+    r.add_argument("--inputs", required=True, metavar="IN.npz")
+    r.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    r.set_defaults(func=_run)
+
+    e = sub.add_parser("eval", help="compare a compiled library with onnxruntime fp32")
+    e.add_argument("library", metavar="OUT.so")
+    e.add_argument("--model", required=True, metavar="MODEL.onnx")
+    e.add_argument("--inputs", required=True, metavar="IN.npz")
+    e.set_defaults(func=_eval)
+
+    b = sub.add_parser("bench", help="median latency; with --model also onnxruntime fp32 and int8")
+    b.add_argument("library", metavar="OUT.so")
+    b.add_argument("--threads", type=int, default=1, metavar="N")
+    b.add_argument("--model", metavar="MODEL.onnx")
+    b.add_argument("--repeats", type=int, default=0, metavar="N", help="timed runs (default: adaptive)")
+    b.set_defaults(func=_bench)
+
+    i = sub.add_parser("inspect", help="print a compiled library's manifest")
+    i.add_argument("library", metavar="OUT.so")
+    i.set_defaults(func=_inspect)
+
+    t = sub.add_parser("targets", help="list target presets")
+    t.set_defaults(func=_targets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from compiler.errors import IntformerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (IntformerError, _UsageError) as e:
+        if args.debug:
+            raise
+        print(f"intformer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("intformer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an intformer bug or an unexpected TVM failure: still one line, no traceback
+        if args.debug:
+            raise
+        msg = str(e).strip().splitlines()
+        print(f"intformer: internal error: {type(e).__name__}: {msg[-1] if msg else ''} "
+              "(rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

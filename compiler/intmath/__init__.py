@@ -1,0 +1,1 @@
+"""NumPy reference of every integer operation the compiler emits: the oracle for bit-exact tests."""

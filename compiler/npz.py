@@ -1,0 +1,70 @@
+"""The .npz convention: one array per model input (or output), named as in the model, leading sample axis."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from compiler.config import TensorSpec
+from compiler.errors import IntformerError
+
+
+def load_samples(path: str, specs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
+    """Read an .npz of inputs and split it into per-sample feeds, checking names, shapes and dtypes."""
+    if not os.path.exists(path):
+        raise IntformerError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise IntformerError(f"{path}: not a readable .npz file ({e})") from None
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in arrays]
+    extra = [n for n in arrays if n not in expected]
+    if missing or extra:
+        msg = f"{path}: arrays {sorted(arrays)} do not match the model's inputs {expected}"
+        if missing:
+            msg += f"; missing {missing}"
+        if extra:
+            msg += f"; unexpected {extra}"
+        raise IntformerError(msg)
+    counts = set()
+    for s in specs:
+        a = arrays[s.name]
+        if a.shape == s.shape:  # a single sample without the leading axis
+            a = a[None]
+            arrays[s.name] = a
+        if tuple(a.shape[1:]) != s.shape:
+            raise IntformerError(f"{path}: array '{s.name}' has shape {tuple(a.shape)}, expected (samples, "
+                                 f"{', '.join(map(str, s.shape))}) for input shape {'x'.join(map(str, s.shape))}")
+        arrays[s.name] = _cast(path, s, a)
+        counts.add(a.shape[0])
+    if len(counts) != 1:
+        raise IntformerError(f"{path}: arrays disagree on the number of samples: "
+                             f"{ {s.name: arrays[s.name].shape[0] for s in specs} }")
+    n = counts.pop()
+    if n == 0:
+        raise IntformerError(f"{path}: holds zero samples")
+    return [{s.name: arrays[s.name][i] for s in specs} for i in range(n)]
+
+
+def _cast(path: str, spec: TensorSpec, a: np.ndarray) -> np.ndarray:
+    want = np.dtype(spec.dtype)
+    if a.dtype == want:
+        return a
+    if want.kind in "iub":
+        if a.dtype.kind not in "iub" or (a.size and (a.min() < np.iinfo(want).min if want.kind != "b" else False)):
+            raise IntformerError(f"{path}: array '{spec.name}' has dtype {a.dtype}, expected {want}")
+        if want.kind != "b" and a.size and a.max() > np.iinfo(want).max:
+            raise IntformerError(f"{path}: array '{spec.name}' has values beyond {want}")
+        return a.astype(want)
+    if want.kind == "f" and a.dtype.kind in "fiu":
+        return a.astype(want)
+    raise IntformerError(f"{path}: array '{spec.name}' has dtype {a.dtype}, expected {want}")
+
+
+def save_outputs(path: str, names: list[str], per_sample: list[list[np.ndarray]]) -> None:
+    stacked = {n: np.stack([s[i] for s in per_sample]) for i, n in enumerate(names)}
+    np.savez(path, **stacked)

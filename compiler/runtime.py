@@ -1,0 +1,72 @@
+"""Load and run a compiled intformer library with the TVM runtime alone (no compiler imports).
+
+This is all a deployment needs: `tvm.runtime`, NumPy and this file's imports (artifact, config, errors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from compiler.artifact import MANIFEST_FUNC, Manifest
+from compiler.errors import IntformerError
+
+
+class CompiledModel:
+    """A loaded library: `model(feed) -> list of output arrays`."""
+
+    def __init__(self, path: str, device=None, module=None):
+        import tvm.runtime as rt
+
+        if module is None:
+            if not os.path.exists(path):
+                raise IntformerError(f"{path}: no such file")
+            try:
+                module = rt.load_module(path)
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise IntformerError(f"{path}: not a loadable compiled library ({first})") from None
+        self.path = path
+        self.device = device if device is not None else rt.cpu()
+        self._vm = rt.vm.VirtualMachine(module, self.device)
+        try:
+            text = str(self._vm[MANIFEST_FUNC]())
+            self.manifest = Manifest.from_json(json.loads(text))
+        except Exception:
+            raise IntformerError(f"{path}: not an intformer library (no embedded manifest)") from None
+        self._fn = self._vm[self.manifest.entry]
+
+    def check(self, feed: dict[str, np.ndarray]) -> None:
+        """Names, shapes and index ranges of one sample: ids outside an embedding table would read out of
+        bounds in the compiled gather, so they are an error here."""
+        for s in self.inputs:
+            if s.name not in feed:
+                raise IntformerError(f"missing input '{s.name}'; the library takes {[i.name for i in self.inputs]}")
+            a = feed[s.name]
+            if tuple(np.shape(a)) != s.shape:
+                raise IntformerError(f"input '{s.name}' has shape {tuple(np.shape(a))}, the library was compiled "
+                                     f"for {s.shape}")
+            bounds = (self.manifest.input_bounds or {}).get(s.name)
+            if bounds and np.size(a) and (np.min(a) < bounds[0] or np.max(a) > bounds[1]):
+                raise IntformerError(f"input '{s.name}' has values out of range [{bounds[0]}, {bounds[1]}] "
+                                     f"(min {np.min(a)}, max {np.max(a)}): the model's table has {bounds[1] + 1} rows")
+
+    @property
+    def inputs(self):
+        return self.manifest.inputs
+
+    @property
+    def outputs(self):
+        return self.manifest.outputs
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import tvm.runtime as rt
+
+        self.check(feed)
+        args = [rt.tensor(np.ascontiguousarray(feed[s.name], dtype=s.dtype), self.device) for s in self.inputs]
+        out = self._fn(*args)
+        if hasattr(out, "numpy"):
+            return [out.numpy()]
+        return [o.numpy() for o in out]

@@ -1,0 +1,101 @@
+"""The only module that names TVM paths which move between releases (written against TVM 0.27).
+
+Everything else in intformer imports TVM names from here, so a TVM upgrade touches one file.
+"""
+
+from __future__ import annotations
+
+import tvm  # noqa: F401  (the compiler needs the full TVM; the runtime loader does not import this module)
+from tvm import relax
+from tvm.ir.expr import GenericConst as _GenericConst  # relax.Constant before 0.2x
+from tvm.relax.frontend.onnx import from_onnx as _from_onnx
+
+BlockBuilder = relax.BlockBuilder
+PyExprMutator = relax.PyExprMutator
+expr_functor_mutator = relax.expr_functor.mutator
+
+
+def make_target(llvm: dict):
+    """A TVM target from a JSON-style dict (0.27 rejects the old "llvm -mcpu=..." strings)."""
+    return tvm.target.Target(dict(llvm))
+
+
+def host_cpu_name() -> str:
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def onnx_supported_ops() -> set[str]:
+    """ONNX op types the Relax ONNX importer converts."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return set(onnx_frontend._get_convert_map().keys())
+
+
+def import_onnx(model_proto):
+    """ONNX ModelProto (static shapes) -> Relax IRModule with weights as constants."""
+    return _from_onnx(model_proto, keep_params_in_input=False)
+
+
+def tensor_type(shape, dtype: str):
+    return relax.TensorType(shape, dtype)
+
+
+def const(value, dtype: str):
+    """A Relax constant of an explicit dtype (relax.const guesses int32 for int64 NumPy data)."""
+    import numpy as np
+
+    return relax.const(np.asarray(value).astype(dtype), dtype)
+
+
+def tensor_info(expr):
+    """(dtype, static shape tuple or None) of a Relax tensor expression; (None, None) if not a tensor.
+
+    0.27 renamed ``struct_info`` / ``TensorStructInfo`` to ``ty`` / ``TensorType``.
+    """
+    ty = getattr(expr, "ty", None)
+    if ty is None:
+        ty = getattr(expr, "struct_info", None)
+    if ty is None or not isinstance(ty, relax.TensorType):
+        return None, None
+    dims = None
+    shape = getattr(ty, "shape", None)
+    if shape is not None and hasattr(shape, "values"):
+        try:
+            dims = tuple(int(v) for v in shape.values)
+        except (TypeError, ValueError):
+            dims = None
+    return str(ty.dtype), dims
+
+
+def constant_value(expr):
+    """NumPy value of a Relax constant, or None if ``expr`` is not one."""
+    if isinstance(expr, _GenericConst):
+        value = expr.value
+        if hasattr(value, "numpy"):
+            return value.numpy()
+    return None
+
+
+def build(mod, target_spec):
+    """Compile a Relax module for a target into an executable (kernels, VM plan and constants)."""
+    return tvm.compile(mod, target_spec.tvm_target())
+
+
+def export_library(executable, path: str, cross_compiler=None) -> None:
+    if cross_compiler:
+        from tvm.contrib import cc
+
+        executable.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+    else:
+        executable.export_library(path)
+
+
+def dead_code_elimination():
+    return relax.transform.DeadCodeElimination()
+
+
+def string_const(text: str):
+    """A Relax string literal (tvm.ir.expr.StringImm in 0.27)."""
+    from tvm.ir.expr import StringImm
+
+    return StringImm(text)

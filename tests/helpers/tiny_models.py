@@ -1,0 +1,79 @@
+"""Tiny random-weight Transformer encoders exported to ONNX the way users export them (torch.onnx.export)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SEQ = 16
+VOCAB = 101
+
+
+def _config(kind: str):
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, max_position_embeddings=64, initializer_range=0.2)
+    if kind == "distilbert":
+        return tf.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, **common)
+    if kind == "roberta":
+        return tf.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                pad_token_id=1, **common)
+    return tf.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         type_vocab_size=2, **common)
+
+
+def input_names(kind: str) -> list[str]:
+    return ["input_ids", "attention_mask"] + ([] if kind == "distilbert" else ["token_type_ids"])
+
+
+def export_tiny(kind: str, path: str, dynamo: bool = False, opset: int = 17, seed: int = 0) -> str:
+    """Export a tiny random-weight `kind` encoder (bert, distilbert, roberta) with dynamic batch/seq axes."""
+    import torch
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(_config(kind), attn_implementation="eager").eval()
+    names = input_names(kind)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kw = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kw["token_type_ids"] = token_type_ids
+            return self.m(**kw).last_hidden_state
+
+    feed = sample_inputs(kind, 1, seed)
+    args = tuple(torch.from_numpy(feed[n][0]) for n in names)
+    kw = dict(input_names=names, output_names=["last_hidden_state"], opset_version=opset, dynamo=dynamo)
+    if dynamo:
+        batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=64)
+        kw["dynamic_shapes"] = {n: {0: batch, 1: seq} for n in names}
+        kw["external_data"] = False
+    else:
+        kw["dynamic_axes"] = {n: {0: "batch", 1: "seq"} for n in names}
+    with torch.no_grad():
+        torch.onnx.export(Wrapper(model), args, path, **kw)
+    return path
+
+
+def sample_inputs(kind: str, n: int, seed: int = 0, seq: int = SEQ) -> dict[str, np.ndarray]:
+    """`n` samples (leading axis) of batch-1 inputs with random lengths and padding."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, VOCAB, size=(n, 1, seq)).astype(np.int64)
+    mask = np.zeros((n, 1, seq), dtype=np.int64)
+    for i in range(n):
+        length = int(rng.integers(seq // 2, seq + 1))
+        mask[i, 0, :length] = 1
+        ids[i, 0, length:] = 0 if kind != "roberta" else 1
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if kind != "distilbert":
+        feed["token_type_ids"] = np.zeros_like(ids)
+    return feed
