@@ -3,8 +3,10 @@
 Expects: a folded ONNX graph where every matrix product is a MatMul (Gemm already rewritten) and a
 calibration table that covers the MatMuls' activation inputs and outputs.
 Guarantees: each non-constant MatMul input passes through QuantizeLinear/DequantizeLinear (operand 0
-asymmetric int8, operand 1 symmetric int8), each MatMul output is quantized to asymmetric int8, and constant
-operands stay float (the Relax pass quantizes weights per output channel). The graph computes the fake-quantized
+asymmetric int8, operand 1 symmetric int8), each MatMul output is quantized to asymmetric int8 (after its bias
+Add when a constant bias follows), each LayerNormalization output too, and constant operands stay float (the
+Relax pass quantizes weights per output channel). These Q/DQ pairs carry the calibrated ranges to the integer
+rewrite, which refines them (int16 where the range has outliers). The graph computes the fake-quantized
 function that the integer rewrite then makes exact in integer arithmetic.
 """
 
@@ -36,6 +38,26 @@ def symmetric_qparams(lo: float, hi: float) -> QParams:
     return QParams((float(np.float32(max(a / QMAX, _EPS))),), 0)
 
 
+def _bias_adds(g, consts: set[str]) -> dict[str, str]:
+    """Add nodes that add a constant vector to a MatMul's result (its only consumer): name -> MatMul output.
+    The integer rewrite folds such a bias into the int32 accumulator, so the output is quantized after it."""
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    mm_out = {n.output[0] for n in g.node if n.op_type == "MatMul"}
+    out = {}
+    for n in g.node:
+        if n.op_type != "Add" or len(n.input) != 2:
+            continue
+        for a, b in ((n.input[0], n.input[1]), (n.input[1], n.input[0])):
+            if a in mm_out and b in consts and uses.get(a) == 1:
+                out[n.name or n.output[0]] = a
+                if not n.name:
+                    n.name = n.output[0]
+    return out
+
+
 def insert_qdq(model: onnx.ModelProto, table: CalibrationTable,
                method: Callable[[TensorRange], tuple[float, float]]) -> tuple[onnx.ModelProto, int]:
     """Return the annotated model and the number of MatMuls annotated."""
@@ -63,7 +85,23 @@ def insert_qdq(model: onnx.ModelProto, table: CalibrationTable,
         new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}/q", s_name, z_name], [dst_dq],
                                           name=f"{base}/DQ"))
 
+    bias_add = _bias_adds(g, consts)
+    biased = set(bias_add.values())
     for node in g.node:
+        if node.op_type == "LayerNormalization":
+            out = node.output[0]
+            qp = qparams(out, False, node.name or out)
+            node.output[0] = f"{out}/ln"
+            new_nodes.append(node)
+            emit_qdq(f"{out}/ln", out, qp, f"{out}/qdq_out")
+            continue
+        if node.op_type == "Add" and node.name in bias_add:
+            out = node.output[0]
+            qp = qparams(out, False, node.name or out)
+            node.output[0] = f"{out}/acc"
+            new_nodes.append(node)
+            emit_qdq(f"{out}/acc", out, qp, f"{out}/qdq_out")
+            continue
         if node.op_type != "MatMul":
             new_nodes.append(node)
             continue
@@ -79,10 +117,12 @@ def insert_qdq(model: onnx.ModelProto, table: CalibrationTable,
                 emit_qdq(src, f"{base}/dq", qparams(src, idx == 1, name), base)
                 shared[key] = f"{base}/dq"
             node.input[idx] = shared[key]
+        new_nodes.append(node)
+        if node.output[0] in biased:
+            continue  # quantized after its bias Add
         out = node.output[0]
         qp = qparams(out, False, name)
         node.output[0] = f"{out}/acc"
-        new_nodes.append(node)
         emit_qdq(f"{out}/acc", out, qp, f"{out}/qdq_out")
     del g.node[:]
     g.node.extend(new_nodes)

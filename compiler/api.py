@@ -20,6 +20,15 @@ class CompileResult:
     library: str
     manifest: object
     report: dict
+    module: object = None  # the integer Relax module the library was built from
+
+    def reference(self):
+        """The NumPy twin of the library: `reference()(feed) -> list of outputs`, bit-exact."""
+        from compiler.intmath.interpreter import Interpreter
+
+        interp = Interpreter(self.module)
+        names = [s.name for s in self.manifest.inputs]
+        return lambda feed: interp(*[np.asarray(feed[n]) for n in names])
 
 
 def compile_model(model_path: str, output: str, options: CompileOptions = CompileOptions(),
@@ -54,7 +63,7 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
         st.table.save(save_calibration_table)
     mm = report["matmuls"]
     status(f"wrote {output}: {mm['int8']}/{mm['total']} matmuls int8, target {st.target_spec.name}")
-    return CompileResult(output, st.manifest, report)
+    return CompileResult(output, st.manifest, report, st.relax_mod)
 
 
 def load(library: str):
@@ -156,8 +165,21 @@ def print_inspect(library: str) -> None:
             t.add_row(kind, s.name, "x".join(map(str, s.shape)), s.dtype)
     con.print(t)
     con.print(f"target: {m.target.get('name')} {m.target.get('llvm')}")
+    ops = Table(title="operations of the compiled graph")
+    for col in ("op", "input dtypes", "output dtype", "count", "float"):
+        ops.add_column(col)
+    seen: dict = {}
+    for o in m.report.get("ops") or []:
+        key = (o["op"], tuple(o["dtypes"]["inputs"]), o["dtypes"]["output"], o.get("edge", ""))
+        seen[key] = seen.get(key, 0) + 1
+    for (op, ins, out, edge), n in seen.items():
+        is_float = any(d.startswith(("float", "bfloat")) for d in ins + (out,))
+        flag = f"{edge} edge" if edge else ("FLOAT" if is_float and op in set(m.report.get("float_ops") or []) else "")
+        ops.add_row(op, ",".join(ins), out, str(n), flag)
+    con.print(ops)
     mm = m.report.get("matmuls", {})
     con.print(f"matmuls: {mm.get('int8')}/{mm.get('total')} int8")
+    con.print(f"requantize ops: {m.report.get('requantize_ops')}")
     con.print(f"float ops: {', '.join(m.report.get('float_ops') or []) or 'none'}")
     con.print(f"calibration: {m.calibration}")
     con.print(f"tools: {m.tool_versions}")

@@ -28,7 +28,7 @@ def make_manifest(st) -> Manifest:
         calibration={"method": st.options.calibration_method, "source": st.table.source,
                      "samples": st.table.num_samples, "percentile": st.table.percentile},
         input_ranges={n: list(r) for n, r in st.table.input_ranges},
-        report={"matmuls": rep.get("matmuls"), "float_ops": rep.get("float_ops")},
+        report={k: rep.get(k) for k in ("matmuls", "requantize_ops", "float_ops", "float_op_counts", "ops")},
         input_bounds={n: [-rows, rows - 1] for n, rows in index_bounds(st.onnx_model).items()},
     )
 

@@ -18,7 +18,8 @@ def _compile(a) -> int:
         target=a.target, input_shapes=tuple(parse_input_shape(s) for s in a.input_shape),
         calibration_data=a.calibration_data, calibration_table=a.calibration_table,
         calibration_method=a.calibration_method, calibration_samples=a.calibration_samples,
-        smoothing_alpha=a.smoothing_alpha, dump_ir=a.dump_ir,
+        smoothing_alpha=a.smoothing_alpha, dump_ir=a.dump_ir, integer_only=a.integer_only,
+        allow_float=tuple(a.allow_float),
     )
     api.compile_model(a.model, a.output, opts, report_path=a.report,
                       save_calibration_table=a.save_calibration_table)
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--smoothing-alpha", type=float, default=None, metavar="A",
                    help="outlier smoothing strength in [0, 1] for every MatMul input; 0 disables it "
                         "(default: chosen per input on the calibration data)")
+    c.add_argument("--integer-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="fail if an op would still compute in float (default: on)")
+    c.add_argument("--allow-float", action="append", default=[], metavar="OPTYPE",
+                   help="let ops of this type stay float, e.g. softmax (repeatable)")
     c.add_argument("--report", metavar="REPORT.json", help="write the compile report (ops, dtypes, matmul counts)")
     c.add_argument("--dump-ir", metavar="DIR", help="write the graph after every pipeline stage")
     c.set_defaults(func=_compile)

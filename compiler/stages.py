@@ -149,10 +149,11 @@ def import_relax(st: CompileState) -> CompileState:
 def integerize(st: CompileState) -> CompileState:
     from compiler.passes.fold_qdq import FoldQDQ
     from compiler.passes.integerize_matmul import IntegerizeMatmul
+    from compiler.passes.propagate_scales import PropagateScales
     from compiler.tvm_compat import dead_code_elimination
 
     mod = st.relax_mod
-    for p in (IntegerizeMatmul(), FoldQDQ(), dead_code_elimination()):
+    for p in (IntegerizeMatmul(), FoldQDQ(), dead_code_elimination(), PropagateScales(), dead_code_elimination()):
         mod = p(mod)
     return replace(st, relax_mod=mod)
 
@@ -164,6 +165,16 @@ def verify(st: CompileState) -> CompileState:
     mm = report["matmuls"]
     if mm["int8"] < mm["total"]:
         status(f"warning: {mm['total'] - mm['int8']} of {mm['total']} matmuls stay float")
+    allowed = {a if a.startswith("relax.") else a for a in st.options.allow_float}
+    left = [op for op in report["float_ops"]
+            if op not in allowed and op.split(".")[-1] not in allowed]
+    if left and st.options.integer_only:
+        counts = report["float_op_counts"]
+        raise IntformerError(
+            f"{st.model_path}: {sum(counts[o] for o in left)} op(s) would still compute in float: "
+            + ", ".join(f"{o} x{counts[o]}" for o in left)
+            + "; intformer has no integer rule for them. Pass --allow-float "
+            + " --allow-float ".join(o.split(".")[-1] for o in left) + " to accept float there")
     return replace(st, report=report)
 
 

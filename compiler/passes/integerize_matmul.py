@@ -1,10 +1,11 @@
-"""Integerize MatMuls: dequantize(quantize(matmul(dequantize(a), dequantize(b) | W))) -> integer matmul.
+"""Integerize MatMuls: dequantize(quantize(matmul(dequantize(a), dequantize(b) | W) [+ bias])) -> integer matmul.
 
 Expects: a Relax module imported from the annotated ONNX graph, where every matmul's activation operands come
 from `relax.dequantize` of int8 tensors, constant operands are float constants, and the matmul result goes
 through a `relax.quantize` -> `relax.dequantize` pair that carries its calibrated int8 range.
 Guarantees: each such matmul becomes `matmul(int8, int8, out_dtype=int32)` with the zero-point terms folded
-into int32 constants (or exact runtime corrections when both operands vary), followed by a fixed-point
+into int32 constants (or exact runtime corrections when both operands vary), a constant bias vector added
+in int32 at the accumulator's scale, followed by a fixed-point
 requantization (int64 multiply by an int32 mantissa, rounding shift, clip) to int16 on the output range,
 then a dequantize for the float ops that follow (the integer-only issue removes those).
 Constant weights are quantized symmetric int8 per output channel. Nothing else changes.
@@ -22,6 +23,7 @@ from compiler.tvm_compat import PyExprMutator, const, constant_value, expr_funct
 _QUANTIZE = tvm.ir.Op.get("relax.quantize")
 _DEQUANTIZE = tvm.ir.Op.get("relax.dequantize")
 _MATMUL = tvm.ir.Op.get("relax.matmul")
+_ADD = tvm.ir.Op.get("relax.add")
 
 # Matmul results are requantized to int16 on the calibrated int8 range refined 256 times: the FFN outputs of
 # BERT-family models carry outlier dimensions (Bondarenko et al. 2021) that per-tensor int8 destroys
@@ -73,6 +75,15 @@ class _Integerize(PyExprMutator):
         if q is None or str(q.attrs.out_dtype) != "int8":
             return call
         mm = self._producer(q.args[0], _MATMUL)
+        bias = None
+        if mm is None:
+            add = self._producer(q.args[0], _ADD)
+            if add is not None:
+                for x, c in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+                    cv = constant_value(c)
+                    if cv is not None and self._producer(x, _MATMUL) is not None:
+                        mm, bias = self._producer(x, _MATMUL), cv
+                        break
         so, zo = _scalar(q.args[1]), _scalar(q.args[2])
         if mm is None or so is None or zo is None:
             return call
@@ -89,6 +100,13 @@ class _Integerize(PyExprMutator):
             return call
         bb = self.builder_
         acc = emit_qmatmul(bb, a_q, za, b_q, zb, b_val)
+        if bias is not None:
+            acc_scale = sa * np.asarray(sb, dtype=np.float64)
+            n = b_shape[-1]
+            if bias.size not in (1, n) or bias.shape[-1:] not in ((1,), (n,)) or bias.ndim > 1:
+                return call
+            q_bias = np.clip(np.round(bias.astype(np.float64) / acc_scale), -(2 ** 31), 2 ** 31 - 1)
+            acc = bb.emit(relax.op.add(acc, const(q_bias.astype(np.int64), "int32")))
         self.rewritten += 1
         # The annotation's int8 grid, refined OUT_REFINE times: same range, finer steps (outlier-safe).
         s_out = np.float64(np.float32(so)) / OUT_REFINE

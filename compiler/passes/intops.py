@@ -61,3 +61,84 @@ def emit_requantize(bb, acc, multiplier: np.ndarray, zero_point: int, out_dtype:
     info = np.iinfo(out_dtype)
     x = bb.emit(R.clip(x, int(info.min), int(info.max)))
     return bb.emit(R.astype(x, out_dtype))
+
+
+# ---- integer nonlinearities (NumPy twins in compiler/intmath/integer_ops.py) -----------------------------
+def _i64(bb, x):
+    from compiler.tvm_compat import tensor_info
+
+    return x if tensor_info(x)[0] == "int64" else bb.emit(R.astype(x, "int64"))
+
+
+def emit_softmax(bb, x, scale: float, fine: bool = False):
+    """Integer softmax over the last axis -> int8 (scale 1/255, zero point -128), or with `fine` int32 codes of
+    p * 65535; see intmath.isoftmax."""
+    from compiler.intmath import integer_ops as io
+
+    q_ln2, table = io.softmax_constants(scale)
+    x = _i64(bb, x)
+    d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
+    z = bb.emit(R.floor_divide(d, const(q_ln2, "int64")))
+    r = bb.emit(R.subtract(d, bb.emit(R.multiply(z, const(q_ln2, "int64")))))
+    idx = bb.emit(R.floor_divide(bb.emit(R.left_shift(r, const(io.SOFTMAX_TABLE_BITS, "int64"))),
+                                 const(q_ln2, "int64")))
+    e = bb.emit(R.take(const(table, "int64"), idx, axis=0))
+    e = bb.emit(R.right_shift(e, bb.emit(R.minimum(z, const(62, "int64")))))
+    s = bb.emit(R.sum(e, axis=[-1], keepdims=True))
+    if fine:
+        num = bb.emit(R.add(bb.emit(R.multiply(e, const(2 * io.SOFTMAX_FINE_LEVELS, "int64"))), s))
+        q = bb.emit(R.floor_divide(num, bb.emit(R.multiply(s, const(2, "int64")))))
+        return bb.emit(R.astype(q, "int32"))
+    num = bb.emit(R.add(bb.emit(R.multiply(e, const(510, "int64"))), s))
+    q = bb.emit(R.floor_divide(num, bb.emit(R.multiply(s, const(2, "int64")))))
+    q = bb.emit(R.add(q, const(io.SOFTMAX_OUT_ZP, "int64")))
+    return bb.emit(R.astype(bb.emit(R.clip(q, -128, 127)), "int8"))
+
+
+def emit_layernorm(bb, x, c: dict, out_dtype: str):
+    """Integer LayerNorm over the last axis (constants from intmath.layernorm_constants)."""
+    from compiler.intmath import integer_ops as io
+
+    x = _i64(bb, x)
+    h = tensor_info(x)[1][-1]
+    hx = bb.emit(R.multiply(x, const(h, "int64")))
+    y = bb.emit(R.subtract(hx, bb.emit(R.sum(x, axis=[-1], keepdims=True))))
+    if c["shift"]:
+        y = bb.emit(R.right_shift(y, const(c["shift"], "int64")))
+    n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)),
+                               const(h, "int64")))
+    n = bb.emit(R.add(n, const(c["eps"], "int64")))
+    r = bb.emit(R.full_like(n, const(1 << 27, "int64")))
+    one = const(1, "int64")
+    for _ in range(io.LN_SQRT_ITERS):
+        nr = bb.emit(R.right_shift(bb.emit(R.add(r, bb.emit(R.floor_divide(n, r)))), one))
+        r = bb.emit(R.maximum(bb.emit(R.minimum(r, nr)), one))
+    u = bb.emit(R.floor_divide(bb.emit(R.left_shift(y, const(io.LN_FRAC_BITS, "int64"))), r))
+    sh = c["sh"]
+    v = bb.emit(R.add(bb.emit(R.multiply(u, const(c["m0"], "int64"))),
+                      const(c["bias"] + (np.int64(1) << (sh - 1)), "int64")))
+    v = bb.emit(R.right_shift(v, const(sh, "int64")))
+    if c["zp"]:
+        v = bb.emit(R.add(v, const(c["zp"], "int64")))
+    info = np.iinfo(out_dtype)
+    return bb.emit(R.astype(bb.emit(R.clip(v, int(info.min), int(info.max))), out_dtype))
+
+
+def emit_rescale(bb, x, zp: int, multiplier: float):
+    """int64 (x - zp) * multiplier, rounded half up (intmath.rescale)."""
+    from compiler.intmath.fixed_point import quantize_multiplier
+
+    x = _i64(bb, x)
+    if zp:
+        x = bb.emit(R.subtract(x, const(zp, "int64")))
+    if multiplier == 1.0:
+        return x
+    m0, sh = quantize_multiplier(float(multiplier))
+    v = bb.emit(R.add(bb.emit(R.multiply(x, const(m0, "int64"))), const(1 << (sh - 1), "int64")))
+    return bb.emit(R.right_shift(v, const(sh, "int64")))
+
+
+def emit_lookup(bb, x, table: np.ndarray, offset: int, out_dtype: str):
+    """table[x + offset] (intmath.lookup)."""
+    idx = bb.emit(R.add(_i64(bb, x), const(offset, "int64")))
+    return bb.emit(R.take(const(table, out_dtype), idx, axis=0))

@@ -1,0 +1,114 @@
+"""NumPy reference (the specification) of the integer nonlinearities and the rescaling add.
+
+Every function here computes with integers only (int64 intermediates); float appears only in compile-time
+constants (tables, multipliers), never on data. The Relax emitters in compiler/passes/intops.py produce the
+same bits; tests/compiler/passes/test_integer_ops.py checks them against these twins.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from compiler.intmath.fixed_point import quantize_multiplier
+
+# ---- softmax ---------------------------------------------------------------------------------------------
+SOFTMAX_TABLE_BITS = 8  # 256-entry table of 2**-f for f in [0, 1)
+SOFTMAX_ONE = 1 << 15  # exp values in Q15
+SOFTMAX_OUT_SCALE = 1.0 / 255.0  # the int8 form
+SOFTMAX_OUT_ZP = -128
+SOFTMAX_FINE_LEVELS = 65535  # the fine form: int32 codes of p * 65535 (requantized by its consumer)
+
+
+def softmax_constants(scale: float) -> tuple[int, np.ndarray]:
+    """(q_ln2, table): ln 2 in input units (at least 1) and Q15 values of 2**-((j + 0.5) / 256)."""
+    q_ln2 = max(1, int(round(math.log(2.0) / scale)))
+    n = 1 << SOFTMAX_TABLE_BITS
+    table = np.round(SOFTMAX_ONE * np.exp2(-(np.arange(n) + 0.5) / n)).astype(np.int64)
+    return q_ln2, table
+
+
+def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) -> np.ndarray:
+    """Integer softmax of x (any integer dtype, real = scale * (x - zp); zp cancels) -> int8 with scale 1/255,
+    zero point -128.
+
+    exp(-d * scale) for d = max - x >= 0 is 2**-z * 2**-(r / q_ln2) with z = d // q_ln2 and r = d % q_ln2:
+    a shift and a 256-entry table (relative error <= 0.14% for scales well below ln 2). The row sum and the
+    normalization are integer divisions rounding half up. `fine`: int32 codes round(p * 65535) instead.
+    """
+    q_ln2, table = softmax_constants(scale)
+    x = x.astype(np.int64)
+    d = np.max(x, axis=axis, keepdims=True) - x
+    z = d // q_ln2
+    r = d - z * q_ln2
+    idx = (r << SOFTMAX_TABLE_BITS) // q_ln2
+    e = table[idx] >> np.minimum(z, 62)
+    s = np.sum(e, axis=axis, keepdims=True)
+    if fine:
+        return ((e * (2 * SOFTMAX_FINE_LEVELS) + s) // (2 * s)).astype(np.int32)
+    q = (e * 510 + s) // (2 * s) + SOFTMAX_OUT_ZP
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+# ---- LayerNorm -------------------------------------------------------------------------------------------
+LN_FRAC_BITS = 12  # the normalized value (x - mean) / std in Q12
+LN_SQRT_ITERS = 40
+LN_SQUARE_BITS = 25  # |H * (x - mean)| is shifted below 2**25 before squaring
+
+
+def layernorm_shift(hidden: int, bound: int) -> int:
+    """Right shift that keeps |H * (x - mean)| < 2**25 for |x| <= bound (so sums of squares fit int64)."""
+    need = math.ceil(math.log2(max(2 * hidden * bound, 2)))
+    return max(0, need - LN_SQUARE_BITS)
+
+
+def isqrt(n: np.ndarray) -> np.ndarray:
+    """floor(sqrt(n)) for 0 <= n < 2**54, by a fixed number of Newton steps from above."""
+    n = n.astype(np.int64)
+    r = np.full_like(n, 1 << 27)
+    for _ in range(LN_SQRT_ITERS):
+        nr = (r + n // r) >> 1
+        r = np.maximum(np.minimum(r, nr), 1)
+    return r
+
+
+def layernorm_constants(scale: float, hidden: int, bound: int, eps: float, gamma: np.ndarray, beta: np.ndarray,
+                        out_scale: float, out_zp: int) -> dict:
+    k = layernorm_shift(hidden, bound)
+    eps_int = int(round(hidden * hidden * eps / (scale * scale) / float(4 ** k)))
+    g = np.asarray(gamma, dtype=np.float64)
+    mult = np.abs(g) / (out_scale * (1 << LN_FRAC_BITS))
+    pairs = [quantize_multiplier(float(m)) for m in mult]
+    m0 = np.array([p[0] for p in pairs], dtype=np.int64) * np.where(g < 0, -1, 1)
+    sh = np.array([p[1] for p in pairs], dtype=np.int64)
+    bias = np.round(np.asarray(beta, dtype=np.float64) / out_scale * np.exp2(sh)).astype(np.int64)
+    return {"shift": k, "eps": eps_int, "m0": m0, "sh": sh, "bias": bias, "zp": int(out_zp)}
+
+
+def ilayernorm(x: np.ndarray, c: dict, qmin: int = -128, qmax: int = 127, out_dtype=np.int8) -> np.ndarray:
+    """Integer LayerNorm over the last axis. The zero point and the scale of x cancel except in eps (folded
+    into c["eps"]); gamma, beta and the output scale are per-channel fixed-point constants (c from
+    layernorm_constants)."""
+    x = x.astype(np.int64)
+    h = x.shape[-1]
+    y = (h * x - np.sum(x, axis=-1, keepdims=True)) >> c["shift"]
+    n = np.sum(y * y, axis=-1, keepdims=True) // h + c["eps"]
+    std = isqrt(n)
+    u = (y << LN_FRAC_BITS) // std
+    sh = c["sh"]
+    out = (u * c["m0"] + c["bias"] + (np.int64(1) << (sh - 1))) >> sh
+    return np.clip(out + c["zp"], qmin, qmax).astype(out_dtype)
+
+
+# ---- rescaling add ---------------------------------------------------------------------------------------
+def rescale(x: np.ndarray, zp: int, m0: int, shift: int) -> np.ndarray:
+    """(x - zp) * (m0 * 2**-shift) rounded half up, int64 (no clipping)."""
+    v = (x.astype(np.int64) - zp) * m0
+    return (v + (np.int64(1) << (shift - 1))) >> shift
+
+
+# ---- lookup tables ---------------------------------------------------------------------------------------
+def lookup(x: np.ndarray, table: np.ndarray, offset: int) -> np.ndarray:
+    """table[x + offset]: an elementwise function of an 8- or 16-bit integer tensor."""
+    return table[x.astype(np.int64) + offset]

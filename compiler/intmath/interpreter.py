@@ -1,0 +1,141 @@
+"""The NumPy reference of a compiled integer graph: executes the Relax `main` function op by op with NumPy.
+
+After the integer passes, `main` holds integer ops only (plus the dequantize of its outputs), so this
+interpreter is the bit-exact twin of the compiled library: integer arithmetic has one meaning, and the few
+float operations at the edges are single multiplies. Every op it knows is in OPS; an unknown op is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from compiler.tvm_compat import constant_value
+
+
+def _attr(call, name, default=None):
+    attrs = call.attrs
+    if attrs is None or not hasattr(attrs, name):
+        return default
+    v = getattr(attrs, name)
+    return v
+
+
+def _axes(call, name="axis"):
+    v = _attr(call, name)
+    if v is None:
+        return None
+    try:
+        return tuple(int(a) for a in v)
+    except TypeError:
+        return int(v)
+
+
+def _dtype(call):
+    return str(_attr(call, "dtype") or _attr(call, "out_dtype"))
+
+
+def _shape(arg):
+    if isinstance(arg, relax.ShapeExpr):
+        return tuple(int(v) for v in arg.values)
+    return tuple(int(v) for v in arg)
+
+
+def _matmul(call, a, b):
+    out = _dtype(call)
+    if np.issubdtype(a.dtype, np.integer):
+        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(out if out != "None" else np.int64)
+    return np.matmul(a, b).astype(out if out not in ("None", "void") else a.dtype)
+
+
+def _dequantize(call, x, s, z):
+    out = np.float32((x.astype(np.int64) - np.asarray(z).astype(np.int64)).astype(np.float32))
+    return (out * np.asarray(s, dtype=np.float32)).astype(_dtype(call))
+
+
+def _reduce(fn):
+    def go(call, x):
+        ax = _axes(call)
+        keep = bool(_attr(call, "keepdims", False))
+        return fn(x, axis=ax, keepdims=keep)
+    return go
+
+
+OPS: dict[str, Callable] = {
+    "relax.add": lambda c, a, b: np.add(a, b),
+    "relax.subtract": lambda c, a, b: np.subtract(a, b),
+    "relax.multiply": lambda c, a, b: np.multiply(a, b),
+    "relax.floor_divide": lambda c, a, b: np.floor_divide(a, b),
+    "relax.right_shift": lambda c, a, b: np.right_shift(a, b),
+    "relax.left_shift": lambda c, a, b: np.left_shift(a, b),
+    "relax.minimum": lambda c, a, b: np.minimum(a, b),
+    "relax.maximum": lambda c, a, b: np.maximum(a, b),
+    "relax.less": lambda c, a, b: np.less(a, b),
+    "relax.greater": lambda c, a, b: np.greater(a, b),
+    "relax.equal": lambda c, a, b: np.equal(a, b),
+    "relax.not_equal": lambda c, a, b: np.not_equal(a, b),
+    "relax.logical_and": lambda c, a, b: np.logical_and(a, b),
+    "relax.logical_or": lambda c, a, b: np.logical_or(a, b),
+    "relax.logical_not": lambda c, a: np.logical_not(a),
+    "relax.where": lambda c, k, a, b: np.where(k, a, b),
+    "relax.clip": lambda c, x, lo, hi: np.clip(x, int(lo), int(hi)).astype(x.dtype),
+    "relax.astype": lambda c, x: x.astype(_dtype(c)),
+    "relax.matmul": _matmul,
+    "relax.sum": _reduce(np.sum),
+    "relax.max": _reduce(np.max),
+    "relax.min": _reduce(np.min),
+    "relax.take": lambda c, t, i: np.take(t, i.astype(np.int64), axis=int(_attr(c, "axis", 0) or 0)),
+    "relax.reshape": lambda c, x, shape: np.reshape(x, _shape(shape)),
+    "relax.permute_dims": lambda c, x: np.transpose(x, _axes(c, "axes")),
+    "relax.expand_dims": lambda c, x: np.expand_dims(x, _axes(c)),
+    "relax.squeeze": lambda c, x: np.squeeze(x, _axes(c)) if _axes(c) is not None else np.squeeze(x),
+    "relax.full_like": lambda c, x, v: np.full_like(x, v, dtype=_dtype(c) if _dtype(c) not in ("None", "void")
+                                                    else x.dtype),
+    "relax.shape_of": lambda c, x: tuple(x.shape),
+    "relax.shape_to_tensor": lambda c, s: np.array(s, dtype=np.int64),
+    "relax.broadcast_to": lambda c, x, shape: np.broadcast_to(x, _shape(shape)).copy(),
+    "relax.dequantize": _dequantize,
+}
+
+
+class Interpreter:
+    """Runs `main` of a Relax module (before legalization) on NumPy inputs."""
+
+    def __init__(self, mod: tvm.IRModule, func_name: str = "main"):
+        self.func = mod[func_name]
+
+    def __call__(self, *args: np.ndarray):
+        env = dict(zip(self.func.params, args))
+
+        def value(e):
+            if isinstance(e, relax.Var):
+                return env[e]
+            c = constant_value(e)
+            if c is not None:
+                return c
+            if isinstance(e, relax.ShapeExpr):
+                return e
+            if isinstance(e, relax.Tuple):
+                return [value(f) for f in e.fields]
+            if hasattr(e, "value") and not isinstance(e, relax.Call):  # PrimValue
+                v = e.value
+                return v.value if hasattr(v, "value") else v
+            raise NotImplementedError(f"reference interpreter: cannot evaluate {type(e).__name__}")
+
+        for block in self.func.body.blocks:
+            for b in block.bindings:
+                e = b.value
+                if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+                    fn = OPS.get(e.op.name)
+                    if fn is None:
+                        raise NotImplementedError(f"reference interpreter: no NumPy twin for {e.op.name}")
+                    env[b.var] = fn(e, *[value(a) for a in e.args])
+                elif isinstance(e, relax.TupleGetItem):
+                    env[b.var] = value(e.tuple_value)[e.index]
+                else:
+                    env[b.var] = value(e)
+        out = value(self.func.body.body)
+        return out if isinstance(out, list) else [out]

@@ -1,0 +1,456 @@
+"""Scale Propagation (Lin et al. 2020): carry every tensor as (integer tensor, scale, zero point) through the
+graph and replace the float islands between the integer matmuls with integer arithmetic.
+
+Expects: the output of IntegerizeMatmul: integer matmuls whose results are `dequantize`d, Q/DQ pairs from the
+annotation on MatMul inputs, bias-add and LayerNorm outputs, float Softmax/LayerNorm/elementwise ops between.
+Guarantees: for every op with a rule in RULES, the op computes on the integer representation:
+data movement and positive scalar multiplies change only the scale; adds rescale both sides to the finer scale
+in int64; gathers read int8 copies of constant tables; attention masks become integer saturating adds;
+Softmax and LayerNorm run the integer kernels of compiler/intmath/integer_ops.py; an elementwise float island
+fed by one 8/16-bit tensor becomes an exact lookup table; `quantize` becomes a fixed-point requantization.
+An op without a rule keeps computing in float on a dequantized input (the verify stage lists it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from compiler.intmath import integer_ops as io
+from compiler.passes import intops
+from compiler.tvm_compat import PyExprMutator, const, constant_value, expr_functor_mutator, tensor_info
+
+R = relax.op
+TABLE_DTYPE = "int8"  # embedding tables (int16 measured: +0.0002 cosine on MiniLM, 2x the memory)
+REFINE = 256  # annotated int8 ranges are refined to int16 (same range, 256x finer)
+_INT_RANGE = {"int8": 128, "uint8": 256, "int16": 32768, "int32": 2 ** 31, "int64": 2 ** 40}
+_MASK_SATURATION = 2 ** 31 - 1  # masked scores saturate here (softmax gives them probability 0)
+
+
+@dataclass(frozen=True)
+class IntRepr:
+    """real = scale * (expr - zp); |expr - zp| <= bound."""
+
+    expr: relax.Expr
+    scale: float
+    zp: int
+    dtype: str
+    bound: int
+
+
+def _op(name):
+    return tvm.ir.Op.get(name)
+
+
+def _scalar(expr) -> Optional[float]:
+    v = constant_value(expr)
+    if v is None or v.size != 1:
+        return None
+    return float(v.reshape(()).item())
+
+
+@expr_functor_mutator
+class _Propagate(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.rep: dict = {}
+        self.rewritten = 0
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def binding(self, expr):
+        """The (new) value bound to a var, following var aliases."""
+        seen = 0
+        while isinstance(expr, relax.Var) and seen < 16:
+            v = self.lookup_binding(expr)
+            if v is None:
+                return None
+            if not isinstance(v, relax.Var):
+                return v
+            expr, seen = v, seen + 1
+        return None
+
+    def rep_of(self, expr) -> Optional[IntRepr]:
+        seen = 0
+        while isinstance(expr, relax.Var) and seen < 16:
+            if expr in self.rep:
+                return self.rep[expr]
+            v = self.lookup_binding(expr)
+            if not isinstance(v, relax.Var):
+                return None
+            expr, seen = v, seen + 1
+        return None
+
+    def emit(self, e):
+        return self.builder_.emit(e)
+
+    def materialize(self, r: IntRepr):
+        """The float view of r (only for consumers without an integer rule; dead otherwise)."""
+        zdt = r.dtype if r.dtype in ("int8", "uint8", "int16", "int32") else "int32"
+        x = r.expr if zdt == r.dtype else self.emit(R.astype(r.expr, zdt))
+        return R.dequantize(x, const(r.scale, "float32"), const(r.zp, zdt), axis=-1, out_dtype="float32")
+
+    def requantize(self, r: IntRepr, scale: float, zp: int, dtype: str):
+        if r.dtype == dtype and r.zp == zp and np.float32(r.scale) == np.float32(scale):
+            return r.expr
+        v = intops.emit_rescale(self.builder_, r.expr, r.zp, r.scale / scale)
+        if zp:
+            v = self.emit(R.add(v, const(zp, "int64")))
+        info = np.iinfo(dtype)
+        return self.emit(R.astype(self.emit(R.clip(v, int(info.min), int(info.max))), dtype))
+
+    # -- the mutator ---------------------------------------------------------------------------------------
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        rule = RULES.get(call.op.name)
+        if rule is None:
+            return call
+        out = rule(self, call)
+        if out is None:
+            return call
+        if isinstance(out, IntRepr):
+            self.rewritten += 1
+            var = self.emit(self.materialize(out))
+            self.rep[var] = out
+            return var
+        self.rewritten += 1
+        return out  # an integer expression replacing an integer-typed call (quantize)
+
+
+# ---- rules: op name -> (mutator, visited call) -> IntRepr | integer expr | None --------------------------
+def _dequantize(m: _Propagate, call):
+    s, z = _scalar(call.args[1]), _scalar(call.args[2])
+    dtype, _ = tensor_info(call.args[0])
+    if s is None or z is None or dtype not in _INT_RANGE:
+        return None
+    produced = _dq_of_quantized(m, call, s, int(z))
+    if produced is not None:
+        return produced
+    return IntRepr(call.args[0], s, int(z), dtype, _INT_RANGE[dtype] * 2)
+
+
+def _dq_of_quantized(m: _Propagate, call, s: float, z: int):
+    """dequantize(quantize(f(x))) with f a LayerNorm or an elementwise island over one integer tensor:
+    compute f in integer straight into int16 on the annotated range refined REFINE times."""
+    q = m.binding(call.args[0])
+    if not (isinstance(q, relax.Call) and q.op == _op("relax.quantize")):
+        return None
+    inner = m.binding(q.args[0])
+    s16, z16 = s / REFINE, z * REFINE
+    if isinstance(inner, relax.Call) and inner.op == _op("relax.nn.layer_norm"):
+        x = m.rep_of(inner.args[0])
+        gamma, beta = constant_value(inner.args[1]), constant_value(inner.args[2])
+        axes = [int(a) for a in inner.attrs.axes]
+        _, shape = tensor_info(inner.args[0])
+        if x is None or gamma is None or beta is None or shape is None or axes not in ([-1], [len(shape) - 1]):
+            return None
+        c = io.layernorm_constants(x.scale, shape[-1], x.bound, float(inner.attrs.epsilon), gamma, beta, s16, z16)
+        y = intops.emit_layernorm(m.builder_, x.expr, c, "int16")
+        return IntRepr(y, s16, z16, "int16", 65536)
+    table = _tabulate(m, q.args[0], s16, z16)
+    if table is not None:
+        x, tab = table
+        y = intops.emit_lookup(m.builder_, x.expr, tab, -int(np.iinfo(x.dtype).min), "int16")
+        return IntRepr(y, s16, z16, "int16", 65536)
+    return None
+
+
+_ELEMENTWISE: dict[str, Callable] = {
+    "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide,
+    "relax.erf": np.vectorize(math.erf, otypes=[np.float64]), "relax.tanh": np.tanh, "relax.exp": np.exp,
+    "relax.sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)), "relax.nn.relu": lambda v: np.maximum(v, 0.0),
+    "relax.power": np.power, "relax.sqrt": np.sqrt, "relax.negative": np.negative,
+    "relax.nn.gelu": lambda v: 0.5 * v * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(v / math.sqrt(2))),
+    "relax.nn.gelu_tanh": lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3))),
+    "relax.nn.silu": lambda v: v / (1.0 + np.exp(-v)),
+}
+_MAX_TABLE_NODES = 32
+
+
+def _tabulate(m: _Propagate, root, s_out: float, z_out: int, out_dtype: str = "int16", values_only: bool = False):
+    """If `root` is an elementwise float function of one 8/16-bit integer tensor (and scalar constants),
+    return (its IntRepr, the table of the function on every input code, quantized to out_dtype)."""
+    source: list = []
+
+    def walk(e, depth):
+        if depth > _MAX_TABLE_NODES:
+            raise _NotTable
+        r = m.rep_of(e)
+        if r is not None:
+            if r.dtype not in ("int8", "int16"):
+                raise _NotTable
+            if source and not source[0].expr.same_as(r.expr):
+                raise _NotTable
+            if not source:
+                source.append(r)
+            codes = np.arange(np.iinfo(r.dtype).min, np.iinfo(r.dtype).max + 1, dtype=np.float64)
+            return (codes - r.zp) * np.float64(np.float32(r.scale))
+        c = constant_value(e)
+        if c is not None:
+            if c.size != 1:
+                raise _NotTable
+            return np.float64(c.reshape(()).item())
+        v = m.binding(e)
+        if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name in _ELEMENTWISE):
+            raise _NotTable
+        return _ELEMENTWISE[v.op.name](*[walk(a, depth + 1) for a in v.args])
+
+    try:
+        values = walk(root, 0)
+    except _NotTable:
+        return None
+    if not source or np.ndim(values) != 1:
+        return None
+    if values_only:
+        return source[0], values
+    info = np.iinfo(out_dtype)
+    q = np.clip(np.floor(values / np.float64(np.float32(s_out)) + 0.5) + z_out, info.min, info.max)
+    return source[0], q.astype(out_dtype)
+
+
+class _NotTable(Exception):
+    pass
+
+
+def _quantize(m: _Propagate, call):
+    """A requantization of an integer tensor; of one scaled per channel (smoothing); or an exact table of an
+    elementwise island (e.g. GELU) straight into the output's int8 codes."""
+    s, z = _scalar(call.args[1]), _scalar(call.args[2])
+    out = str(call.attrs.out_dtype)
+    if s is None or z is None or out not in ("int8", "int16"):
+        return None
+    src, moves = _peel_moves(m, call.args[0])  # quantize commutes with data movement
+    y = _quantize_value(m, src, s, int(z), out)
+    return None if y is None else _apply_moves(m, y, moves)
+
+
+def _peel_moves(m: _Propagate, e):
+    """Follow data-movement ops back from a float value to their source: (source, [ops outermost first])."""
+    moves = []
+    while m.rep_of(e) is None:
+        v = m.binding(e)
+        if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name in _DATA_MOVEMENT):
+            break
+        moves.append(v)
+        e = v.args[0]
+    return e, moves
+
+
+def _apply_moves(m: _Propagate, y, moves):
+    for v in reversed(moves):
+        y = m.emit(relax.Call(v.op, [y] + list(v.args[1:]), v.attrs))
+    return y
+
+
+def _quantize_value(m: _Propagate, src, s: float, z: int, out: str):
+    r = m.rep_of(src)
+    if r is not None:
+        return m.requantize(r, s, int(z), out)
+    per_channel = _channel_scaled(m, src)
+    if per_channel is not None:
+        r, vec = per_channel
+        v = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
+        mult = np.float64(np.float32(r.scale)) * vec.astype(np.float64) / np.float64(np.float32(s))
+        return _requant_vec(m, v, mult, int(z), out)
+    table = _tabulate(m, src, s, int(z), out)
+    if table is not None:
+        x, tab = table
+        return intops.emit_lookup(m.builder_, x.expr, tab, -int(np.iinfo(x.dtype).min), out)
+    return None
+
+
+def _channel_scaled(m: _Propagate, e):
+    """x * c with x an integer tensor and c a positive constant vector along the last axis."""
+    v = m.binding(e)
+    if not (isinstance(v, relax.Call) and v.op == _op("relax.multiply")):
+        return None
+    for x, c in ((v.args[0], v.args[1]), (v.args[1], v.args[0])):
+        cv = constant_value(c)
+        if cv is None or cv.ndim < 1 or cv.size != cv.shape[-1] or not np.all(cv > 0):
+            continue
+        r = m.rep_of(x) or _island_rep(m, x)
+        if r is not None:
+            return r, cv.reshape(-1)
+    return None
+
+
+def _island_rep(m: _Propagate, e) -> Optional[IntRepr]:
+    """An elementwise island as an int16 table lookup on the range of its own values (no annotation needed)."""
+    e, moves = _peel_moves(m, e)
+    probe = _tabulate(m, e, 1.0, 0, "int16", values_only=True)
+    if probe is None:
+        return None
+    x, values = probe
+    lo, hi = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    scale = max((hi - lo) / 65535.0, 1e-12)
+    zp = int(np.clip(np.round(-32768 - lo / scale), -32768, 32767))
+    _, tab = _tabulate(m, e, scale, zp, "int16")
+    y = intops.emit_lookup(m.builder_, x.expr, tab, -int(np.iinfo(x.dtype).min), "int16")
+    return IntRepr(_apply_moves(m, y, moves), scale, zp, "int16", 65536)
+
+
+def _requant_vec(m: _Propagate, v, mult: np.ndarray, zp: int, dtype: str):
+    from compiler.intmath.fixed_point import quantize_multipliers
+
+    m0, sh = quantize_multipliers(mult)
+    x = m.emit(R.multiply(v, const(m0, "int64")))
+    x = m.emit(R.add(x, const(np.left_shift(np.int64(1), sh - 1), "int64")))
+    x = m.emit(R.right_shift(x, const(sh, "int64")))
+    if zp:
+        x = m.emit(R.add(x, const(zp, "int64")))
+    info = np.iinfo(dtype)
+    return m.emit(R.astype(m.emit(R.clip(x, int(info.min), int(info.max))), dtype))
+
+
+def _same_scale(m: _Propagate, call):
+    """Data movement: the op applies to the integer tensor, the scale is unchanged."""
+    r = m.rep_of(call.args[0])
+    if r is None:
+        return None
+    new = relax.Call(call.op, [r.expr] + list(call.args[1:]), call.attrs, call.sinfo_args
+                     if hasattr(call, "sinfo_args") else None)
+    return IntRepr(m.emit(new), r.scale, r.zp, r.dtype, r.bound)
+
+
+def _scale_by_const(m: _Propagate, call, invert: bool):
+    for x, c in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+        r, k = m.rep_of(x), _scalar(c)
+        if r is not None and k is not None and k > 0:
+            return IntRepr(r.expr, r.scale / k if invert else r.scale * k, r.zp, r.dtype, r.bound)
+        if invert:
+            break  # only x / c
+    return None
+
+
+def _multiply(m, call):
+    return _scale_by_const(m, call, invert=False)
+
+
+def _divide(m, call):
+    return _scale_by_const(m, call, invert=True)
+
+
+def _to_common(m: _Propagate, r: IntRepr, scale: float):
+    mult = r.scale / scale
+    return intops.emit_rescale(m.builder_, r.expr, r.zp, mult), int(math.ceil(r.bound * mult)) + 1
+
+
+def _where_of_constants(m: _Propagate, e):
+    """where(cond, c1, c2) with scalar constants: (cond, c1, c2)."""
+    v = m.binding(e)
+    if isinstance(v, relax.Call) and v.op == _op("relax.where"):
+        c1, c2 = _scalar(v.args[1]), _scalar(v.args[2])
+        if c1 is not None and c2 is not None:
+            return v.args[0], c1, c2
+    c = constant_value(e)
+    if c is not None:
+        return None, c, None
+    return None
+
+
+def _add(m: _Propagate, call, sign: int = 1):
+    a, b = m.rep_of(call.args[0]), m.rep_of(call.args[1])
+    if a is not None and b is not None:
+        scale = min(a.scale, b.scale)
+        xa, ba = _to_common(m, a, scale)
+        xb, bb_ = _to_common(m, b, scale)
+        y = m.emit(R.add(xa, xb) if sign > 0 else R.subtract(xa, xb))
+        return IntRepr(y, scale, 0, "int64", ba + bb_)
+    r, other = (a, call.args[1]) if a is not None else (b, call.args[0])
+    if r is None or (sign < 0 and a is None):
+        return None
+    w = _where_of_constants(m, other)
+    if w is None:
+        return None
+    cond, c1, c2 = w
+    x = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
+
+    def q(c):
+        v = np.clip(np.floor(np.asarray(c, np.float64) / np.float64(np.float32(r.scale)) + 0.5),
+                    -_MASK_SATURATION, _MASK_SATURATION) * sign
+        return v.astype(np.int64)
+
+    if cond is None:  # a constant tensor (position embeddings, biases)
+        cv = q(c1)
+        y = m.emit(R.add(x, const(cv, "int64")))
+        return IntRepr(y, r.scale, 0, "int64", r.bound + int(np.max(np.abs(cv), initial=0)))
+    add = m.emit(R.where(cond, const(q(c1), "int64"), const(q(c2), "int64")))
+    y = m.emit(R.clip(m.emit(R.add(x, add)), -_MASK_SATURATION, _MASK_SATURATION))
+    small = max(abs(int(q(c1))), abs(int(q(c2)))) if max(abs(c1), abs(c2)) < 1e30 else 0
+    return IntRepr(y, r.scale, 0, "int64", r.bound + small)
+
+
+def _subtract(m, call):
+    return _add(m, call, sign=-1)
+
+
+def _take(m: _Propagate, call):
+    table = constant_value(call.args[0])
+    idx_dtype, _ = tensor_info(call.args[1])
+    if table is None or table.dtype.kind != "f" or idx_dtype is None or not idx_dtype.startswith(("int", "uint")):
+        return None
+    absmax = float(np.max(np.abs(table))) or 1.0
+    qmax = np.iinfo(TABLE_DTYPE).max
+    scale = absmax / qmax
+    tq = np.clip(np.round(table / scale), -qmax, qmax).astype(TABLE_DTYPE)
+    y = m.emit(relax.Call(call.op, [const(tq, TABLE_DTYPE), call.args[1]], call.attrs))
+    return IntRepr(y, scale, 0, TABLE_DTYPE, qmax + 1)
+
+
+def _softmax(m: _Propagate, call):
+    r = m.rep_of(call.args[0])
+    _, shape = tensor_info(call.args[0])
+    if r is None or shape is None or int(call.attrs.axis) not in (-1, len(shape) - 1):
+        return None
+    # fine codes: the consumer (the P.V matmul's input quantization) requantizes them to its int8 range
+    y = intops.emit_softmax(m.builder_, r.expr, r.scale, fine=True)
+    return IntRepr(y, 1.0 / io.SOFTMAX_FINE_LEVELS, 0, "int32", io.SOFTMAX_FINE_LEVELS + 1)
+
+
+def _where(m: _Propagate, call):
+    """where(isnan(x), c, y): integers are never NaN, so this is y."""
+    cond = m.binding(call.args[0])
+    if isinstance(cond, relax.Call) and cond.op == _op("relax.isnan") and m.rep_of(cond.args[0]) is not None:
+        return m.rep_of(call.args[2])
+    return None
+
+
+_DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax.squeeze", "relax.flatten"}
+
+RULES: dict[str, Callable] = {
+    "relax.dequantize": _dequantize,
+    "relax.quantize": _quantize,
+    "relax.reshape": _same_scale,
+    "relax.permute_dims": _same_scale,
+    "relax.expand_dims": _same_scale,
+    "relax.squeeze": _same_scale,
+    "relax.flatten": _same_scale,
+    "relax.strided_slice": _same_scale,
+    "relax.multiply": _multiply,
+    "relax.divide": _divide,
+    "relax.add": _add,
+    "relax.subtract": _subtract,
+    "relax.take": _take,
+    "relax.nn.softmax": _softmax,
+    "relax.where": _where,
+}
+
+
+@tvm.transform.module_pass(opt_level=0, name="IntformerPropagateScales")
+class PropagateScales:
+    def __init__(self):
+        self.rewritten = 0
+
+    def transform_module(self, mod, ctx):
+        mutator = _Propagate(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = mutator.visit_expr(func)
+        self.rewritten = mutator.rewritten
+        return mod

@@ -1,0 +1,93 @@
+"""The integer nonlinearities: compiled Relax emitters equal their NumPy twins bit for bit (hypothesis), and the
+twins stay within stated error bounds of the float functions."""
+
+import math
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tvm import relax
+
+from compiler.intmath import integer_ops as io
+from compiler.passes import intops
+
+# Stated error bounds (also in the README)
+SOFTMAX_MAX_ABS_ERROR = 0.004  # one output step (1/255) plus the table's 0.14% relative error
+LAYERNORM_MAX_ABS_ERROR_STEPS = 1.5  # in output quantization steps, for |normalized| within the int8 range
+ISQRT_EXACT = True
+
+_cache = {}
+
+
+def _compiled(key, build_fn, shape, dtype):
+    if key not in _cache:
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(shape, dtype))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(build_fn(bb, x))
+            bb.emit_func_output(out)
+        ex = tvm.compile(bb.get(), tvm.target.Target({"kind": "llvm"}))
+        _cache[key] = relax.VirtualMachine(ex, tvm.cpu())
+    return lambda a: _cache[key]["main"](tvm.runtime.tensor(a)).numpy()
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([1, 7, 64]), st.floats(1e-4, 0.3), st.integers(0, 2 ** 32 - 1))
+def test_softmax_matches_twin_and_float(rows, n, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-32768, 32768, size=(rows, n)).astype(np.int16)
+    f = _compiled(("softmax", rows, n, scale), lambda bb, v: intops.emit_softmax(bb, v, scale), (rows, n), "int16")
+    got = f(x)
+    ref = io.isoftmax(x, scale)
+    assert np.array_equal(got, ref)
+    real = (ref.astype(np.float64) - io.SOFTMAX_OUT_ZP) * io.SOFTMAX_OUT_SCALE
+    xf = x.astype(np.float64) * scale
+    p = np.exp(xf - xf.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    assert np.max(np.abs(real - p)) <= SOFTMAX_MAX_ABS_ERROR
+
+
+def test_softmax_masked_positions_vanish():
+    x = np.array([[1000, 900, -32768, -32768]], dtype=np.int32)
+    q = io.isoftmax(x, 0.01)
+    assert q[0, 2] == q[0, 3] == -128  # probability 0
+
+
+@given(st.integers(0, 2 ** 54 - 1))
+def test_isqrt_is_floor_sqrt(n):
+    r = int(io.isqrt(np.array([n]))[0])
+    assert r * r <= max(n, 1) and (r + 1) * (r + 1) > n
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.sampled_from([8, 32, 384]), st.sampled_from([127, 32767, 2 ** 20]), st.floats(1e-3, 1.0),
+       st.integers(0, 2 ** 32 - 1))
+def test_layernorm_matches_twin_and_float(h, bound, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-bound, bound + 1, size=(2, 3, h)).astype(np.int32)
+    x[0, 0, :] = 5  # a constant row: variance 0, eps decides
+    gamma = rng.uniform(-2, 2, h).astype(np.float32)
+    beta = rng.uniform(-1, 1, h).astype(np.float32)
+    out_scale, out_zp = 8.0 / 255, 3
+    c = io.layernorm_constants(scale, h, bound, 1e-5, gamma, beta, out_scale, out_zp)
+    f = _compiled(("ln", h, bound, scale, seed), lambda bb, v: intops.emit_layernorm(bb, v, c, "int8"),
+                  (2, 3, h), "int32")
+    ref = io.ilayernorm(x, c)
+    assert np.array_equal(f(x), ref)
+    xf = x.astype(np.float64) * scale
+    mu = xf.mean(-1, keepdims=True)
+    want = (xf - mu) / np.sqrt(xf.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    q = np.round(want / out_scale) + out_zp
+    inside = (q > -128) & (q < 127)
+    assert np.max(np.abs(ref - q)[inside]) <= LAYERNORM_MAX_ABS_ERROR_STEPS + 0.5
+
+
+def test_lookup_and_rescale():
+    table = np.arange(256, dtype=np.int64)[::-1].astype(np.int8)
+    x = np.array([-128, 0, 127], dtype=np.int8)
+    assert io.lookup(x, table, 128).tolist() == [table[0], table[128], table[255]]
+    assert io.rescale(np.array([10, -10]), 2, 1 << 30, 31).tolist() == [4, -6]  # (8, -12) * 0.5
+    _ = math, pytest
