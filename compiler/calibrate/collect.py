@@ -96,9 +96,10 @@ def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_
             in_lo[s.name] = min(in_lo[s.name], float(np.min(feed[s.name])))
             in_hi[s.name] = max(in_hi[s.name], float(np.max(feed[s.name])))
         for n, v in values.items():
+            v = v.ravel()
+            v = v[np.isfinite(v)]  # masked attention scores can reach -inf; ranges describe finite values
             if v.size == 0:
                 continue
-            v = v.ravel()
             lo[n] = min(lo[n], float(v.min()))
             hi[n] = max(hi[n], float(v.max()))
             a, b = np.percentile(v, q)

@@ -47,7 +47,11 @@ def _shape(arg):
 def _matmul(call, a, b):
     out = _dtype(call)
     if np.issubdtype(a.dtype, np.integer):
-        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(out if out != "None" else np.int64)
+        # int8/int16 products summed over K stay below 2**53: float64 BLAS is exact here, and fast
+        small = a.dtype.itemsize <= 2 and b.dtype.itemsize <= 2 and a.shape[-1] <= (1 << 20)
+        acc = (np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64) if small
+               else np.matmul(a.astype(np.int64), b.astype(np.int64)))
+        return acc.astype(out if out != "None" else np.int64)
     return np.matmul(a, b).astype(out if out not in ("None", "void") else a.dtype)
 
 
