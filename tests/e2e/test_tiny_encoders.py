@@ -88,3 +88,16 @@ def test_family_and_exporters(kind, dynamo, opset, tmp_path):
     assert res.report["matmuls"]["int8"] == res.report["matmuls"]["total"] > 0
     (cmp,) = evaluate(lib, model, str(tmp_path / "test.npz"))
     assert cmp.cosine_mean >= MIN_COSINE, cmp
+
+
+def test_percentile_method_and_synthetic_calibration(tiny_bert, tmp_path):
+    model, calib, test = tiny_bert
+    shape = (("input_ids", (1, 16)),)
+    pct = compile_model(model, str(tmp_path / "pct.so"),
+                        CompileOptions(input_shapes=shape, calibration_data=calib, calibration_method="percentile"))
+    assert pct.manifest.calibration["method"] == "percentile"
+    (cmp,) = evaluate(str(tmp_path / "pct.so"), model, test)
+    assert cmp.cosine_mean >= MIN_COSINE - 0.01, cmp
+    syn = compile_model(model, str(tmp_path / "syn.so"), CompileOptions(input_shapes=shape))
+    assert syn.manifest.calibration["source"] == "synthetic"
+    assert syn.report["float_ops"] == []
