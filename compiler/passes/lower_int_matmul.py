@@ -1,0 +1,59 @@
+"""Lower integer matmuls onto the project's scheduled int8 kernels (schedules/int8_matmul.py).
+
+Expects: the integer graph after verification: `relax.matmul(int8, int8, out_dtype="int32")` calls, the
+right operand either a constant weight or an activation.
+Guarantees: each becomes a call to a PrimFunc with a deterministic default schedule for the target (packed
+weights and the dot-product intrinsic where the target has one), computing the same int32 values bit for
+bit (tests/schedules). Runs after the report and the reference are taken, so both still see plain matmuls.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from compiler.tvm_compat import PyExprMutator, constant_value, expr_functor_mutator, tensor_info
+
+_MATMUL = tvm.ir.Op.get("relax.matmul")
+
+
+@expr_functor_mutator
+class _Lower(PyExprMutator):
+    def __init__(self, mod, target):
+        super().__init__(mod)
+        self.target = target
+        self.lowered = 0
+
+    def visit_call_(self, call):
+        from schedules.int8_matmul import emit_int8_batch_matmul, emit_int8_matmul
+
+        call = self.visit_expr_post_order(call)
+        if call.op != _MATMUL or str(call.attrs.out_dtype) != "int32":
+            return call
+        a, b = call.args
+        (a_dt, a_shape), (b_dt, b_shape) = tensor_info(a), tensor_info(b)
+        if a_dt != "int8" or b_dt != "int8" or a_shape is None or b_shape is None:
+            return call
+        w = constant_value(b)
+        self.lowered += 1
+        if w is not None and w.ndim == 2:
+            return emit_int8_matmul(self.builder_, a, w, self.target)
+        if w is None and len(a_shape) == len(b_shape) and len(a_shape) >= 2 and a_shape[:-2] == b_shape[:-2]:
+            return emit_int8_batch_matmul(self.builder_, a, b, self.target)
+        self.lowered -= 1
+        return call
+
+
+@tvm.transform.module_pass(opt_level=0, name="IntformerLowerIntMatmul")
+class LowerIntMatmul:
+    def __init__(self, target):
+        self.target = target
+        self.lowered = 0
+
+    def transform_module(self, mod, ctx):
+        mutator = _Lower(mod, self.target)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        self.lowered = mutator.lowered
+        return mutator.builder_.get()  # with the kernels' PrimFuncs added
