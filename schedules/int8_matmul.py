@@ -1,0 +1,278 @@
+"""Int8 matmul kernels with deterministic default schedules (no tuning): the lowering of integer MatMuls.
+
+Expects: Relax int8 tensors of static shape; ``w_q`` a constant int8 (K, N) NumPy array; an LLVM target given in
+TVM's dict form, e.g. ``{"kind": "llvm", "mcpu": "rocketlake", "mtriple": "x86_64-linux-gnu", "num-cores": 2}``.
+
+Guarantees:
+- ``emit_int8_matmul`` / ``emit_int8_batch_matmul`` return an int32 Relax expression equal bit for bit to
+  ``a.astype(int32) @ b.astype(int32)`` (int32 wrap-around, as NumPy does).
+- Each emits one ``call_tir`` to a PrimFunc that is already scheduled (tiled from the target's vector width,
+  tensorized with a dot-product intrinsic where the ISA has one, outer loop parallel over TVM's thread pool).
+  The PrimFunc carries ``op_pattern = kOpaque`` and ``tir.is_scheduled``, so the default Relax pipeline
+  (``tvm.compile``: LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR) neither fuses nor re-lowers it.
+- The kernel is chosen by target features through ``INTRINSICS`` (ordered by preference, "generic" last):
+  AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), else a vectorized int32 kernel (any LLVM target).
+
+The VNNI kernels compute ``(a + 128) (u8) x w (s8)`` and subtract the compile-time constant
+``128 * colsum(w)`` by starting each output tile's accumulation from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from tvm import relax
+
+from compiler.tvm_compat import Schedule, const, llvm_cpu_has_features, tensor_info, tir_script as T
+from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4, DotIntrin
+
+OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call alone
+ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
+
+
+@dataclass(frozen=True)
+class GemmKernel:
+    """How one ISA runs an int8 GEMM: the weight packing and the register tile of the micro-kernel.
+
+    ``lanes`` int32 outputs per vector, ``k_group`` bytes reduced per output lane per instruction, ``registers``
+    vector registers available (the accumulator tile is sized to leave room for weights and a broadcast).
+    """
+
+    isa: str
+    lanes: int
+    k_group: int
+    registers: int
+    intrin: DotIntrin | None = None
+
+    @property
+    def act_offset(self) -> int:
+        return ACT_OFFSET if self.intrin is not None else 0
+
+    def tile(self, n_blocks: int, m: int) -> tuple[int, int]:
+        """(rows mr, vectors nr) of the accumulator tile: nr divides n_blocks (the N/lanes weight blocks), mr
+        divides m when a divisor close to the register budget exists (else m is padded to a multiple of mr)."""
+        budget = self.registers - 8 if self.registers >= 32 else self.registers - 4
+        nr = next(v for v in (3, 4, 2, 1) if n_blocks % v == 0)
+        best = max(1, min(budget // nr, 12, m))
+        for mr in range(best, max(1, (2 * best + 2) // 3) - 1, -1):
+            if m % mr == 0:
+                return mr, nr
+        return best, nr
+
+
+# Ordered by preference; the first whose features the target has wins, "generic" always matches.
+INTRINSICS: dict[str, GemmKernel] = {
+    "avx512vnni": GemmKernel("avx512vnni", lanes=16, k_group=4, registers=32, intrin=VNNI_16x4),
+    "avxvnni": GemmKernel("avxvnni", lanes=8, k_group=4, registers=16, intrin=AVXVNNI_8x4),
+    "generic": GemmKernel("generic", lanes=16, k_group=1, registers=32),
+}
+# Extra LLVM features each ISA needs beyond its own name (the ymm form of the AVX512 intrinsic needs VL).
+_REQUIRES: dict[str, tuple[str, ...]] = {"avx512vnni": ("avx512vnni", "avx512bw")}
+# Vector width of the generic kernel by the widest feature the target has.
+_GENERIC_WIDTH: dict[str, tuple[int, int]] = {"avx512bw": (16, 32), "avx2": (8, 16), "neon": (4, 32)}
+
+
+def _has(target, features) -> bool:
+    try:
+        return llvm_cpu_has_features(features, target)
+    except Exception:  # noqa: BLE001  (non-x86 triples raise on unknown x86 feature names)
+        return False
+
+
+@lru_cache(maxsize=None)
+def _select(target_json: str, target) -> GemmKernel:
+    for isa, kernel in INTRINSICS.items():
+        if isa == "generic":
+            break
+        if _has(target, _REQUIRES.get(isa, (isa,))):
+            return kernel
+    for feature, (lanes, regs) in _GENERIC_WIDTH.items():
+        if _has(target, (feature,)):
+            return GemmKernel("generic", lanes=lanes, k_group=1, registers=regs)
+    return GemmKernel("generic", lanes=4, k_group=1, registers=16)
+
+
+def select_kernel(target) -> GemmKernel:
+    """The GemmKernel for an LLVM target (by its features), from ``INTRINSICS``."""
+    return _select(str(target), target)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def pack_weight(w_q: np.ndarray, lanes: int = 16, k_group: int = 4) -> np.ndarray:
+    """int8 (K, N) -> int8 (N'/lanes, K'/k_group, lanes, k_group), N' and K' padded with zeros to multiples.
+
+    Element [nb, kb, i, j] is w[kb * k_group + j, nb * lanes + i]: each (lanes, k_group) block is the contiguous
+    operand of one dot-product instruction.
+    """
+    w = np.asarray(w_q)
+    if w.ndim != 2 or w.dtype != np.int8:
+        raise ValueError(f"pack_weight expects an int8 (K, N) array, got {w.dtype} {w.shape}")
+    k, n = w.shape
+    kp, np_ = _round_up(k, k_group), _round_up(n, lanes)
+    padded = np.zeros((kp, np_), np.int8)
+    padded[:k, :n] = w
+    return np.ascontiguousarray(padded.reshape(kp // k_group, k_group, np_ // lanes, lanes).transpose(2, 0, 3, 1))
+
+
+def weight_correction(w_q: np.ndarray, offset: int = ACT_OFFSET) -> np.ndarray:
+    """int32 (N,): offset * colsum(w), what (a + offset) @ w adds over a @ w."""
+    return (np.asarray(w_q, np.int64).sum(axis=0) * offset).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PrimFunc builders: TE compute over the packed layout, then the default schedule.
+
+
+def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
+    """The unscheduled PrimFunc over the packed weight; out is (Mp, Np), padded to the tile / lanes (the caller
+    slices). Stage "a_in" makes the activation operand (padded; + 128 as uint8 for VNNI), stage "out" reduces.
+
+    VNNI: out = bias + sum_k (a + 128)_u8 * w_s8 with bias = -128 colsum(w) as the reduction's init value: the
+    tile accumulates in registers straight into ``out``, no write-back stage. Generic: out = sum_k a * w.
+    (TVMScript, not TE: te.create_prim_func drops a tensor-valued reduction init and writes 0.)
+    """
+    lanes, kg = kern.lanes, kern.k_group
+    kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
+    nb, kb = np_ // lanes, kp // kg
+    if kern.intrin is None:
+
+        @T.prim_func(s_tir=True)
+        def generic(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
+                    out: T.Buffer((mp, np_), "int32")):
+            T.func_attr({"tirx.noalias": True})
+            a_in = T.sblock_alloc_buffer((mp, kp), "int8")
+            for i, r in T.grid(mp, kp):
+                with T.sblock("a_in"):
+                    vi, vr = T.axis.remap("SS", [i, r])
+                    T.reads(a[vi, vr])
+                    a_in[vi, vr] = T.if_then_else(vi < m and vr < k, a[vi, vr], T.int8(0))
+            for i, j, r in T.grid(mp, np_, kp):
+                with T.sblock("out"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    with T.init():
+                        out[vi, vj] = 0
+                    out[vi, vj] = out[vi, vj] + T.Cast("int32", a_in[vi, vr]) * T.Cast(
+                        "int32", w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
+
+        return generic
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
+             w_bias: T.Buffer((np_,), "int32"), out: T.Buffer((mp, np_), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        a_in = T.sblock_alloc_buffer((mp, kp), "uint8")
+        for i, r in T.grid(mp, kp):
+            with T.sblock("a_in"):
+                vi, vr = T.axis.remap("SS", [i, r])
+                T.reads(a[vi, vr])
+                a_in[vi, vr] = T.if_then_else(
+                    vi < m and vr < k, T.Cast("uint8", a[vi, vr]) ^ T.uint8(ACT_OFFSET), T.uint8(0))
+        for i, j, r in T.grid(mp, np_, kp):
+            with T.sblock("out"):
+                vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                # w_bias left out of the reads: only the init reads it, and the update must match the intrinsic.
+                T.reads(out[vi, vj], a_in[vi, vr], w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
+                T.writes(out[vi, vj])
+                with T.init():
+                    out[vi, vj] = w_bias[vj]
+                out[vi, vj] = out[vi, vj] + T.Cast("int32", a_in[vi, vr]) * T.Cast(
+                    "int32", w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
+
+    return vnni
+
+
+def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int):
+    s = Schedule(func)
+    out = s.get_sblock("out")
+    i, j, r = s.get_loops(out)
+    io, ii = s.split(i, [None, mr])
+    jo, jv, ji = s.split(j, [None, nr, kern.lanes])
+    ro, ri = s.split(r, [None, kern.k_group])
+    if kern.intrin is not None:
+        s.reorder(jo, io, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
+    else:
+        s.reorder(jo, io, ro, ri, ii, jv, ji)  # k_group == 1: ji is a plain int32 vector
+    # N tiles outer, M tiles inner: a thread keeps its (K x nr*lanes) weight panel in cache across M tiles.
+    s.parallel(s.fuse(jo, io))  # before tensorize: parallel needs the reduction block still whole
+    init = s.decompose_reduction(out, ro)
+    if kern.intrin is not None:
+        s.tensorize(ji, kern.intrin.name)
+    else:
+        s.vectorize(ji)
+    s.unroll(ii)
+    s.unroll(jv)
+    # Init fully unrolled too: every access to the (mr, nr*lanes) tile has a constant offset, so LLVM keeps the
+    # tile in vector registers across the k loop.
+    *_, ii0, jv0, ji0 = s.get_loops(init)
+    s.unroll(ii0)
+    s.unroll(jv0)
+    s.vectorize(ji0)
+    a_in = s.get_sblock("a_in")
+    outer, vec = s.split(s.fuse(*s.get_loops(a_in)), [None, 64])
+    s.parallel(outer)
+    s.vectorize(vec)
+    return s.mod["main"]
+
+
+@lru_cache(maxsize=64)
+def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel):
+    """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np)."""
+    mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    func = _schedule_gemm(_gemm_compute(m, k, n, kern, mr), kern, mr, nr)
+    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Relax emitters.
+
+
+def _static_int8(expr, what: str) -> tuple[int, ...]:
+    dtype, shape = tensor_info(expr)
+    if dtype != "int8" or shape is None:
+        raise ValueError(f"{what} must be an int8 tensor of static shape, got {dtype} {shape}")
+    return shape
+
+
+def gemm_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
+    """(Mp, Np): the shape gemm_primfunc writes (M padded to the row tile, N to the lanes)."""
+    mr, _ = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    return _round_up(m, mr), _round_up(n, kern.lanes)
+
+
+def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
+    """The constant operands of gemm_primfunc for a weight: packed weight [, padded correction]."""
+    w = np.asarray(w_q)
+    args = [pack_weight(w, kern.lanes, kern.k_group)]
+    if kern.intrin is not None:
+        bias = np.zeros(_round_up(w.shape[1], kern.lanes), np.int32)
+        bias[: w.shape[1]] = -weight_correction(w, kern.act_offset)
+        args.append(bias)
+    return args
+
+
+def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target) -> relax.Expr:
+    """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact."""
+    shape = _static_int8(a_q, "a_q")
+    w = np.asarray(w_q)
+    if w.dtype != np.int8 or w.ndim != 2 or w.shape[0] != shape[-1]:
+        raise ValueError(f"w_q must be int8 ({shape[-1]}, N), got {w.dtype} {w.shape}")
+    k, n = w.shape
+    rows = math.prod(shape[:-1])
+    kern = select_kernel(target)
+    func = gemm_primfunc(rows, k, n, kern)
+    gv = bb.add_func(func, f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}")
+    a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
+    args = [a2] + [const(v, str(v.dtype)) for v in gemm_args(w, kern)]
+    mp, np_ = gemm_out_shape(rows, n, kern)
+    out = bb.emit(relax.call_tir(gv, args, relax.TensorType((mp, np_), "int32")))
+    if (mp, np_) != (rows, n):  # padded tile rows / lanes: slice them off (a copy; rare for Transformer shapes)
+        out = bb.emit(relax.op.strided_slice(out, axes=[0, 1], begin=[0, 0], end=[rows, n]))
+    if len(shape) != 2:
+        out = bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
+    return out
