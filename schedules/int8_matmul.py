@@ -188,9 +188,11 @@ def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
 
 
 def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int):
+    """Tile out (batch..., i, j, r) into (mr x nr*lanes) register tiles, tensorize, parallelize; vectorize the
+    operand-preparation stages."""
     s = Schedule(func)
     out = s.get_sblock("out")
-    i, j, r = s.get_loops(out)
+    *batch, i, j, r = s.get_loops(out)
     io, ii = s.split(i, [None, mr])
     jo, jv, ji = s.split(j, [None, nr, kern.lanes])
     ro, ri = s.split(r, [None, kern.k_group])
@@ -199,12 +201,12 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int):
     else:
         s.reorder(jo, io, ro, ri, ii, jv, ji)  # k_group == 1: ji is a plain int32 vector
     # N tiles outer, M tiles inner: a thread keeps its (K x nr*lanes) weight panel in cache across M tiles.
-    s.parallel(s.fuse(jo, io))  # before tensorize: parallel needs the reduction block still whole
+    s.parallel(s.fuse(*batch, jo, io))  # before tensorize: parallel needs the reduction block still whole
+    if kern.intrin is None:
+        s.vectorize(ji)  # like parallel: before decompose_reduction
     init = s.decompose_reduction(out, ro)
     if kern.intrin is not None:
         s.tensorize(ji, kern.intrin.name)
-    else:
-        s.vectorize(ji)
     s.unroll(ii)
     s.unroll(jv)
     # Init fully unrolled too: every access to the (mr, nr*lanes) tile has a constant offset, so LLVM keeps the
@@ -213,11 +215,95 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int):
     s.unroll(ii0)
     s.unroll(jv0)
     s.vectorize(ji0)
-    a_in = s.get_sblock("a_in")
-    outer, vec = s.split(s.fuse(*s.get_loops(a_in)), [None, 64])
-    s.parallel(outer)
-    s.vectorize(vec)
+    _schedule_elementwise(s, "a_in")
+    if _has_block(s, "b_pack"):
+        _schedule_elementwise(s, "b_pack")
+    if _has_block(s, "b_bias"):
+        _schedule_colsum(s, "b_bias", kern.lanes)
     return s.mod["main"]
+
+
+def _has_block(s, name: str) -> bool:
+    try:
+        s.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _schedule_elementwise(s, name: str, vec: int = 64):
+    outer, inner = s.split(s.fuse(*s.get_loops(s.get_sblock(name))), [None, vec])
+    s.parallel(outer)
+    s.vectorize(inner)
+
+
+def _schedule_colsum(s, name: str, lanes: int):
+    """bias[b, n] = init + sum_k x[b, k, n]: k outside a vector of n lanes."""
+    blk = s.get_sblock(name)
+    b, n, k = s.get_loops(blk)
+    no, ni = s.split(n, [None, lanes])
+    s.reorder(b, no, k, ni)
+    s.parallel(s.fuse(b, no))
+    s.vectorize(ni)  # before decompose_reduction: vectorize needs the reduction block whole
+    init = s.decompose_reduction(blk, k)
+    s.vectorize(s.get_loops(init)[-1])
+
+
+def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
+    """Batched C[b] = A[b] @ B[b], both int8 at run time; out (bt, Mp, Np). Stages: "a_in" (pad, + 128),
+    "b_pack" (B into (Np/lanes, Kp/k_group, lanes, k_group) blocks), and for VNNI "b_bias" = -128 colsum(B)."""
+    lanes, kg = kern.lanes, kern.k_group
+    kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
+    nb, kb = np_ // lanes, kp // kg
+    off = kern.act_offset
+    a_dtype = "uint8" if kern.intrin is not None else "int8"
+
+    @T.prim_func(s_tir=True)
+    def batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
+              out: T.Buffer((bt, mp, np_), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        a_in = T.sblock_alloc_buffer((bt, mp, kp), a_dtype)
+        b_pack = T.sblock_alloc_buffer((bt, nb, kb, lanes, kg), "int8")
+        b_bias = T.sblock_alloc_buffer((bt, np_), "int32")
+        for x, i, r in T.grid(bt, mp, kp):
+            with T.sblock("a_in"):
+                vx, vi, vr = T.axis.remap("SSS", [x, i, r])
+                T.reads(a[vx, vi, vr])
+                a_in[vx, vi, vr] = T.if_then_else(
+                    vi < m and vr < k, T.Cast(a_dtype, a[vx, vi, vr]) ^ T.Cast(a_dtype, off), T.Cast(a_dtype, 0))
+        for x, jb, rb, jl, rl in T.grid(bt, nb, kb, lanes, kg):
+            with T.sblock("b_pack"):
+                vx, vjb, vrb, vjl, vrl = T.axis.remap("SSSSS", [x, jb, rb, jl, rl])
+                T.reads(b[vx, vrb * kg + vrl, vjb * lanes + vjl])
+                b_pack[vx, vjb, vrb, vjl, vrl] = T.if_then_else(
+                    vrb * kg + vrl < k and vjb * lanes + vjl < n, b[vx, vrb * kg + vrl, vjb * lanes + vjl], T.int8(0))
+        for x, j, r in T.grid(bt, np_, k):
+            with T.sblock("b_bias"):
+                vx, vj, vr = T.axis.remap("SSR", [x, j, r])
+                T.reads(b[vx, vr, vj])
+                with T.init():
+                    b_bias[vx, vj] = 0
+                b_bias[vx, vj] = b_bias[vx, vj] - T.if_then_else(
+                    vj < n, T.Cast("int32", b[vx, vr, vj]) * off, 0)
+        for x, i, j, r in T.grid(bt, mp, np_, kp):
+            with T.sblock("out"):
+                vx, vi, vj, vr = T.axis.remap("SSSR", [x, i, j, r])
+                T.reads(out[vx, vi, vj], a_in[vx, vi, vr], b_pack[vx, vj // lanes, vr // kg, vj % lanes, vr % kg])
+                T.writes(out[vx, vi, vj])
+                with T.init():
+                    out[vx, vi, vj] = b_bias[vx, vj]
+                out[vx, vi, vj] = out[vx, vi, vj] + T.Cast("int32", a_in[vx, vi, vr]) * T.Cast(
+                    "int32", b_pack[vx, vj // lanes, vr // kg, vj % lanes, vr % kg])
+
+    return batch
+
+
+@lru_cache(maxsize=64)
+def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
+    """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np)."""
+    mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr)
+    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
 
 
 @lru_cache(maxsize=64)
@@ -275,4 +361,33 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
         out = bb.emit(relax.op.strided_slice(out, axes=[0, 1], begin=[0, 0], end=[rows, n]))
     if len(shape) != 2:
         out = bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
+    return out
+
+
+def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.Expr, target) -> relax.Expr:
+    """int32 (..., M, N) = a_q (int8 (..., M, K)) @ b_q (int8 (..., K, N)), both at run time, bit-exact.
+
+    Batch dims broadcast as in NumPy (a broadcast operand is materialized first)."""
+    a_shape, b_shape = _static_int8(a_q, "a_q"), _static_int8(b_q, "b_q")
+    if len(a_shape) < 2 or len(b_shape) < 2 or a_shape[-1] != b_shape[-2]:
+        raise ValueError(f"batch matmul shapes do not match: {a_shape} x {b_shape}")
+    (m, k), n = a_shape[-2:], b_shape[-1]
+    batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    bt = math.prod(batch)
+    kern = select_kernel(target)
+    func = batch_primfunc(bt, m, k, n, kern)
+    gv = bb.add_func(func, f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}")
+
+    def as_3d(x, shape, rows, cols):
+        if shape[:-2] != batch:
+            x = bb.emit(relax.op.broadcast_to(x, (*batch, rows, cols)))
+        return x if len(batch) == 1 else bb.emit(relax.op.reshape(x, (bt, rows, cols)))
+
+    a3, b3 = as_3d(a_q, a_shape, m, k), as_3d(b_q, b_shape, k, n)
+    mp, np_ = gemm_out_shape(m, n, kern)
+    out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((bt, mp, np_), "int32")))
+    if (mp, np_) != (m, n):
+        out = bb.emit(relax.op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[m, n]))
+    if len(batch) != 1:
+        out = bb.emit(relax.op.reshape(out, (*batch, m, n)))
     return out
