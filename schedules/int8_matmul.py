@@ -187,7 +187,7 @@ def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
     return vnni
 
 
-def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int):
+def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None = None):
     """Tile out (batch..., i, j, r) into (mr x nr*lanes) register tiles, tensorize, parallelize; vectorize the
     operand-preparation stages."""
     s = Schedule(func)
@@ -206,7 +206,7 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int):
         s.vectorize(ji)  # like parallel: before decompose_reduction
     init = s.decompose_reduction(out, ro)
     if kern.intrin is not None:
-        s.tensorize(ji, kern.intrin.name)
+        s.tensorize(ji, intrin or kern.intrin.name)
     s.unroll(ii)
     s.unroll(jv)
     # Init fully unrolled too: every access to the (mr, nr*lanes) tile has a constant offset, so LLVM keeps the
@@ -217,7 +217,7 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int):
     s.vectorize(ji0)
     _schedule_elementwise(s, "a_in")
     if _has_block(s, "b_pack"):
-        _schedule_elementwise(s, "b_pack")
+        _schedule_elementwise(s, "b_pack", kern.lanes)  # one vector = one row segment of B
     if _has_block(s, "b_bias"):
         _schedule_colsum(s, "b_bias", kern.lanes)
     return s.mod["main"]
@@ -250,33 +250,45 @@ def _schedule_colsum(s, name: str, lanes: int):
 
 
 def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
-    """Batched C[b] = A[b] @ B[b], both int8 at run time; out (bt, Mp, Np). Stages: "a_in" (pad, + 128),
-    "b_pack" (B into (Np/lanes, Kp/k_group, lanes, k_group) blocks), and for VNNI "b_bias" = -128 colsum(B)."""
-    lanes, kg = kern.lanes, kern.k_group
-    kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
-    nb, kb = np_ // lanes, kp // kg
-    off = kern.act_offset
-    a_dtype = "uint8" if kern.intrin is not None else "int8"
+    """Batched C[b] = A[b] @ B[b], both int8 at run time; out (bt, Mp, Np). Stages: "a_in" (pad; + 128 for VNNI)
+    and "b_pack" (B into dot-product blocks); VNNI adds "b_bias" = -128 colsum(B), the reduction's init.
+
+    VNNI packs B as int32 words (byte j of word [x, nb, kb, i] = B[x, 4 kb + j, lanes nb + i]), built with vector
+    shifts and ors over contiguous rows of B, and uses the intrinsic's ``_w32`` form: a byte-level pack would be a
+    gather the vectorizer scalarizes.
+    """
+    if kern.intrin is None:
+        return _batch_compute_generic(bt, m, k, n, kern, mr)
+    lanes = kern.lanes
+    kp, np_, mp = _round_up(k, 4), _round_up(n, lanes), _round_up(m, mr)
+    nb, kb = np_ // lanes, kp // 4
 
     @T.prim_func(s_tir=True)
     def batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
               out: T.Buffer((bt, mp, np_), "int32")):
         T.func_attr({"tirx.noalias": True})
-        a_in = T.sblock_alloc_buffer((bt, mp, kp), a_dtype)
-        b_pack = T.sblock_alloc_buffer((bt, nb, kb, lanes, kg), "int8")
+        a_in = T.sblock_alloc_buffer((bt, mp, kp), "uint8")
+        b_pack = T.sblock_alloc_buffer((bt, nb, kb, lanes), "int32")
         b_bias = T.sblock_alloc_buffer((bt, np_), "int32")
         for x, i, r in T.grid(bt, mp, kp):
             with T.sblock("a_in"):
                 vx, vi, vr = T.axis.remap("SSS", [x, i, r])
                 T.reads(a[vx, vi, vr])
                 a_in[vx, vi, vr] = T.if_then_else(
-                    vi < m and vr < k, T.Cast(a_dtype, a[vx, vi, vr]) ^ T.Cast(a_dtype, off), T.Cast(a_dtype, 0))
-        for x, jb, rb, jl, rl in T.grid(bt, nb, kb, lanes, kg):
+                    vi < m and vr < k, T.Cast("uint8", a[vx, vi, vr]) ^ T.uint8(ACT_OFFSET), T.uint8(0))
+        for x, jb, rb, jl in T.grid(bt, nb, kb, lanes):
             with T.sblock("b_pack"):
-                vx, vjb, vrb, vjl, vrl = T.axis.remap("SSSSS", [x, jb, rb, jl, rl])
-                T.reads(b[vx, vrb * kg + vrl, vjb * lanes + vjl])
-                b_pack[vx, vjb, vrb, vjl, vrl] = T.if_then_else(
-                    vrb * kg + vrl < k and vjb * lanes + vjl < n, b[vx, vrb * kg + vrl, vjb * lanes + vjl], T.int8(0))
+                vx, vjb, vrb, vjl = T.axis.remap("SSSS", [x, jb, rb, jl])
+                T.reads(b[vx, vrb * 4:vrb * 4 + 4, vjb * lanes + vjl])
+                b_pack[vx, vjb, vrb, vjl] = (
+                    T.if_then_else(vrb * 4 < k and vjb * lanes + vjl < n,
+                                   T.Cast("int32", b[vx, vrb * 4, vjb * lanes + vjl]) & 255, 0)
+                    | T.shift_left(T.if_then_else(vrb * 4 + 1 < k and vjb * lanes + vjl < n,
+                                                  T.Cast("int32", b[vx, vrb * 4 + 1, vjb * lanes + vjl]) & 255, 0), 8)
+                    | T.shift_left(T.if_then_else(vrb * 4 + 2 < k and vjb * lanes + vjl < n,
+                                                  T.Cast("int32", b[vx, vrb * 4 + 2, vjb * lanes + vjl]) & 255, 0), 16)
+                    | T.shift_left(T.if_then_else(vrb * 4 + 3 < k and vjb * lanes + vjl < n,
+                                                  T.Cast("int32", b[vx, vrb * 4 + 3, vjb * lanes + vjl]), 0), 24))
         for x, j, r in T.grid(bt, np_, k):
             with T.sblock("b_bias"):
                 vx, vj, vr = T.axis.remap("SSR", [x, j, r])
@@ -284,16 +296,49 @@ def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
                 with T.init():
                     b_bias[vx, vj] = 0
                 b_bias[vx, vj] = b_bias[vx, vj] - T.if_then_else(
-                    vj < n, T.Cast("int32", b[vx, vr, vj]) * off, 0)
+                    vj < n, T.Cast("int32", b[vx, vr, vj]) * ACT_OFFSET, 0)
         for x, i, j, r in T.grid(bt, mp, np_, kp):
             with T.sblock("out"):
                 vx, vi, vj, vr = T.axis.remap("SSSR", [x, i, j, r])
-                T.reads(out[vx, vi, vj], a_in[vx, vi, vr], b_pack[vx, vj // lanes, vr // kg, vj % lanes, vr % kg])
+                T.reads(out[vx, vi, vj], a_in[vx, vi, vr], b_pack[vx, vj // lanes, vr // 4, vj % lanes])
                 T.writes(out[vx, vi, vj])
                 with T.init():
                     out[vx, vi, vj] = b_bias[vx, vj]
+                out[vx, vi, vj] = out[vx, vi, vj] + T.Cast("int32", a_in[vx, vi, vr]) * T.Cast("int32", T.Cast(
+                    "int8", T.shift_right(b_pack[vx, vj // lanes, vr // 4, vj % lanes], vr % 4 * 8)))
+
+    return batch
+
+
+def _batch_compute_generic(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
+    lanes = kern.lanes
+    np_, mp = _round_up(n, lanes), _round_up(m, mr)
+    nb = np_ // lanes
+
+    @T.prim_func(s_tir=True)
+    def batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
+              out: T.Buffer((bt, mp, np_), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        a_in = T.sblock_alloc_buffer((bt, mp, k), "int8")
+        b_pack = T.sblock_alloc_buffer((bt, nb, k, lanes), "int8")
+        for x, i, r in T.grid(bt, mp, k):
+            with T.sblock("a_in"):
+                vx, vi, vr = T.axis.remap("SSS", [x, i, r])
+                T.reads(a[vx, vi, vr])
+                a_in[vx, vi, vr] = T.if_then_else(vi < m, a[vx, vi, vr], T.int8(0))
+        for x, jb, r, jl in T.grid(bt, nb, k, lanes):
+            with T.sblock("b_pack"):
+                vx, vjb, vr, vjl = T.axis.remap("SSSS", [x, jb, r, jl])
+                T.reads(b[vx, vr, vjb * lanes + vjl])
+                b_pack[vx, vjb, vr, vjl] = T.if_then_else(vjb * lanes + vjl < n, b[vx, vr, vjb * lanes + vjl],
+                                                          T.int8(0))
+        for x, i, j, r in T.grid(bt, mp, np_, k):
+            with T.sblock("out"):
+                vx, vi, vj, vr = T.axis.remap("SSSR", [x, i, j, r])
+                with T.init():
+                    out[vx, vi, vj] = 0
                 out[vx, vi, vj] = out[vx, vi, vj] + T.Cast("int32", a_in[vx, vi, vr]) * T.Cast(
-                    "int32", b_pack[vx, vj // lanes, vr // kg, vj % lanes, vr % kg])
+                    "int32", b_pack[vx, vj // lanes, vr, vj % lanes])
 
     return batch
 
@@ -302,7 +347,8 @@ def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
 def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
     """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np)."""
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
-    func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr)
+    intrin = kern.intrin.w32_name if kern.intrin is not None else None
+    func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin)
     return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
 
 

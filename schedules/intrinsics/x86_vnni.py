@@ -6,7 +6,9 @@ Guarantees: after import, these TensorIntrins are registered under project names
 - ``VNNI_16x4`` ("intformer_vnni_16x4"): 512-bit ``vpdpbusd`` on zmm (AVX512-VNNI), 16 int32 lanes x 4 bytes.
 - ``AVXVNNI_8x4`` ("intformer_avxvnni_8x4"): 256-bit ``vpdpbusd`` on ymm (AVX-VNNI or AVX512-VNNI+VL),
   8 int32 lanes x 4 bytes.
-- each also as ``<name>_local``: the same with the accumulator C in "local" scope (a register tile).
+- each also as ``<name>_w32``: the weight block given as ``lanes`` int32 words, byte k (little-endian) of word i
+  being B[i, k], i.e. ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time
+  with int32 vector shifts and ors (a byte transpose that vectorizes), see int8_matmul's batch kernel.
 
 Both compute, for a block of ``lanes`` outputs::
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from compiler.tvm_compat import TensorIntrin, tir_script as T
 
 
-LOCAL_SUFFIX = "_local"
+W32_SUFFIX = "_w32"
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,17 @@ class DotIntrin:
     vector_bits: int
 
     @property
-    def local_name(self) -> str:
-        """The variant whose accumulator C is a "local" (register-tile) buffer."""
-        return self.name + LOCAL_SUFFIX
+    def w32_name(self) -> str:
+        """The variant whose weight block is ``lanes`` int32 words, byte k of word i being B[i, k]."""
+        return self.name + W32_SUFFIX
 
 
-def _desc(lanes: int, c_scope: str):
+def _desc(lanes: int):
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=c_scope),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
@@ -64,7 +66,7 @@ def _desc(lanes: int, c_scope: str):
     return desc
 
 
-def _impl(lanes: int, llvm_intrinsic: str, c_scope: str):
+def _impl(lanes: int, llvm_intrinsic: str):
     i32xl = f"int32x{lanes}"
     i8xl4 = f"int8x{lanes * 4}"
 
@@ -72,7 +74,7 @@ def _impl(lanes: int, llvm_intrinsic: str, c_scope: str):
     def impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=c_scope),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
@@ -89,10 +91,53 @@ def _impl(lanes: int, llvm_intrinsic: str, c_scope: str):
     return impl
 
 
+def _desc_w32(lanes: int):
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes,), "int32", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(
+                            T.cast(T.shift_right(B[vi], vk * 8), "int8"), "int32")
+
+    return desc
+
+
+def _impl_w32(lanes: int, llvm_intrinsic: str):
+    i32xl = f"int32x{lanes}"
+    i8xl4 = f"int8x{lanes * 4}"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes,), "int32", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_intrinsic),
+                C.vload([0], dtype=i32xl),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes), dtype=i8xl4),
+                T.reinterpret(B.vload([0], dtype=i32xl), dtype=i8xl4),
+                dtype=i32xl,
+            )
+
+    return impl
+
+
 def _register(name: str, lanes: int, llvm_intrinsic: str) -> DotIntrin:
-    for suffix, scope in (("", "global"), (LOCAL_SUFFIX, "local")):
-        impl = _impl(lanes, llvm_intrinsic, scope)
-        TensorIntrin.register(name + suffix, _desc(lanes, scope), impl, override=True)
+    TensorIntrin.register(name, _desc(lanes), _impl(lanes, llvm_intrinsic), override=True)
+    TensorIntrin.register(name + W32_SUFFIX, _desc_w32(lanes), _impl_w32(lanes, llvm_intrinsic), override=True)
     return DotIntrin(name=name, lanes=lanes, k=4, vector_bits=lanes * 32)
 
 
