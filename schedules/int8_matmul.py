@@ -11,7 +11,9 @@ Guarantees:
   The PrimFunc carries ``op_pattern = kOpaque`` and ``tir.is_scheduled``, so the default Relax pipeline
   (``tvm.compile``: LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR) neither fuses nor re-lowers it.
 - The kernel is chosen by target features through ``INTRINSICS`` (ordered by preference, "generic" last):
-  AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), else a vectorized int32 kernel (any LLVM target).
+  AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), AVX2 (ymm ``vpmaddwd`` on int16, exact), else a
+  vectorized int32 kernel (any LLVM target). The batch kernel uses VNNI where available, else the vectorized
+  int32 kernel.
 
 The VNNI kernels compute ``(a + 128) (u8) x w (s8)`` and subtract the compile-time constant
 ``128 * colsum(w)`` by starting each output tile's accumulation from it.
@@ -27,18 +29,24 @@ import numpy as np
 from tvm import relax
 
 from compiler.tvm_compat import Schedule, const, llvm_cpu_has_features, tensor_info, tir_script as T
+from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4, DotIntrin
 
 OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call alone
 ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
+MAX_TILE_ROWS = 12
+PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
+LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
 
 @dataclass(frozen=True)
 class GemmKernel:
     """How one ISA runs an int8 GEMM: the weight packing and the register tile of the micro-kernel.
 
-    ``lanes`` int32 outputs per vector, ``k_group`` bytes reduced per output lane per instruction, ``registers``
-    vector registers available (the accumulator tile is sized to leave room for weights and a broadcast).
+    ``lanes`` int32 outputs per vector, ``k_group`` products summed per output lane per instruction, ``registers``
+    vector registers (the accumulator tile leaves room for weights and a broadcast). The activation operand is
+    ``act_dtype``; a non-zero ``act_offset`` (VNNI: u8 x s8) is added to it and compensated by a bias of
+    ``-act_offset * colsum(w)``, the reduction's initial value.
     """
 
     isa: str
@@ -46,30 +54,35 @@ class GemmKernel:
     k_group: int
     registers: int
     intrin: DotIntrin | None = None
-
-    @property
-    def act_offset(self) -> int:
-        return ACT_OFFSET if self.intrin is not None else 0
+    act_dtype: str = "int8"
+    act_offset: int = 0
+    scratch: int = 0  # extra vector registers per step (vpmaddwd needs one before the add)
 
     def tile(self, n_blocks: int, m: int) -> tuple[int, int]:
-        """(rows mr, vectors nr) of the accumulator tile: nr divides n_blocks (the N/lanes weight blocks), mr
-        divides m when a divisor close to the register budget exists (else m is padded to a multiple of mr)."""
-        budget = self.registers - 8 if self.registers >= 32 else self.registers - 4
-        nr = next(v for v in (3, 4, 2, 1) if n_blocks % v == 0)
-        best = max(1, min(budget // nr, 12, m))
-        for mr in range(best, max(1, (2 * best + 2) // 3) - 1, -1):
-            if m % mr == 0:
-                return mr, nr
-        return best, nr
+        """(rows mr, vectors nr) of the accumulator tile, mr * nr <= the register budget, nr dividing n_blocks
+        (the N/lanes weight blocks). Score: accumulators (instructions per k step), discounted by the rows padded
+        when mr does not divide m (and a little more: padding costs a slice copy), minus the mr + nr loads per
+        k step (a thin tile is load-bound)."""
+        budget = (self.registers - 8 if self.registers >= 32 else self.registers - 4) - self.scratch
+
+        def score(mr_nr):
+            mr, nr = mr_nr
+            padded = _round_up(m, mr)
+            return mr * nr * m / padded * (1.0 if padded == m else PAD_PENALTY) - LOAD_COST * (mr + nr), nr
+
+        options = [(mr, nr) for nr in (4, 3, 2, 1) if n_blocks % nr == 0
+                   for mr in range(1, min(MAX_TILE_ROWS, m, max(1, budget // nr)) + 1)]
+        return max(options, key=score)
 
 
 # Ordered by preference; the first whose features the target has wins, "generic" always matches.
 INTRINSICS: dict[str, GemmKernel] = {
-    "avx512vnni": GemmKernel("avx512vnni", lanes=16, k_group=4, registers=32, intrin=VNNI_16x4),
-    "avxvnni": GemmKernel("avxvnni", lanes=8, k_group=4, registers=16, intrin=AVXVNNI_8x4),
+    "avx512vnni": GemmKernel("avx512vnni", 16, 4, 32, VNNI_16x4, act_dtype="uint8", act_offset=ACT_OFFSET),
+    "avxvnni": GemmKernel("avxvnni", 8, 4, 16, AVXVNNI_8x4, act_dtype="uint8", act_offset=ACT_OFFSET),
+    "avx2": GemmKernel("avx2", 8, 2, 16, PMADDWD_8x2, act_dtype="int16", scratch=1),
     "generic": GemmKernel("generic", lanes=16, k_group=1, registers=32),
 }
-# Extra LLVM features each ISA needs beyond its own name (the ymm form of the AVX512 intrinsic needs VL).
+# LLVM features each ISA needs (default: its own name).
 _REQUIRES: dict[str, tuple[str, ...]] = {"avx512vnni": ("avx512vnni", "avx512bw")}
 # Vector width of the generic kernel by the widest feature the target has.
 _GENERIC_WIDTH: dict[str, tuple[int, int]] = {"avx512bw": (16, 32), "avx2": (8, 16), "neon": (4, 32)}
@@ -134,24 +147,26 @@ def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
     slices). Stage "a_in" makes the activation operand (padded; + 128 as uint8 for VNNI), stage "out" reduces.
 
     VNNI: out = bias + sum_k (a + 128)_u8 * w_s8 with bias = -128 colsum(w) as the reduction's init value: the
-    tile accumulates in registers straight into ``out``, no write-back stage. Generic: out = sum_k a * w.
+    tile accumulates in registers straight into ``out``, no write-back stage. Otherwise out = sum_k a * w with a
+    converted to the kernel's act_dtype (int16 for vpmaddwd).
     (TVMScript, not TE: te.create_prim_func drops a tensor-valued reduction init and writes 0.)
     """
     lanes, kg = kern.lanes, kern.k_group
     kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
     nb, kb = np_ // lanes, kp // kg
-    if kern.intrin is None:
+    if not kern.act_offset:
+        a_dtype = kern.act_dtype
 
         @T.prim_func(s_tir=True)
-        def generic(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
-                    out: T.Buffer((mp, np_), "int32")):
+        def plain(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
+                  out: T.Buffer((mp, np_), "int32")):
             T.func_attr({"tirx.noalias": True})
-            a_in = T.sblock_alloc_buffer((mp, kp), "int8")
+            a_in = T.sblock_alloc_buffer((mp, kp), a_dtype)
             for i, r in T.grid(mp, kp):
                 with T.sblock("a_in"):
                     vi, vr = T.axis.remap("SS", [i, r])
                     T.reads(a[vi, vr])
-                    a_in[vi, vr] = T.if_then_else(vi < m and vr < k, a[vi, vr], T.int8(0))
+                    a_in[vi, vr] = T.if_then_else(vi < m and vr < k, T.Cast(a_dtype, a[vi, vr]), T.Cast(a_dtype, 0))
             for i, j, r in T.grid(mp, np_, kp):
                 with T.sblock("out"):
                     vi, vj, vr = T.axis.remap("SSR", [i, j, r])
@@ -160,7 +175,7 @@ def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
                     out[vi, vj] = out[vi, vj] + T.Cast("int32", a_in[vi, vr]) * T.Cast(
                         "int32", w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
 
-        return generic
+        return plain
 
     @T.prim_func(s_tir=True)
     def vnni(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
@@ -257,7 +272,7 @@ def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
     shifts and ors over contiguous rows of B, and uses the intrinsic's ``_w32`` form: a byte-level pack would be a
     gather the vectorizer scalarizes.
     """
-    if kern.intrin is None:
+    if not kern.act_offset:
         return _batch_compute_generic(bt, m, k, n, kern, mr)
     lanes = kern.lanes
     kp, np_, mp = _round_up(k, 4), _round_up(n, lanes), _round_up(m, mr)
@@ -343,9 +358,17 @@ def _batch_compute_generic(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr
     return batch
 
 
+def _batch_kernel(kern: GemmKernel) -> GemmKernel:
+    """VNNI kernels pack B at run time (int32 words); others run the plain vectorized kernel on B's rows."""
+    if kern.act_offset or kern.intrin is None:
+        return kern
+    return GemmKernel("generic", lanes=kern.lanes, k_group=1, registers=kern.registers)
+
+
 @lru_cache(maxsize=64)
 def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
     """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np)."""
+    kern = _batch_kernel(kern)
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     intrin = kern.intrin.w32_name if kern.intrin is not None else None
     func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin)
@@ -381,7 +404,7 @@ def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
     """The constant operands of gemm_primfunc for a weight: packed weight [, padded correction]."""
     w = np.asarray(w_q)
     args = [pack_weight(w, kern.lanes, kern.k_group)]
-    if kern.intrin is not None:
+    if kern.act_offset:
         bias = np.zeros(_round_up(w.shape[1], kern.lanes), np.int32)
         bias[: w.shape[1]] = -weight_correction(w, kern.act_offset)
         args.append(bias)
@@ -430,7 +453,7 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
         return x if len(batch) == 1 else bb.emit(relax.op.reshape(x, (bt, rows, cols)))
 
     a3, b3 = as_3d(a_q, a_shape, m, k), as_3d(b_q, b_shape, k, n)
-    mp, np_ = gemm_out_shape(m, n, kern)
+    mp, np_ = gemm_out_shape(m, n, _batch_kernel(kern))
     out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((bt, mp, np_), "int32")))
     if (mp, np_) != (m, n):
         out = bb.emit(relax.op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[m, n]))

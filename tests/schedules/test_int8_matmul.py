@@ -38,12 +38,14 @@ def _host_flags() -> set[str]:
 HOST = _host_flags()
 VNNI = _target("rocketlake")  # AVX512-VNNI: zmm vpdpbusd
 AVXVNNI = _target("alderlake")  # AVX-VNNI, no AVX-512: ymm vpdpbusd
-AVX2 = _target("haswell")  # no VNNI: the generic fallback
+AVX2 = _target("haswell")  # no VNNI: vpmaddwd on int16
+SSE = _target("x86-64")  # no AVX2: the generic vectorized int32 kernel
 needs_vnni = pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= HOST, reason="host has no AVX512-VNNI")
 TARGETS = [
     pytest.param(VNNI, marks=needs_vnni, id="vnni"),
     pytest.param(AVXVNNI, marks=pytest.mark.skipif("avx_vnni" not in HOST, reason="no AVX-VNNI"), id="avxvnni"),
     pytest.param(AVX2, id="avx2"),
+    pytest.param(SSE, id="generic"),
 ]
 
 
@@ -146,8 +148,9 @@ def test_batch_matmul_uses_vnni_when_available(target):
 def test_kernel_selection_by_features():
     assert select_kernel(VNNI) is INTRINSICS["avx512vnni"]
     assert select_kernel(AVXVNNI) is INTRINSICS["avxvnni"]  # AVX-VNNI, no AVX-512
-    generic = select_kernel(AVX2)
-    assert generic.isa == "generic" and generic.intrin is None and generic.lanes == 8
+    assert select_kernel(AVX2) is INTRINSICS["avx2"]
+    generic = select_kernel(SSE)
+    assert generic.isa == "generic" and generic.intrin is None and generic.lanes == 4
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]})
     assert select_kernel(arm).isa == "generic"
 
