@@ -102,16 +102,8 @@ def string_const(text: str):
 
 
 # --- Kernel scheduling names (schedules/ package); 0.2x moved them from tvm.tir / tvm.tir.schedule. ---
-from tvm import te  # noqa: E402
 from tvm.s_tir import Schedule, TensorIntrin  # noqa: E402  (tvm.tir.Schedule / tvm.tir.TensorIntrin before 0.2x)
 from tvm.script import tirx as tir_script  # noqa: E402  (tvm.script.tir before 0.2x; use @T.prim_func(s_tir=True))
-
-tirx = tvm.tirx  # tvm.tir before 0.2x
-
-
-def create_prim_func(args):
-    """A schedulable PrimFunc from TE tensors (te.create_prim_func)."""
-    return te.create_prim_func(args)
 
 
 def llvm_cpu_has_features(features, target) -> bool:

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 from tvm import relax
 
-from compiler.tvm_compat import Schedule, const, llvm_cpu_has_features, tensor_info, tir_script as T
+from compiler.tvm_compat import Schedule, const, llvm_cpu_has_features, make_target, tensor_info, tir_script as T
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4, DotIntrin
 
@@ -109,7 +109,9 @@ def _select(target_json: str, target) -> GemmKernel:
 
 
 def select_kernel(target) -> GemmKernel:
-    """The GemmKernel for an LLVM target (by its features), from ``INTRINSICS``."""
+    """The GemmKernel for an LLVM target (a tvm Target or its dict form), by its features, from ``INTRINSICS``."""
+    if isinstance(target, dict):
+        target = make_target(target)
     return _select(str(target), target)
 
 

@@ -162,3 +162,18 @@ def test_pack_weight_layout():
     for nb, kb, i, j in np.ndindex(p.shape):
         k, n = kb * 4 + j, nb * 16 + i
         assert p[nb, kb, i, j] == (w[k, n] if k < 6 and n < 20 else 0)
+
+
+def test_same_shape_weights_share_one_kernel():
+    rng = np.random.default_rng(3)
+    w1, w2 = _rand_int8(rng, (64, 48)), _rand_int8(rng, (64, 48))
+    bb = relax.BlockBuilder()
+    x = relax.Var("a", tensor_type((1, 16, 64), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = emit_int8_matmul(bb, x, w1, {"kind": "llvm", "mcpu": "rocketlake", "mtriple": "x86_64-linux-gnu"})
+            z = emit_int8_matmul(bb, x, w2, VNNI)
+            out = bb.emit_output(relax.op.add(y, z))
+        bb.emit_func_output(out)
+    prim = [gv.name_hint for gv, f in bb.get().functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(prim) == 1, prim
