@@ -34,7 +34,7 @@ W32_SUFFIX = "_w32"
 
 @dataclass(frozen=True)
 class DotIntrin:
-    """A registered u8 x s8 -> s32 dot-product intrinsic: ``lanes`` int32 outputs x ``k`` bytes per call."""
+    """A registered dot-product intrinsic: ``lanes`` int32 outputs, each summing ``k`` products per call."""
 
     name: str
     lanes: int
