@@ -141,7 +141,7 @@ def weight_correction(w_q: np.ndarray, offset: int = ACT_OFFSET) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# PrimFunc builders: TE compute over the packed layout, then the default schedule.
+# PrimFunc builders: TVMScript compute over the packed layout, then the default schedule.
 
 
 def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
