@@ -232,7 +232,9 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     s.unroll(ii0)
     s.unroll(jv0)
     s.vectorize(ji0)
-    _schedule_elementwise(s, "a_in")
+    # Serial: converting M*K bytes (a few hundred vector ops for M=128, K=384) costs less than a second
+    # fork-join of the thread pool.
+    _schedule_elementwise(s, "a_in", parallel=False)
     if _has_block(s, "b_pack"):
         _schedule_elementwise(s, "b_pack", kern.lanes)  # one vector = one row segment of B
     if _has_block(s, "b_bias"):
@@ -248,9 +250,10 @@ def _has_block(s, name: str) -> bool:
         return False
 
 
-def _schedule_elementwise(s, name: str, vec: int = 64):
+def _schedule_elementwise(s, name: str, vec: int = 64, parallel: bool = True):
     outer, inner = s.split(s.fuse(*s.get_loops(s.get_sblock(name))), [None, vec])
-    s.parallel(outer)
+    if parallel:
+        s.parallel(outer)
     s.vectorize(inner)
 
 
