@@ -99,3 +99,15 @@ def string_const(text: str):
     from tvm.ir.expr import StringImm
 
     return StringImm(text)
+
+
+# --- Kernel scheduling names (schedules/ package); 0.2x moved them from tvm.tir / tvm.tir.schedule. ---
+from tvm.s_tir import Schedule, TensorIntrin  # noqa: E402  (tvm.tir.Schedule / tvm.tir.TensorIntrin before 0.2x)
+from tvm.script import tirx as tir_script  # noqa: E402  (tvm.script.tir before 0.2x; use @T.prim_func(s_tir=True))
+
+
+def llvm_cpu_has_features(features, target) -> bool:
+    """True if the LLVM target (mtriple, mcpu, mattr) has every feature, e.g. ["avx512vnni"]."""
+    from tvm.target import codegen
+
+    return bool(codegen.llvm_cpu_has_features(list(features), target))

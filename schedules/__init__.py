@@ -1,6 +1,10 @@
-"""Schedules for the int8 kernels: tensor intrinsics (VNNI, AVX-VNNI, SDOT/UDOT, I8MM), default schedules,
-MetaSchedule tuning and its database.
+"""Schedules for the int8 kernels: project-owned tensor intrinsics and deterministic default schedules (no tuning).
 
-Not built yet: the foundation compiles with TVM's default lowering and no schedule (slow: see the README's
-latency figures). The tuned-kernels issue fills this package.
+- ``intrinsics/x86_vnni.py``: AVX512-VNNI (zmm) and AVX-VNNI (ymm) ``vpdpbusd`` u8 x s8 -> s32 intrinsics.
+- ``intrinsics/x86_avx2.py``: AVX2 ``vpmaddwd`` s16 x s16 -> s32 intrinsic (exact int8 products).
+- ``int8_matmul.py``: ``pack_weight``, ``emit_int8_matmul`` (constant weight), ``emit_int8_batch_matmul``
+  (both operands at run time): bit-exact int32 results, kernels chosen by target features via ``INTRINSICS``.
+- ``bench_gemm.py``: ``python -m schedules.bench_gemm`` prints GEMM speed against the measured VNNI peak.
+
+Not built yet: MetaSchedule tuning and its database (the default schedules need none).
 """

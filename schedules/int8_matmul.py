@@ -1,0 +1,467 @@
+"""Int8 matmul kernels with deterministic default schedules (no tuning): the lowering of integer MatMuls.
+
+Expects: Relax int8 tensors of static shape; ``w_q`` a constant int8 (K, N) NumPy array; an LLVM target given in
+TVM's dict form, e.g. ``{"kind": "llvm", "mcpu": "rocketlake", "mtriple": "x86_64-linux-gnu", "num-cores": 2}``.
+
+Guarantees:
+- ``emit_int8_matmul`` / ``emit_int8_batch_matmul`` return an int32 Relax expression equal bit for bit to
+  ``a.astype(int32) @ b.astype(int32)`` (int32 wrap-around, as NumPy does).
+- Each emits one ``call_tir`` to a PrimFunc that is already scheduled (tiled from the target's vector width,
+  tensorized with a dot-product intrinsic where the ISA has one, outer loop parallel over TVM's thread pool).
+  The PrimFunc carries ``op_pattern = kOpaque`` and ``tir.is_scheduled``, so the default Relax pipeline
+  (``tvm.compile``: LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR) neither fuses nor re-lowers it.
+- The kernel is chosen by target features through ``INTRINSICS`` (ordered by preference, "generic" last):
+  AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), AVX2 (ymm ``vpmaddwd`` on int16, exact), else a
+  vectorized int32 kernel (any LLVM target). The batch kernel uses VNNI where available, else the vectorized
+  int32 kernel.
+
+The VNNI kernels compute ``(a + 128) (u8) x w (s8)`` and subtract the compile-time constant
+``128 * colsum(w)`` by starting each output tile's accumulation from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from tvm import relax
+
+from compiler.tvm_compat import Schedule, const, llvm_cpu_has_features, make_target, tensor_info, tir_script as T
+from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
+from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4, DotIntrin
+
+OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call alone
+ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
+MAX_TILE_ROWS = 12
+PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
+LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
+
+
+@dataclass(frozen=True)
+class GemmKernel:
+    """How one ISA runs an int8 GEMM: the weight packing and the register tile of the micro-kernel.
+
+    ``lanes`` int32 outputs per vector, ``k_group`` products summed per output lane per instruction, ``registers``
+    vector registers (the accumulator tile leaves room for weights and a broadcast). The activation operand is
+    ``act_dtype``; a non-zero ``act_offset`` (VNNI: u8 x s8) is added to it and compensated by a bias of
+    ``-act_offset * colsum(w)``, the reduction's initial value.
+    """
+
+    isa: str
+    lanes: int
+    k_group: int
+    registers: int
+    intrin: DotIntrin | None = None
+    act_dtype: str = "int8"
+    act_offset: int = 0
+    scratch: int = 0  # extra vector registers per step (vpmaddwd needs one before the add)
+
+    def tile(self, n_blocks: int, m: int) -> tuple[int, int]:
+        """(rows mr, vectors nr) of the accumulator tile, mr * nr <= the register budget, nr dividing n_blocks
+        (the N/lanes weight blocks). Score: accumulators (instructions per k step), discounted by the rows padded
+        when mr does not divide m (and a little more: padding costs a slice copy), minus the mr + nr loads per
+        k step (a thin tile is load-bound)."""
+        budget = (self.registers - 8 if self.registers >= 32 else self.registers - 4) - self.scratch
+
+        def score(mr_nr):
+            mr, nr = mr_nr
+            padded = _round_up(m, mr)
+            return mr * nr * m / padded * (1.0 if padded == m else PAD_PENALTY) - LOAD_COST * (mr + nr), nr
+
+        options = [(mr, nr) for nr in (4, 3, 2, 1) if n_blocks % nr == 0
+                   for mr in range(1, min(MAX_TILE_ROWS, m, max(1, budget // nr)) + 1)]
+        return max(options, key=score)
+
+
+# Ordered by preference; the first whose features the target has wins, "generic" always matches.
+INTRINSICS: dict[str, GemmKernel] = {
+    "avx512vnni": GemmKernel("avx512vnni", 16, 4, 32, VNNI_16x4, act_dtype="uint8", act_offset=ACT_OFFSET),
+    "avxvnni": GemmKernel("avxvnni", 8, 4, 16, AVXVNNI_8x4, act_dtype="uint8", act_offset=ACT_OFFSET),
+    "avx2": GemmKernel("avx2", 8, 2, 16, PMADDWD_8x2, act_dtype="int16", scratch=1),
+    "generic": GemmKernel("generic", lanes=16, k_group=1, registers=32),
+}
+# LLVM features each ISA needs (default: its own name).
+_REQUIRES: dict[str, tuple[str, ...]] = {"avx512vnni": ("avx512vnni", "avx512bw")}
+# Vector width of the generic kernel by the widest feature the target has.
+_GENERIC_WIDTH: dict[str, tuple[int, int]] = {"avx512bw": (16, 32), "avx2": (8, 16), "neon": (4, 32)}
+
+
+def _has(target, features) -> bool:
+    try:
+        return llvm_cpu_has_features(features, target)
+    except Exception:  # noqa: BLE001  (non-x86 triples raise on unknown x86 feature names)
+        return False
+
+
+@lru_cache(maxsize=None)
+def _select(target_json: str, target) -> GemmKernel:
+    for isa, kernel in INTRINSICS.items():
+        if isa == "generic":
+            break
+        if _has(target, _REQUIRES.get(isa, (isa,))):
+            return kernel
+    for feature, (lanes, regs) in _GENERIC_WIDTH.items():
+        if _has(target, (feature,)):
+            return GemmKernel("generic", lanes=lanes, k_group=1, registers=regs)
+    return GemmKernel("generic", lanes=4, k_group=1, registers=16)
+
+
+def select_kernel(target) -> GemmKernel:
+    """The GemmKernel for an LLVM target (a tvm Target or its dict form), by its features, from ``INTRINSICS``."""
+    if isinstance(target, dict):
+        target = make_target(target)
+    return _select(str(target), target)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def pack_weight(w_q: np.ndarray, lanes: int = 16, k_group: int = 4) -> np.ndarray:
+    """int8 (K, N) -> int8 (N'/lanes, K'/k_group, lanes, k_group), N' and K' padded with zeros to multiples.
+
+    Element [nb, kb, i, j] is w[kb * k_group + j, nb * lanes + i]: each (lanes, k_group) block is the contiguous
+    operand of one dot-product instruction.
+    """
+    w = np.asarray(w_q)
+    if w.ndim != 2 or w.dtype != np.int8:
+        raise ValueError(f"pack_weight expects an int8 (K, N) array, got {w.dtype} {w.shape}")
+    k, n = w.shape
+    kp, np_ = _round_up(k, k_group), _round_up(n, lanes)
+    padded = np.zeros((kp, np_), np.int8)
+    padded[:k, :n] = w
+    return np.ascontiguousarray(padded.reshape(kp // k_group, k_group, np_ // lanes, lanes).transpose(2, 0, 3, 1))
+
+
+def weight_correction(w_q: np.ndarray, offset: int = ACT_OFFSET) -> np.ndarray:
+    """int32 (N,): offset * colsum(w), what (a + offset) @ w adds over a @ w."""
+    return (np.asarray(w_q, np.int64).sum(axis=0) * offset).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PrimFunc builders: TVMScript compute over the packed layout, then the default schedule.
+
+
+def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
+    """The unscheduled PrimFunc over the packed weight; out is (Mp, Np), padded to the tile / lanes (the caller
+    slices). Stage "a_in" makes the activation operand (padded; + 128 as uint8 for VNNI), stage "out" reduces.
+
+    VNNI: out = bias + sum_k (a + 128)_u8 * w_s8 with bias = -128 colsum(w) as the reduction's init value: the
+    tile accumulates in registers straight into ``out``, no write-back stage. Otherwise out = sum_k a * w with a
+    converted to the kernel's act_dtype (int16 for vpmaddwd).
+    (TVMScript, not TE: te.create_prim_func drops a tensor-valued reduction init and writes 0.)
+    """
+    lanes, kg = kern.lanes, kern.k_group
+    kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
+    nb, kb = np_ // lanes, kp // kg
+    if not kern.act_offset:
+        a_dtype = kern.act_dtype
+
+        @T.prim_func(s_tir=True)
+        def plain(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
+                  out: T.Buffer((mp, np_), "int32")):
+            T.func_attr({"tirx.noalias": True})
+            a_in = T.sblock_alloc_buffer((mp, kp), a_dtype)
+            for i, r in T.grid(mp, kp):
+                with T.sblock("a_in"):
+                    vi, vr = T.axis.remap("SS", [i, r])
+                    T.reads(a[vi, vr])
+                    a_in[vi, vr] = T.if_then_else(vi < m and vr < k, T.Cast(a_dtype, a[vi, vr]), T.Cast(a_dtype, 0))
+            for i, j, r in T.grid(mp, np_, kp):
+                with T.sblock("out"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    with T.init():
+                        out[vi, vj] = 0
+                    out[vi, vj] = out[vi, vj] + T.Cast("int32", a_in[vi, vr]) * T.Cast(
+                        "int32", w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
+
+        return plain
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
+             w_bias: T.Buffer((np_,), "int32"), out: T.Buffer((mp, np_), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        a_in = T.sblock_alloc_buffer((mp, kp), "uint8")
+        for i, r in T.grid(mp, kp):
+            with T.sblock("a_in"):
+                vi, vr = T.axis.remap("SS", [i, r])
+                T.reads(a[vi, vr])
+                a_in[vi, vr] = T.if_then_else(
+                    vi < m and vr < k, T.Cast("uint8", a[vi, vr]) ^ T.uint8(ACT_OFFSET), T.uint8(0))
+        for i, j, r in T.grid(mp, np_, kp):
+            with T.sblock("out"):
+                vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                # w_bias left out of the reads: only the init reads it, and the update must match the intrinsic.
+                T.reads(out[vi, vj], a_in[vi, vr], w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
+                T.writes(out[vi, vj])
+                with T.init():
+                    out[vi, vj] = w_bias[vj]
+                out[vi, vj] = out[vi, vj] + T.Cast("int32", a_in[vi, vr]) * T.Cast(
+                    "int32", w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
+
+    return vnni
+
+
+def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None = None):
+    """Tile out (batch..., i, j, r) into (mr x nr*lanes) register tiles, tensorize, parallelize; vectorize the
+    operand-preparation stages."""
+    s = Schedule(func)
+    out = s.get_sblock("out")
+    *batch, i, j, r = s.get_loops(out)
+    io, ii = s.split(i, [None, mr])
+    jo, jv, ji = s.split(j, [None, nr, kern.lanes])
+    ro, ri = s.split(r, [None, kern.k_group])
+    if kern.intrin is not None:
+        s.reorder(jo, io, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
+    else:
+        s.reorder(jo, io, ro, ri, ii, jv, ji)  # k_group == 1: ji is a plain int32 vector
+    # N tiles outer, M tiles inner: a thread keeps its (K x nr*lanes) weight panel in cache across M tiles.
+    s.parallel(s.fuse(*batch, jo, io))  # before tensorize: parallel needs the reduction block still whole
+    if kern.intrin is None:
+        s.vectorize(ji)  # like parallel: before decompose_reduction
+    init = s.decompose_reduction(out, ro)
+    if kern.intrin is not None:
+        s.tensorize(ji, intrin or kern.intrin.name)
+    s.unroll(ii)
+    s.unroll(jv)
+    # Init fully unrolled too: every access to the (mr, nr*lanes) tile has a constant offset, so LLVM keeps the
+    # tile in vector registers across the k loop.
+    *_, ii0, jv0, ji0 = s.get_loops(init)
+    s.unroll(ii0)
+    s.unroll(jv0)
+    s.vectorize(ji0)
+    # Serial: converting M*K bytes (a few hundred vector ops for M=128, K=384) costs less than a second
+    # fork-join of the thread pool.
+    _schedule_elementwise(s, "a_in", parallel=False)
+    if _has_block(s, "b_pack"):
+        _schedule_elementwise(s, "b_pack", kern.lanes)  # one vector = one row segment of B
+    if _has_block(s, "b_bias"):
+        _schedule_colsum(s, "b_bias", kern.lanes)
+    return s.mod["main"]
+
+
+def _has_block(s, name: str) -> bool:
+    try:
+        s.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _schedule_elementwise(s, name: str, vec: int = 64, parallel: bool = True):
+    outer, inner = s.split(s.fuse(*s.get_loops(s.get_sblock(name))), [None, vec])
+    if parallel:
+        s.parallel(outer)
+    s.vectorize(inner)
+
+
+def _schedule_colsum(s, name: str, lanes: int):
+    """bias[b, n] = init + sum_k x[b, k, n]: k outside a vector of n lanes."""
+    blk = s.get_sblock(name)
+    b, n, k = s.get_loops(blk)
+    no, ni = s.split(n, [None, lanes])
+    s.reorder(b, no, k, ni)
+    s.parallel(s.fuse(b, no))
+    s.vectorize(ni)  # before decompose_reduction: vectorize needs the reduction block whole
+    init = s.decompose_reduction(blk, k)
+    s.vectorize(s.get_loops(init)[-1])
+
+
+def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
+    """Batched C[b] = A[b] @ B[b], both int8 at run time; out (bt, Mp, Np). Stages: "a_in" (pad; + 128 for VNNI)
+    and "b_pack" (B into dot-product blocks); VNNI adds "b_bias" = -128 colsum(B), the reduction's init.
+
+    VNNI packs B as int32 words (byte j of word [x, nb, kb, i] = B[x, 4 kb + j, lanes nb + i]), built with vector
+    shifts and ors over contiguous rows of B, and uses the intrinsic's ``_w32`` form: a byte-level pack would be a
+    gather the vectorizer scalarizes.
+    """
+    if not kern.act_offset:
+        return _batch_compute_generic(bt, m, k, n, kern, mr)
+    lanes = kern.lanes
+    kp, np_, mp = _round_up(k, 4), _round_up(n, lanes), _round_up(m, mr)
+    nb, kb = np_ // lanes, kp // 4
+
+    @T.prim_func(s_tir=True)
+    def batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
+              out: T.Buffer((bt, mp, np_), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        a_in = T.sblock_alloc_buffer((bt, mp, kp), "uint8")
+        b_pack = T.sblock_alloc_buffer((bt, nb, kb, lanes), "int32")
+        b_bias = T.sblock_alloc_buffer((bt, np_), "int32")
+        for x, i, r in T.grid(bt, mp, kp):
+            with T.sblock("a_in"):
+                vx, vi, vr = T.axis.remap("SSS", [x, i, r])
+                T.reads(a[vx, vi, vr])
+                a_in[vx, vi, vr] = T.if_then_else(
+                    vi < m and vr < k, T.Cast("uint8", a[vx, vi, vr]) ^ T.uint8(ACT_OFFSET), T.uint8(0))
+        for x, jb, rb, jl in T.grid(bt, nb, kb, lanes):
+            with T.sblock("b_pack"):
+                vx, vjb, vrb, vjl = T.axis.remap("SSSS", [x, jb, rb, jl])
+                T.reads(b[vx, vrb * 4:vrb * 4 + 4, vjb * lanes + vjl])
+                b_pack[vx, vjb, vrb, vjl] = (
+                    T.if_then_else(vrb * 4 < k and vjb * lanes + vjl < n,
+                                   T.Cast("int32", b[vx, vrb * 4, vjb * lanes + vjl]) & 255, 0)
+                    | T.shift_left(T.if_then_else(vrb * 4 + 1 < k and vjb * lanes + vjl < n,
+                                                  T.Cast("int32", b[vx, vrb * 4 + 1, vjb * lanes + vjl]) & 255, 0), 8)
+                    | T.shift_left(T.if_then_else(vrb * 4 + 2 < k and vjb * lanes + vjl < n,
+                                                  T.Cast("int32", b[vx, vrb * 4 + 2, vjb * lanes + vjl]) & 255, 0), 16)
+                    | T.shift_left(T.if_then_else(vrb * 4 + 3 < k and vjb * lanes + vjl < n,
+                                                  T.Cast("int32", b[vx, vrb * 4 + 3, vjb * lanes + vjl]), 0), 24))
+        for x, j, r in T.grid(bt, np_, k):
+            with T.sblock("b_bias"):
+                vx, vj, vr = T.axis.remap("SSR", [x, j, r])
+                T.reads(b[vx, vr, vj])
+                with T.init():
+                    b_bias[vx, vj] = 0
+                b_bias[vx, vj] = b_bias[vx, vj] - T.if_then_else(
+                    vj < n, T.Cast("int32", b[vx, vr, vj]) * ACT_OFFSET, 0)
+        for x, i, j, r in T.grid(bt, mp, np_, kp):
+            with T.sblock("out"):
+                vx, vi, vj, vr = T.axis.remap("SSSR", [x, i, j, r])
+                T.reads(out[vx, vi, vj], a_in[vx, vi, vr], b_pack[vx, vj // lanes, vr // 4, vj % lanes])
+                T.writes(out[vx, vi, vj])
+                with T.init():
+                    out[vx, vi, vj] = b_bias[vx, vj]
+                out[vx, vi, vj] = out[vx, vi, vj] + T.Cast("int32", a_in[vx, vi, vr]) * T.Cast("int32", T.Cast(
+                    "int8", T.shift_right(b_pack[vx, vj // lanes, vr // 4, vj % lanes], vr % 4 * 8)))
+
+    return batch
+
+
+def _batch_compute_generic(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
+    lanes = kern.lanes
+    np_, mp = _round_up(n, lanes), _round_up(m, mr)
+    nb = np_ // lanes
+
+    @T.prim_func(s_tir=True)
+    def batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
+              out: T.Buffer((bt, mp, np_), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        a_in = T.sblock_alloc_buffer((bt, mp, k), "int8")
+        b_pack = T.sblock_alloc_buffer((bt, nb, k, lanes), "int8")
+        for x, i, r in T.grid(bt, mp, k):
+            with T.sblock("a_in"):
+                vx, vi, vr = T.axis.remap("SSS", [x, i, r])
+                T.reads(a[vx, vi, vr])
+                a_in[vx, vi, vr] = T.if_then_else(vi < m, a[vx, vi, vr], T.int8(0))
+        for x, jb, r, jl in T.grid(bt, nb, k, lanes):
+            with T.sblock("b_pack"):
+                vx, vjb, vr, vjl = T.axis.remap("SSSS", [x, jb, r, jl])
+                T.reads(b[vx, vr, vjb * lanes + vjl])
+                b_pack[vx, vjb, vr, vjl] = T.if_then_else(vjb * lanes + vjl < n, b[vx, vr, vjb * lanes + vjl],
+                                                          T.int8(0))
+        for x, i, j, r in T.grid(bt, mp, np_, k):
+            with T.sblock("out"):
+                vx, vi, vj, vr = T.axis.remap("SSSR", [x, i, j, r])
+                with T.init():
+                    out[vx, vi, vj] = 0
+                out[vx, vi, vj] = out[vx, vi, vj] + T.Cast("int32", a_in[vx, vi, vr]) * T.Cast(
+                    "int32", b_pack[vx, vj // lanes, vr, vj % lanes])
+
+    return batch
+
+
+def _batch_kernel(kern: GemmKernel) -> GemmKernel:
+    """VNNI kernels pack B at run time (int32 words); others run the plain vectorized kernel on B's rows."""
+    if kern.act_offset or kern.intrin is None:
+        return kern
+    return GemmKernel("generic", lanes=kern.lanes, k_group=1, registers=kern.registers)
+
+
+@lru_cache(maxsize=64)
+def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
+    """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np)."""
+    kern = _batch_kernel(kern)
+    mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    intrin = kern.intrin.w32_name if kern.intrin is not None else None
+    func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin)
+    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
+
+
+@lru_cache(maxsize=64)
+def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel):
+    """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np)."""
+    mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    func = _schedule_gemm(_gemm_compute(m, k, n, kern, mr), kern, mr, nr)
+    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Relax emitters.
+
+
+def _static_int8(expr, what: str) -> tuple[int, ...]:
+    dtype, shape = tensor_info(expr)
+    if dtype != "int8" or shape is None:
+        raise ValueError(f"{what} must be an int8 tensor of static shape, got {dtype} {shape}")
+    return shape
+
+
+def gemm_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
+    """(Mp, Np): the shape gemm_primfunc writes (M padded to the row tile, N to the lanes)."""
+    mr, _ = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    return _round_up(m, mr), _round_up(n, kern.lanes)
+
+
+def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
+    """The constant operands of gemm_primfunc for a weight: packed weight [, padded correction]."""
+    w = np.asarray(w_q)
+    args = [pack_weight(w, kern.lanes, kern.k_group)]
+    if kern.act_offset:
+        bias = np.zeros(_round_up(w.shape[1], kern.lanes), np.int32)
+        bias[: w.shape[1]] = -weight_correction(w, kern.act_offset)
+        args.append(bias)
+    return args
+
+
+def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target) -> relax.Expr:
+    """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact."""
+    shape = _static_int8(a_q, "a_q")
+    w = np.asarray(w_q)
+    if w.dtype != np.int8 or w.ndim != 2 or w.shape[0] != shape[-1]:
+        raise ValueError(f"w_q must be int8 ({shape[-1]}, N), got {w.dtype} {w.shape}")
+    k, n = w.shape
+    rows = math.prod(shape[:-1])
+    kern = select_kernel(target)
+    func = gemm_primfunc(rows, k, n, kern)
+    gv = bb.add_func(func, f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}")
+    a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
+    args = [a2] + [const(v, str(v.dtype)) for v in gemm_args(w, kern)]
+    mp, np_ = gemm_out_shape(rows, n, kern)
+    out = bb.emit(relax.call_tir(gv, args, relax.TensorType((mp, np_), "int32")))
+    if (mp, np_) != (rows, n):  # padded tile rows / lanes: slice them off (a copy; rare for Transformer shapes)
+        out = bb.emit(relax.op.strided_slice(out, axes=[0, 1], begin=[0, 0], end=[rows, n]))
+    if len(shape) != 2:
+        out = bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
+    return out
+
+
+def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.Expr, target) -> relax.Expr:
+    """int32 (..., M, N) = a_q (int8 (..., M, K)) @ b_q (int8 (..., K, N)), both at run time, bit-exact.
+
+    Batch dims broadcast as in NumPy (a broadcast operand is materialized first)."""
+    a_shape, b_shape = _static_int8(a_q, "a_q"), _static_int8(b_q, "b_q")
+    if len(a_shape) < 2 or len(b_shape) < 2 or a_shape[-1] != b_shape[-2]:
+        raise ValueError(f"batch matmul shapes do not match: {a_shape} x {b_shape}")
+    (m, k), n = a_shape[-2:], b_shape[-1]
+    batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    bt = math.prod(batch)
+    kern = select_kernel(target)
+    func = batch_primfunc(bt, m, k, n, kern)
+    gv = bb.add_func(func, f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}")
+
+    def as_3d(x, shape, rows, cols):
+        if shape[:-2] != batch:
+            x = bb.emit(relax.op.broadcast_to(x, (*batch, rows, cols)))
+        return x if len(batch) == 1 else bb.emit(relax.op.reshape(x, (bt, rows, cols)))
+
+    a3, b3 = as_3d(a_q, a_shape, m, k), as_3d(b_q, b_shape, k, n)
+    mp, np_ = gemm_out_shape(m, n, _batch_kernel(kern))
+    out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((bt, mp, np_), "int32")))
+    if (mp, np_) != (m, n):
+        out = bb.emit(relax.op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[m, n]))
+    if len(batch) != 1:
+        out = bb.emit(relax.op.reshape(out, (*batch, m, n)))
+    return out
