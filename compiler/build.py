@@ -37,7 +37,7 @@ def build_executable(st):
     from compiler.tvm_compat import BlockBuilder, build, string_const
 
     manifest = make_manifest(st)
-    mod = st.relax_mod
+    mod = st.lowered_mod if st.lowered_mod is not None else st.relax_mod
     bb = BlockBuilder(mod)
     with bb.function(MANIFEST_FUNC, []):
         bb.emit_func_output(string_const(manifest.dumps()))

@@ -29,7 +29,8 @@ class CompileState:
     onnx_matmuls: int = 0
     table: Optional[CalibrationTable] = None
     table_sha256: str = ""
-    relax_mod: Any = None
+    relax_mod: Any = None  # the integer graph (what the report and the NumPy reference describe)
+    lowered_mod: Any = None  # the same graph with matmuls on scheduled kernels (what is built)
     report: dict = field(default_factory=dict)
     target_spec: Any = None  # targets.TargetSpec, resolved before the first stage
     executable: Any = None
@@ -51,6 +52,7 @@ def _stages() -> list[tuple[str, Callable[[CompileState], CompileState]]]:
         ("import", s.import_relax),        # ONNX -> Relax
         ("integerize", s.integerize),      # Relax passes: integer matmuls + fixed-point requantize
         ("verify", s.verify),              # op/dtype report; every MatMul int8
+        ("schedule", s.schedule),          # int8 matmuls -> scheduled kernels (VNNI where the target has it)
         ("build", s.build),                # kernels + VM plan + int8 constants for the target
     ]
 
@@ -78,9 +80,10 @@ def _dump(state: CompileState, index: int, name: str) -> None:
         return
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"{index:02d}_{name}")
-    if state.relax_mod is not None and name not in ("build",):
+    mod = state.lowered_mod if state.lowered_mod is not None else state.relax_mod
+    if mod is not None and name not in ("build",):
         with open(base + ".relax.py", "w") as f:
-            f.write(state.relax_mod.script(show_meta=False))
+            f.write(mod.script(show_meta=False))
     elif state.onnx_model is not None and state.relax_mod is None:
         with open(base + ".onnx.txt", "w") as f:
             f.write(onnx.helper.printable_graph(state.onnx_model.graph))

@@ -178,6 +178,15 @@ def verify(st: CompileState) -> CompileState:
     return replace(st, report=report)
 
 
+def schedule(st: CompileState) -> CompileState:
+    """Integer matmuls onto the scheduled kernels of schedules/ (the reference keeps the unlowered graph)."""
+    from compiler.passes.lower_int_matmul import LowerIntMatmul
+
+    p = LowerIntMatmul(st.target_spec.tvm_target())
+    mod = p(st.relax_mod)
+    return replace(st, lowered_mod=mod)
+
+
 def build(st: CompileState) -> CompileState:
     from compiler.build import build_executable
 

@@ -426,7 +426,8 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     rows = math.prod(shape[:-1])
     kern = select_kernel(target)
     func = gemm_primfunc(rows, k, n, kern)
-    gv = bb.add_func(func, f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}")
+    name = f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}"
+    gv = bb.add_func(func.with_attr("global_symbol", name), name)
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
     args = [a2] + [const(v, str(v.dtype)) for v in gemm_args(w, kern)]
     mp, np_ = gemm_out_shape(rows, n, kern)
@@ -450,7 +451,8 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
     bt = math.prod(batch)
     kern = select_kernel(target)
     func = batch_primfunc(bt, m, k, n, kern)
-    gv = bb.add_func(func, f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}")
+    name = f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}"
+    gv = bb.add_func(func.with_attr("global_symbol", name), name)
 
     def as_3d(x, shape, rows, cols):
         if shape[:-2] != batch:
