@@ -37,6 +37,7 @@ ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
 MAX_TILE_ROWS = 12
 PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
 L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (half a 2 MiB L2)
+MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
 LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
 
@@ -218,7 +219,7 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     # Small weights (they stay in L2 between calls): threads split M, each converting and reading only its own
     # rows of A. Large weights: N tiles outer, a thread keeps its (K x nr*lanes) weight panel in cache across
     # M tiles, and A is converted once, serially.
-    m_split = not batch and w_bytes <= L2_WEIGHT_BYTES
+    m_split = not batch and w_bytes <= L2_WEIGHT_BYTES and s.get(io).extent.value >= MIN_ROW_TILES
     outer = (io, jo) if m_split else (jo, io)
     if kern.intrin is not None:
         s.reorder(*outer, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
