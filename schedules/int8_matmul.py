@@ -36,6 +36,8 @@ OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call a
 ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
 MAX_TILE_ROWS = 12
 PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
+L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (half a 2 MiB L2)
+MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
 LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
 
@@ -210,15 +212,21 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     s = Schedule(func)
     out = s.get_sblock("out")
     *batch, i, j, r = s.get_loops(out)
+    w_bytes = s.get(r).extent.value * s.get(j).extent.value  # before split: split retires the loops
     io, ii = s.split(i, [None, mr])
     jo, jv, ji = s.split(j, [None, nr, kern.lanes])
     ro, ri = s.split(r, [None, kern.k_group])
+    # Small weights (they stay in L2 between calls): threads split M, each converting and reading only its own
+    # rows of A. Large weights: N tiles outer, a thread keeps its (K x nr*lanes) weight panel in cache across
+    # M tiles, and A is converted once, serially.
+    m_split = not batch and w_bytes <= L2_WEIGHT_BYTES and s.get(io).extent.value >= MIN_ROW_TILES
+    outer = (io, jo) if m_split else (jo, io)
     if kern.intrin is not None:
-        s.reorder(jo, io, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
+        s.reorder(*outer, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
     else:
-        s.reorder(jo, io, ro, ri, ii, jv, ji)  # k_group == 1: ji is a plain int32 vector
-    # N tiles outer, M tiles inner: a thread keeps its (K x nr*lanes) weight panel in cache across M tiles.
-    s.parallel(s.fuse(*batch, jo, io))  # before tensorize: parallel needs the reduction block still whole
+        s.reorder(*outer, ro, ri, ii, jv, ji)  # k_group == 1: ji is a plain int32 vector
+    # Parallel (and compute_at) before tensorize: they need the reduction block still whole.
+    s.parallel(io if m_split else s.fuse(*batch, jo, io))
     if kern.intrin is None:
         s.vectorize(ji)  # like parallel: before decompose_reduction
     init = s.decompose_reduction(out, ro)
@@ -232,9 +240,9 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     s.unroll(ii0)
     s.unroll(jv0)
     s.vectorize(ji0)
-    # Serial: converting M*K bytes (a few hundred vector ops for M=128, K=384) costs less than a second
-    # fork-join of the thread pool.
-    _schedule_elementwise(s, "a_in", parallel=False)
+    # M split: converted in parallel by rows, the same static split as the main loop, so each thread converts
+    # the rows it reads. Otherwise serial: converting M*K bytes costs less than a second fork-join.
+    _schedule_elementwise(s, "a_in", parallel=m_split)
     if _has_block(s, "b_pack"):
         _schedule_elementwise(s, "b_pack", kern.lanes)  # one vector = one row segment of B
     if _has_block(s, "b_bias"):
