@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 
 def _compile(a) -> int:
@@ -65,9 +66,53 @@ def _inspect(a) -> int:
 
 
 def _targets(a) -> int:
-    from targets.presets import print_targets
+    from targets.presets import add_user_target, print_targets
 
-    print_targets()
+    if a.add:
+        spec = add_user_target(a.add)
+        print(f"added target '{spec.name}' (use it with --target {spec.name})")
+        return 0
+    print_targets(as_json=a.json)
+    return 0
+
+
+def _board_start(a) -> int:
+    from targets import board
+
+    b = board.start(cpu=a.cpu, port=a.port, cache_dir=a.cache_dir, tracker=a.tracker, key=a.key,
+                    log=lambda m: print(m, file=sys.stderr))
+    where = f" (registered with tracker {b.tracker} as '{b.key}')" if b.tracker else ""
+    print(f"board ready: {b.address} (qemu-aarch64 -cpu {b.cpu}){where}; log {b.log}")
+    print(f"use it with: intformer run OUT.so --rpc {b.address} ...")
+    return 0
+
+
+def _board_stop(a) -> int:
+    from targets import board
+
+    stopped = board.stop(port=a.port, cache_dir=a.cache_dir)
+    print("\n".join(f"stopped board {b.address}" for b in stopped) or "no board was running")
+    return 0
+
+
+def _board_status(a) -> int:
+    from targets import board
+
+    boards = board.status(cache_dir=a.cache_dir)
+    for b in boards:
+        print(f"{b.address}  cpu {b.cpu}  {b.state}  up {time.time() - b.started:.0f} s  "
+              f"restarts {b.restarts}  log {b.log}")
+    if not boards:
+        print("no board is running (start one with `intformer board start`)")
+    return 0
+
+
+def _board_setup(a) -> int:
+    from targets.board_setup import BoardPaths, default_cache_dir, ensure_set_up
+
+    paths = BoardPaths(a.cache_dir or default_cache_dir())
+    ensure_set_up(paths, log=lambda m: print(m, file=sys.stderr))
+    print(f"board set up in {paths.root}")
     return 0
 
 
@@ -88,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
     c.add_argument("model", metavar="MODEL.onnx")
     c.add_argument("-o", "--output", required=True, metavar="OUT.so")
-    c.add_argument("--target", default="host", help="target preset (see `intformer targets`); default: host")
+    c.add_argument("--target", default="host", help="target preset or user target (see `intformer targets`), "
+                   "or a target JSON file; default: host")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
                    help="static shape of an input, e.g. input_ids=1x128 (repeat per input)")
     g = c.add_mutually_exclusive_group()
@@ -127,8 +173,38 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("library", metavar="OUT.so")
     i.set_defaults(func=_inspect)
 
-    t = sub.add_parser("targets", help="list target presets")
+    t = sub.add_parser("targets", help="list targets: ISA features, cross toolchain installed or not",
+                       description="List the targets. A target of your own is a JSON file in the form "
+                                   "`intformer targets --json` prints, e.g. {\"name\": \"my-board\", \"llvm\": "
+                                   "{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\", \"mcpu\": "
+                                   "\"cortex-a76\", \"mattr\": [\"+neon\", \"+dotprod\"]}, \"cross_compiler\": "
+                                   "\"aarch64-linux-gnu-gcc\"}; use it as `--target my_board.json` or register it "
+                                   "by name with `--add`.")
+    t.add_argument("--add", metavar="FILE.json", help="register the target in FILE.json under its name")
+    t.add_argument("--json", action="store_true", help="print every target as JSON")
     t.set_defaults(func=_targets)
+
+    bd = sub.add_parser("board", help="an emulated aarch64 board (qemu-user + TVM RPC server on 127.0.0.1)")
+    bsub = bd.add_subparsers(dest="board_command", required=True, metavar="ACTION")
+    cache_help = "board files (default: ~/.cache/intformer/board)"
+    bs = bsub.add_parser("start", help="set up on first use, start, print the RPC address")
+    bs.add_argument("--cpu", default="cortex-a76", help="qemu CPU: cortex-a76 runs SDOT (rpi5), cortex-a72 does "
+                    "not (rpi4), max has everything; default cortex-a76")
+    bs.add_argument("--port", type=int, default=9090, help="RPC port on 127.0.0.1 (default 9090)")
+    bs.add_argument("--tracker", metavar="HOST:PORT", help="also register with this RPC tracker")
+    bs.add_argument("--key", help="device key to register with the tracker")
+    bs.add_argument("--cache-dir", help=cache_help)
+    bs.set_defaults(func=_board_start)
+    bt = bsub.add_parser("stop", help="stop the board on --port (default: every board)")
+    bt.add_argument("--port", type=int)
+    bt.add_argument("--cache-dir", help=cache_help)
+    bt.set_defaults(func=_board_stop)
+    bu = bsub.add_parser("status", help="list running boards")
+    bu.add_argument("--cache-dir", help=cache_help)
+    bu.set_defaults(func=_board_status)
+    bp = bsub.add_parser("setup", help="only set the board up (done by `start` on first use)")
+    bp.add_argument("--cache-dir", help=cache_help)
+    bp.set_defaults(func=_board_setup)
     return p
 
 

@@ -83,7 +83,7 @@ def build(mod, target_spec):
 
 def export_library(executable, path: str, cross_compiler=None) -> None:
     if cross_compiler:
-        from tvm.contrib import cc
+        from tvm.support import cc  # tvm.contrib.cc before 0.2x
 
         executable.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
     else:
