@@ -26,10 +26,19 @@ def _compile(a) -> int:
     return 0
 
 
+def _remote(a):
+    """The device of --rpc / --tracker --key, or None to run here."""
+    if not (a.rpc or a.tracker or a.key):
+        return None
+    from targets.remote import RemoteSpec
+
+    return RemoteSpec(rpc=a.rpc, tracker=a.tracker, key=a.key, timeout=a.timeout)
+
+
 def _run(a) -> int:
     from compiler import api
 
-    api.run(a.library, a.inputs, a.output)
+    api.run(a.library, a.inputs, a.output, remote=_remote(a))
     print(f"wrote {a.output}")
     return 0
 
@@ -54,7 +63,8 @@ def _eval(a) -> int:
 def _bench(a) -> int:
     from compiler import bench
 
-    bench.print_report(bench.run_bench(a.library, threads=a.threads, model=a.model, repeats=a.repeats))
+    bench.print_report(bench.run_bench(a.library, threads=a.threads, model=a.model, repeats=a.repeats,
+                                       remote=_remote(a)))
     return 0
 
 
@@ -116,6 +126,15 @@ def _board_setup(a) -> int:
     return 0
 
 
+def _add_remote_args(p) -> None:
+    g = p.add_argument_group("on a device (TVM RPC; see `intformer board` for an emulated one)")
+    g.add_argument("--rpc", metavar="HOST:PORT", help="run on the RPC server at HOST:PORT")
+    g.add_argument("--tracker", metavar="HOST:PORT", help="ask this RPC tracker for a device (with --key)")
+    g.add_argument("--key", help="device key registered with the tracker")
+    g.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="seconds each remote step may take before it is an error (default 300)")
+
+
 class _UsageError(Exception):
     pass
 
@@ -154,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("library", metavar="OUT.so")
     r.add_argument("--inputs", required=True, metavar="IN.npz")
     r.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    _add_remote_args(r)
     r.set_defaults(func=_run)
 
     e = sub.add_parser("eval", help="compare a compiled library with onnxruntime fp32")
@@ -166,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("library", metavar="OUT.so")
     b.add_argument("--threads", type=int, default=1, metavar="N")
     b.add_argument("--model", metavar="MODEL.onnx")
-    b.add_argument("--repeats", type=int, default=0, metavar="N", help="timed runs (default: adaptive)")
+    b.add_argument("--repeats", type=int, default=0, metavar="N",
+                   help="timed runs (default: adaptive; 10 on a device)")
+    _add_remote_args(b)
     b.set_defaults(func=_bench)
 
     i = sub.add_parser("inspect", help="print a compiled library's manifest")

@@ -90,6 +90,20 @@ def export_library(executable, path: str, cross_compiler=None) -> None:
         executable.export_library(path)
 
 
+def rpc_connect(host: str, port: int, session_timeout: float = 0):
+    """An RPC session to a TVM RPC server (tvm.rpc.RPCSession: upload, load_module, cpu, get_function)."""
+    from tvm import rpc
+
+    return rpc.connect(host, port, session_timeout=session_timeout)
+
+
+def rpc_connect_tracker(host: str, port: int):
+    """A TVM RPC tracker client (its .request(key) gives a session)."""
+    from tvm import rpc
+
+    return rpc.connect_tracker(host, port)
+
+
 def dead_code_elimination():
     return relax.transform.DeadCodeElimination()
 
