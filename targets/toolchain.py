@@ -6,6 +6,7 @@ missing one is an error carrying the exact `apt-get install` command.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from typing import Optional
@@ -18,22 +19,23 @@ class Toolchain:
     compiler: str  # the gcc driver that links the shared library
     packages: tuple[str, ...]  # Debian packages that provide it (and its objdump)
     objdump: str
+    files: tuple[str, ...] = ()  # files it links against (the target's C runtime), absent without its libc-dev
 
     @property
     def install_command(self) -> str:
         return f"apt-get install -y --no-install-recommends {' '.join(self.packages)}"
 
     def installed(self) -> bool:
-        return shutil.which(self.compiler) is not None
+        return shutil.which(self.compiler) is not None and all(os.path.exists(f) for f in self.files)
 
 
 TOOLCHAINS: dict[str, Toolchain] = {
-    "aarch64-linux-gnu-gcc": Toolchain("aarch64-linux-gnu-gcc",
-                                       ("gcc-aarch64-linux-gnu", "binutils-aarch64-linux-gnu"),
-                                       "aarch64-linux-gnu-objdump"),
-    "arm-linux-gnueabihf-gcc": Toolchain("arm-linux-gnueabihf-gcc",
-                                         ("gcc-arm-linux-gnueabihf", "binutils-arm-linux-gnueabihf"),
-                                         "arm-linux-gnueabihf-objdump"),
+    "aarch64-linux-gnu-gcc": Toolchain(
+        "aarch64-linux-gnu-gcc", ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "binutils-aarch64-linux-gnu"),
+        "aarch64-linux-gnu-objdump", ("/usr/aarch64-linux-gnu/lib/crti.o",)),
+    "arm-linux-gnueabihf-gcc": Toolchain(
+        "arm-linux-gnueabihf-gcc", ("gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross", "binutils-arm-linux-gnueabihf"),
+        "arm-linux-gnueabihf-objdump", ("/usr/arm-linux-gnueabihf/lib/crti.o",)),
 }
 
 
@@ -52,7 +54,8 @@ def require_toolchain(spec) -> None:
         return
     fix = (f"install it with: {tc.install_command}" if tc.packages
            else "install it and put it on PATH")
-    raise IntformerError(f"target '{spec.name}' needs the cross compiler {tc.compiler}, which is not installed; {fix}")
+    raise IntformerError(f"target '{spec.name}' needs the cross toolchain {tc.compiler} (with its C library), which "
+                         f"is not installed; {fix}")
 
 
 def toolchain_status(spec) -> str:
