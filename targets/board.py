@@ -105,6 +105,21 @@ def status(cache_dir: Optional[str] = None) -> list[BoardInfo]:
     return out
 
 
+def wait_ready(port: int, cache_dir: Optional[str] = None, timeout: float = START_TIMEOUT) -> BoardInfo:
+    """Wait until the board on `port` listens (e.g. after the supervisor restarted a crashed server)."""
+    deadline = time.time() + timeout
+    while True:
+        board = next((b for b in status(cache_dir) if b.port == port), None)
+        if board is None or board.state == "failed":
+            raise IntformerError(f"no board runs on port {port}" if board is None
+                                 else f"the board on port {port} failed; see {board.log}")
+        if board.state == "ready":
+            return board
+        if time.time() > deadline:
+            raise IntformerError(f"the board on port {port} is not ready after {timeout:.0f} s; see {board.log}")
+        time.sleep(0.3)
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
