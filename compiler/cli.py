@@ -93,7 +93,8 @@ def _board_start(a) -> int:
                     log=lambda m: print(m, file=sys.stderr))
     where = f" (registered with tracker {b.tracker} as '{b.key}')" if b.tracker else ""
     print(f"board ready: {b.address} (qemu-aarch64 -cpu {b.cpu}){where}; log {b.log}")
-    print(f"use it with: intformer run OUT.so --rpc {b.address} ...")
+    how = f"--tracker {b.tracker} --key {b.key}" if b.tracker else f"--rpc {b.address}"
+    print(f"use it with: intformer run OUT.so {how} ...")
     return 0
 
 

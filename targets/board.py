@@ -146,6 +146,8 @@ def start(cpu: str = DEFAULT_CPU, port: int = DEFAULT_PORT, cache_dir: Optional[
         raise IntformerError(f"port {port} on {HOST} is in use by another program; choose another --port")
     if tracker and not key:
         raise IntformerError("--tracker needs --key (the device key clients will ask the tracker for)")
+    if tracker:
+        _check_reachable(tracker)
     ensure_set_up(paths, log=log)
     _check_cpu(cpu)
     os.makedirs(paths.run_dir, exist_ok=True)
@@ -171,6 +173,17 @@ def start(cpu: str = DEFAULT_CPU, port: int = DEFAULT_PORT, cache_dir: Optional[
         raise IntformerError(f"the board did not start within {timeout:.0f} s; see {log_path}")
     _terminate(proc.pid)
     raise IntformerError(f"the board failed to start; see {log_path}")
+
+
+def _check_reachable(address: str) -> None:
+    from targets.remote import parse_address
+
+    host, port = parse_address(address)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise IntformerError(f"tracker {address} does not answer ({e.strerror or e}); start it first, e.g. "
+                             f"python -m tvm.exec.rpc_tracker --host {host} --port {port}") from None
 
 
 def _check_cpu(cpu: str) -> None:

@@ -57,7 +57,11 @@ def _first_line(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def call_with_timeout(fn: Callable[[], T], seconds: float, what: str, where: str) -> T:
+BOARD_HINT = ("the device stopped answering; restart it, e.g. `intformer board stop && intformer board start`, "
+              "or raise --timeout")
+
+
+def call_with_timeout(fn: Callable[[], T], seconds: float, what: str, where: str, hint: str = BOARD_HINT) -> T:
     """fn() in a daemon thread; an overrun or a TVM failure is an IntformerError naming `what` and `where`."""
     box: dict = {}
 
@@ -71,8 +75,7 @@ def call_with_timeout(fn: Callable[[], T], seconds: float, what: str, where: str
     t.start()
     t.join(seconds)
     if t.is_alive():
-        raise IntformerError(f"{where}: {what}: no answer within {seconds:.0f} s (the board stopped answering; "
-                             f"restart it, e.g. `intformer board stop && intformer board start`, or raise --timeout)")
+        raise IntformerError(f"{where}: {what}: no answer within {seconds:.0f} s ({hint})")
     if "error" in box:
         e = box["error"]
         if isinstance(e, IntformerError):
@@ -80,7 +83,7 @@ def call_with_timeout(fn: Callable[[], T], seconds: float, what: str, where: str
         msg = _first_line(e)
         if "kShutdown" in msg or "Broken pipe" in msg or "Connection reset" in msg or "closed" in msg.lower():
             msg = "the connection was closed by the device (the board was stopped or its session crashed)"
-        elif "Connect to" in msg or "Connection refused" in msg:
+        elif "Connect to" in msg or "Connection refused" in msg or "Failed to connect" in msg:
             msg = "nothing answers there (is the RPC server or board running? `intformer board status`)"
         raise IntformerError(f"{where}: {what} failed: {msg}") from None
     return box["value"]
@@ -94,8 +97,10 @@ def connect(spec: RemoteSpec):
         host, port = parse_address(spec.rpc)
         return call_with_timeout(lambda: rpc_connect(host, port), spec.timeout, "connecting", spec.where)
     host, port = parse_address(spec.tracker)
+    hint = (f"is the tracker up, and is a device registered as '{spec.key}' and free? "
+            f"`python -m tvm.exec.query_rpc_tracker --host {host} --port {port}` lists them")
     return call_with_timeout(lambda: rpc_connect_tracker(host, port).request(spec.key, max_retry=1),
-                             spec.timeout, "requesting a device", spec.where)
+                             spec.timeout, "requesting a device", spec.where, hint)
 
 
 class RemoteModel(CompiledModel):

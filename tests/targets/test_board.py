@@ -121,3 +121,38 @@ def test_stopping_the_board_mid_run_is_a_clear_error(cross_libs, boards):
         m.time(feed, 100000)
     assert time.time() - t0 < 60
     assert all(b.port != port for b in board.status())
+
+
+def test_through_a_tracker(cross_libs, tiny_bert_lib):
+    """A board registered with an RPC tracker under a key; the client asks the tracker for that key."""
+    from compiler import api
+    from targets import board
+    from targets.remote import RemoteSpec
+
+    require_tool("qemu-aarch64", "qemu-user")
+    tport, bport = _free_port(), _free_port()
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                                str(tport), "--port-end", str(tport + 1)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", tport), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "the tracker did not start"
+                time.sleep(0.3)
+        board.start(cpu="cortex-a76", port=bport, tracker=f"127.0.0.1:{tport}", key="emu-rpi5", log=lambda m: None)
+        host, test_npz = _host_outputs(tiny_bert_lib)
+        got = api.run(cross_libs["rpi5"], test_npz,
+                      remote=RemoteSpec(tracker=f"127.0.0.1:{tport}", key="emu-rpi5", timeout=120))
+        for name in host:
+            np.testing.assert_array_equal(got[name], host[name])
+        with pytest.raises(IntformerError, match="registered as 'no-such-key'"):
+            api.run(cross_libs["rpi5"], test_npz,
+                    remote=RemoteSpec(tracker=f"127.0.0.1:{tport}", key="no-such-key", timeout=3))
+    finally:
+        board.stop(bport)
+        tracker.terminate()
+        tracker.wait()
