@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from compiler.errors import IntformerError
-from targets.board_setup import BoardPaths, default_cache_dir, ensure_set_up, write_python_wrapper
+from targets.board_setup import (BoardPaths, default_cache_dir, ensure_set_up, require_host_tools,
+                                 write_python_wrapper)
 
 HOST = "127.0.0.1"  # the board listens on the loopback interface only
 DEFAULT_PORT = 9090
@@ -148,8 +149,9 @@ def start(cpu: str = DEFAULT_CPU, port: int = DEFAULT_PORT, cache_dir: Optional[
         raise IntformerError("--tracker needs --key (the device key clients will ask the tracker for)")
     if tracker:
         _check_reachable(tracker)
-    ensure_set_up(paths, log=log)
+    require_host_tools()
     _check_cpu(cpu)
+    ensure_set_up(paths, log=log)
     os.makedirs(paths.run_dir, exist_ok=True)
     log_path = os.path.join(paths.run_dir, f"{port}.log")
     project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -122,7 +122,12 @@ def _make_sysroot(paths: BoardPaths) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     # --foreign unpacks the base system and only downloads the rest; we unpack the rest with dpkg-deb below
     # instead of running the second stage (which needs a chroot).
-    _run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", f"--include={GUEST_PYTHON}",
+    # debootstrap needs root (device nodes, ownership); fakeroot stands in for it when available
+    prefix = [] if os.geteuid() == 0 else ["fakeroot"]
+    if prefix and shutil.which("fakeroot") is None:
+        raise IntformerError("setting up the board runs debootstrap, which needs root: run `intformer board setup` "
+                             "once as root, or install fakeroot (apt-get install -y fakeroot)")
+    _run([*prefix, "debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", f"--include={GUEST_PYTHON}",
           DEBIAN_SUITE, tmp, DEBIAN_MIRROR], paths, f"downloading Debian {DEBIAN_SUITE} arm64 (debootstrap)")
     debs = sorted(glob.glob(os.path.join(tmp, "var", "cache", "apt", "archives", "*.deb")))
     for deb in debs:

@@ -115,11 +115,13 @@ def test_stopping_the_board_mid_run_is_a_clear_error(cross_libs, boards):
     port = boards["cortex-a76"]
     m = _remote(cross_libs["rpi5"], port, timeout=60)
     feed = bench_inputs(m.manifest)
-    threading.Timer(2.0, lambda: board.stop(port)).start()
+    stopper = threading.Timer(2.0, lambda: board.stop(port))
+    stopper.start()
     t0 = time.time()
     with pytest.raises(IntformerError, match=f"127.0.0.1:{port}: timing the model (failed|: no answer)"):
         m.time(feed, 100000)
     assert time.time() - t0 < 60
+    stopper.join(30)
     assert all(b.port != port for b in board.status())
 
 

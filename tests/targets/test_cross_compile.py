@@ -5,8 +5,6 @@ does not, armv7 links as a 32-bit hard-float library."""
 import struct
 import subprocess
 
-import pytest
-
 from tests.targets.conftest import require_tool
 
 EM_ARM, EM_AARCH64 = 40, 183
