@@ -82,8 +82,13 @@ def wanted_versions() -> dict[str, str]:
     return out
 
 
+def host_tool(name: str):
+    """Path of a host tool; /usr/sbin counts even when it is not on PATH (debootstrap lives there)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def require_host_tools() -> None:
-    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if host_tool(tool) is None})
     if missing:
         raise IntformerError(f"the emulated board needs {', '.join(missing)}; install with: "
                              f"apt-get install -y --no-install-recommends {' '.join(missing)}")
@@ -127,8 +132,8 @@ def _make_sysroot(paths: BoardPaths) -> None:
     if prefix and shutil.which("fakeroot") is None:
         raise IntformerError("setting up the board runs debootstrap, which needs root: run `intformer board setup` "
                              "once as root, or install fakeroot (apt-get install -y fakeroot)")
-    _run([*prefix, "debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", f"--include={GUEST_PYTHON}",
-          DEBIAN_SUITE, tmp, DEBIAN_MIRROR], paths, f"downloading Debian {DEBIAN_SUITE} arm64 (debootstrap)")
+    _run([*prefix, host_tool("debootstrap"), "--foreign", "--arch=arm64", "--variant=minbase",
+          f"--include={GUEST_PYTHON}", DEBIAN_SUITE, tmp, DEBIAN_MIRROR], paths, f"downloading Debian {DEBIAN_SUITE} arm64 (debootstrap)")
     debs = sorted(glob.glob(os.path.join(tmp, "var", "cache", "apt", "archives", "*.deb")))
     for deb in debs:
         _run(["dpkg-deb", "-x", deb, tmp], paths, f"unpacking {os.path.basename(deb)}")

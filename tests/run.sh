@@ -15,7 +15,7 @@ need aarch64-linux-gnu-objdump binutils-aarch64-linux-gnu
 need arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf
 need /usr/arm-linux-gnueabihf/lib/crti.o libc6-dev-armhf-cross
 need qemu-aarch64 qemu-user
-need debootstrap debootstrap
+need /usr/sbin/debootstrap debootstrap
 if [ ${#apt_missing[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"

@@ -30,7 +30,10 @@ def boards():
     from targets import board
 
     require_tool("qemu-aarch64", "qemu-user")
-    require_tool("debootstrap", "debootstrap")
+    from targets.board_setup import host_tool
+
+    if host_tool("debootstrap") is None:
+        require_tool("debootstrap", "debootstrap")
     started = {}
     try:
         for cpu in ("cortex-a76", "cortex-a72"):
