@@ -66,17 +66,23 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
     return CompileResult(output, st.manifest, report, st.relax_mod)
 
 
-def load(library: str):
+def load(library: str, remote=None):
+    """A loaded library: here, or uploaded to the device `remote` (targets.remote.RemoteSpec) over RPC."""
+    if remote is not None:
+        from targets.remote import RemoteModel
+
+        return RemoteModel(library, remote)
     from compiler.runtime import CompiledModel
 
     return CompiledModel(library)
 
 
-def run(library: str, inputs_npz: str, output_npz: str | None = None) -> dict[str, np.ndarray]:
-    """Run every sample of an inputs .npz; returns (and saves) outputs stacked on a leading sample axis."""
+def run(library: str, inputs_npz: str, output_npz: str | None = None, remote=None) -> dict[str, np.ndarray]:
+    """Run every sample of an inputs .npz (on the device `remote` if given); returns (and saves) outputs
+    stacked on a leading sample axis."""
     from compiler.npz import load_samples
 
-    model = load(library)
+    model = load(library, remote)
     samples = load_samples(inputs_npz, list(model.inputs))
     outs = []
     with progress_bar("running", total=len(samples)) as advance:

@@ -62,7 +62,11 @@ def time_fn(fn, repeats: int = 0) -> tuple[float, int]:
     return statistics.median(times) * 1e3, len(times)
 
 
-def run_bench(library: str, threads: int = 1, model: str | None = None, repeats: int = 0) -> BenchReport:
+def run_bench(library: str, threads: int = 1, model: str | None = None, repeats: int = 0,
+              remote=None) -> BenchReport:
+    """Median latency of a library, here or (with `remote`, a targets.remote.RemoteSpec) timed on the device."""
+    if remote is not None:
+        return _run_remote_bench(library, threads, model, repeats, remote)
     os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the runtime's thread pool starts
     from compiler.runtime import CompiledModel
 
@@ -92,6 +96,25 @@ def run_bench(library: str, threads: int = 1, model: str | None = None, repeats:
             ms, n = time_fn(lambda: qsess.run(None, ort_feed), repeats)
             rows.append(BenchRow("onnxruntime int8 (quantize_dynamic)", ms, n))
     return BenchReport(library, threads, {s.name: list(s.shape) for s in lib.inputs}, tuple(rows))
+
+
+REMOTE_RUNS = 10  # timed runs on a device when --repeats is not given
+
+
+def _run_remote_bench(library: str, threads: int, model, repeats: int, remote) -> BenchReport:
+    from compiler.errors import IntformerError
+    from targets.remote import RemoteModel
+
+    if model:
+        raise IntformerError("--model times onnxruntime on this machine; it cannot be combined with --rpc/--tracker")
+    lib = RemoteModel(library, remote)
+    lib.set_threads(threads)
+    feed = bench_inputs(lib.manifest)
+    runs = repeats or REMOTE_RUNS
+    status(f"timing {os.path.basename(library)} on {remote.where} ({threads} thread(s), {runs} runs)")
+    times = lib.time(feed, runs)
+    row = BenchRow(f"intformer int8 on {remote.where}", statistics.median(times) * 1e3, len(times))
+    return BenchReport(library, threads, {s.name: list(s.shape) for s in lib.inputs}, (row,))
 
 
 def print_report(rep: BenchReport) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 
 def _compile(a) -> int:
@@ -26,10 +27,19 @@ def _compile(a) -> int:
     return 0
 
 
+def _remote(a):
+    """The device of --rpc / --tracker --key, or None to run here."""
+    if not (a.rpc or a.tracker or a.key):
+        return None
+    from targets.remote import RemoteSpec
+
+    return RemoteSpec(rpc=a.rpc, tracker=a.tracker, key=a.key, timeout=a.timeout)
+
+
 def _run(a) -> int:
     from compiler import api
 
-    api.run(a.library, a.inputs, a.output)
+    api.run(a.library, a.inputs, a.output, remote=_remote(a))
     print(f"wrote {a.output}")
     return 0
 
@@ -54,7 +64,8 @@ def _eval(a) -> int:
 def _bench(a) -> int:
     from compiler import bench
 
-    bench.print_report(bench.run_bench(a.library, threads=a.threads, model=a.model, repeats=a.repeats))
+    bench.print_report(bench.run_bench(a.library, threads=a.threads, model=a.model, repeats=a.repeats,
+                                       remote=_remote(a)))
     return 0
 
 
@@ -66,10 +77,64 @@ def _inspect(a) -> int:
 
 
 def _targets(a) -> int:
-    from targets.presets import print_targets
+    from targets.presets import add_user_target, print_targets
 
-    print_targets()
+    if a.add:
+        spec = add_user_target(a.add)
+        print(f"added target '{spec.name}' (use it with --target {spec.name})")
+        return 0
+    print_targets(as_json=a.json)
     return 0
+
+
+def _board_start(a) -> int:
+    from targets import board
+
+    b = board.start(cpu=a.cpu, port=a.port, cache_dir=a.cache_dir, tracker=a.tracker, key=a.key,
+                    log=lambda m: print(m, file=sys.stderr))
+    where = f" (registered with tracker {b.tracker} as '{b.key}')" if b.tracker else ""
+    print(f"board ready: {b.address} (qemu-aarch64 -cpu {b.cpu}){where}; log {b.log}")
+    how = f"--tracker {b.tracker} --key {b.key}" if b.tracker else f"--rpc {b.address}"
+    print(f"use it with: intformer run OUT.so {how} ...")
+    return 0
+
+
+def _board_stop(a) -> int:
+    from targets import board
+
+    stopped = board.stop(port=a.port, cache_dir=a.cache_dir)
+    print("\n".join(f"stopped board {b.address}" for b in stopped) or "no board was running")
+    return 0
+
+
+def _board_status(a) -> int:
+    from targets import board
+
+    boards = board.status(cache_dir=a.cache_dir)
+    for b in boards:
+        print(f"{b.address}  cpu {b.cpu}  {b.state}  up {time.time() - b.started:.0f} s  "
+              f"restarts {b.restarts}  log {b.log}")
+    if not boards:
+        print("no board is running (start one with `intformer board start`)")
+    return 0
+
+
+def _board_setup(a) -> int:
+    from targets.board_setup import BoardPaths, default_cache_dir, ensure_set_up
+
+    paths = BoardPaths(a.cache_dir or default_cache_dir())
+    ensure_set_up(paths, log=lambda m: print(m, file=sys.stderr))
+    print(f"board set up in {paths.root}")
+    return 0
+
+
+def _add_remote_args(p) -> None:
+    g = p.add_argument_group("on a device (TVM RPC; see `intformer board` for an emulated one)")
+    g.add_argument("--rpc", metavar="HOST:PORT", help="run on the RPC server at HOST:PORT")
+    g.add_argument("--tracker", metavar="HOST:PORT", help="ask this RPC tracker for a device (with --key)")
+    g.add_argument("--key", help="device key registered with the tracker")
+    g.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="seconds each remote step may take before it is an error (default 300)")
 
 
 class _UsageError(Exception):
@@ -89,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
     c.add_argument("model", metavar="MODEL.onnx")
     c.add_argument("-o", "--output", required=True, metavar="OUT.so")
-    c.add_argument("--target", default="host", help="target preset (see `intformer targets`); default: host")
+    c.add_argument("--target", default="host", help="target preset or user target (see `intformer targets`), "
+                   "or a target JSON file; default: host")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
                    help="static shape of an input, e.g. input_ids=1x128 (repeat per input)")
     g = c.add_mutually_exclusive_group()
@@ -113,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("library", metavar="OUT.so")
     r.add_argument("--inputs", required=True, metavar="IN.npz")
     r.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    _add_remote_args(r)
     r.set_defaults(func=_run)
 
     e = sub.add_parser("eval", help="compare a compiled library with onnxruntime fp32")
@@ -125,15 +192,47 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("library", metavar="OUT.so")
     b.add_argument("--threads", type=int, default=1, metavar="N")
     b.add_argument("--model", metavar="MODEL.onnx")
-    b.add_argument("--repeats", type=int, default=0, metavar="N", help="timed runs (default: adaptive)")
+    b.add_argument("--repeats", type=int, default=0, metavar="N",
+                   help="timed runs (default: adaptive; 10 on a device)")
+    _add_remote_args(b)
     b.set_defaults(func=_bench)
 
     i = sub.add_parser("inspect", help="print a compiled library's manifest")
     i.add_argument("library", metavar="OUT.so")
     i.set_defaults(func=_inspect)
 
-    t = sub.add_parser("targets", help="list target presets")
+    t = sub.add_parser("targets", help="list targets: ISA features, cross toolchain installed or not",
+                       description="List the targets. A target of your own is a JSON file in the form "
+                                   "`intformer targets --json` prints, e.g. {\"name\": \"my-board\", \"llvm\": "
+                                   "{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\", \"mcpu\": "
+                                   "\"cortex-a76\", \"mattr\": [\"+neon\", \"+dotprod\"]}, \"cross_compiler\": "
+                                   "\"aarch64-linux-gnu-gcc\"}; use it as `--target my_board.json` or register it "
+                                   "by name with `--add`.")
+    t.add_argument("--add", metavar="FILE.json", help="register the target in FILE.json under its name")
+    t.add_argument("--json", action="store_true", help="print every target as JSON")
     t.set_defaults(func=_targets)
+
+    bd = sub.add_parser("board", help="an emulated aarch64 board (qemu-user + TVM RPC server on 127.0.0.1)")
+    bsub = bd.add_subparsers(dest="board_command", required=True, metavar="ACTION")
+    cache_help = "board files (default: ~/.cache/intformer/board)"
+    bs = bsub.add_parser("start", help="set up on first use, start, print the RPC address")
+    bs.add_argument("--cpu", default="cortex-a76", help="qemu CPU: cortex-a76 runs SDOT (rpi5), cortex-a72 does "
+                    "not (rpi4), max has everything; default cortex-a76")
+    bs.add_argument("--port", type=int, default=9090, help="RPC port on 127.0.0.1 (default 9090)")
+    bs.add_argument("--tracker", metavar="HOST:PORT", help="also register with this RPC tracker")
+    bs.add_argument("--key", help="device key to register with the tracker")
+    bs.add_argument("--cache-dir", help=cache_help)
+    bs.set_defaults(func=_board_start)
+    bt = bsub.add_parser("stop", help="stop the board on --port (default: every board)")
+    bt.add_argument("--port", type=int)
+    bt.add_argument("--cache-dir", help=cache_help)
+    bt.set_defaults(func=_board_stop)
+    bu = bsub.add_parser("status", help="list running boards")
+    bu.add_argument("--cache-dir", help=cache_help)
+    bu.set_defaults(func=_board_status)
+    bp = bsub.add_parser("setup", help="only set the board up (done by `start` on first use)")
+    bp.add_argument("--cache-dir", help=cache_help)
+    bp.set_defaults(func=_board_setup)
     return p
 
 

@@ -65,8 +65,11 @@ def stage_names() -> list[str]:
 
 def run_pipeline(model_path: str, options: CompileOptions) -> CompileState:
     from targets import resolve_target
+    from targets.toolchain import require_toolchain
 
-    state = CompileState(model_path=model_path, options=options, target_spec=resolve_target(options.target))
+    spec = resolve_target(options.target)
+    require_toolchain(spec)  # before the stages: a missing cross compiler fails now, not after the build
+    state = CompileState(model_path=model_path, options=options, target_spec=spec)
     for i, (name, stage) in enumerate(_stages()):
         status(f"[{i + 1}/{len(_stages())}] {name}")
         state = stage(state)

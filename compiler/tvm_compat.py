@@ -83,11 +83,25 @@ def build(mod, target_spec):
 
 def export_library(executable, path: str, cross_compiler=None) -> None:
     if cross_compiler:
-        from tvm.contrib import cc
+        from tvm.support import cc  # tvm.contrib.cc before 0.2x
 
         executable.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
     else:
         executable.export_library(path)
+
+
+def rpc_connect(host: str, port: int, session_timeout: float = 0):
+    """An RPC session to a TVM RPC server (tvm.rpc.RPCSession: upload, load_module, cpu, get_function)."""
+    from tvm import rpc
+
+    return rpc.connect(host, port, session_timeout=session_timeout)
+
+
+def rpc_connect_tracker(host: str, port: int):
+    """A TVM RPC tracker client (its .request(key) gives a session)."""
+    from tvm import rpc
+
+    return rpc.connect_tracker(host, port)
 
 
 def dead_code_elimination():

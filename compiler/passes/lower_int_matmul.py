@@ -34,6 +34,10 @@ class _Lower(PyExprMutator):
         (a_dt, a_shape), (b_dt, b_shape) = tensor_info(a), tensor_info(b)
         if a_dt != "int8" or b_dt != "int8" or a_shape is None or b_shape is None:
             return call
+        from schedules.int8_matmul import select_kernel
+
+        if select_kernel(self.target).isa == "generic":
+            return call  # no dot-product kernel for this target: LLVM's own code (sdot with +dotprod) is better
         w = constant_value(b)
         self.lowered += 1
         if w is not None and w.ndim == 2:

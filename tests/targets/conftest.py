@@ -1,0 +1,35 @@
+import os
+import shutil
+
+import pytest
+
+
+def require_tool(tool: str, package: str) -> None:
+    """Skip (with the install command) when a host tool is missing: tests/run.sh installs these with apt-get,
+    so this only happens where that is impossible (no root, no apt)."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed and could not be installed here; "
+                    f"apt-get install -y --no-install-recommends {package}")
+
+
+@pytest.fixture(scope="session")
+def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
+    """The tiny BERT compiled for rpi5, rpi4 and armv7 from the host build's calibration table:
+    {target: library path} (a target whose toolchain is missing is absent)."""
+    from compiler.api import compile_model
+    from compiler.config import CompileOptions
+    from targets import resolve_target
+    from targets.toolchain import toolchain_for
+
+    model = tiny_bert[0]
+    table = os.path.join(os.path.dirname(tiny_bert_lib[0]), "table.json")
+    d = tmp_path_factory.mktemp("cross")
+    out = {}
+    for target in ("rpi5", "rpi4", "armv7"):
+        if not toolchain_for(resolve_target(target)).installed():
+            continue
+        lib = str(d / f"bert-{target}.so")
+        opts = CompileOptions(target=target, input_shapes=(("input_ids", (1, 16)),), calibration_table=table)
+        compile_model(model, lib, opts)
+        out[target] = lib
+    return out
