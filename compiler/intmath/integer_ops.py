@@ -21,12 +21,32 @@ SOFTMAX_OUT_ZP = -128
 SOFTMAX_FINE_LEVELS = 65535  # the fine form: int32 codes of p * 65535 (requantized by its consumer)
 
 
-def softmax_constants(scale: float) -> tuple[int, np.ndarray]:
-    """(q_ln2, table): ln 2 in input units (at least 1) and Q15 values of 2**-((j + 0.5) / 256)."""
+SOFTMAX_MAX_SHIFT = 63  # differences beyond 63 * ln 2 give exp = 0 (the Q15 table shifted out)
+SOFTMAX_RECIP_BITS = 46  # per-row reciprocal of the row sum, Q46
+
+
+def divider(divisor: int, max_dividend: int) -> tuple[int, int]:
+    """(m, s) with (x * m) >> s == x // divisor for every 0 <= x <= max_dividend (checked exhaustively, so the
+    compiled code never divides by a constant)."""
+    x = np.arange(max_dividend + 1, dtype=np.int64)
+    want = x // divisor
+    for s in range(int(math.ceil(math.log2(max_dividend + 1))) + int(math.ceil(math.log2(divisor + 1))),
+                   62 - int(math.ceil(math.log2(max_dividend + 1)))):
+        m = (1 << s) // divisor + 1
+        if np.array_equal((x * m) >> s, want):
+            return m, s
+    raise ValueError(f"no exact multiply-shift for // {divisor} up to {max_dividend}")
+
+
+def softmax_constants(scale: float) -> dict:
+    """ln 2 in input units (q_ln2, at least 1), the Q15 table of 2**-((j + 0.5) / 256), and exact multiply-shift
+    forms of the two divisions by q_ln2."""
     q_ln2 = max(1, int(round(math.log(2.0) / scale)))
     n = 1 << SOFTMAX_TABLE_BITS
     table = np.round(SOFTMAX_ONE * np.exp2(-(np.arange(n) + 0.5) / n)).astype(np.int64)
-    return q_ln2, table
+    d_max = (SOFTMAX_MAX_SHIFT + 1) * q_ln2 - 1
+    return {"q_ln2": q_ln2, "table": table, "d_max": d_max, "z": divider(q_ln2, d_max),
+            "idx": divider(q_ln2, (q_ln2 << SOFTMAX_TABLE_BITS) - 1)}
 
 
 def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) -> np.ndarray:
@@ -34,26 +54,32 @@ def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) ->
     zero point -128.
 
     exp(-d * scale) for d = max - x >= 0 is 2**-z * 2**-(r / q_ln2) with z = d // q_ln2 and r = d % q_ln2:
-    a shift and a 256-entry table (relative error <= 0.14% for scales well below ln 2). The row sum and the
-    normalization are integer divisions rounding half up. `fine`: int32 codes round(p * 65535) instead.
+    a shift and a 256-entry table (relative error <= 0.14% for scales well below ln 2); the divisions by the
+    constant q_ln2 are exact multiply-shifts. The row sum is inverted once per row (Q46, rounded) and each
+    probability is a multiply and a rounding shift. `fine`: int32 codes round(p * 65535) instead.
     """
-    q_ln2, table = softmax_constants(scale)
+    c = softmax_constants(scale)
+    q_ln2, table = c["q_ln2"], c["table"]
     x = x.astype(np.int64)
-    d = np.max(x, axis=axis, keepdims=True) - x
-    z = d // q_ln2
+    d = np.minimum(np.max(x, axis=axis, keepdims=True) - x, c["d_max"])
+    z = (d * c["z"][0]) >> c["z"][1]
     r = d - z * q_ln2
-    idx = (r << SOFTMAX_TABLE_BITS) // q_ln2
-    e = table[idx] >> np.minimum(z, 62)
+    idx = ((r << SOFTMAX_TABLE_BITS) * c["idx"][0]) >> c["idx"][1]
+    e = table[idx] >> z
     s = np.sum(e, axis=axis, keepdims=True)
+    k = SOFTMAX_RECIP_BITS
+    recip = ((np.int64(1) << k) + (s >> 1)) // s
+    levels = SOFTMAX_FINE_LEVELS if fine else 255
+    q = (e * levels * recip + (np.int64(1) << (k - 1))) >> k
     if fine:
-        return ((e * (2 * SOFTMAX_FINE_LEVELS) + s) // (2 * s)).astype(np.int32)
-    q = (e * 510 + s) // (2 * s) + SOFTMAX_OUT_ZP
-    return np.clip(q, -128, 127).astype(np.int8)
+        return q.astype(np.int32)
+    return np.clip(q + SOFTMAX_OUT_ZP, -128, 127).astype(np.int8)
 
 
 # ---- LayerNorm -------------------------------------------------------------------------------------------
 LN_FRAC_BITS = 12  # the normalized value (x - mean) / std in Q12
-LN_SQRT_ITERS = 40
+LN_SQRT_ITERS = 8  # Newton steps from 2**ceil(bits(n) / 2), within 2x of sqrt(n): quadratic convergence
+LN_SQRT_MAX_BITS = 54
 LN_SQUARE_BITS = 25  # |H * (x - mean)| is shifted below 2**25 before squaring
 
 
@@ -64,9 +90,12 @@ def layernorm_shift(hidden: int, bound: int) -> int:
 
 
 def isqrt(n: np.ndarray) -> np.ndarray:
-    """floor(sqrt(n)) for 0 <= n < 2**54, by a fixed number of Newton steps from above."""
+    """floor(sqrt(n)) for 0 <= n < 2**54: the bit length by comparisons, then Newton steps from above."""
     n = n.astype(np.int64)
-    r = np.full_like(n, 1 << 27)
+    bits = np.zeros_like(n)
+    for i in range(LN_SQRT_MAX_BITS):
+        bits = bits + (n >= (np.int64(1) << i)).astype(np.int64)
+    r = np.left_shift(np.int64(1), (bits + 1) >> 1)
     for _ in range(LN_SQRT_ITERS):
         nr = (r + n // r) >> 1
         r = np.maximum(np.minimum(r, nr), 1)

@@ -79,6 +79,8 @@ OPS: dict[str, Callable] = {
     "relax.maximum": lambda c, a, b: np.maximum(a, b),
     "relax.less": lambda c, a, b: np.less(a, b),
     "relax.greater": lambda c, a, b: np.greater(a, b),
+    "relax.greater_equal": lambda c, a, b: np.greater_equal(a, b),
+    "relax.less_equal": lambda c, a, b: np.less_equal(a, b),
     "relax.equal": lambda c, a, b: np.equal(a, b),
     "relax.not_equal": lambda c, a, b: np.not_equal(a, b),
     "relax.logical_and": lambda c, a, b: np.logical_and(a, b),

@@ -75,23 +75,26 @@ def emit_softmax(bb, x, scale: float, fine: bool = False):
     p * 65535; see intmath.isoftmax."""
     from compiler.intmath import integer_ops as io
 
-    q_ln2, table = io.softmax_constants(scale)
+    c = io.softmax_constants(scale)
+    i64 = lambda v: const(v, "int64")  # noqa: E731
     x = _i64(bb, x)
     d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
-    z = bb.emit(R.floor_divide(d, const(q_ln2, "int64")))
-    r = bb.emit(R.subtract(d, bb.emit(R.multiply(z, const(q_ln2, "int64")))))
-    idx = bb.emit(R.floor_divide(bb.emit(R.left_shift(r, const(io.SOFTMAX_TABLE_BITS, "int64"))),
-                                 const(q_ln2, "int64")))
-    e = bb.emit(R.take(const(table, "int64"), idx, axis=0))
-    e = bb.emit(R.right_shift(e, bb.emit(R.minimum(z, const(62, "int64")))))
+    d = bb.emit(R.minimum(d, i64(c["d_max"])))
+    z = bb.emit(R.right_shift(bb.emit(R.multiply(d, i64(c["z"][0]))), i64(c["z"][1])))
+    r = bb.emit(R.subtract(d, bb.emit(R.multiply(z, i64(c["q_ln2"])))))
+    r = bb.emit(R.left_shift(r, i64(io.SOFTMAX_TABLE_BITS)))
+    idx = bb.emit(R.right_shift(bb.emit(R.multiply(r, i64(c["idx"][0]))), i64(c["idx"][1])))
+    e = bb.emit(R.take(const(c["table"], "int64"), idx, axis=0))
+    e = bb.emit(R.right_shift(e, z))
     s = bb.emit(R.sum(e, axis=[-1], keepdims=True))
+    k = io.SOFTMAX_RECIP_BITS
+    recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, i64(1))), i64(1 << k))), s))
+    levels = io.SOFTMAX_FINE_LEVELS if fine else 255
+    q = bb.emit(R.multiply(bb.emit(R.multiply(e, i64(levels))), recip))
+    q = bb.emit(R.right_shift(bb.emit(R.add(q, i64(1 << (k - 1)))), i64(k)))
     if fine:
-        num = bb.emit(R.add(bb.emit(R.multiply(e, const(2 * io.SOFTMAX_FINE_LEVELS, "int64"))), s))
-        q = bb.emit(R.floor_divide(num, bb.emit(R.multiply(s, const(2, "int64")))))
         return bb.emit(R.astype(q, "int32"))
-    num = bb.emit(R.add(bb.emit(R.multiply(e, const(510, "int64"))), s))
-    q = bb.emit(R.floor_divide(num, bb.emit(R.multiply(s, const(2, "int64")))))
-    q = bb.emit(R.add(q, const(io.SOFTMAX_OUT_ZP, "int64")))
+    q = bb.emit(R.add(q, i64(io.SOFTMAX_OUT_ZP)))
     return bb.emit(R.astype(bb.emit(R.clip(q, -128, 127)), "int8"))
 
 
@@ -108,8 +111,11 @@ def emit_layernorm(bb, x, c: dict, out_dtype: str):
     n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)),
                                const(h, "int64")))
     n = bb.emit(R.add(n, const(c["eps"], "int64")))
-    r = bb.emit(R.full_like(n, const(1 << 27, "int64")))
     one = const(1, "int64")
+    bits = bb.emit(R.full_like(n, const(0, "int64")))
+    for i in range(io.LN_SQRT_MAX_BITS):
+        bits = bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater_equal(n, const(1 << i, "int64"))), "int64"))))
+    r = bb.emit(R.left_shift(bb.emit(R.full_like(n, one)), bb.emit(R.right_shift(bb.emit(R.add(bits, one)), one))))
     for _ in range(io.LN_SQRT_ITERS):
         nr = bb.emit(R.right_shift(bb.emit(R.add(r, bb.emit(R.floor_divide(n, r)))), one))
         r = bb.emit(R.maximum(bb.emit(R.minimum(r, nr)), one))

@@ -75,7 +75,7 @@ def test_calibration_table_reuse_gives_the_same_library(tiny_bert_lib, tiny_bert
 
 
 @pytest.mark.parametrize("kind,dynamo,opset", [("distilbert", False, 17), ("roberta", False, 17),
-                                               ("bert", True, 18)])
+                                               ("bert", True, 18), ("bert_tanh", False, 17)])
 def test_family_and_exporters(kind, dynamo, opset, tmp_path):
     from tests.helpers.tiny_models import export_tiny, sample_inputs
 
@@ -86,6 +86,7 @@ def test_family_and_exporters(kind, dynamo, opset, tmp_path):
     res = compile_model(model, lib, CompileOptions(input_shapes=(("input_ids", (1, 16)),),
                                                    calibration_data=str(tmp_path / "calib.npz")))
     assert res.report["matmuls"]["int8"] == res.report["matmuls"]["total"] > 0
+    assert res.report["float_ops"] == []  # integer-only for every member of the family (tanh GELU included)
     (cmp,) = evaluate(lib, model, str(tmp_path / "test.npz"))
     assert cmp.cosine_mean >= MIN_COSINE, cmp
 

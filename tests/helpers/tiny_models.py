@@ -22,8 +22,9 @@ def _config(kind: str):
     if kind == "roberta":
         return tf.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                 pad_token_id=1, **common)
+    act = "gelu_pytorch_tanh" if kind == "bert_tanh" else "gelu"
     return tf.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         type_vocab_size=2, **common)
+                         type_vocab_size=2, hidden_act=act, **common)
 
 
 def input_names(kind: str) -> list[str]:
