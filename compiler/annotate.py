@@ -85,22 +85,19 @@ def insert_qdq(model: onnx.ModelProto, table: CalibrationTable,
         new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}/q", s_name, z_name], [dst_dq],
                                           name=f"{base}/DQ"))
 
+    def quantize_output(node, name: str) -> None:
+        """The node now writes `<out>/raw`; Q/DQ turn it back into `<out>` for every consumer."""
+        out = node.output[0]
+        qp = qparams(out, False, name)
+        node.output[0] = f"{out}/raw"
+        new_nodes.append(node)
+        emit_qdq(f"{out}/raw", out, qp, f"{out}/qdq_out")
+
     bias_add = _bias_adds(g, consts)
     biased = set(bias_add.values())
     for node in g.node:
-        if node.op_type == "LayerNormalization":
-            out = node.output[0]
-            qp = qparams(out, False, node.name or out)
-            node.output[0] = f"{out}/ln"
-            new_nodes.append(node)
-            emit_qdq(f"{out}/ln", out, qp, f"{out}/qdq_out")
-            continue
-        if node.op_type == "Add" and node.name in bias_add:
-            out = node.output[0]
-            qp = qparams(out, False, node.name or out)
-            node.output[0] = f"{out}/acc"
-            new_nodes.append(node)
-            emit_qdq(f"{out}/acc", out, qp, f"{out}/qdq_out")
+        if node.op_type == "LayerNormalization" or (node.op_type == "Add" and node.name in bias_add):
+            quantize_output(node, node.name or node.output[0])
             continue
         if node.op_type != "MatMul":
             new_nodes.append(node)
@@ -117,13 +114,10 @@ def insert_qdq(model: onnx.ModelProto, table: CalibrationTable,
                 emit_qdq(src, f"{base}/dq", qparams(src, idx == 1, name), base)
                 shared[key] = f"{base}/dq"
             node.input[idx] = shared[key]
-        new_nodes.append(node)
         if node.output[0] in biased:
-            continue  # quantized after its bias Add
-        out = node.output[0]
-        qp = qparams(out, False, name)
-        node.output[0] = f"{out}/acc"
-        emit_qdq(f"{out}/acc", out, qp, f"{out}/qdq_out")
+            new_nodes.append(node)  # quantized after its bias Add
+        else:
+            quantize_output(node, name)
     del g.node[:]
     g.node.extend(new_nodes)
     return model, count
