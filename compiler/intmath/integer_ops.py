@@ -41,11 +41,13 @@ def divider(divisor: int, max_dividend: int) -> tuple[int, int]:
 def softmax_constants(scale: float) -> dict:
     """ln 2 in input units (q_ln2, at least 1), the Q15 table of 2**-((j + 0.5) / 256), and exact multiply-shift
     forms of the two divisions by q_ln2."""
-    q_ln2 = max(1, int(round(math.log(2.0) / scale)))
+    # very fine input scales: drop low bits of the difference first (q_ln2 stays <= 2**12, plenty of resolution)
+    pre = max(0, int(math.log(2.0) / scale).bit_length() - 12)
+    q_ln2 = max(1, int(round(math.log(2.0) / (scale * (1 << pre)))))
     n = 1 << SOFTMAX_TABLE_BITS
     table = np.round(SOFTMAX_ONE * np.exp2(-(np.arange(n) + 0.5) / n)).astype(np.int64)
     d_max = (SOFTMAX_MAX_SHIFT + 1) * q_ln2 - 1
-    return {"q_ln2": q_ln2, "table": table, "d_max": d_max, "z": divider(q_ln2, d_max),
+    return {"pre_shift": pre, "q_ln2": q_ln2, "table": table, "d_max": d_max, "z": divider(q_ln2, d_max),
             "idx": divider(q_ln2, (q_ln2 << SOFTMAX_TABLE_BITS) - 1)}
 
 
@@ -61,7 +63,7 @@ def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) ->
     c = softmax_constants(scale)
     q_ln2, table = c["q_ln2"], c["table"]
     x = x.astype(np.int64)
-    d = np.minimum(np.max(x, axis=axis, keepdims=True) - x, c["d_max"])
+    d = np.minimum((np.max(x, axis=axis, keepdims=True) - x) >> c["pre_shift"], c["d_max"])
     z = (d * c["z"][0]) >> c["z"][1]
     r = d - z * q_ln2
     idx = ((r << SOFTMAX_TABLE_BITS) * c["idx"][0]) >> c["idx"][1]
@@ -80,13 +82,15 @@ def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) ->
 LN_FRAC_BITS = 12  # the normalized value (x - mean) / std in Q12
 LN_SQRT_ITERS = 8  # Newton steps from 2**ceil(bits(n) / 2), within 2x of sqrt(n): quadratic convergence
 LN_SQRT_MAX_BITS = 54
-LN_SQUARE_BITS = 25  # |H * (x - mean)| is shifted below 2**25 before squaring
+LN_SQUARE_BITS = 25
+LN_MAX_SHIFT = 40  # per-channel output shift cap: |beta / out_scale| * 2**40 stays far inside int64  # |H * (x - mean)| is shifted below 2**25 before squaring
 
 
 def layernorm_shift(hidden: int, bound: int) -> int:
-    """Right shift that keeps |H * (x - mean)| < 2**25 for |x| <= bound (so sums of squares fit int64)."""
+    """Shift that brings |H * (x - mean)| to below 2**25 for |x| <= bound: right (> 0) so that sums of squares fit
+    int64, or left (< 0) so that small inputs keep the square root's resolution."""
     need = math.ceil(math.log2(max(2 * hidden * bound, 2)))
-    return max(0, need - LN_SQUARE_BITS)
+    return need - LN_SQUARE_BITS
 
 
 def isqrt(n: np.ndarray) -> np.ndarray:
@@ -105,12 +109,16 @@ def isqrt(n: np.ndarray) -> np.ndarray:
 def layernorm_constants(scale: float, hidden: int, bound: int, eps: float, gamma: np.ndarray, beta: np.ndarray,
                         out_scale: float, out_zp: int) -> dict:
     k = layernorm_shift(hidden, bound)
-    eps_int = int(round(hidden * hidden * eps / (scale * scale) / float(4 ** k)))
+    eps_int = int(round(hidden * hidden * eps / (scale * scale) / 4.0 ** k))
     g = np.asarray(gamma, dtype=np.float64)
     mult = np.abs(g) / (out_scale * (1 << LN_FRAC_BITS))
     pairs = [quantize_multiplier(float(m)) for m in mult]
-    m0 = np.array([p[0] for p in pairs], dtype=np.int64) * np.where(g < 0, -1, 1)
+    m0 = np.array([p[0] for p in pairs], dtype=np.int64)
     sh = np.array([p[1] for p in pairs], dtype=np.int64)
+    over = np.maximum(sh - LN_MAX_SHIFT, 0)  # tiny gammas: keep beta * 2**sh inside int64 (they round to ~0)
+    m0 = ((m0 + np.where(over > 0, np.left_shift(np.int64(1), np.maximum(over - 1, 0)), 0)) >> over)
+    sh = sh - over
+    m0 = m0 * np.where(g < 0, -1, 1)
     bias = np.round(np.asarray(beta, dtype=np.float64) / out_scale * np.exp2(sh)).astype(np.int64)
     return {"shift": k, "eps": eps_int, "m0": m0, "sh": sh, "bias": bias, "zp": int(out_zp)}
 
@@ -121,7 +129,8 @@ def ilayernorm(x: np.ndarray, c: dict, qmin: int = -128, qmax: int = 127, out_dt
     layernorm_constants)."""
     x = x.astype(np.int64)
     h = x.shape[-1]
-    y = (h * x - np.sum(x, axis=-1, keepdims=True)) >> c["shift"]
+    y = h * x - np.sum(x, axis=-1, keepdims=True)
+    y = y >> c["shift"] if c["shift"] >= 0 else y << -c["shift"]
     n = np.sum(y * y, axis=-1, keepdims=True) // h + c["eps"]
     std = isqrt(n)
     u = (y << LN_FRAC_BITS) // std

@@ -64,8 +64,16 @@ def _reduce(fn):
     def go(call, x):
         ax = _axes(call)
         keep = bool(_attr(call, "keepdims", False))
-        return fn(x, axis=ax, keepdims=keep)
+        return fn(x, axis=ax, keepdims=keep).astype(x.dtype)  # TVM reduces in the input dtype (wraps)
     return go
+
+
+def _strided_slice(call, x, axes, begin, end, strides=None):
+    sl = [slice(None)] * x.ndim
+    steps = list(strides) if strides is not None else [1] * len(axes)
+    for a, b, e, st in zip(axes, begin, end, steps):
+        sl[int(a)] = slice(int(b), int(e), int(st))
+    return x[tuple(sl)]
 
 
 OPS: dict[str, Callable] = {
@@ -102,6 +110,8 @@ OPS: dict[str, Callable] = {
                                                     else x.dtype),
     "relax.shape_of": lambda c, x: tuple(x.shape),
     "relax.shape_to_tensor": lambda c, s: np.array(s, dtype=np.int64),
+    "relax.strided_slice": _strided_slice,
+    "relax.flatten": lambda c, x: x.reshape(-1),
     "relax.broadcast_to": lambda c, x, shape: np.broadcast_to(x, _shape(shape)).copy(),
     "relax.dequantize": _dequantize,
 }

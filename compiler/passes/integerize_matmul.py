@@ -99,12 +99,14 @@ class _Integerize(PyExprMutator):
         if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
             return call
         bb = self.builder_
+        n = b_shape[-1]
+        if bias is not None:
+            if bias.size not in (1, n) or (bias.size == n and bias.shape[-1] != n):
+                return call  # not a per-output-channel vector: the matmul stays as it was
+            bias = np.broadcast_to(bias.reshape(-1), (n,))
         acc = emit_qmatmul(bb, a_q, za, b_q, zb, b_val)
         if bias is not None:
             acc_scale = sa * np.asarray(sb, dtype=np.float64)
-            n = b_shape[-1]
-            if bias.size not in (1, n) or bias.shape[-1:] not in ((1,), (n,)) or bias.ndim > 1:
-                return call
             q_bias = np.clip(np.round(bias.astype(np.float64) / acc_scale), -(2 ** 31), 2 ** 31 - 1)
             acc = bb.emit(relax.op.add(acc, const(q_bias.astype(np.int64), "int32")))
         self.rewritten += 1

@@ -79,6 +79,8 @@ def emit_softmax(bb, x, scale: float, fine: bool = False):
     i64 = lambda v: const(v, "int64")  # noqa: E731
     x = _i64(bb, x)
     d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
+    if c["pre_shift"]:
+        d = bb.emit(R.right_shift(d, i64(c["pre_shift"])))
     d = bb.emit(R.minimum(d, i64(c["d_max"])))
     z = bb.emit(R.right_shift(bb.emit(R.multiply(d, i64(c["z"][0]))), i64(c["z"][1])))
     r = bb.emit(R.subtract(d, bb.emit(R.multiply(z, i64(c["q_ln2"])))))
@@ -106,8 +108,10 @@ def emit_layernorm(bb, x, c: dict, out_dtype: str):
     h = tensor_info(x)[1][-1]
     hx = bb.emit(R.multiply(x, const(h, "int64")))
     y = bb.emit(R.subtract(hx, bb.emit(R.sum(x, axis=[-1], keepdims=True))))
-    if c["shift"]:
+    if c["shift"] > 0:
         y = bb.emit(R.right_shift(y, const(c["shift"], "int64")))
+    elif c["shift"] < 0:
+        y = bb.emit(R.left_shift(y, const(-c["shift"], "int64")))
     n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)),
                                const(h, "int64")))
     n = bb.emit(R.add(n, const(c["eps"], "int64")))

@@ -114,6 +114,10 @@ class _Propagate(PyExprMutator):
         out = rule(self, call)
         if out is None:
             return call
+        want = tensor_info(call)[1]
+        got = tensor_info(out.expr if isinstance(out, IntRepr) else out)[1]
+        if want is None or got != want:
+            return call  # a rule that would change the value's shape (broadcasting) does not apply
         if isinstance(out, IntRepr):
             self.rewritten += 1
             var = self.emit(self.materialize(out))
@@ -378,7 +382,7 @@ def _add(m: _Propagate, call, sign: int = 1):
 
     if cond is None:  # a constant tensor (position embeddings, biases)
         cv = q(c1)
-        y = m.emit(R.add(x, const(cv, "int64")))
+        y = m.emit(R.clip(m.emit(R.add(x, const(cv, "int64"))), -_MASK_SATURATION, _MASK_SATURATION))
         return IntRepr(y, r.scale, 0, "int64", r.bound + int(np.max(np.abs(cv), initial=0)))
     add = m.emit(R.where(cond, const(q(c1), "int64"), const(q(c2), "int64")))
     y = m.emit(R.clip(m.emit(R.add(x, add)), -_MASK_SATURATION, _MASK_SATURATION))

@@ -35,11 +35,14 @@ def _compiled(key, build_fn, shape, dtype):
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.integers(1, 3), st.sampled_from([1, 7, 64]), st.floats(1e-4, 0.3), st.integers(0, 2 ** 32 - 1))
+@given(st.integers(1, 3), st.sampled_from([1, 7, 64]), st.floats(1e-7, 0.3), st.integers(0, 2 ** 32 - 1))
 def test_softmax_matches_twin_and_float(rows, n, scale, seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(-32768, 32768, size=(rows, n)).astype(np.int16)
-    f = _compiled(("softmax", rows, n, scale), lambda bb, v: intops.emit_softmax(bb, v, scale), (rows, n), "int16")
+    if scale < 1e-4:  # fine scales arrive as wide integers (int32 scores)
+        x = (x.astype(np.int32) * int(min(2 ** 15, 1e-4 / scale)))
+    f = _compiled(("softmax", rows, n, scale, str(x.dtype)), lambda bb, v: intops.emit_softmax(bb, v, scale),
+                  (rows, n), str(x.dtype))
     got = f(x)
     ref = io.isoftmax(x, scale)
     assert np.array_equal(got, ref)
@@ -83,6 +86,15 @@ def test_layernorm_matches_twin_and_float(h, bound, scale, seed):
     q = np.round(want / out_scale) + out_zp
     inside = (q > -128) & (q < 127)
     assert np.max(np.abs(ref - q)[inside]) <= LAYERNORM_MAX_ABS_ERROR_STEPS + 0.5
+
+
+def test_layernorm_tiny_gamma_does_not_overflow():
+    gamma, beta = np.array([1, 2e-7, 1e-8, 1.0]), np.array([0.5, 0.5, -0.5, -0.5])
+    c = io.layernorm_constants(0.01, 4, 1000, 1e-5, gamma, beta, 1e-4, 0)
+    out = io.ilayernorm(np.array([[100, 200, 300, 400]]), c, -32768, 32767, np.int16)
+    xf = np.array([1.0, 2, 3, 4])  # the real values (scale 0.01)
+    want = np.round((xf - xf.mean()) / np.sqrt(xf.var() + 1e-5) * gamma / 1e-4 + beta / 1e-4)
+    assert np.max(np.abs(out[0] - want)) <= 2, (out, want)
 
 
 def test_lookup_and_rescale():
