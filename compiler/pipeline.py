@@ -70,8 +70,9 @@ def run_pipeline(model_path: str, options: CompileOptions) -> CompileState:
     spec = resolve_target(options.target)
     require_toolchain(spec)  # before the stages: a missing cross compiler fails now, not after the build
     state = CompileState(model_path=model_path, options=options, target_spec=spec)
-    for i, (name, stage) in enumerate(_stages()):
-        status(f"[{i + 1}/{len(_stages())}] {name}")
+    stages = _stages()
+    for i, (name, stage) in enumerate(stages):
+        status(f"[{i + 1}/{len(stages)}] {name}")
         state = stage(state)
         _dump(state, i, name)
     return state

@@ -165,7 +165,7 @@ def verify(st: CompileState) -> CompileState:
     mm = report["matmuls"]
     if mm["int8"] < mm["total"]:
         status(f"warning: {mm['total'] - mm['int8']} of {mm['total']} matmuls stay float")
-    allowed = {a if a.startswith("relax.") else a for a in st.options.allow_float}
+    allowed = set(st.options.allow_float)
     left = [op for op in report["float_ops"]
             if op not in allowed and op.split(".")[-1] not in allowed]
     if left and st.options.integer_only:

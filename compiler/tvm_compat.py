@@ -15,6 +15,15 @@ PyExprMutator = relax.PyExprMutator
 expr_functor_mutator = relax.expr_functor.mutator
 
 
+def mutate_functions(mutator, mod):
+    """Run a PyExprMutator over every Relax function of `mod`; the result includes any function the mutator
+    added through its block builder (e.g. scheduled PrimFuncs)."""
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def make_target(llvm: dict):
     """A TVM target from a JSON-style dict (0.27 rejects the old "llvm -mcpu=..." strings)."""
     return tvm.target.Target(dict(llvm))

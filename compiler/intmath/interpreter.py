@@ -56,7 +56,7 @@ def _matmul(call, a, b):
 
 
 def _dequantize(call, x, s, z):
-    out = np.float32((x.astype(np.int64) - np.asarray(z).astype(np.int64)).astype(np.float32))
+    out = (x.astype(np.int64) - np.asarray(z).astype(np.int64)).astype(np.float32)
     return (out * np.asarray(s, dtype=np.float32)).astype(_dtype(call))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import PyExprMutator, constant_value, expr_functor_mutator, tensor_info
+from compiler.tvm_compat import PyExprMutator, constant_value, expr_functor_mutator, mutate_functions, tensor_info
 
 _QUANTIZE = tvm.ir.Op.get("relax.quantize")
 _DEQUANTIZE = tvm.ir.Op.get("relax.dequantize")
@@ -42,8 +42,4 @@ class _FoldQDQ(PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="IntformerFoldQDQ")
 class FoldQDQ:
     def transform_module(self, mod, ctx):
-        mutator = _FoldQDQ(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = mutator.visit_expr(func)
-        return mod
+        return mutate_functions(_FoldQDQ(mod), mod)

@@ -18,7 +18,8 @@ import tvm
 from tvm import relax
 
 from compiler.passes.intops import emit_qmatmul, emit_requantize, quantize_weight
-from compiler.tvm_compat import PyExprMutator, const, constant_value, expr_functor_mutator, tensor_info
+from compiler.tvm_compat import (PyExprMutator, const, constant_value, expr_functor_mutator, mutate_functions,
+                                  tensor_info)
 
 _QUANTIZE = tvm.ir.Op.get("relax.quantize")
 _DEQUANTIZE = tvm.ir.Op.get("relax.dequantize")
@@ -125,8 +126,6 @@ class IntegerizeMatmul:
 
     def transform_module(self, mod, ctx):
         mutator = _Integerize(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = mutator.visit_expr(func)
+        mod = mutate_functions(mutator, mod)
         self.rewritten = mutator.rewritten
         return mod

@@ -45,14 +45,14 @@ def emit_qmatmul(bb, a_q, za: int, b_q, zb: int, b_value: np.ndarray | None):
 
 
 def emit_requantize(bb, acc, multiplier: np.ndarray, zero_point: int, out_dtype: str = "int8"):
-    """int32 -> int8 by a fixed-point multiply and a rounding right shift (half up), no float arithmetic.
+    """Integer -> int8/int16 by a fixed-point multiply and a rounding right shift (half up), no float arithmetic.
 
     ``multiplier`` is the real scale ratio, scalar or per channel along the last axis.
     """
     m0, shift = quantize_multipliers(np.asarray(multiplier, dtype=np.float64))
     if m0.ndim and np.all(shift == shift.flat[0]):
         shift = shift.flat[0]
-    x = bb.emit(R.astype(acc, "int64"))
+    x = _i64(bb, acc)
     x = bb.emit(R.multiply(x, const(m0, "int64")))
     x = bb.emit(R.add(x, const(np.left_shift(np.int64(1), np.asarray(shift, np.int64) - 1), "int64")))
     x = bb.emit(R.right_shift(x, const(shift, "int64")))

@@ -10,9 +10,9 @@ bit (tests/schedules). Runs after the report and the reference are taken, so bot
 from __future__ import annotations
 
 import tvm
-from tvm import relax
 
-from compiler.tvm_compat import PyExprMutator, constant_value, expr_functor_mutator, tensor_info
+from compiler.tvm_compat import PyExprMutator, constant_value, expr_functor_mutator, mutate_functions, tensor_info
+from schedules.int8_matmul import emit_int8_batch_matmul, emit_int8_matmul, select_kernel
 
 _MATMUL = tvm.ir.Op.get("relax.matmul")
 
@@ -22,11 +22,10 @@ class _Lower(PyExprMutator):
     def __init__(self, mod, target):
         super().__init__(mod)
         self.target = target
+        self.has_kernel = select_kernel(target).isa != "generic"
         self.lowered = 0
 
     def visit_call_(self, call):
-        from schedules.int8_matmul import emit_int8_batch_matmul, emit_int8_matmul
-
         call = self.visit_expr_post_order(call)
         if call.op != _MATMUL or str(call.attrs.out_dtype) != "int32":
             return call
@@ -34,9 +33,7 @@ class _Lower(PyExprMutator):
         (a_dt, a_shape), (b_dt, b_shape) = tensor_info(a), tensor_info(b)
         if a_dt != "int8" or b_dt != "int8" or a_shape is None or b_shape is None:
             return call
-        from schedules.int8_matmul import select_kernel
-
-        if select_kernel(self.target).isa == "generic":
+        if not self.has_kernel:
             return call  # no dot-product kernel for this target: LLVM's own code (sdot with +dotprod) is better
         w = constant_value(b)
         self.lowered += 1
@@ -56,8 +53,6 @@ class LowerIntMatmul:
 
     def transform_module(self, mod, ctx):
         mutator = _Lower(mod, self.target)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        mod = mutate_functions(mutator, mod)  # with the kernels' PrimFuncs added
         self.lowered = mutator.lowered
-        return mutator.builder_.get()  # with the kernels' PrimFuncs added
+        return mod
