@@ -23,6 +23,7 @@ SOFTMAX_FINE_LEVELS = 65535  # the fine form: int32 codes of p * 65535 (requanti
 
 SOFTMAX_MAX_SHIFT = 63  # differences beyond 63 * ln 2 give exp = 0 (the Q15 table shifted out)
 SOFTMAX_RECIP_BITS = 46  # per-row reciprocal of the row sum, Q46
+SOFTMAX_LN2_BITS = 12  # ln 2 is represented by 2**11..2**12 units of the (shifted) input
 
 
 def divider(divisor: int, max_dividend: int) -> tuple[int, int]:
@@ -41,9 +42,10 @@ def divider(divisor: int, max_dividend: int) -> tuple[int, int]:
 def softmax_constants(scale: float) -> dict:
     """ln 2 in input units (q_ln2, at least 1), the Q15 table of 2**-((j + 0.5) / 256), and exact multiply-shift
     forms of the two divisions by q_ln2."""
-    # very fine input scales: drop low bits of the difference first (q_ln2 stays <= 2**12, plenty of resolution)
-    pre = max(0, int(math.log(2.0) / scale).bit_length() - 12)
-    q_ln2 = max(1, int(round(math.log(2.0) / (scale * (1 << pre)))))
+    # bring ln 2 to 2**11..2**12 input units: fine scales drop low bits of the difference (pre > 0), coarse
+    # scales scale it up (pre < 0) so that rounding q_ln2 costs at most 2**-12 of the exponent's slope
+    pre = int(math.log(2.0) / scale).bit_length() - SOFTMAX_LN2_BITS
+    q_ln2 = max(1, int(round(math.log(2.0) / (scale * 2.0 ** pre))))
     n = 1 << SOFTMAX_TABLE_BITS
     table = np.round(SOFTMAX_ONE * np.exp2(-(np.arange(n) + 0.5) / n)).astype(np.int64)
     d_max = (SOFTMAX_MAX_SHIFT + 1) * q_ln2 - 1
@@ -63,7 +65,9 @@ def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) ->
     c = softmax_constants(scale)
     q_ln2, table = c["q_ln2"], c["table"]
     x = x.astype(np.int64)
-    d = np.minimum((np.max(x, axis=axis, keepdims=True) - x) >> c["pre_shift"], c["d_max"])
+    d = np.max(x, axis=axis, keepdims=True) - x
+    pre = c["pre_shift"]
+    d = np.minimum(d >> pre if pre >= 0 else np.minimum(d, c["d_max"]) << -pre, c["d_max"])
     z = (d * c["z"][0]) >> c["z"][1]
     r = d - z * q_ln2
     idx = ((r << SOFTMAX_TABLE_BITS) * c["idx"][0]) >> c["idx"][1]

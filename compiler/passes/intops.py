@@ -79,8 +79,11 @@ def emit_softmax(bb, x, scale: float, fine: bool = False):
     i64 = lambda v: const(v, "int64")  # noqa: E731
     x = _i64(bb, x)
     d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
-    if c["pre_shift"]:
-        d = bb.emit(R.right_shift(d, i64(c["pre_shift"])))
+    pre = c["pre_shift"]
+    if pre > 0:
+        d = bb.emit(R.right_shift(d, i64(pre)))
+    elif pre < 0:  # clip first: the left shift must not overflow for masked (saturated) differences
+        d = bb.emit(R.left_shift(bb.emit(R.minimum(d, i64(c["d_max"]))), i64(-pre)))
     d = bb.emit(R.minimum(d, i64(c["d_max"])))
     z = bb.emit(R.right_shift(bb.emit(R.multiply(d, i64(c["z"][0]))), i64(c["z"][1])))
     r = bb.emit(R.subtract(d, bb.emit(R.multiply(z, i64(c["q_ln2"])))))
