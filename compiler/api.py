@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,6 +64,69 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
     mm = report["matmuls"]
     status(f"wrote {output}: {mm['int8']}/{mm['total']} matmuls int8, target {st.target_spec.name}")
     return CompileResult(output, st.manifest, report, st.relax_mod)
+
+
+@dataclass(frozen=True)
+class TunedTask:
+    name: str
+    kind: str  # gemm, bmm, fused
+    calls: int  # per inference
+    records_before: int  # measured candidates already in the database
+    trials: int  # measured this run
+    failed: int
+    best_us: float | None  # best latency measured this run
+
+
+@dataclass(frozen=True)
+class TuneSummary:
+    database: str  # the target's folder inside --db
+    target: str
+    tasks: tuple[TunedTask, ...]
+    skipped: tuple[str, ...]  # kernels not tuned, with the reason
+
+
+def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOptions(), tune_options=None,
+               remote=None) -> TuneSummary:
+    """Tune the model's integer kernels for ``options.target`` into the database folder ``db_dir``.
+
+    Runs the compile pipeline up to the scheduled graph (same options as `compile`), extracts its kernels and
+    spends ``tune_options.trials`` MetaSchedule measurements on them (XGBoost cost model). Records are written
+    as they are measured: an interrupted run loses nothing, and running again resumes. ``remote``
+    (targets.remote.RemoteSpec) measures candidates on that device instead of here."""
+    from compiler.pipeline import run_pipeline
+    from compiler.progress import tuning_progress
+    from schedules.database import TuningDatabase
+    from schedules.tune import TuneOptions, extract_tasks, tune
+
+    tune_options = tune_options or TuneOptions()
+    if tune_options.trials < 1:
+        raise IntformerError(f"--trials must be at least 1, not {tune_options.trials}")
+    st = run_pipeline(model_path, options, until="schedule")
+    target = st.target_spec.tvm_target()
+    os.makedirs(db_dir, exist_ok=True)
+    db = TuningDatabase(db_dir, target, st.target_spec.name)
+    status("extracting kernels")
+    skipped: list[str] = []
+    tasks = extract_tasks(st.lowered_mod, target, skipped)
+    before = {t.name: db.records_for(t.workload) for t in tasks}
+    if remote is not None:
+        from targets.remote import tuning_runner
+
+        tune_options = replace(tune_options, runner=tuning_runner(remote),
+                               builder_export=st.target_spec.tuning_export())
+    status(f"tuning {len(tasks)} kernels for {st.target_spec.name}, {tune_options.trials} trials; "
+           f"records in {db.path}")
+    with tuning_progress(tune_options.trials) as update:
+        counter = {"n": 0}
+
+        def on_update(name, prog):
+            counter["n"] = sum(prog.trials.values())
+            update(name, counter["n"], prog.best_us.get(name))
+
+        progress = tune(tasks, target, db, tune_options, on_update)
+    rows = tuple(TunedTask(t.name, t.kind, t.weight, before[t.name], progress.trials.get(t.name, 0),
+                           progress.errors.get(t.name, 0), progress.best_us.get(t.name)) for t in tasks)
+    return TuneSummary(db.path, st.target_spec.name, rows, tuple(skipped))
 
 
 def load(library: str, remote=None):

@@ -33,14 +33,27 @@ def make_manifest(st) -> Manifest:
     )
 
 
+def apply_tuning_records(mod, target, st) -> tuple[object, int]:
+    """Kernels with a record in ``--db`` (for this exact target) -> their tuned schedules; (mod, how many)."""
+    if not st.options.tuning_db:
+        return mod, 0
+    from schedules.database import TuningDatabase
+    from schedules.tune import apply_database
+
+    db = TuningDatabase(st.options.tuning_db, target, st.target_spec.name, create=False)
+    return apply_database(mod, target, db)
+
+
 def build_executable(st):
-    from compiler.tvm_compat import BlockBuilder, build, string_const
+    """(executable, manifest, tuned kernel count): fuse, tuned schedules from --db, then the build."""
+    from compiler.tvm_compat import BlockBuilder, compile_module, fuse_for, string_const
 
     manifest = make_manifest(st)
     mod = st.lowered_mod if st.lowered_mod is not None else st.relax_mod
     bb = BlockBuilder(mod)
     with bb.function(MANIFEST_FUNC, []):
         bb.emit_func_output(string_const(manifest.dumps()))
-    mod = bb.get()
-    executable = build(mod, st.target_spec)
-    return executable, manifest
+    target = st.target_spec.tvm_target()
+    mod = fuse_for(bb.get(), target)
+    mod, tuned = apply_tuning_records(mod, target, st)
+    return compile_module(mod, target), manifest, tuned

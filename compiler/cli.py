@@ -8,22 +8,53 @@ import sys
 import time
 
 
-def _compile(a) -> int:
-    from compiler import api
+def _compile_options(a):
     from compiler.config import CompileOptions
     from compiler.frontend.shapes import parse_input_shape
 
     if a.calibration_data and a.calibration_table:
         raise _usage("give --calibration-data or --calibration-table, not both")
-    opts = CompileOptions(
+    return CompileOptions(
         target=a.target, input_shapes=tuple(parse_input_shape(s) for s in a.input_shape),
         calibration_data=a.calibration_data, calibration_table=a.calibration_table,
         calibration_method=a.calibration_method, calibration_samples=a.calibration_samples,
         smoothing_alpha=a.smoothing_alpha, dump_ir=a.dump_ir, integer_only=a.integer_only,
-        allow_float=tuple(a.allow_float),
+        allow_float=tuple(a.allow_float), tuning_db=getattr(a, "db", None),
     )
-    api.compile_model(a.model, a.output, opts, report_path=a.report,
+
+
+def _compile(a) -> int:
+    from compiler import api
+
+    api.compile_model(a.model, a.output, _compile_options(a), report_path=a.report,
                       save_calibration_table=a.save_calibration_table)
+    return 0
+
+
+def _tune(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from compiler import api
+    from schedules.tune import TuneOptions
+
+    opts = TuneOptions(trials=a.trials, trials_per_iter=a.trials_per_iter)
+    summary = api.tune_model(a.model, a.db, _compile_options(a), opts, remote=_remote(a))
+    t = Table(title=f"tuned for {summary.target}: {summary.database}")
+    for col in ("kernel", "kind", "calls", "records before", "trials now", "failed", "best (us)"):
+        t.add_column(col)
+    for r in summary.tasks:
+        t.add_row(r.name, r.kind, str(r.calls), str(r.records_before), str(r.trials), str(r.failed),
+                  f"{r.best_us:.1f}" if r.best_us is not None else "-")
+    Console().print(t)
+    reasons: dict[str, int] = {}
+    for s in summary.skipped:  # "name: reason"; small kernels are many: one line per kind of reason
+        why = s.split(": ", 1)[1]
+        why = "small" if why.startswith("small") else why
+        reasons[why] = reasons.get(why, 0) + 1
+    for why, n in sorted(reasons.items()):
+        print(f"not tuned ({n} kernels, default schedule): {why}")
+    print(f"use it with: intformer compile {a.model} -o OUT.so --target {a.target} --db {a.db}")
     return 0
 
 
@@ -145,15 +176,8 @@ def _usage(msg: str) -> _UsageError:
     return _UsageError(msg)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="intformer", description="Compile Transformers from ONNX into integer-only "
-                                "TVM libraries for CPUs and ARM boards.")
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
-    c.add_argument("model", metavar="MODEL.onnx")
-    c.add_argument("-o", "--output", required=True, metavar="OUT.so")
+def _add_model_options(c) -> None:
+    """The options `compile` and `tune` share (tuning must see the graph compile will build)."""
     c.add_argument("--target", default="host", help="target preset or user target (see `intformer targets`), "
                    "or a target JSON file; default: host")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
@@ -161,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_mutually_exclusive_group()
     g.add_argument("--calibration-data", metavar="CALIB.npz", help="calibration inputs (.npz, leading sample axis)")
     g.add_argument("--calibration-table", metavar="TABLE.json", help="reuse a saved calibration table")
-    c.add_argument("--save-calibration-table", metavar="TABLE.json", help="write the calibration table")
     c.add_argument("--calibration-method", default="minmax", help="minmax (default) or percentile")
     c.add_argument("--calibration-samples", type=int, default=0, metavar="N", help="use the first N samples only")
     c.add_argument("--smoothing-alpha", type=float, default=None, metavar="A",
@@ -171,9 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail if an op would still compute in float (default: on)")
     c.add_argument("--allow-float", action="append", default=[], metavar="OPTYPE",
                    help="let ops of this type stay float, e.g. softmax (repeatable)")
-    c.add_argument("--report", metavar="REPORT.json", help="write the compile report (ops, dtypes, matmul counts)")
     c.add_argument("--dump-ir", metavar="DIR", help="write the graph after every pipeline stage")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="intformer", description="Compile Transformers from ONNX into integer-only "
+                                "TVM libraries for CPUs and ARM boards.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
+    c.add_argument("model", metavar="MODEL.onnx")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.so")
+    _add_model_options(c)
+    c.add_argument("--save-calibration-table", metavar="TABLE.json", help="write the calibration table")
+    c.add_argument("--report", metavar="REPORT.json", help="write the compile report (ops, dtypes, matmul counts)")
+    c.add_argument("--db", metavar="DIR", help="apply the tuned kernels `intformer tune` recorded in DIR "
+                   "for this target")
     c.set_defaults(func=_compile)
+
+    tu = sub.add_parser("tune", help="tune the model's int8 kernels with MetaSchedule (XGBoost cost model)",
+                        description="Tune the kernels of MODEL.onnx compiled with the same options as `compile`. "
+                        "Records go to DIR (one folder per target) as they are measured: an interrupted run "
+                        "keeps them and the next run resumes; `compile --db DIR` applies them.")
+    tu.add_argument("model", metavar="MODEL.onnx")
+    tu.add_argument("--db", required=True, metavar="DIR", help="tuning database folder (created if missing)")
+    tu.add_argument("--trials", type=int, default=64, metavar="N", help="measured candidates in total (default 64)")
+    tu.add_argument("--trials-per-iter", type=int, default=16, metavar="N",
+                    help="candidates measured per search round (default 16)")
+    _add_model_options(tu)
+    _add_remote_args(tu)
+    tu.set_defaults(func=_tune)
 
     r = sub.add_parser("run", help="run a compiled library on inputs from an .npz")
     r.add_argument("library", metavar="OUT.so")

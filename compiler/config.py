@@ -53,6 +53,7 @@ class CompileOptions:
     integer_only: bool = True  # fail if an op still computes in float (except the types in allow_float)
     allow_float: tuple[str, ...] = ()  # op types allowed to stay float, e.g. ("softmax",) or ("relax.nn.softmax",)
     dump_ir: Optional[str] = None
+    tuning_db: Optional[str] = None  # `intformer tune` database folder: tuned kernels for this target
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def shape_dict(self) -> dict[str, tuple[int, ...]]:

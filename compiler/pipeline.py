@@ -57,13 +57,12 @@ def _stages() -> list[tuple[str, Callable[[CompileState], CompileState]]]:
     ]
 
 
-
-
 def stage_names() -> list[str]:
     return [name for name, _ in _stages()]
 
 
-def run_pipeline(model_path: str, options: CompileOptions) -> CompileState:
+def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] = None) -> CompileState:
+    """Run the stages in order; ``until``: stop after that stage (e.g. "schedule": what `tune` tunes)."""
     from targets import resolve_target
     from targets.toolchain import require_toolchain
 
@@ -75,6 +74,8 @@ def run_pipeline(model_path: str, options: CompileOptions) -> CompileState:
         status(f"[{i + 1}/{len(stages)}] {name}")
         state = stage(state)
         _dump(state, i, name)
+        if name == until:
+            break
     return state
 
 

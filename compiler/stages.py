@@ -190,5 +190,7 @@ def schedule(st: CompileState) -> CompileState:
 def build(st: CompileState) -> CompileState:
     from compiler.build import build_executable
 
-    executable, manifest = build_executable(st)
-    return replace(st, executable=executable, manifest=manifest)
+    executable, manifest, tuned = build_executable(st)
+    if st.options.tuning_db:
+        status(f"applied {tuned} tuned kernels from {st.options.tuning_db}")
+    return replace(st, executable=executable, manifest=manifest, report={**st.report, "tuned_kernels": tuned})

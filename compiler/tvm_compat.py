@@ -98,11 +98,14 @@ def fuse(mod):
     return seq(mod)
 
 
-def build(mod, target_spec):
-    """Compile a Relax module for a target into an executable (kernels, VM plan and constants)."""
-    target = target_spec.tvm_target()
+def fuse_for(mod, target):
+    """``fuse`` under ``target`` (legalization picks target-specific strategies)."""
     with target:
-        mod = fuse(mod)
+        return fuse(mod)
+
+
+def compile_module(mod, target):
+    """Compile a (fused, partly scheduled) Relax module into an executable: kernels, VM plan, constants."""
     return tvm.compile(mod, target)
 
 
@@ -150,3 +153,10 @@ def llvm_cpu_has_features(features, target) -> bool:
     from tvm.target import codegen
 
     return bool(codegen.llvm_cpu_has_features(list(features), target))
+
+
+# --- Tuning names (schedules/tune.py, schedules/database.py); tvm.meta_schedule before 0.2x. ---
+from tvm.ir import IRModule  # noqa: E402
+from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
+from tvm.s_tir import meta_schedule  # noqa: E402
+from tvm.tirx import PrimFunc  # noqa: E402  (tvm.tir.PrimFunc before 0.2x)

@@ -32,6 +32,7 @@ from compiler.tvm_compat import Schedule, const, llvm_cpu_has_features, make_tar
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4, DotIntrin
 
+KERNEL_ATTR = "intformer.kernel"  # "gemm M K N" / "bmm BT M K N": how schedules/tune.py rebuilds the compute
 OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call alone
 ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
 MAX_TILE_ROWS = 12
@@ -60,12 +61,16 @@ class GemmKernel:
     act_offset: int = 0
     scratch: int = 0  # extra vector registers per step (vpmaddwd needs one before the add)
 
+    def register_budget(self) -> int:
+        """Vector registers the accumulator tile may take (the rest: weights, the broadcast, scratch)."""
+        return (self.registers - 8 if self.registers >= 32 else self.registers - 4) - self.scratch
+
     def tile(self, n_blocks: int, m: int) -> tuple[int, int]:
         """(rows mr, vectors nr) of the accumulator tile, mr * nr <= the register budget, nr dividing n_blocks
         (the N/lanes weight blocks). Score: accumulators (instructions per k step), discounted by the rows padded
         when mr does not divide m (and a little more: padding costs a slice copy), minus the mr + nr loads per
         k step (a thin tile is load-bound)."""
-        budget = (self.registers - 8 if self.registers >= 32 else self.registers - 4) - self.scratch
+        budget = self.register_budget()
 
         def score(mr_nr):
             mr, nr = mr_nr
@@ -206,10 +211,12 @@ def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
     return vnni
 
 
-def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None = None):
+def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None = None,
+                   m_split: bool | None = None):
     """Tile out (batch..., i, j, r) into (mr x nr*lanes) register tiles, tensorize, parallelize; vectorize the
-    operand-preparation stages."""
-    s = Schedule(func)
+    operand-preparation stages. ``func`` is a PrimFunc or a Schedule (MetaSchedule's, when tuning: schedules/tune.py
+    chooses mr, nr and m_split); ``m_split`` None: chosen from the weight size."""
+    s = func if isinstance(func, Schedule) else Schedule(func)
     out = s.get_sblock("out")
     *batch, i, j, r = s.get_loops(out)
     w_bytes = s.get(r).extent.value * s.get(j).extent.value  # before split: split retires the loops
@@ -219,7 +226,9 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     # Small weights (they stay in L2 between calls): threads split M, each converting and reading only its own
     # rows of A. Large weights: N tiles outer, a thread keeps its (K x nr*lanes) weight panel in cache across
     # M tiles, and A is converted once, serially.
-    m_split = not batch and w_bytes <= L2_WEIGHT_BYTES and s.get(io).extent.value >= MIN_ROW_TILES
+    if m_split is None:
+        m_split = w_bytes <= L2_WEIGHT_BYTES and s.get(io).extent.value >= MIN_ROW_TILES
+    m_split = m_split and not batch
     outer = (io, jo) if m_split else (jo, io)
     if kern.intrin is not None:
         s.reorder(*outer, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
@@ -385,7 +394,8 @@ def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     intrin = kern.intrin.w32_name if kern.intrin is not None else None
     func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin)
-    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
+    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True,
+                            KERNEL_ATTR: f"bmm {bt} {m} {k} {n}"})
 
 
 @lru_cache(maxsize=64)
@@ -393,7 +403,8 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel):
     """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np)."""
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     func = _schedule_gemm(_gemm_compute(m, k, n, kern, mr), kern, mr, nr)
-    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
+    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True,
+                            KERNEL_ATTR: f"gemm {m} {k} {n}"})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""MetaSchedule tuning (schedules/tune.py) and the target-keyed database (schedules/database.py)."""
+
+import os
+
+import numpy as np
+import pytest
+import tvm
+from tvm.ir import IRModule
+
+from schedules import int8_matmul as im
+from schedules import tune as tn
+from schedules.database import TuningDatabase, target_key
+from targets import resolve_target
+
+M, K, N = 32, 64, 64
+
+
+@pytest.fixture(scope="module")
+def host():
+    spec = resolve_target("host")
+    return spec.tvm_target()
+
+
+@pytest.fixture(scope="module")
+def gemm_mod(host):
+    kern = im.select_kernel(host)
+    f = im.gemm_primfunc(M, K, N, kern)
+    return IRModule({"qgemm": f.with_attr("global_symbol", "qgemm")})
+
+
+def _run(mod, target, a, w):
+    kern = im.select_kernel(target)
+    dev = tvm.cpu()
+    lib = tvm.compile(mod, target)
+    mp, np_ = im.gemm_out_shape(M, N, kern)
+    out = tvm.runtime.tensor(np.zeros((mp, np_), "int32"), dev)
+    lib["qgemm"](tvm.runtime.tensor(a, dev), *[tvm.runtime.tensor(x, dev) for x in im.gemm_args(w, kern)], out)
+    return out.numpy()[:M, :N]
+
+
+def test_extract_gemm_task(host, gemm_mod):
+    tasks = tn.extract_tasks(gemm_mod, host)
+    assert [t.kind for t in tasks] == ["gemm"]
+    mrs, nrs, splits = tasks[0].gemm_options
+    assert len(mrs) > 1 and len(nrs) > 1 and splits == (False, True)
+    # every row tile divides the padded M the default tile chose: buffers stay the same
+    mp, _ = im.gemm_out_shape(M, N, im.select_kernel(host))
+    assert all(mp % mr == 0 for mr in mrs)
+
+
+def test_tune_apply_resume_and_keying(host, gemm_mod, tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.integers(-128, 128, (M, K)).astype("int8")
+    w = rng.integers(-128, 128, (K, N)).astype("int8")
+    ref = a.astype(np.int32) @ w.astype(np.int32)
+    tasks = tn.extract_tasks(gemm_mod, host)
+    db = TuningDatabase(str(tmp_path), host, "host")
+    prog = tn.tune(tasks, host, db, tn.TuneOptions(trials=3, trials_per_iter=3))
+    assert prog.trials[tasks[0].name] == 3 and not prog.errors
+    assert db.records_for(tasks[0].workload) == 3
+
+    tuned, replaced = tn.apply_database(gemm_mod, host, TuningDatabase(str(tmp_path), host, "host", create=False))
+    assert replaced == 1
+    assert tuned["qgemm"].attrs["tir.is_scheduled"]
+    np.testing.assert_array_equal(_run(tuned, host, a, w), ref)
+
+    # resume: the task already has its share, so nothing more is measured
+    again = tn.tune(tasks, host, TuningDatabase(str(tmp_path), host, "host"), tn.TuneOptions(trials=3))
+    assert again.trials == {}
+
+    # an x86 record never reaches another target: its folder is keyed by the full target
+    arm = resolve_target("rpi5").tvm_target()
+    assert target_key(arm, "rpi5") != db.key
+    from compiler.errors import IntformerError
+
+    with pytest.raises(IntformerError, match="no tuning records for target rpi5"):
+        TuningDatabase(str(tmp_path), arm, "rpi5", create=False)
+
+
+def test_interrupted_write_is_dropped(host, gemm_mod, tmp_path):
+    """A record cut short by a kill: the database opens, keeping every complete record."""
+    tasks = tn.extract_tasks(gemm_mod, host)
+    db = TuningDatabase(str(tmp_path), host, "host")
+    tn.tune(tasks, host, db, tn.TuneOptions(trials=1, trials_per_iter=1))
+    path = os.path.join(db.path, "database_tuning_record.json")
+    with open(path) as f:
+        complete = f.read()
+    with open(path, "a") as f:
+        f.write(complete[: len(complete) // 2])  # no newline: the write was cut
+    reopened = TuningDatabase(str(tmp_path), host, "host")
+    assert reopened.records_for(tasks[0].workload) == 1
+    with open(path) as f:
+        assert f.read() == complete
