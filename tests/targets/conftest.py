@@ -1,5 +1,7 @@
 import os
 import shutil
+import socket
+from contextlib import contextmanager
 
 import pytest
 
@@ -10,6 +12,32 @@ def require_tool(tool: str, package: str) -> None:
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed and could not be installed here; "
                     f"apt-get install -y --no-install-recommends {package}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_boards(cpus):
+    """Emulated boards, one per qemu CPU name, on free ports: yields {cpu: port}; all stopped on exit.
+    Skips (with the install command) when qemu-user or debootstrap is missing."""
+    from targets import board
+    from targets.board_setup import host_tool
+
+    require_tool("qemu-aarch64", "qemu-user")
+    if host_tool("debootstrap") is None:
+        require_tool("debootstrap", "debootstrap")
+    started = {}
+    try:
+        for cpu in cpus:
+            started[cpu] = board.start(cpu=cpu, port=free_port(), log=lambda m: None).port
+        yield started
+    finally:
+        for port in started.values():
+            board.stop(port)
 
 
 @pytest.fixture(scope="session")
