@@ -10,13 +10,19 @@ Guarantees:
   tensorized with a dot-product intrinsic where the ISA has one, outer loop parallel over TVM's thread pool).
   The PrimFunc carries ``op_pattern = kOpaque`` and ``tir.is_scheduled``, so the default Relax pipeline
   (``tvm.compile``: LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR) neither fuses nor re-lowers it.
-- The kernel is chosen by target features through ``INTRINSICS`` (ordered by preference, "generic" last):
-  AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), AVX2 (ymm ``vpmaddwd`` on int16, exact), else a
-  vectorized int32 kernel (any LLVM target). The batch kernel uses VNNI where available, else the vectorized
-  int32 kernel.
+- The kernel is chosen by target features (and, for ARM, the aarch64 triple) through ``INTRINSICS``, ordered by
+  preference, "generic" last: AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), I8MM (``smmla``),
+  dotprod (``sdot``), AVX2 (ymm ``vpmaddwd`` on int16, exact), NEON (``smull`` + ``sadalp``, exact), else a
+  vectorized int32 kernel (any LLVM target, e.g. 32-bit ARM). The batch kernel packs B at run time into words of
+  k_group bytes for the first kernel with ``runtime_pack`` (VNNI, dotprod, NEON; I8MM targets use ``sdot``),
+  else the vectorized int32 kernel.
 
 The VNNI kernels compute ``(a + 128) (u8) x w (s8)`` and subtract the compile-time constant
-``128 * colsum(w)`` by starting each output tile's accumulation from it.
+``128 * colsum(w)`` by starting each output tile's accumulation from it. The ARM kernels are s8 x s8 (no offset).
+Weights are packed at compile time into each intrinsic's block, ``pack_weight(w, lanes, k_group)``: (N/16, K/4,
+16, 4) for zmm VNNI, (N/4, K/4, 4, 4) for sdot, (N/4, K/2, 4, 2) for NEON, (N/2, K/8, 2, 8) for smmla (two output
+columns of 8 k each). smmla also packs the activation rows in pairs, (M/2, K/8, 2, 8), and accumulates each
+register tile in 2x2 blocks (a "local" buffer LLVM keeps in q registers) unpacked to row-major after the k loop.
 """
 
 from __future__ import annotations

@@ -105,8 +105,9 @@ def _smmla_impl():
         with T.sblock("root"):
             T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
             T.writes(C[0:2, 0:2])
-            C[0, T.ramp(T.int32(0), 1, 4)] = _llvm("llvm.aarch64.neon.smmla", "int32x4", C.vload([0, 0], dtype="int32x4"),
-                                                   A.vload([0, 0], dtype="int8x16"), B.vload([0, 0], dtype="int8x16"))
+            C[0, T.ramp(T.int32(0), 1, 4)] = _llvm(  # the 2x2 block as one int32x4 (row-major, contiguous)
+                "llvm.aarch64.neon.smmla", "int32x4", C.vload([0, 0], dtype="int32x4"),
+                A.vload([0, 0], dtype="int8x16"), B.vload([0, 0], dtype="int8x16"))
 
     return impl
 

@@ -6,8 +6,8 @@ Guarantees: after import, these TensorIntrins are registered under project names
 - ``VNNI_16x4`` ("intformer_vnni_16x4"): 512-bit ``vpdpbusd`` on zmm (AVX512-VNNI), 16 int32 lanes x 4 bytes.
 - ``AVXVNNI_8x4`` ("intformer_avxvnni_8x4"): 256-bit ``vpdpbusd`` on ymm (AVX-VNNI or AVX512-VNNI+VL),
   8 int32 lanes x 4 bytes.
-- each also as ``<name>_w32`` (``DotIntrin.word_name``, description ``dot.word_desc``): the weight block given as ``lanes`` int32 words, byte k (little-endian) of word i
-  being B[i, k], i.e. ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time
+- each also as ``<name>_w32`` (``DotIntrin.word_name``, description ``dot.word_desc``): the weight block given
+  as ``lanes`` int32 words, byte k (little-endian) of word i being B[i, k], i.e. ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time
   with int32 vector shifts and ors (a byte transpose that vectorizes), see int8_matmul's batch kernel.
 
 Both compute, for a block of ``lanes`` outputs::

@@ -26,7 +26,7 @@ from schedules.int8_matmul import (INTRINSICS, emit_int8_batch_matmul, emit_int8
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, UDOT_4x4
 from targets import resolve_target
 from tests.helpers.packed_gemm import pack, tensorized_gemm
-from tests.targets.conftest import require_tool, running_boards
+from tests.targets.conftest import cross_compile_tiny_bert, require_tool, running_boards
 
 BOARD_CPU = {"rpi4": "cortex-a72", "rpi5": "max", "graviton3": "max"}
 KERNEL = {"rpi4": "neon", "rpi5": "dotprod", "graviton3": "i8mm"}
@@ -269,3 +269,20 @@ def test_intrinsics_bit_exact_on_board(intrin_libs, boards, name):
     call_with_timeout(lambda: f(tvm.runtime.tensor(a, dev), tvm.runtime.tensor(packed, dev), c), 120, name, "board")
     np.testing.assert_array_equal(c.numpy(), expected)
 
+
+
+@pytest.mark.board
+def test_tiny_bert_graviton3_bit_exact_on_board(tiny_bert, tiny_bert_lib, boards, tmp_path):
+    """The whole tiny BERT built for graviton3 (SMMLA GEMMs, SDOT attention) gives the host build's outputs."""
+    from compiler import api
+    from targets.remote import RemoteSpec
+
+    require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
+    lib = cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, ("graviton3",), tmp_path)["graviton3"]
+    assert _count(_disassembly(lib), "smmla") > 0
+    test_npz = tiny_bert_lib[3]
+    host = api.run(tiny_bert_lib[0], test_npz)
+    got = api.run(lib, test_npz, remote=RemoteSpec(rpc=f"127.0.0.1:{boards['max']}", timeout=120))
+    assert set(got) == set(host)
+    for name in host:
+        np.testing.assert_array_equal(got[name], host[name])

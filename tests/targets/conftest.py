@@ -40,10 +40,9 @@ def running_boards(cpus):
             board.stop(port)
 
 
-@pytest.fixture(scope="session")
-def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
-    """The tiny BERT compiled for rpi5, rpi4 and armv7 from the host build's calibration table:
-    {target: library path} (a target whose toolchain is missing is absent)."""
+def cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, targets, out_dir) -> dict:
+    """The tiny BERT compiled for each target from the host build's calibration table: {target: library path}
+    (a target whose toolchain is missing is absent)."""
     from compiler.api import compile_model
     from compiler.config import CompileOptions
     from targets import resolve_target
@@ -51,13 +50,20 @@ def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
 
     model = tiny_bert[0]
     table = os.path.join(os.path.dirname(tiny_bert_lib[0]), "table.json")
-    d = tmp_path_factory.mktemp("cross")
     out = {}
-    for target in ("rpi5", "rpi4", "armv7"):
+    for target in targets:
         if not toolchain_for(resolve_target(target)).installed():
             continue
-        lib = str(d / f"bert-{target}.so")
+        lib = os.path.join(str(out_dir), f"bert-{target}.so")
         opts = CompileOptions(target=target, input_shapes=(("input_ids", (1, 16)),), calibration_table=table)
         compile_model(model, lib, opts)
         out[target] = lib
     return out
+
+
+@pytest.fixture(scope="session")
+def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
+    """The tiny BERT compiled for rpi5, rpi4 and armv7 from the host build's calibration table:
+    {target: library path} (a target whose toolchain is missing is absent)."""
+    return cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, ("rpi5", "rpi4", "armv7"),
+                                   tmp_path_factory.mktemp("cross"))
