@@ -35,7 +35,8 @@ GEMMS = [  # (a shape, N): M, N, K off the blocks (4 lanes, 2 / 4 / 8 bytes, 2 r
     ((1, 37, 72), 50),
     ((17, 136), 48),
     ((2, 7, 40), 1),
-    ((1, 64, 96), 96),
+    ((1, 64, 96), 96),  # few row tiles: threads split N
+    ((200, 64), 24),  # many row tiles, small weight: threads split M
 ]
 BATCHES = [  # (a shape, b shape): attention-like, odd sizes, a broadcast batch dim
     ((1, 2, 16, 8), (1, 2, 8, 16)),
