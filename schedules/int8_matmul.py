@@ -106,9 +106,10 @@ INTRINSICS: dict[str, GemmKernel] = {
 }
 # LLVM features each ISA needs (default: its own name).
 _REQUIRES: dict[str, tuple[str, ...]] = {"avx512vnni": ("avx512vnni", "avx512bw")}
-# Target architecture (mtriple prefix) an ISA's code is for; the LLVM intrinsics exist for that backend only
+# Target architectures (mtriple prefixes) an ISA's code is for; the LLVM intrinsics exist for that backend only
 # ("neon" is also a 32-bit ARM feature, whose backend has other intrinsic names).
-_ARCH: dict[str, str] = {"i8mm": "aarch64", "dotprod": "aarch64", "neon": "aarch64"}
+_AARCH64 = ("aarch64", "arm64")
+_ARCH: dict[str, tuple[str, ...]] = {"i8mm": _AARCH64, "dotprod": _AARCH64, "neon": _AARCH64}
 # Vector width of the generic kernel by the widest feature the target has.
 _GENERIC_WIDTH: dict[str, tuple[int, int]] = {"avx512bw": (16, 32), "avx2": (8, 16), "neon": (4, 32)}
 

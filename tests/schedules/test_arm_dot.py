@@ -121,6 +121,10 @@ def test_kernel_selection_for_arm_presets():
     assert select_batch_kernel(resolve_target("rpi4").tvm_target()) is INTRINSICS["neon"]
     armv7 = resolve_target("armv7").tvm_target()  # 32-bit: the aarch64 intrinsics do not exist there
     assert select_kernel(armv7).isa == "generic" and select_batch_kernel(armv7).isa == "generic"
+    a32 = tvm.target.Target({"kind": "llvm", "mtriple": "armv8a-linux-gnueabihf", "mcpu": "cortex-a76"})
+    assert select_kernel(a32).isa == "generic"  # dotprod in 32-bit mode: other LLVM intrinsics, not ours
+    arm64 = tvm.target.Target({"kind": "llvm", "mtriple": "arm64-apple-darwin", "mcpu": "cortex-a76"})
+    assert select_kernel(arm64) is INTRINSICS["dotprod"]
 
 
 @pytest.mark.parametrize("preset, present, absent", [
