@@ -148,6 +148,13 @@ from tvm.s_tir import Schedule, TensorIntrin  # noqa: E402  (tvm.tir.Schedule / 
 from tvm.script import tirx as tir_script  # noqa: E402  (tvm.script.tir before 0.2x; use @T.prim_func(s_tir=True))
 
 
+def llvm_triple(target) -> str:
+    """The target's LLVM triple (``mtriple``, else the host's), e.g. "aarch64-linux-gnu"."""
+    from tvm.target import codegen
+
+    return str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+
+
 def llvm_cpu_has_features(features, target) -> bool:
     """True if the LLVM target (mtriple, mcpu, mattr) has every feature, e.g. ["avx512vnni"]."""
     from tvm.target import codegen

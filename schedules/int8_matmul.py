@@ -10,13 +10,19 @@ Guarantees:
   tensorized with a dot-product intrinsic where the ISA has one, outer loop parallel over TVM's thread pool).
   The PrimFunc carries ``op_pattern = kOpaque`` and ``tir.is_scheduled``, so the default Relax pipeline
   (``tvm.compile``: LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR) neither fuses nor re-lowers it.
-- The kernel is chosen by target features through ``INTRINSICS`` (ordered by preference, "generic" last):
-  AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), AVX2 (ymm ``vpmaddwd`` on int16, exact), else a
-  vectorized int32 kernel (any LLVM target). The batch kernel uses VNNI where available, else the vectorized
-  int32 kernel.
+- The kernel is chosen by target features (and, for ARM, the aarch64 triple) through ``INTRINSICS``, ordered by
+  preference, "generic" last: AVX512-VNNI (zmm ``vpdpbusd``), AVX-VNNI (ymm ``vpdpbusd``), I8MM (``smmla``),
+  dotprod (``sdot``), AVX2 (ymm ``vpmaddwd`` on int16, exact), NEON (``smull`` + ``sadalp``, exact), else a
+  vectorized int32 kernel (any LLVM target, e.g. 32-bit ARM). The batch kernel packs B at run time into words of
+  k_group bytes for the first kernel with ``runtime_pack`` (VNNI, dotprod, NEON; I8MM targets use ``sdot``),
+  else the vectorized int32 kernel.
 
 The VNNI kernels compute ``(a + 128) (u8) x w (s8)`` and subtract the compile-time constant
-``128 * colsum(w)`` by starting each output tile's accumulation from it.
+``128 * colsum(w)`` by starting each output tile's accumulation from it. The ARM kernels are s8 x s8 (no offset).
+Weights are packed at compile time into each intrinsic's block, ``pack_weight(w, lanes, k_group)``: (N/16, K/4,
+16, 4) for zmm VNNI, (N/4, K/4, 4, 4) for sdot, (N/4, K/2, 4, 2) for NEON, (N/2, K/8, 2, 8) for smmla (two output
+columns of 8 k each). smmla also packs the activation rows in pairs, (M/2, K/8, 2, 8), and accumulates each
+register tile in 2x2 blocks (a "local" buffer LLVM keeps in q registers) unpacked to row-major after the k loop.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from functools import lru_cache
 import numpy as np
 from tvm import relax
 
-from compiler.tvm_compat import Schedule, const, llvm_cpu_has_features, make_target, tensor_info, tir_script as T
+from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_triple, make_target, tensor_info,
+                                 tir_script as T)
+from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
+from schedules.intrinsics.dot import DotIntrin
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
-from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4, DotIntrin
+from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
 
 KERNEL_ATTR = "intformer.kernel"  # "gemm M K N" / "bmm BT M K N": how schedules/tune.py rebuilds the compute
 OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call alone
@@ -49,7 +58,10 @@ class GemmKernel:
     ``lanes`` int32 outputs per vector, ``k_group`` products summed per output lane per instruction, ``registers``
     vector registers (the accumulator tile leaves room for weights and a broadcast). The activation operand is
     ``act_dtype``; a non-zero ``act_offset`` (VNNI: u8 x s8) is added to it and compensated by a bias of
-    ``-act_offset * colsum(w)``, the reduction's initial value.
+    ``-act_offset * colsum(w)``, the reduction's initial value. ``rows`` output rows per accumulator vector:
+    1 for dot products (a broadcast activation group), 2 for ``smmla`` (a 2 x ``lanes`` block from two activation
+    rows, packed in pairs by the "a_in" stage). ``runtime_pack``: the batch kernel may pack B at run time into
+    words of ``k_group`` bytes for this intrinsic (``DotIntrin.word_name``); otherwise it uses another kernel.
     """
 
     isa: str
@@ -59,38 +71,50 @@ class GemmKernel:
     intrin: DotIntrin | None = None
     act_dtype: str = "int8"
     act_offset: int = 0
-    scratch: int = 0  # extra vector registers per step (vpmaddwd needs one before the add)
+    scratch: int = 0  # extra vector registers per step (vpmaddwd, smull need one or two before the add)
+    rows: int = 1
+    runtime_pack: bool = False
 
     def register_budget(self) -> int:
         """Vector registers the accumulator tile may take (the rest: weights, the broadcast, scratch)."""
         return (self.registers - 8 if self.registers >= 32 else self.registers - 4) - self.scratch
 
     def tile(self, n_blocks: int, m: int) -> tuple[int, int]:
-        """(rows mr, vectors nr) of the accumulator tile, mr * nr <= the register budget, nr dividing n_blocks
-        (the N/lanes weight blocks). Score: accumulators (instructions per k step), discounted by the rows padded
-        when mr does not divide m (and a little more: padding costs a slice copy), minus the mr + nr loads per
-        k step (a thin tile is load-bound)."""
+        """(rows mr, vectors nr) of the accumulator tile: mr a multiple of ``rows``, (mr / rows) * nr accumulator
+        vectors within the register budget, nr dividing n_blocks (the N/lanes weight blocks). Score: accumulators
+        (instructions per k step), discounted by the rows padded when mr does not divide m (and a little more:
+        padding costs a slice copy), minus the mr / rows + nr loads per k step (a thin tile is load-bound)."""
         budget = self.register_budget()
+        r = self.rows
 
         def score(mr_nr):
             mr, nr = mr_nr
             padded = _round_up(m, mr)
-            return mr * nr * m / padded * (1.0 if padded == m else PAD_PENALTY) - LOAD_COST * (mr + nr), nr
+            return (mr // r) * nr * m / padded * (1.0 if padded == m else PAD_PENALTY) - LOAD_COST * (mr // r + nr), nr
 
         options = [(mr, nr) for nr in (4, 3, 2, 1) if n_blocks % nr == 0
-                   for mr in range(1, min(MAX_TILE_ROWS, m, max(1, budget // nr)) + 1)]
+                   for mr in range(r, min(MAX_TILE_ROWS, _round_up(m, r), max(1, budget // nr) * r) + 1, r)]
         return max(options, key=score)
 
 
-# Ordered by preference; the first whose features the target has wins, "generic" always matches.
+# Ordered by preference; the first whose features (and architecture) the target has wins, "generic" always matches.
 INTRINSICS: dict[str, GemmKernel] = {
-    "avx512vnni": GemmKernel("avx512vnni", 16, 4, 32, VNNI_16x4, act_dtype="uint8", act_offset=ACT_OFFSET),
-    "avxvnni": GemmKernel("avxvnni", 8, 4, 16, AVXVNNI_8x4, act_dtype="uint8", act_offset=ACT_OFFSET),
+    "avx512vnni": GemmKernel("avx512vnni", 16, 4, 32, VNNI_16x4, act_dtype="uint8", act_offset=ACT_OFFSET,
+                             runtime_pack=True),
+    "avxvnni": GemmKernel("avxvnni", 8, 4, 16, AVXVNNI_8x4, act_dtype="uint8", act_offset=ACT_OFFSET,
+                          runtime_pack=True),
+    "i8mm": GemmKernel("i8mm", 2, 8, 32, SMMLA_2x2x8, rows=2),
+    "dotprod": GemmKernel("dotprod", 4, 4, 32, SDOT_4x4, runtime_pack=True),
     "avx2": GemmKernel("avx2", 8, 2, 16, PMADDWD_8x2, act_dtype="int16", scratch=1),
+    "neon": GemmKernel("neon", 4, 2, 32, NEON_4x2, scratch=2, runtime_pack=True),
     "generic": GemmKernel("generic", lanes=16, k_group=1, registers=32),
 }
 # LLVM features each ISA needs (default: its own name).
 _REQUIRES: dict[str, tuple[str, ...]] = {"avx512vnni": ("avx512vnni", "avx512bw")}
+# Target architectures (mtriple prefixes) an ISA's code is for; the LLVM intrinsics exist for that backend only
+# ("neon" is also a 32-bit ARM feature, whose backend has other intrinsic names).
+_AARCH64 = ("aarch64", "arm64")
+_ARCH: dict[str, tuple[str, ...]] = {"i8mm": _AARCH64, "dotprod": _AARCH64, "neon": _AARCH64}
 # Vector width of the generic kernel by the widest feature the target has.
 _GENERIC_WIDTH: dict[str, tuple[int, int]] = {"avx512bw": (16, 32), "avx2": (8, 16), "neon": (4, 32)}
 
@@ -102,12 +126,17 @@ def _has(target, features) -> bool:
         return False
 
 
+def _matches(isa: str, target) -> bool:
+    arch = _ARCH.get(isa)
+    return (arch is None or llvm_triple(target).startswith(arch)) and _has(target, _REQUIRES.get(isa, (isa,)))
+
+
 @lru_cache(maxsize=None)
-def _select(target_json: str, target) -> GemmKernel:
+def _select(target_json: str, target, batch: bool = False) -> GemmKernel:
     for isa, kernel in INTRINSICS.items():
         if isa == "generic":
             break
-        if _has(target, _REQUIRES.get(isa, (isa,))):
+        if (kernel.runtime_pack or not batch) and _matches(isa, target):
             return kernel
     for feature, (lanes, regs) in _GENERIC_WIDTH.items():
         if _has(target, (feature,)):
@@ -120,6 +149,14 @@ def select_kernel(target) -> GemmKernel:
     if isinstance(target, dict):
         target = make_target(target)
     return _select(str(target), target)
+
+
+def select_batch_kernel(target) -> GemmKernel:
+    """The kernel of the batch matmul (B packed at run time): the first of ``INTRINSICS`` the target has that
+    supports run-time packing (i8mm targets use SDOT), else the generic kernel."""
+    if isinstance(target, dict):
+        target = make_target(target)
+    return _select(str(target), target, True)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -163,6 +200,8 @@ def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
     lanes, kg = kern.lanes, kern.k_group
     kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
     nb, kb = np_ // lanes, kp // kg
+    if kern.rows > 1:
+        return _gemm_compute_blocked(m, k, n, kern, mr)
     if not kern.act_offset:
         a_dtype = kern.act_dtype
 
@@ -211,16 +250,59 @@ def _gemm_compute(m: int, k: int, n: int, kern: GemmKernel, mr: int):
     return vnni
 
 
+def _gemm_compute_blocked(m: int, k: int, n: int, kern: GemmKernel, mr: int):
+    """The compute of a matrix-multiply-accumulate intrinsic (``smmla``: C (rows x lanes) += A (rows x k_group) .
+    B^T (lanes x k_group)): "a_in" packs the activation rows in blocks ``(Mp/rows, Kp/kg, rows, kg)``, "out"
+    accumulates into ``acc`` blocks ``(Mp/rows, Np/lanes, rows, lanes)`` (one accumulator register each), and
+    "unpack" writes them to the row-major out. The schedule keeps each tile's ``acc`` in registers."""
+    r, lanes, kg = kern.rows, kern.lanes, kern.k_group
+    kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
+    nb, kb, mb = np_ // lanes, kp // kg, mp // r
+
+    @T.prim_func(s_tir=True)
+    def blocked(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, lanes, kg), "int8"),
+                out: T.Buffer((mp, np_), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        a_in = T.sblock_alloc_buffer((mb, kb, r, kg), "int8")
+        acc = T.sblock_alloc_buffer((mb, nb, r, lanes), "int32")
+        for ib, rb, ii, rk in T.grid(mb, kb, r, kg):
+            with T.sblock("a_in"):
+                vib, vrb, vii, vrk = T.axis.remap("SSSS", [ib, rb, ii, rk])
+                T.reads(a[vib * r + vii, vrb * kg + vrk])
+                a_in[vib, vrb, vii, vrk] = T.if_then_else(vib * r + vii < m and vrb * kg + vrk < k,
+                                                          a[vib * r + vii, vrb * kg + vrk], T.int8(0))
+        for i, j, rr in T.grid(mp, np_, kp):
+            with T.sblock("out"):
+                vi, vj, vr = T.axis.remap("SSR", [i, j, rr])
+                with T.init():
+                    acc[vi // r, vj // lanes, vi % r, vj % lanes] = 0
+                acc[vi // r, vj // lanes, vi % r, vj % lanes] = acc[vi // r, vj // lanes, vi % r, vj % lanes] + T.Cast(
+                    "int32", a_in[vi // r, vr // kg, vi % r, vr % kg]) * T.Cast(
+                    "int32", w_packed[vj // lanes, vr // kg, vj % lanes, vr % kg])
+        for i, j in T.grid(mp, np_):
+            with T.sblock("unpack"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                out[vi, vj] = acc[vi // r, vj // lanes, vi % r, vj % lanes]
+
+    return blocked
+
+
 def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None = None,
                    m_split: bool | None = None):
     """Tile out (batch..., i, j, r) into (mr x nr*lanes) register tiles, tensorize, parallelize; vectorize the
-    operand-preparation stages. ``func`` is a PrimFunc or a Schedule (MetaSchedule's, when tuning: schedules/tune.py
-    chooses mr, nr and m_split); ``m_split`` None: chosen from the weight size."""
+    operand-preparation stages. A blocked kernel (``rows`` > 1, smmla) accumulates each tile in a local ``acc``
+    (registers) and unpacks it into out after the tile's k loop. ``func`` is a PrimFunc or a Schedule
+    (MetaSchedule's, when tuning: schedules/tune.py chooses mr, nr and m_split); ``m_split`` None: chosen from
+    the weight size."""
     s = func if isinstance(func, Schedule) else Schedule(func)
     out = s.get_sblock("out")
     *batch, i, j, r = s.get_loops(out)
     w_bytes = s.get(r).extent.value * s.get(j).extent.value  # before split: split retires the loops
-    io, ii = s.split(i, [None, mr])
+    if kern.rows > 1:
+        io, iv, ii = s.split(i, [None, mr // kern.rows, kern.rows])
+    else:
+        io, ii = s.split(i, [None, mr])
+        iv = ii
     jo, jv, ji = s.split(j, [None, nr, kern.lanes])
     ro, ri = s.split(r, [None, kern.k_group])
     # Small weights (they stay in L2 between calls): threads split M, each converting and reading only its own
@@ -230,7 +312,11 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
         m_split = w_bytes <= L2_WEIGHT_BYTES and s.get(io).extent.value >= MIN_ROW_TILES
     m_split = m_split and not batch
     outer = (io, jo) if m_split else (jo, io)
-    if kern.intrin is not None:
+    if kern.rows > 1:
+        s.reorder(*outer, ro, iv, jv, ii, ji, ri)  # (ii, ji, ri) is the intrinsic's (rows, lanes, k_group) block
+        s.reverse_compute_at(s.get_sblock("unpack"), outer[-1])  # the tile, right after its k loop
+        s.set_scope(out, 0, "local")  # acc: compacted to the tile, kept in registers
+    elif kern.intrin is not None:
         s.reorder(*outer, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
     else:
         s.reorder(*outer, ro, ri, ii, jv, ji)  # k_group == 1: ji is a plain int32 vector
@@ -240,23 +326,41 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
         s.vectorize(ji)  # like parallel: before decompose_reduction
     init = s.decompose_reduction(out, ro)
     if kern.intrin is not None:
-        s.tensorize(ji, intrin or kern.intrin.name)
-    s.unroll(ii)
+        s.tensorize(ii if kern.rows > 1 else ji, intrin or kern.intrin.name)
+    s.unroll(iv)
     s.unroll(jv)
     # Init fully unrolled too: every access to the (mr, nr*lanes) tile has a constant offset, so LLVM keeps the
     # tile in vector registers across the k loop.
-    *_, ii0, jv0, ji0 = s.get_loops(init)
-    s.unroll(ii0)
+    init_loops = s.get_loops(init)
+    if kern.rows > 1:
+        *_, iv0, jv0, ii0, ji0 = init_loops
+        ji0 = s.fuse(ii0, ji0)  # one (rows, lanes) accumulator block
+        for loop in s.get_loops(s.get_sblock("unpack"))[-2:]:
+            s.unroll(loop)
+    else:
+        *_, iv0, jv0, ji0 = init_loops
+    s.unroll(iv0)
     s.unroll(jv0)
     s.vectorize(ji0)
     # M split: converted in parallel by rows, the same static split as the main loop, so each thread converts
     # the rows it reads. Otherwise serial: converting M*K bytes costs less than a second fork-join.
-    _schedule_elementwise(s, "a_in", parallel=m_split)
+    if kern.rows > 1:
+        _schedule_row_blocks(s, "a_in", parallel=m_split)
+    else:
+        _schedule_elementwise(s, "a_in", parallel=m_split)
     if _has_block(s, "b_pack"):
         _schedule_elementwise(s, "b_pack", kern.lanes)  # one vector = one row segment of B
     if _has_block(s, "b_bias"):
         _schedule_colsum(s, "b_bias", kern.lanes)
     return s.mod["main"]
+
+
+def _schedule_row_blocks(s, name: str, parallel: bool):
+    """(blocks, k blocks, rows, k_group) activation packing: one k_group-byte vector copy per (block, row)."""
+    blk, _, _, inner = s.get_loops(s.get_sblock(name))
+    if parallel:
+        s.parallel(blk)
+    s.vectorize(inner)
 
 
 def _has_block(s, name: str) -> bool:
@@ -286,63 +390,80 @@ def _schedule_colsum(s, name: str, lanes: int):
     s.vectorize(s.get_loops(init)[-1])
 
 
+def _act(kern: GemmKernel, x):
+    """An int8 activation as the kernel's operand: + act_offset as uint8 (VNNI) or unchanged."""
+    return T.Cast("uint8", x) ^ T.uint8(kern.act_offset) if kern.act_offset else x
+
+
+def _packed_word(b, x, rb, col, kg: int, k: int, n: int):
+    """The word of kg bytes B[x, kg rb + j, col] (byte j at bits 8j; zero past K or N); the top byte keeps its sign,
+    so a shift right then a cast to int8 gives each byte back (dot.word_desc)."""
+    word = f"int{8 * kg}"
+    terms = []
+    for j in range(kg):
+        byte = T.Cast(word, b[x, rb * kg + j, col])
+        term = T.if_then_else(T.And(rb * kg + j < k, col < n), byte if j == kg - 1 else byte & 255, T.Cast(word, 0))
+        terms.append(term if j == 0 else T.shift_left(term, T.Cast(word, 8 * j)))
+    out = terms[0]
+    for t in terms[1:]:
+        out = out | t
+    return out
+
+
 def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
     """Batched C[b] = A[b] @ B[b], both int8 at run time; out (bt, Mp, Np). Stages: "a_in" (pad; + 128 for VNNI)
     and "b_pack" (B into dot-product blocks); VNNI adds "b_bias" = -128 colsum(B), the reduction's init.
 
-    VNNI packs B as int32 words (byte j of word [x, nb, kb, i] = B[x, 4 kb + j, lanes nb + i]), built with vector
-    shifts and ors over contiguous rows of B, and uses the intrinsic's ``_w32`` form: a byte-level pack would be a
-    gather the vectorizer scalarizes.
+    B is packed as words of k_group bytes (byte j of word [x, nb, kb, i] = B[x, kg kb + j, lanes nb + i]), built
+    with vector shifts and ors over contiguous rows of B, for the intrinsic's word form (``DotIntrin.word_name``):
+    a byte-level pack would be a gather the vectorizer scalarizes.
     """
-    if not kern.act_offset:
+    if not kern.runtime_pack:
         return _batch_compute_generic(bt, m, k, n, kern, mr)
-    lanes = kern.lanes
-    kp, np_, mp = _round_up(k, 4), _round_up(n, lanes), _round_up(m, mr)
-    nb, kb = np_ // lanes, kp // 4
+    lanes, kg, a_dtype, bias = kern.lanes, kern.k_group, kern.act_dtype, kern.act_offset != 0
+    word = f"int{8 * kg}"
+    kp, np_, mp = _round_up(k, kg), _round_up(n, lanes), _round_up(m, mr)
+    nb, kb = np_ // lanes, kp // kg
+    bias_cols = np_ if bias else 1  # unused without an offset
 
     @T.prim_func(s_tir=True)
     def batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
               out: T.Buffer((bt, mp, np_), "int32")):
         T.func_attr({"tirx.noalias": True})
-        a_in = T.sblock_alloc_buffer((bt, mp, kp), "uint8")
-        b_pack = T.sblock_alloc_buffer((bt, nb, kb, lanes), "int32")
-        b_bias = T.sblock_alloc_buffer((bt, np_), "int32")
+        a_in = T.sblock_alloc_buffer((bt, mp, kp), a_dtype)
+        b_pack = T.sblock_alloc_buffer((bt, nb, kb, lanes), word)
+        b_bias = T.sblock_alloc_buffer((bt, bias_cols), "int32")
         for x, i, r in T.grid(bt, mp, kp):
             with T.sblock("a_in"):
                 vx, vi, vr = T.axis.remap("SSS", [x, i, r])
                 T.reads(a[vx, vi, vr])
-                a_in[vx, vi, vr] = T.if_then_else(
-                    vi < m and vr < k, T.Cast("uint8", a[vx, vi, vr]) ^ T.uint8(ACT_OFFSET), T.uint8(0))
+                a_in[vx, vi, vr] = T.if_then_else(vi < m and vr < k, _act(kern, a[vx, vi, vr]), T.Cast(a_dtype, 0))
         for x, jb, rb, jl in T.grid(bt, nb, kb, lanes):
             with T.sblock("b_pack"):
                 vx, vjb, vrb, vjl = T.axis.remap("SSSS", [x, jb, rb, jl])
-                T.reads(b[vx, vrb * 4:vrb * 4 + 4, vjb * lanes + vjl])
-                b_pack[vx, vjb, vrb, vjl] = (
-                    T.if_then_else(vrb * 4 < k and vjb * lanes + vjl < n,
-                                   T.Cast("int32", b[vx, vrb * 4, vjb * lanes + vjl]) & 255, 0)
-                    | T.shift_left(T.if_then_else(vrb * 4 + 1 < k and vjb * lanes + vjl < n,
-                                                  T.Cast("int32", b[vx, vrb * 4 + 1, vjb * lanes + vjl]) & 255, 0), 8)
-                    | T.shift_left(T.if_then_else(vrb * 4 + 2 < k and vjb * lanes + vjl < n,
-                                                  T.Cast("int32", b[vx, vrb * 4 + 2, vjb * lanes + vjl]) & 255, 0), 16)
-                    | T.shift_left(T.if_then_else(vrb * 4 + 3 < k and vjb * lanes + vjl < n,
-                                                  T.Cast("int32", b[vx, vrb * 4 + 3, vjb * lanes + vjl]), 0), 24))
-        for x, j, r in T.grid(bt, np_, k):
-            with T.sblock("b_bias"):
-                vx, vj, vr = T.axis.remap("SSR", [x, j, r])
-                T.reads(b[vx, vr, vj])
-                with T.init():
-                    b_bias[vx, vj] = 0
-                b_bias[vx, vj] = b_bias[vx, vj] - T.if_then_else(
-                    vj < n, T.Cast("int32", b[vx, vr, vj]) * ACT_OFFSET, 0)
+                T.reads(b[vx, vrb * kg:vrb * kg + kg, vjb * lanes + vjl])
+                b_pack[vx, vjb, vrb, vjl] = _packed_word(b, vx, vrb, vjb * lanes + vjl, kg, k, n)
+        if bias:
+            for x, j, r in T.grid(bt, np_, k):
+                with T.sblock("b_bias"):
+                    vx, vj, vr = T.axis.remap("SSR", [x, j, r])
+                    T.reads(b[vx, vr, vj])
+                    with T.init():
+                        b_bias[vx, vj] = 0
+                    b_bias[vx, vj] = b_bias[vx, vj] - T.if_then_else(
+                        vj < n, T.Cast("int32", b[vx, vr, vj]) * kern.act_offset, 0)
         for x, i, j, r in T.grid(bt, mp, np_, kp):
             with T.sblock("out"):
                 vx, vi, vj, vr = T.axis.remap("SSSR", [x, i, j, r])
-                T.reads(out[vx, vi, vj], a_in[vx, vi, vr], b_pack[vx, vj // lanes, vr // 4, vj % lanes])
+                T.reads(out[vx, vi, vj], a_in[vx, vi, vr], b_pack[vx, vj // lanes, vr // kg, vj % lanes])
                 T.writes(out[vx, vi, vj])
                 with T.init():
-                    out[vx, vi, vj] = b_bias[vx, vj]
+                    if bias:
+                        out[vx, vi, vj] = b_bias[vx, vj]
+                    else:
+                        out[vx, vi, vj] = 0
                 out[vx, vi, vj] = out[vx, vi, vj] + T.Cast("int32", a_in[vx, vi, vr]) * T.Cast("int32", T.Cast(
-                    "int8", T.shift_right(b_pack[vx, vj // lanes, vr // 4, vj % lanes], vr % 4 * 8)))
+                    "int8", T.shift_right(b_pack[vx, vj // lanes, vr // kg, vj % lanes], vr % kg * 8)))
 
     return batch
 
@@ -381,8 +502,9 @@ def _batch_compute_generic(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr
 
 
 def _batch_kernel(kern: GemmKernel) -> GemmKernel:
-    """VNNI kernels pack B at run time (int32 words); others run the plain vectorized kernel on B's rows."""
-    if kern.act_offset or kern.intrin is None:
+    """Kernels that can pack B at run time (words of k_group bytes) run the batch matmul; the others run the plain
+    vectorized kernel on B's rows (``select_batch_kernel`` picks a packing kernel of the target where it has one)."""
+    if kern.runtime_pack or kern.intrin is None:
         return kern
     return GemmKernel("generic", lanes=kern.lanes, k_group=1, registers=kern.registers)
 
@@ -392,7 +514,7 @@ def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
     """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np)."""
     kern = _batch_kernel(kern)
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
-    intrin = kern.intrin.w32_name if kern.intrin is not None else None
+    intrin = kern.intrin.word_name if kern.intrin is not None else None
     func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin)
     return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True,
                             KERNEL_ATTR: f"bmm {bt} {m} {k} {n}"})
@@ -468,7 +590,7 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
     (m, k), n = a_shape[-2:], b_shape[-1]
     batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
     bt = math.prod(batch)
-    kern = select_kernel(target)
+    kern = select_batch_kernel(target)
     func = batch_primfunc(bt, m, k, n, kern)
     name = f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}"
     gv = bb.add_func(func.with_attr("global_symbol", name), name)

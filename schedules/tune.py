@@ -98,7 +98,7 @@ def _gemm_workload(kind: str, dims: tuple[int, ...], target):
         mr, _ = kern.tile(im._round_up(n, kern.lanes) // kern.lanes, m)
         return im._gemm_compute(m, k, n, kern, mr), kern, mr
     bt, m, k, n = dims
-    kern = im._batch_kernel(kern)
+    kern = im._batch_kernel(im.select_batch_kernel(target))
     mr, _ = kern.tile(im._round_up(n, kern.lanes) // kern.lanes, m)
     return im._batch_compute(bt, m, k, n, kern, mr), kern, mr
 
@@ -111,6 +111,8 @@ def _gemm_options(kind: str, dims: tuple[int, ...], kern, mr0: int) -> tuple:
     budget = kern.register_budget()
     nrs = tuple(nr for nr in (1, 2, 3, 4) if n_blocks % nr == 0 and nr <= budget)
     mrs = tuple(mr for mr in range(1, min(im.MAX_TILE_ROWS, mp, budget) + 1) if mp % mr == 0)
+    if kern.rows > 1:  # row-blocked (smmla): the tile's row count stays the default one, the columns are tuned
+        mrs = (mr0,)
     return mrs, nrs, ((False, True) if kind == "gemm" else (False,))
 
 
@@ -119,13 +121,13 @@ def _gemm_space_fn(task: TuneTask):
     the evolutionary search and the cost model explore them). A tile over the register budget is valid, only
     slow: measurement weeds it out."""
     (mrs, nrs, splits), kern = task.gemm_options, task.kernel
-    intrin = kern.intrin.w32_name if (task.kind == "bmm" and kern.intrin is not None) else None
+    intrin = kern.intrin.word_name if (task.kind == "bmm" and kern.intrin is not None) else None
 
     def apply(sch):
         spaces = []
         for m_split in splits:
             s = sch.copy()
-            mr = s.sample_categorical(list(mrs), [1.0 / len(mrs)] * len(mrs))
+            mr = mrs[0] if len(mrs) == 1 else s.sample_categorical(list(mrs), [1.0 / len(mrs)] * len(mrs))
             nr = s.sample_categorical(list(nrs), [1.0 / len(nrs)] * len(nrs))
             im._schedule_gemm(s, kern, mr, nr, intrin, m_split=m_split)
             spaces.append(s)

@@ -3,8 +3,10 @@
 Expects: the integer graph after verification: `relax.matmul(int8, int8, out_dtype="int32")` calls, the
 right operand either a constant weight or an activation.
 Guarantees: each becomes a call to a PrimFunc with a deterministic default schedule for the target (packed
-weights and the dot-product intrinsic where the target has one), computing the same int32 values bit for
-bit (tests/schedules). Runs after the report and the reference are taken, so both still see plain matmuls.
+weights and the dot-product intrinsic where the target has one: x86 VNNI / AVX2, aarch64 SMMLA / SDOT / NEON),
+computing the same int32 values bit for bit (tests/schedules). Targets whose kernel is "generic" (no intrinsic
+of the project's, e.g. 32-bit ARM) keep plain matmuls. Runs after the report and the reference are taken, so
+both still see plain matmuls.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class _Lower(PyExprMutator):
         if a_dt != "int8" or b_dt != "int8" or a_shape is None or b_shape is None:
             return call
         if not self.has_kernel:
-            return call  # no dot-product kernel for this target: LLVM's own code (sdot with +dotprod) is better
+            return call  # no kernel of the project's for this ISA (e.g. 32-bit ARM): LLVM's own code
         w = constant_value(b)
         self.lowered += 1
         if w is not None and w.ndim == 2:

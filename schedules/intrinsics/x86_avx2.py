@@ -13,26 +13,7 @@ in int32, so the result is bit-exact (unlike ``vpmaddubsw``, whose int16 pair su
 from __future__ import annotations
 
 from compiler.tvm_compat import TensorIntrin, tir_script as T
-from schedules.intrinsics.x86_vnni import DotIntrin
-
-
-def _desc(lanes: int):
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((2,), "int16", offset_factor=1),
-        B: T.Buffer((lanes, 2), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    return desc
+from schedules.intrinsics.dot import DotIntrin, dot_desc
 
 
 def _impl(lanes: int, llvm_intrinsic: str):
@@ -61,7 +42,7 @@ def _impl(lanes: int, llvm_intrinsic: str):
 
 
 def _register(name: str, lanes: int, llvm_intrinsic: str) -> DotIntrin:
-    TensorIntrin.register(name, _desc(lanes), _impl(lanes, llvm_intrinsic), override=True)
+    TensorIntrin.register(name, dot_desc(lanes, 2, "int16", "int8"), _impl(lanes, llvm_intrinsic), override=True)
     return DotIntrin(name=name, lanes=lanes, k=2, vector_bits=lanes * 32)
 
 

@@ -6,8 +6,8 @@ Guarantees: after import, these TensorIntrins are registered under project names
 - ``VNNI_16x4`` ("intformer_vnni_16x4"): 512-bit ``vpdpbusd`` on zmm (AVX512-VNNI), 16 int32 lanes x 4 bytes.
 - ``AVXVNNI_8x4`` ("intformer_avxvnni_8x4"): 256-bit ``vpdpbusd`` on ymm (AVX-VNNI or AVX512-VNNI+VL),
   8 int32 lanes x 4 bytes.
-- each also as ``<name>_w32``: the weight block given as ``lanes`` int32 words, byte k (little-endian) of word i
-  being B[i, k], i.e. ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time
+- each also as ``<name>_w32`` (``DotIntrin.word_name``, description ``dot.word_desc``): the weight block given
+  as ``lanes`` int32 words, byte k (little-endian) of word i being B[i, k], i.e. ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time
   with int32 vector shifts and ors (a byte transpose that vectorizes), see int8_matmul's batch kernel.
 
 Both compute, for a block of ``lanes`` outputs::
@@ -24,46 +24,8 @@ The implementations below reinterpret the broadcast activation word and the weig
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from compiler.tvm_compat import TensorIntrin, tir_script as T
-
-
-W32_SUFFIX = "_w32"
-
-
-@dataclass(frozen=True)
-class DotIntrin:
-    """A registered dot-product intrinsic: ``lanes`` int32 outputs, each summing ``k`` products per call."""
-
-    name: str
-    lanes: int
-    k: int
-    vector_bits: int
-
-    @property
-    def w32_name(self) -> str:
-        """The variant whose weight block is ``lanes`` int32 words, byte k of word i being B[i, k]."""
-        return self.name + W32_SUFFIX
-
-
-def _desc(lanes: int):
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    return desc
+from schedules.intrinsics.dot import DotIntrin, dot_desc, word_desc
 
 
 def _impl(lanes: int, llvm_intrinsic: str):
@@ -91,26 +53,6 @@ def _impl(lanes: int, llvm_intrinsic: str):
     return impl
 
 
-def _desc_w32(lanes: int):
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((lanes,), "int32", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(
-                            T.cast(T.shift_right(B[vi], vk * 8), "int8"), "int32")
-
-    return desc
-
-
 def _impl_w32(lanes: int, llvm_intrinsic: str):
     i32xl = f"int32x{lanes}"
     i8xl4 = f"int8x{lanes * 4}"
@@ -136,9 +78,11 @@ def _impl_w32(lanes: int, llvm_intrinsic: str):
 
 
 def _register(name: str, lanes: int, llvm_intrinsic: str) -> DotIntrin:
-    TensorIntrin.register(name, _desc(lanes), _impl(lanes, llvm_intrinsic), override=True)
-    TensorIntrin.register(name + W32_SUFFIX, _desc_w32(lanes), _impl_w32(lanes, llvm_intrinsic), override=True)
-    return DotIntrin(name=name, lanes=lanes, k=4, vector_bits=lanes * 32)
+    intrin = DotIntrin(name=name, lanes=lanes, k=4, vector_bits=lanes * 32)
+    TensorIntrin.register(name, dot_desc(lanes, 4, "uint8", "int8"), _impl(lanes, llvm_intrinsic), override=True)
+    TensorIntrin.register(intrin.word_name, word_desc(lanes, 4, "uint8"), _impl_w32(lanes, llvm_intrinsic),
+                          override=True)
+    return intrin
 
 
 VNNI_16x4 = _register("intformer_vnni_16x4", 16, "llvm.x86.avx512.vpdpbusd.512")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tvm
 
-from compiler.tvm_compat import Schedule, TensorIntrin, tir_script as T
+from compiler.tvm_compat import TensorIntrin
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
+from tests.helpers.packed_gemm import pack, tensorized_gemm
 
 
 def _host_has(flags) -> bool:
@@ -23,21 +24,6 @@ def _host_has(flags) -> bool:
     return set(flags) <= have
 
 
-def _packed_gemm(m: int, k: int, n: int, lanes: int):
-    @T.prim_func(s_tir=True)
-    def gemm(a: T.Buffer((m, k), "uint8"), w: T.Buffer((n // lanes, k // 4, lanes, 4), "int8"),
-             c: T.Buffer((m, n), "int32")):
-        for i, j, r in T.grid(m, n, k):
-            with T.sblock("c"):
-                vi, vj, vr = T.axis.remap("SSR", [i, j, r])
-                with T.init():
-                    c[vi, vj] = 0
-                c[vi, vj] = c[vi, vj] + T.Cast("int32", a[vi, vr]) * T.Cast(
-                    "int32", w[vj // lanes, vr // 4, vj % lanes, vr % 4])
-
-    return gemm
-
-
 @pytest.mark.parametrize(
     "intrin,mcpu,features",
     [(VNNI_16x4, "rocketlake", ["avx512_vnni"]), (AVXVNNI_8x4, "alderlake", ["avx_vnni"])],
@@ -48,16 +34,9 @@ def test_intrinsic_matches_numpy(intrin, mcpu, features):
         pytest.skip(f"host lacks {features}")
     assert TensorIntrin.get(intrin.name) is not None
     m, k, n, lanes = 5, 32, 2 * intrin.lanes, intrin.lanes
-    s = Schedule(_packed_gemm(m, k, n, lanes))
-    blk = s.get_sblock("c")
-    i, j, r = s.get_loops(blk)
-    jo, ji = s.split(j, [None, lanes])
-    ro, ri = s.split(r, [None, 4])
-    s.reorder(i, jo, ro, ji, ri)
-    s.decompose_reduction(blk, ro)
-    s.tensorize(ji, intrin.name)
+    mod = tensorized_gemm(m, k, n, intrin, "uint8", "int8")
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
-    lib = tvm.tirx.build(s.mod, target)
+    lib = tvm.tirx.build(mod, target)
     reg = "zmm" if lanes == 16 else "ymm"
     assert any("vpdpbusd" in ln and reg in ln for ln in lib.inspect_source("asm").splitlines())
 
@@ -65,7 +44,7 @@ def test_intrinsic_matches_numpy(intrin, mcpu, features):
     a = rng.integers(0, 256, (m, k)).astype(np.uint8)
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
     a[0], w[:, 0] = 255, -128  # extremes
-    packed = np.ascontiguousarray(w.reshape(k // 4, 4, n // lanes, lanes).transpose(2, 0, 3, 1))
+    packed = pack(w, lanes, 4)
     dev = tvm.cpu()
     c = tvm.runtime.tensor(np.zeros((m, n), np.int32), dev)
     lib(tvm.runtime.tensor(a, dev), tvm.runtime.tensor(packed, dev), c)

@@ -1,5 +1,7 @@
 import os
 import shutil
+import socket
+from contextlib import contextmanager
 
 import pytest
 
@@ -12,10 +14,35 @@ def require_tool(tool: str, package: str) -> None:
                     f"apt-get install -y --no-install-recommends {package}")
 
 
-@pytest.fixture(scope="session")
-def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
-    """The tiny BERT compiled for rpi5, rpi4 and armv7 from the host build's calibration table:
-    {target: library path} (a target whose toolchain is missing is absent)."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_boards(cpus):
+    """Emulated boards, one per qemu CPU name, on free ports: yields {cpu: port}; all stopped on exit.
+    Skips (with the install command) when qemu-user or debootstrap is missing."""
+    from targets import board
+    from targets.board_setup import host_tool
+
+    require_tool("qemu-aarch64", "qemu-user")
+    if host_tool("debootstrap") is None:
+        require_tool("debootstrap", "debootstrap")
+    started = {}
+    try:
+        for cpu in cpus:
+            started[cpu] = board.start(cpu=cpu, port=free_port(), log=lambda m: None).port
+        yield started
+    finally:
+        for port in started.values():
+            board.stop(port)
+
+
+def cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, targets, out_dir) -> dict:
+    """The tiny BERT compiled for each target from the host build's calibration table: {target: library path}
+    (a target whose toolchain is missing is absent)."""
     from compiler.api import compile_model
     from compiler.config import CompileOptions
     from targets import resolve_target
@@ -23,13 +50,20 @@ def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
 
     model = tiny_bert[0]
     table = os.path.join(os.path.dirname(tiny_bert_lib[0]), "table.json")
-    d = tmp_path_factory.mktemp("cross")
     out = {}
-    for target in ("rpi5", "rpi4", "armv7"):
+    for target in targets:
         if not toolchain_for(resolve_target(target)).installed():
             continue
-        lib = str(d / f"bert-{target}.so")
+        lib = os.path.join(str(out_dir), f"bert-{target}.so")
         opts = CompileOptions(target=target, input_shapes=(("input_ids", (1, 16)),), calibration_table=table)
         compile_model(model, lib, opts)
         out[target] = lib
     return out
+
+
+@pytest.fixture(scope="session")
+def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
+    """The tiny BERT compiled for rpi5, rpi4 and armv7 from the host build's calibration table:
+    {target: library path} (a target whose toolchain is missing is absent)."""
+    return cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, ("rpi5", "rpi4", "armv7"),
+                                   tmp_path_factory.mktemp("cross"))

@@ -13,35 +13,16 @@ import numpy as np
 import pytest
 
 from compiler.errors import IntformerError
-from tests.targets.conftest import require_tool
+from tests.targets.conftest import free_port, require_tool, running_boards
 
 pytestmark = pytest.mark.board
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def boards():
     """{qemu cpu: port} of two boards, cortex-a76 (has SDOT) and cortex-a72 (has not); stopped afterwards."""
-    from targets import board
-
-    require_tool("qemu-aarch64", "qemu-user")
-    from targets.board_setup import host_tool
-
-    if host_tool("debootstrap") is None:
-        require_tool("debootstrap", "debootstrap")
-    started = {}
-    try:
-        for cpu in ("cortex-a76", "cortex-a72"):
-            started[cpu] = board.start(cpu=cpu, port=_free_port(), log=lambda m: None).port
+    with running_boards(("cortex-a76", "cortex-a72")) as started:
         yield started
-    finally:
-        for port in started.values():
-            board.stop(port)
 
 
 def _host_outputs(tiny_bert_lib):
@@ -135,7 +116,7 @@ def test_through_a_tracker(cross_libs, tiny_bert_lib):
     from targets.remote import RemoteSpec
 
     require_tool("qemu-aarch64", "qemu-user")
-    tport, bport = _free_port(), _free_port()
+    tport, bport = free_port(), free_port()
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                                 str(tport), "--port-end", str(tport + 1)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

@@ -1,6 +1,6 @@
 """Cross-compilation: the tiny BERT builds for ARM boards with Debian's cross toolchains; the rpi5 library
-uses the dot-product instruction (LLVM vectorizes the int8 matmul loops into SDOT with +dotprod), rpi4's
-does not, armv7 links as a 32-bit hard-float library."""
+uses the dot-product instruction (the project's SDOT kernel, schedules/intrinsics/arm_dot.py), rpi4's does not
+(NEON smull + sadalp), armv7 links as a 32-bit hard-float library."""
 
 import struct
 import subprocess
