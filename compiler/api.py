@@ -112,8 +112,14 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     if remote is not None:
         from targets.remote import tuning_runner
 
-        tune_options = replace(tune_options, runner=tuning_runner(remote),
-                               builder_export=st.target_spec.tuning_export())
+        tune_options = replace(tune_options, runner=tuning_runner(remote))
+    if st.target_spec.cross_compiler:
+        from targets.toolchain import tuning_export
+
+        if remote is None:
+            raise IntformerError(f"target {st.target_spec.name} does not run on this machine: tune on the device "
+                                 "with --rpc HOST:PORT (e.g. `intformer board start`) or --tracker/--key")
+        tune_options = replace(tune_options, builder_export=tuning_export(st.target_spec))
     status(f"tuning {len(tasks)} kernels for {st.target_spec.name}, {tune_options.trials} trials; "
            f"records in {db.path}")
     with tuning_progress(tune_options.trials) as update:

@@ -153,3 +153,38 @@ class RemoteModel(CompiledModel):
             return list(f(self.manifest.entry).results)
 
         return self._remote(timed, "timing the model")
+
+
+# --- Tuning on a device: MetaSchedule's RPC runner, connected directly or through a tracker. ---
+
+
+def _tuning_session(rpc_config, address: str, timeout: float):
+    """f_create_session of the RPC runner (runs in its worker process): a direct connection to the board's
+    server, or the tracker's session when ``address`` is empty."""
+    if not address:
+        return rpc_config.connect_server()
+    from compiler.tvm_compat import rpc_connect
+
+    host, port = parse_address(address)
+    return rpc_connect(host, port, session_timeout=timeout)
+
+
+def tuning_runner(spec: RemoteSpec, number: int = 3):
+    """A MetaSchedule runner that times tuning candidates on the device of ``spec`` (candidates are built here,
+    with the target's cross compiler, and uploaded)."""
+    import functools
+
+    from compiler.tvm_compat import meta_schedule as ms
+
+    if spec.tracker:
+        host, port = parse_address(spec.tracker)
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=spec.key,
+                                     session_timeout_sec=int(spec.timeout))
+    else:  # RPCConfig insists on tracker fields; the session function below ignores them
+        host, port = parse_address(spec.rpc)
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct",
+                                     session_timeout_sec=int(spec.timeout))
+    create = functools.partial(_tuning_session, address=spec.rpc or "", timeout=spec.timeout)
+    return ms.runner.RPCRunner(
+        rpc_config=config, evaluator_config=ms.runner.EvaluatorConfig(number=number, repeat=1, min_repeat_ms=0),
+        f_create_session=create, max_workers=1)

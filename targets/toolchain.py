@@ -66,3 +66,24 @@ def toolchain_status(spec) -> str:
     if tc.installed():
         return f"{tc.compiler} (installed)"
     return f"{tc.compiler} (missing: {tc.install_command})" if tc.packages else f"{tc.compiler} (missing)"
+
+
+def _export_with(mod, cross_compiler: str) -> str:
+    """f_export of MetaSchedule's builder for a cross target: the candidate as a .so the device can load."""
+    import os
+    import tempfile
+
+    from compiler.tvm_compat import export_library
+
+    path = os.path.join(tempfile.mkdtemp(prefix="intformer-tune-"), "candidate.so")
+    export_library(mod, path, cross_compiler)
+    return path
+
+
+def tuning_export(spec):
+    """The builder's export function for ``spec`` (TargetSpec): None (TVM's default) for the host."""
+    import functools
+
+    if not spec.cross_compiler:
+        return None
+    return functools.partial(_export_with, cross_compiler=spec.cross_compiler)
