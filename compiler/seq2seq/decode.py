@@ -86,12 +86,13 @@ def split_to_fit(text: str, encode: Callable[[str], list[int]], max_tokens: int,
 
 
 # ---- batching -----------------------------------------------------------------------------------------
-def pack_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def pack_batches(lengths: Sequence[int], batch_size: int, sort: bool = True) -> list[list[int]]:
     """Indices grouped into batches of at most `batch_size`, longest first, each batch of similar lengths
-    (sorting is the bin packing for fixed-size batches: it minimizes the padding of every batch)."""
+    (sorting is the bin packing for fixed-size batches: it minimizes the padding of every batch);
+    `sort=False` keeps the input order (for comparison)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if sort else list(range(len(lengths)))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -119,6 +120,7 @@ class DecodeOptions:
     max_len_factor: float = 2.5  # at most ceil(factor * source tokens) target tokens (Marian's default), and T
     length_penalty: float = 1.0  # beam search ranks finished hypotheses by score / length ** penalty
     batch: int = 0  # sentences per encode call; 0: the backend's batch size
+    sort_by_length: bool = True  # batch sentences of similar length together (False: input order)
 
 
 def _first_inputs(backend: Backend, enc: dict, src_mask: np.ndarray) -> tuple[dict, dict]:
@@ -202,7 +204,8 @@ def beam_batch(backend: Backend, seqs: list[list[int]], opts: DecodeOptions,
             base = j * k
             cand = (score[base:base + k, None] + logprobs[base:base + k]).reshape(-1)
             slot = 0
-            for c in np.argsort(-cand, kind="stable")[:width[j]]:
+            top = np.argpartition(-cand, width[j] - 1)[:width[j]]
+            for c in top[np.argsort(-cand[top], kind="stable")]:
                 beam, tok = divmod(int(c), logprobs.shape[1])
                 seq = hyps[base + beam] + ([] if tok == spec.eos_id else [tok])
                 if tok == spec.eos_id or len(seq) >= limits[j]:
@@ -261,7 +264,7 @@ def decode_ids(seqs: list[list[int]], backend: Backend, opts: DecodeOptions = De
     if too_long:
         raise IntformerError(f"source {too_long[0]} has {len(seqs[too_long[0]])} tokens, more than the compiled "
                              f"maximum {backend.spec.max_src_len} (translate_lines splits long lines)")
-    batches = pack_batches([len(s) for s in seqs], _per_call(backend, opts))
+    batches = pack_batches([len(s) for s in seqs], _per_call(backend, opts), opts.sort_by_length)
     decoded: list[list[int]] = [[] for _ in seqs]
     run = greedy_batch if opts.beam == 1 else beam_batch
     for b in batches:

@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     import sacrebleu
 
     from compiler.seq2seq.backends import open_backend
-    from compiler.seq2seq.decode import DecodeOptions, SentencePieceTokenizer, decode_ids
+    from compiler.seq2seq.decode import DecodeOptions, SentencePieceTokenizer, decode_ids, padding_waste
     from compiler.seq2seq.marian import import_marian
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -62,6 +62,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--beam", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-sort", action="store_true", help="batch sentences in input order (no length sorting)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args(argv)
 
@@ -74,8 +75,10 @@ def main(argv=None) -> dict:
     tok = SentencePieceTokenizer(backend.vocab_path)
     sources, refs = test_set(a.direction, a.n_test)
     src_ids = [tok.encode(s) + [backend.spec.eos_id] for s in sources]
+    steps = []
+    opts = DecodeOptions(beam=a.beam, batch=min(a.batch, backend.batch_size), sort_by_length=not a.no_sort)
     t = time.perf_counter()
-    ids, _ = decode_ids(src_ids, backend, DecodeOptions(beam=a.beam, batch=min(a.batch, backend.batch_size)))
+    ids, batches = decode_ids(src_ids, backend, opts, on_step=lambda step, i, o: steps.append(step))
     ours_s = time.perf_counter() - t
     ours = [tok.decode(x) for x in ids]
     engine, engine_s = engine_outputs(a.direction, sources)
@@ -92,7 +95,8 @@ def main(argv=None) -> dict:
         "shortlist_neutral_sentences": len(neutral),
         "agreement_on_shortlist_neutral": round(sum(same[i] for i in neutral) / max(len(neutral), 1), 4),
         "seconds": round(ours_s, 2), "engine_seconds": round(engine_s, 2),
-        "target_tokens": sum(len(x) for x in ids),
+        "target_tokens": sum(len(x) for x in ids), "decoder_steps": len(steps),
+        "padding_waste": round(padding_waste([len(s) for s in src_ids], batches), 4),
     }
     print(json.dumps(res, indent=1))
     if a.json:

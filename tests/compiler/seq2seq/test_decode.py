@@ -135,3 +135,12 @@ def test_beam_search_finds_what_greedy_misses():
     seqs = [[5, 0], [6, 0]]
     assert decode_ids(seqs, TrapBackend(batch=4))[0] == [[10, 11], [10, 11]]
     assert decode_ids(seqs, TrapBackend(batch=4), DecodeOptions(beam=2))[0] == [[20], [20]]
+
+
+def test_sorting_saves_decoder_steps():
+    seqs = [[1] * 6 + [0], [2, 0], [3] * 6 + [0], [4, 0], [5] * 6 + [0], [6, 0]]
+    sorted_be, plain_be = ToyBackend(batch=3), ToyBackend(batch=3)
+    a, _ = decode_ids(seqs, sorted_be)
+    b, _ = decode_ids(seqs, plain_be, DecodeOptions(sort_by_length=False))
+    assert a == b
+    assert sorted_be.steps == 7 + 2 < plain_be.steps == 7 + 7
