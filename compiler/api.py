@@ -209,6 +209,6 @@ def translate(model: str, lines, batch: int = 0, beam: int = 1, threads: int = 1
     from compiler.seq2seq.decode import DecodeOptions, SentencePieceTokenizer, translate_lines
 
     backend = open_backend(model, threads=threads, remote=remote)
-    tokenizer = SentencePieceTokenizer(backend.vocab_path)
+    tokenizer = SentencePieceTokenizer.of_backend(backend)
     outs, stats = translate_lines(list(lines), backend, tokenizer, DecodeOptions(beam=beam, batch=batch), on_step)
     return [" ".join(o.splitlines()) for o in outs], stats

@@ -52,9 +52,24 @@ class OrtBackend:
         return dict(zip(self._dec_outputs, outs))
 
 
-# kind -> (does this path hold that kind?, open it: (path, threads, remote) -> backend with .vocab_path)
+def _open_library(path: str, threads: int, remote):
+    """A compiled encoder-decoder library (both entry points in one .so, vocabulary in its manifest)."""
+    try:
+        from compiler.seq2seq.backend_tvm import CompiledBackend
+    except ImportError:
+        raise IntformerError(f"{path}: running compiled translation libraries needs the compiled-library "
+                             "backend (compiler/seq2seq/backend_tvm.py), missing from this installation") from None
+    return CompiledBackend(path, remote)
+
+
+def _is_library(path: str) -> bool:
+    return os.path.isfile(path) and path.endswith(".so")
+
+
+# kind -> (does this path hold that kind?, open it: (path, threads, remote) -> a decode.Backend with a vocabulary)
 BACKENDS: dict[str, tuple[Callable[[str], bool], Callable]] = {
     "bundle": (is_bundle, lambda path, threads, remote: _local_only(OrtBackend(path, threads), remote, "bundle")),
+    "library": (_is_library, _open_library),
 }
 
 

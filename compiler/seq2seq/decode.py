@@ -24,12 +24,29 @@ StepHook = Callable[[int, dict, dict], None]  # (step, inputs, outputs)
 
 
 class Backend(Protocol):
+    """``initial_states(batch)`` is optional (default: zeros of the spec's state shapes and dtypes); a backend
+    whose states are integer codes with a zero point gives its own. ``batch`` may stand for ``batch_size``."""
+
     spec: Seq2SeqSpec
     batch_size: int  # rows of every encode/step call
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> dict[str, np.ndarray]: ...
 
     def step(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def rows_of(backend) -> int:
+    rows = getattr(backend, "batch_size", None) or getattr(backend, "batch", None)
+    if not rows:
+        raise IntformerError(f"{type(backend).__name__}: a decoding backend needs batch_size (its static batch)")
+    return int(rows)
+
+
+def initial_states(backend, rows: int) -> dict[str, np.ndarray]:
+    init = getattr(backend, "initial_states", None)
+    if init is not None:
+        return init(rows)
+    return {s.input: np.zeros(s.concrete_shape(rows), dtype=s.dtype) for s in backend.spec.states}
 
 
 class Tokenizer(Protocol):
@@ -39,15 +56,27 @@ class Tokenizer(Protocol):
 
 
 class SentencePieceTokenizer:
-    """SentencePiece pieces as ids (Marian vocabularies use the .spm ids directly)."""
+    """SentencePiece pieces as ids (Marian vocabularies use the .spm ids directly), from a file or the bytes
+    of the model (a vocabulary that travels inside a library's manifest)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str = "", model_bytes: bytes = b""):
         import sentencepiece as spm
 
         try:
-            self.sp = spm.SentencePieceProcessor(model_file=path)
-        except (OSError, RuntimeError) as e:
-            raise IntformerError(f"{path}: cannot load the SentencePiece vocabulary ({e})") from None
+            self.sp = (spm.SentencePieceProcessor(model_proto=model_bytes) if model_bytes
+                       else spm.SentencePieceProcessor(model_file=path))
+        except (OSError, RuntimeError, TypeError) as e:
+            raise IntformerError(f"{path or 'the embedded vocabulary'}: cannot load the SentencePiece "
+                                 f"vocabulary ({e})") from None
+
+    @staticmethod
+    def of_backend(backend) -> "SentencePieceTokenizer":
+        """The vocabulary of a backend: ``vocab_path`` (a bundle) or ``vocabulary()`` bytes (a library)."""
+        if getattr(backend, "vocab_path", None):
+            return SentencePieceTokenizer(backend.vocab_path)
+        if hasattr(backend, "vocabulary"):
+            return SentencePieceTokenizer(model_bytes=backend.vocabulary())
+        raise IntformerError(f"{type(backend).__name__}: the model carries no vocabulary")
 
     def encode(self, text: str) -> list[int]:
         return list(self.sp.encode(text))
@@ -129,8 +158,7 @@ def _first_inputs(backend: Backend, enc: dict, src_mask: np.ndarray) -> tuple[di
     if missing:
         raise IntformerError(f"the encoder did not return {missing} (listed in the bundle's encoder_outputs)")
     fixed = {"src_mask": src_mask, **{n: enc[n] for n in spec.encoder_outputs}}
-    states = {s.input: np.zeros(s.concrete_shape(backend.batch_size), dtype=s.dtype) for s in spec.states}
-    return fixed, states
+    return fixed, initial_states(backend, src_mask.shape[0])
 
 
 def _run_step(backend: Backend, t: int, prev: np.ndarray, fixed: dict, states: dict,
@@ -149,7 +177,7 @@ def _limits(lengths: Sequence[int], spec: Seq2SeqSpec, opts: DecodeOptions) -> l
 def greedy_batch(backend: Backend, seqs: list[list[int]], opts: DecodeOptions = DecodeOptions(),
                  on_step: Optional[StepHook] = None) -> list[list[int]]:
     """Greedy decoding of up to ``backend.batch_size`` source id sequences (each ending with eos)."""
-    spec, rows = backend.spec, backend.batch_size
+    spec, rows = backend.spec, rows_of(backend)
     src_ids, src_mask = _pad_batch(seqs, rows, spec.max_src_len, spec.pad_id)
     fixed, states = _first_inputs(backend, backend.encode(src_ids, src_mask), src_mask)
     limits = _limits([len(s) for s in seqs], spec, opts) + [0] * (rows - len(seqs))
@@ -174,7 +202,7 @@ def greedy_batch(backend: Backend, seqs: list[list[int]], opts: DecodeOptions = 
 def beam_batch(backend: Backend, seqs: list[list[int]], opts: DecodeOptions,
                on_step: Optional[StepHook] = None) -> list[list[int]]:
     """Beam search over ``batch_size // beam`` sentences at a time (each sentence owns ``beam`` rows)."""
-    spec, rows, k = backend.spec, backend.batch_size, opts.beam
+    spec, rows, k = backend.spec, rows_of(backend), opts.beam
     n = len(seqs)
     if n * k > rows:
         raise IntformerError(f"beam {k} x {n} sentences needs {n * k} rows; the model's batch is {rows}")
@@ -244,15 +272,16 @@ class TranslationStats:
 
 
 def _per_call(backend: Backend, opts: DecodeOptions) -> int:
-    per_call = opts.batch or backend.batch_size
+    rows = rows_of(backend)
+    per_call = opts.batch or rows
     if opts.beam < 1:
         raise IntformerError(f"--beam must be >= 1, got {opts.beam}")
     if opts.beam > 1:
-        per_call = min(per_call, backend.batch_size // opts.beam)
+        per_call = min(per_call, rows // opts.beam)
         if per_call < 1:
-            raise IntformerError(f"--beam {opts.beam} is larger than the model's batch {backend.batch_size}")
-    elif per_call > backend.batch_size:
-        raise IntformerError(f"--batch {per_call} is larger than the compiled batch {backend.batch_size}")
+            raise IntformerError(f"--beam {opts.beam} is larger than the model's batch {rows}")
+    elif per_call > rows:
+        raise IntformerError(f"--batch {per_call} is larger than the compiled batch {rows}")
     return per_call
 
 

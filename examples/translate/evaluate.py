@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
         if not os.path.isdir(model):
             import_marian(package_model_dir(a.direction), model, batch=a.batch)
     backend = open_backend(model, threads=a.threads)
-    tok = SentencePieceTokenizer(backend.vocab_path)
+    tok = SentencePieceTokenizer.of_backend(backend)
     sources, refs = test_set(a.direction, a.n_test)
     src_ids = [tok.encode(s) + [backend.spec.eos_id] for s in sources]
     steps = []

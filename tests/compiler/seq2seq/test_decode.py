@@ -18,20 +18,20 @@ class ToyBackend:
     def __init__(self, batch=3, max_src_len=8, max_tgt_len=12):
         self.spec = Seq2SeqSpec("e", "d", ("src",), (StateSpec("pos_in", "pos_out", ("B", 1)),), bos_id=V, eos_id=0,
                                  pad_id=0, vocab_size=V, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
-        self.batch_size = batch
+        self.rows = self.batch_size = batch
         self.encodes, self.steps = 0, 0
 
     def encode(self, src_ids, src_mask):
-        assert src_ids.shape == (self.batch_size, self.spec.max_src_len) == src_mask.shape
+        assert src_ids.shape == (self.rows, self.spec.max_src_len) == src_mask.shape
         self.encodes += 1
         return {"src": src_ids.astype(np.float32), "unused": np.zeros(1)}
 
     def step(self, inputs):
         self.steps += 1
         src, pos = inputs["src"].astype(np.int64), inputs["pos_in"].astype(np.int64)[:, 0]
-        assert inputs["prev_ids"].shape == (self.batch_size, 1) and inputs["step"].shape == (1,)
-        logp = np.full((self.batch_size, V), -10.0, np.float32)
-        for r in range(self.batch_size):
+        assert inputs["prev_ids"].shape == (self.rows, 1) and inputs["step"].shape == (1,)
+        logp = np.full((self.rows, V), -10.0, np.float32)
+        for r in range(self.rows):
             w = src[r, pos[r]] if pos[r] < src.shape[1] else 0
             logp[r, w + 100 if w else 0] = -0.01
         return {"logprobs": logp, "pos_out": (pos + 1)[:, None].astype(np.float32)}
@@ -124,7 +124,7 @@ class TrapBackend(ToyBackend):
 
     def step(self, inputs):
         self.steps += 1
-        logp = np.full((self.batch_size, V), -30.0, np.float32)
+        logp = np.full((self.rows, V), -30.0, np.float32)
         for r, p in enumerate(inputs["prev_ids"][:, 0]):
             for tok, prob in self.TABLE.get(int(p), {0: 1.0}).items():
                 logp[r, tok] = np.log(prob)
@@ -144,3 +144,38 @@ def test_sorting_saves_decoder_steps():
     b, _ = decode_ids(seqs, plain_be, DecodeOptions(sort_by_length=False))
     assert a == b
     assert sorted_be.steps == 7 + 2 < plain_be.steps == 7 + 7
+
+
+class OwnStatesBackend(ToyBackend):
+    """A backend that names its batch `batch` and starts its states itself (as integer libraries do)."""
+
+    def __init__(self):
+        super().__init__(batch=2)
+        self.batch = self.batch_size
+        del self.batch_size
+
+    def initial_states(self, rows):
+        return {"pos_in": np.ones((rows, 1), np.float32)}  # starts at the second word
+
+
+def test_backend_own_initial_states_and_batch_name():
+    out, _ = decode_ids([[5, 6, 7, 0], [8, 9, 0]], OwnStatesBackend())
+    assert out == [[106, 107], [109]]
+
+
+def test_tokenizer_from_embedded_bytes(tmp_path):
+    from compiler.seq2seq.decode import SentencePieceTokenizer
+    from tests.helpers.marian_files import train_tiny_spm
+
+    path = train_tiny_spm(str(tmp_path))
+    with open(path, "rb") as f:
+        data = f.read()
+
+    class WithBytes:
+        def vocabulary(self):
+            return data
+
+    a, b = SentencePieceTokenizer(path), SentencePieceTokenizer.of_backend(WithBytes())
+    assert a.encode("the cat sat") == b.encode("the cat sat") and b.decode(b.encode("the cat")) == "the cat"
+    with pytest.raises(IntformerError, match="no vocabulary"):
+        SentencePieceTokenizer.of_backend(object())

@@ -47,5 +47,9 @@ def test_translate_bad_arguments(bundle, tmp_path):
     assert p.returncode == 2 and b"larger than the compiled batch 4" in p.stderr
     p = intformer("translate", str(tmp_path), stdin=b"x\n")
     assert p.returncode == 2 and b"not a seq2seq bundle" in p.stderr
+    fake = tmp_path / "fake.so"
+    fake.write_bytes(b"not a library")
+    p = intformer("translate", str(fake), stdin=b"x\n")
+    assert p.returncode != 0 and b"Traceback" not in p.stderr and b"fake.so" in p.stderr
     p = intformer("import-marian", str(tmp_path / "missing"), "-o", str(tmp_path / "b"))
     assert p.returncode == 2 and b"not a folder" in p.stderr and b"Traceback" not in p.stderr
