@@ -258,3 +258,26 @@ def print_inspect(library: str) -> None:
     con.print(f"float ops: {', '.join(m.report.get('float_ops') or []) or 'none'}")
     con.print(f"calibration: {m.calibration}")
     con.print(f"tools: {m.tool_versions}")
+
+
+# ---- translation (encoder-decoder bundles and libraries; compiler/seq2seq) ------------------------------
+def import_marian(model_dir: str, out_dir: str, batch: int = 8, max_src_len: int = 64, max_tgt_len: int = 128):
+    """A Bergamot/Marian model folder -> a seq2seq bundle folder of fp32 ONNX graphs (returns its Seq2SeqSpec)."""
+    from compiler.seq2seq.marian import import_marian as _import
+
+    spec = _import(model_dir, out_dir, batch=batch, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
+    status(f"wrote {out_dir}: encoder + decoder step, batch {batch}, source <= {max_src_len} tokens, "
+           f"target <= {max_tgt_len}")
+    return spec
+
+
+def translate(model: str, lines, batch: int = 0, beam: int = 1, threads: int = 1, remote=None, on_step=None):
+    """Translate `lines` (str or bytes, one sentence or paragraph each) with a compiled translation library or
+    a seq2seq bundle folder; returns (one output line per input line, TranslationStats)."""
+    from compiler.seq2seq.backends import open_backend
+    from compiler.seq2seq.decode import DecodeOptions, SentencePieceTokenizer, translate_lines
+
+    backend = open_backend(model, threads=threads, remote=remote)
+    tokenizer = SentencePieceTokenizer.of_backend(backend)
+    outs, stats = translate_lines(list(lines), backend, tokenizer, DecodeOptions(beam=beam, batch=batch), on_step)
+    return [" ".join(o.splitlines()) for o in outs], stats

@@ -55,6 +55,34 @@ def _tune(a) -> int:
     for why, n in sorted(reasons.items()):
         print(f"not tuned ({n} kernels, default schedule): {why}")
     print(f"use it with: intformer compile {a.model} -o OUT.so --target {a.target} --db {a.db}")
+
+def _import_marian(a) -> int:
+    from compiler import api
+
+    api.import_marian(a.model_dir, a.output, batch=a.batch, max_src_len=a.max_src_len, max_tgt_len=a.max_tgt_len)
+    return 0
+
+
+def _translate(a) -> int:
+    from compiler import api
+    from compiler.progress import status
+
+    src = open(a.input, "rb") if a.input else sys.stdin.buffer
+    with src:
+        data = src.read()
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()  # the final line break ends the last line; it does not start an empty one
+    outs, st = api.translate(a.model, lines, batch=a.batch, beam=a.beam, threads=a.threads, remote=_remote(a))
+    text = "".join(o + "\n" for o in outs)
+    if a.output:
+        with open(a.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.flush()
+    status(f"translated {st.lines} lines ({st.pieces} pieces, {st.split_lines} long lines split) in "
+           f"{st.batches} batches, {st.target_tokens} target tokens, padding {100 * st.padding_waste:.1f}%")
     return 0
 
 
@@ -247,6 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed runs (default: adaptive; 10 on a device)")
     _add_remote_args(b)
     b.set_defaults(func=_bench)
+
+    tr = sub.add_parser("translate", help="translate lines of text (stdin -> stdout, one line out per line in)")
+    tr.add_argument("model", metavar="OUT.so|BUNDLE_DIR",
+                    help="a compiled translation library, or a seq2seq bundle folder (onnxruntime fp32)")
+    tr.add_argument("--batch", type=int, default=0, metavar="N",
+                    help="sentences per batch (default and maximum: the compiled batch)")
+    tr.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (default 1: greedy)")
+    tr.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads (default 1)")
+    tr.add_argument("-i", "--input", metavar="IN.txt", help="read this file instead of stdin")
+    tr.add_argument("-o", "--output", metavar="OUT.txt", help="write this file instead of stdout")
+    _add_remote_args(tr)
+    tr.set_defaults(func=_translate)
+
+    im = sub.add_parser("import-marian", help="a Bergamot/Marian model folder -> a seq2seq bundle of ONNX graphs")
+    im.add_argument("model_dir", metavar="MODEL_DIR", help="folder with the model .bin, vocabulary .spm, config .yml")
+    im.add_argument("-o", "--output", required=True, metavar="BUNDLE_DIR")
+    im.add_argument("--batch", type=int, default=8, metavar="B", help="compiled batch (default 8)")
+    im.add_argument("--max-src-len", type=int, default=64, metavar="S",
+                    help="source tokens at most, end of sentence included (default 64; longer lines are split)")
+    im.add_argument("--max-tgt-len", type=int, default=128, metavar="T", help="target tokens at most (default 128)")
+    im.set_defaults(func=_import_marian)
 
     i = sub.add_parser("inspect", help="print a compiled library's manifest")
     i.add_argument("library", metavar="OUT.so")
