@@ -33,6 +33,14 @@ def make_manifest(st) -> Manifest:
     )
 
 
+def schedule_kernels(mod, target):
+    """The scheduling step of the build, on the fused kernels: every kernel not yet scheduled (the int8 GEMMs
+    of schedules/ are) gets the deterministic default schedule for the target."""
+    from compiler.passes.default_schedule import apply_default_schedules
+
+    return apply_default_schedules(mod, target)
+
+
 def build_executable(st):
     from compiler.tvm_compat import BlockBuilder, build, string_const
 
@@ -42,5 +50,5 @@ def build_executable(st):
     with bb.function(MANIFEST_FUNC, []):
         bb.emit_func_output(string_const(manifest.dumps()))
     mod = bb.get()
-    executable = build(mod, st.target_spec)
+    executable = build(mod, st.target_spec, schedule=schedule_kernels)
     return executable, manifest

@@ -98,11 +98,17 @@ def fuse(mod):
     return seq(mod)
 
 
-def build(mod, target_spec):
-    """Compile a Relax module for a target into an executable (kernels, VM plan and constants)."""
+def build(mod, target_spec, schedule=None):
+    """Compile a Relax module for a target into an executable (kernels, VM plan and constants).
+
+    Steps: fuse (LegalizeOps .. FuseTIR), then `schedule(mod, target) -> mod` on the fused kernels (the
+    default schedules of compiler/passes/default_schedule.py; a tuning-database step goes before it), then
+    tvm.compile."""
     target = target_spec.tvm_target()
     with target:
         mod = fuse(mod)
+    if schedule is not None:
+        mod = schedule(mod, target)
     return tvm.compile(mod, target)
 
 
@@ -150,3 +156,22 @@ def llvm_cpu_has_features(features, target) -> bool:
     from tvm.target import codegen
 
     return bool(codegen.llvm_cpu_has_features(list(features), target))
+
+
+from tvm.ir.expr import TensorLoad  # noqa: E402  (tvm.tir.BufferLoad before 0.27)
+from tvm.ir.prim.expr import Cast  # noqa: E402  (tvm.tir.Cast before 0.27)
+
+
+def walk_ir(node, visit) -> None:
+    """Call `visit` on every expression/statement node under `node` (tvm.tir.stmt_functor.post_order_visit before
+    0.27); variables and buffers are visited but not descended into (their types are not part of the code)."""
+    import tvm_ffi
+
+    def descend(value, visitor):
+        visit(value)
+        if isinstance(value, TensorLoad):
+            visitor.visit(value.indices)
+        elif not isinstance(value, tvm.tirx.Var):
+            visitor.default_visit(value)
+
+    tvm_ffi.structural_visit(node, descend)
