@@ -44,6 +44,14 @@ def apply_tuning_records(mod, target, st) -> tuple[object, int]:
     return apply_database(mod, target, db)
 
 
+def schedule_kernels(mod, target):
+    """The scheduling step of the build, on the fused kernels: every kernel not yet scheduled (the int8 GEMMs
+    of schedules/ are, and so are the kernels tuned from --db) gets the deterministic default schedule."""
+    from compiler.passes.default_schedule import apply_default_schedules
+
+    return apply_default_schedules(mod, target)
+
+
 def build_executable(st):
     """(executable, manifest, tuned kernel count): fuse, tuned schedules from --db, then the build."""
     from compiler.tvm_compat import BlockBuilder, compile_module, fuse_for, string_const
@@ -56,4 +64,5 @@ def build_executable(st):
     target = st.target_spec.tvm_target()
     mod = fuse_for(bb.get(), target)
     mod, tuned = apply_tuning_records(mod, target, st)
+    mod = schedule_kernels(mod, target)
     return compile_module(mod, target), manifest, tuned

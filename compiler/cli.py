@@ -123,8 +123,15 @@ def _eval(a) -> int:
 def _bench(a) -> int:
     from compiler import bench
 
+    remote = _remote(a)
+    if a.per_op and remote is not None:
+        raise _usage("--per-op times kernels on this machine; it cannot be combined with --rpc/--tracker")
     bench.print_report(bench.run_bench(a.library, threads=a.threads, model=a.model, repeats=a.repeats,
-                                       remote=_remote(a)))
+                                       remote=remote))
+    if a.per_op:
+        from compiler import op_profile
+
+        op_profile.print_profile(op_profile.op_breakdown(a.library, threads=a.threads, runs=a.repeats or 10))
     return 0
 
 
@@ -273,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", metavar="MODEL.onnx")
     b.add_argument("--repeats", type=int, default=0, metavar="N",
                    help="timed runs (default: adaptive; 10 on a device)")
+    b.add_argument("--per-op", action="store_true",
+                   help="also print the time per kernel (VM instrument hook), grouped by kernel, with shares")
     _add_remote_args(b)
     b.set_defaults(func=_bench)
 

@@ -105,7 +105,8 @@ def fuse_for(mod, target):
 
 
 def compile_module(mod, target):
-    """Compile a (fused, partly scheduled) Relax module into an executable: kernels, VM plan, constants."""
+    """Compile a fused, scheduled Relax module into an executable: kernels, VM plan, constants. The build's
+    steps (compiler/build.py): fuse_for, tuned kernels from a database, default schedules, then this."""
     return tvm.compile(mod, target)
 
 
@@ -167,3 +168,21 @@ from tvm.ir import IRModule  # noqa: E402
 from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 from tvm.s_tir import meta_schedule  # noqa: E402
 from tvm.tirx import PrimFunc  # noqa: E402  (tvm.tir.PrimFunc before 0.2x)
+
+from tvm.ir.expr import TensorLoad  # noqa: E402  (tvm.tir.BufferLoad before 0.27)
+from tvm.ir.prim.expr import Cast  # noqa: E402  (tvm.tir.Cast before 0.27)
+
+
+def walk_ir(node, visit) -> None:
+    """Call `visit` on every expression/statement node under `node` (tvm.tir.stmt_functor.post_order_visit before
+    0.27); variables and buffers are visited but not descended into (their types are not part of the code)."""
+    import tvm_ffi
+
+    def descend(value, visitor):
+        visit(value)
+        if isinstance(value, TensorLoad):
+            visitor.visit(value.indices)
+        elif not isinstance(value, tvm.tirx.Var):
+            visitor.default_visit(value)
+
+    tvm_ffi.structural_visit(node, descend)

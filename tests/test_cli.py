@@ -101,6 +101,8 @@ def test_compile_run_eval_inspect_happy_path(tiny_bert, tmp_path):
     assert p.returncode == 0 and "16/16 int8" in p.stdout, p.stderr
     p = intformer("bench", lib, "--model", model, "--repeats", "3")
     assert p.returncode == 0 and "onnxruntime int8" in p.stdout, p.stderr
+    p = intformer("bench", lib, "--repeats", "3", "--per-op")
+    assert p.returncode == 0 and p.stdout.count("cumulative") == 2, p.stderr  # two tables: by family, by kernel
 
 
 @pytest.mark.parametrize("args", [["compile"], ["run", "x.so"], ["frobnicate"]])

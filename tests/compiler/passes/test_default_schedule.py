@@ -1,0 +1,141 @@
+"""Default schedules (compiler/passes/default_schedule.py): bit-exact against the unscheduled build and the NumPy
+twins, and the kernels really are scheduled (parallel / vectorized loops where the work is large)."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import relax as R
+
+from compiler import tvm_compat as C
+from compiler.intmath import integer_ops as io
+from compiler.passes import default_schedule as ds
+from compiler.passes import intops
+
+ROWS, HIDDEN, HEADS, SEQ = 32, 64, 2, 32
+SOFTMAX_SCALE = 0.05
+# small enough that the test kernels take the parallel path; the real threshold is for MiniLM-sized kernels
+PARAMS = ds.CpuParams(vector_bits=256, cores=2, parallel_min_work=1024)
+TARGET = {"kind": "llvm", "num-cores": 2}
+
+
+def _layernorm_constants():
+    rng = np.random.default_rng(1)
+    gamma, beta = rng.uniform(0.5, 1.5, HIDDEN), rng.uniform(-0.2, 0.2, HIDDEN)
+    return io.layernorm_constants(0.05, HIDDEN, 128, 1e-5, gamma, beta, 0.02, 3)
+
+
+def _graph():
+    """int8 hidden (ROWS, HIDDEN) -> LayerNorm; int16 scores (HEADS, SEQ, SEQ) -> softmax; a GELU-like table
+    lookup on the LayerNorm output; a transpose + add; the module every rule of the pass meets."""
+    c = _layernorm_constants()
+    table = np.clip(np.arange(-128, 128) // 2 + 5, -128, 127).astype(np.int8)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((ROWS, HIDDEN), "int8"))
+    s = relax.Var("s", relax.TensorType((HEADS, SEQ, SEQ), "int16"))
+    with bb.function("main", [x, s]):
+        with bb.dataflow():
+            ln = intops.emit_layernorm(bb, x, c, "int8")
+            g = intops.emit_lookup(bb, ln, table, 128, "int8")
+            sm = intops.emit_softmax(bb, s, SOFTMAX_SCALE)
+            t = bb.emit(R.add(R.astype(R.permute_dims(sm, [0, 2, 1]), "int32"), R.astype(sm, "int32")))
+            out = bb.emit_output(relax.Tuple([ln, g, sm, t]))
+        bb.emit_func_output(out)
+    return bb.get(), c, table
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return (rng.integers(-128, 128, (ROWS, HIDDEN)).astype(np.int8),
+            rng.integers(-3000, 3000, (HEADS, SEQ, SEQ)).astype(np.int16))
+
+
+def _fused():
+    mod, _, _ = _graph()
+    target = tvm.target.Target(TARGET)
+    with target:
+        return C.fuse(mod), target
+
+
+def _run(mod, target, args):
+    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    return [o.numpy() for o in vm["main"](*[tvm.runtime.tensor(a) for a in args])]
+
+
+def test_scheduled_build_is_bit_exact():
+    fused, target = _fused()
+    args = _inputs()
+    plain = _run(fused, target, args)
+    sched = _run(ds.apply_default_schedules(fused, target, PARAMS), target, args)
+    for a, b in zip(plain, sched):
+        assert np.array_equal(a, b)
+    _, c, table = _graph()
+    x, s = args
+    ln = io.ilayernorm(x, c)
+    sm = io.isoftmax(s, SOFTMAX_SCALE)
+    assert np.array_equal(sched[0], ln)
+    assert np.array_equal(sched[1], io.lookup(ln, table, 128))
+    assert np.array_equal(sched[2], sm)
+    assert np.array_equal(sched[3], sm.transpose(0, 2, 1).astype(np.int32) + sm)
+
+
+def _kernels(mod):
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_every_kernel_scheduled_and_big_ones_parallel_and_vectorized():
+    fused, target = _fused()
+    out = _kernels(ds.apply_default_schedules(fused, target, PARAMS))
+    assert out and all(f.attrs.get("tir.is_scheduled") for f in out.values()), \
+        [n for n, f in out.items() if not f.attrs.get("tir.is_scheduled")]
+    def size(p):
+        return int(np.prod([int(d) for d in p.ty.shape])) if hasattr(p.ty, "shape") else 0
+
+    big_work = [n for n, f in out.items() if max(size(p) for p in f.params) >= PARAMS.parallel_min_work]
+    big_out = [n for n, f in out.items() if size(f.params[-1]) >= PARAMS.parallel_min_work]
+    assert big_work and big_out
+    for name in big_work:  # a row reduction (sum over a big input) included
+        assert "T.parallel" in out[name].script(), name
+    for name in big_out:  # a big spatial output: its inner loop on vector lanes
+        assert "T.vectorized" in out[name].script(), name
+
+
+def test_small_kernels_stay_on_one_thread():
+    fused, target = _fused()
+    serial = ds.CpuParams(vector_bits=256, cores=2, parallel_min_work=1 << 30)
+    for name, f in _kernels(ds.apply_default_schedules(fused, target, serial)).items():
+        assert "T.parallel" not in f.script(), name
+
+
+def test_scheduled_kernels_are_skipped_and_failures_leave_kernels_as_they_were(monkeypatch):
+    fused, target = _fused()
+    name, first = next(iter(_kernels(fused).items()))
+    marked = fused.clone()
+    marked[marked.get_global_var(name)] = first.with_attr("tir.is_scheduled", True)
+    out = ds.apply_default_schedules(marked, target, PARAMS)
+    tvm.ir.assert_structural_equal(out[name], marked[name])
+
+    def broken(sch, blocks, p):
+        raise RuntimeError("rule bug")
+
+    monkeypatch.setattr(ds, "RULES", {"broken": broken})
+    out = ds.apply_default_schedules(fused, target, PARAMS)
+    for n, f in _kernels(out).items():
+        tvm.ir.assert_structural_equal(f, fused[n])
+    assert all(np.array_equal(a, b) for a, b in zip(_run(out, target, _inputs()), _run(fused, target, _inputs())))
+
+
+def test_params_from_target():
+    p = ds.cpu_params(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 4}))
+    assert (p.vector_bits, p.cores) == (512, 4)
+    p = ds.cpu_params(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}))
+    assert (p.vector_bits, p.cores) == (128, 1)
+
+
+@pytest.mark.parametrize("name,fam", [("fused_add9_cast6_multiply3", "fused_add_cast_multiply"),
+                                      ("intformer_qgemm_avx512vnni_128x384x384", "intformer_qgemm_avx512vnni_128x384x384"),
+                                      ("take4", "take"), ("fused_minimum1_minimum2_left_shift", "fused_minimum_left_shift")])
+def test_op_profile_families(name, fam):
+    from compiler.op_profile import family
+
+    assert family(name) == fam
