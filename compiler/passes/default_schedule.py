@@ -27,9 +27,9 @@ import tvm
 
 log = logging.getLogger(__name__)
 
-# Element operations below which a kernel stays on one thread. Measured on MiniLM seq 128, 2 cores (see the
-# report of issue 4): a fork-join of TVM's thread pool costs a few microseconds, a vectorized int64 element
-# operation well under a nanosecond.
+# Element operations below which a kernel stays on one thread: a fork-join of TVM's thread pool costs a few
+# microseconds, a vectorized int64 element operation well under a nanosecond. Not swept yet: with it, MiniLM
+# seq 128 runs 17.4 ms on 1 thread and 9.3 ms on 2 (AVX512-VNNI, 2 cores); candidates for a sweep are 2**12..2**16.
 PARALLEL_MIN_WORK = 1 << 14
 INLINE_MAX_COPY = 64  # expression nodes an inlined producer may be copied into (loads x its size)
 INLINE_MAX_BLOCKS = 24
@@ -190,21 +190,27 @@ def _elementwise(sch, blocks, p: CpuParams) -> bool:
     return True
 
 
-def _leading_spatial(blocks) -> int:
+def _leading_spatial(sch, blocks) -> int:
+    """Leading loops that are spatial with the same extent in every block (the rows every block shares)."""
     n = None
+    first = [_extent(sch, lp) for lp in sch.get_loops(blocks[-1].block_rv)]
     for b in blocks:
         kinds = b.dom_kind()
-        lead = len(kinds) - len(kinds.lstrip("S"))
+        ext = [_extent(sch, lp) for lp in sch.get_loops(b.block_rv)]
+        lead = 0
+        while lead < min(len(kinds), len(ext), len(first)) and kinds[lead] == "S" and ext[lead] == first[lead]:
+            lead += 1
         n = lead if n is None else min(n, lead)
     return n or 0
 
 
 def _rows(sch, blocks, p: CpuParams) -> bool:
-    """Reductions and spatial blocks sharing leading spatial axes (softmax, LayerNorm): one parallel row loop,
-    every block computed under it; spatial inner loops vectorized, reduction inner loops left to LLVM."""
-    if len(blocks) < 1 or all(b.is_injective() for b in blocks) or not blocks[-1].is_injective() and len(blocks) > 1:
+    """Blocks sharing leading spatial axes (softmax, LayerNorm and its per-row isqrt chain): one parallel row
+    loop, every block computed under it; spatial inner loops vectorized, reduction inner loops left to LLVM."""
+    single_reduction = len(blocks) == 1 and not blocks[0].is_injective()
+    if not blocks or not single_reduction and (len(blocks) < 2 or not blocks[-1].is_injective()):
         return False
-    lead = _leading_spatial(blocks)
+    lead = _leading_spatial(sch, blocks)
     if lead == 0:
         return False
     last = blocks[-1].block_rv
@@ -244,14 +250,20 @@ def schedule_primfunc(func, p: CpuParams):
 
     from compiler.tvm_compat import Schedule
 
-    sch = Schedule(func)
-    blocks = normalize_prim_func(sch)
-    if not blocks:
-        return None, "not normalizable"
-    blocks = _inline(sch, blocks)
-    for name, rule in RULES.items():
-        if rule(sch, blocks, p):
-            return sch.mod["main"], name
+    failed = None
+    for name, rule in RULES.items():  # each rule on a fresh schedule: one that raises hands over to the next
+        sch = Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if not blocks:
+            return None, "not normalizable"
+        blocks = _inline(sch, blocks)
+        try:
+            if rule(sch, blocks, p):
+                return sch.mod["main"], name
+        except Exception as e:  # noqa: BLE001
+            failed = e
+    if failed is not None:
+        raise failed
     return None, "no rule"
 
 
