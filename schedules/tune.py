@@ -281,7 +281,7 @@ def apply_database(mod: IRModule, target, db: TuningDatabase) -> tuple[IRModule,
         sch = db.best_schedule(work, target)
         if sch is None:
             continue
-        new = sch.mod["main"]
+        new = sch.mod["main"].without_attr("global_symbol")  # the workload's "main"; the kernel keeps its own
         for key in ("global_symbol", "op_pattern", KERNEL_ATTR):
             if key in attrs:
                 new = new.with_attr(key, attrs[key])
