@@ -23,7 +23,7 @@ def _compile(a) -> int:
         allow_float=tuple(a.allow_float),
     )
     api.compile_model(a.model, a.output, opts, report_path=a.report,
-                      save_calibration_table=a.save_calibration_table)
+                      save_calibration_table=a.save_calibration_table, calibration_text=a.calibration_text)
     return 0
 
 
@@ -152,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
-    c.add_argument("model", metavar="MODEL.onnx")
+    c.add_argument("model", metavar="MODEL", help="an ONNX file, a seq2seq bundle folder (seq2seq.json) or a "
+                   "Bergamot/Marian model folder (.bin, .spm, .yml)")
+    c.add_argument("--calibration-text", metavar="FILE",
+                   help="encoder-decoders: source sentences, one a line (the decoder calibrates on real decoding)")
     c.add_argument("-o", "--output", required=True, metavar="OUT.so")
     c.add_argument("--target", default="host", help="target preset or user target (see `intformer targets`), "
                    "or a target JSON file; default: host")

@@ -112,6 +112,9 @@ class _Propagate(PyExprMutator):
         out = rule(self, call)
         if out is None:
             return call
+        if isinstance(out, relax.ShapeExpr):
+            self.rewritten += 1
+            return out
         want = tensor_info(call)[1]
         got = tensor_info(out.expr if isinstance(out, IntRepr) else out)[1]
         if want is None or got != want:
@@ -493,6 +496,14 @@ def _where(m: _Propagate, call):
     return IntRepr(m.emit(R.where(call.args[0], xa, xb)), scale, 0, "int64", bound)
 
 
+def _shape_of(m: _Propagate, call):
+    """The static shape of an integer tensor's float view (so that the float view is not kept alive for it)."""
+    _, shape = tensor_info(call.args[0])
+    if m.rep_of(call.args[0]) is None or shape is None:
+        return None
+    return relax.ShapeExpr(list(shape))
+
+
 _DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax.squeeze", "relax.flatten"}
 
 RULES: dict[str, Callable] = {
@@ -508,6 +519,7 @@ RULES: dict[str, Callable] = {
     "relax.nn.softmax": _softmax,
     "relax.nn.log_softmax": _log_softmax,
     "relax.nn.relu": _relu,
+    "relax.shape_of": _shape_of,
     "relax.where": _where,
 }
 
