@@ -36,7 +36,7 @@ class CompileResult:
 
 
 # an imported Bergamot/Marian model: static shapes of the bundle (batch, source and target tokens)
-MARIAN_BATCH, MARIAN_MAX_SRC, MARIAN_MAX_TGT = 8, 64, 64
+MARIAN_BATCH, MARIAN_MAX_SRC, MARIAN_MAX_TGT = 8, 64, 128
 
 
 def is_marian_folder(path: str) -> bool:
@@ -63,9 +63,9 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
     if seq2seq and not calibration_text:
         raise IntformerError(f"{model_path}: an encoder-decoder needs --calibration-text FILE (one source sentence "
                              "a line)")
-    if seq2seq and (options.calibration_data or options.calibration_table):
+    if seq2seq and (options.calibration_data or options.calibration_table or save_calibration_table):
         raise IntformerError(f"{model_path}: an encoder-decoder is calibrated from --calibration-text, not "
-                             "--calibration-data/--calibration-table")
+                             "--calibration-data/--calibration-table (nor saved with --save-calibration-table)")
     if is_bundle(model_path):
         st = run_seq2seq_pipeline(model_path, options, calibration_text)
     elif seq2seq:
@@ -98,7 +98,7 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
     if report_path:
         with open(report_path, "w") as f:
             json.dump(report, f, indent=1)
-    if save_calibration_table and not st.entries:
+    if save_calibration_table:
         st.table.save(save_calibration_table)
     mm = report["matmuls"]
     status(f"wrote {output}: {mm['int8']}/{mm['total']} matmuls int8, target {st.target_spec.name}")
