@@ -63,6 +63,8 @@ def insert_qdq(model: onnx.ModelProto, table: CalibrationTable,
     """Return the annotated model and the number of MatMuls annotated."""
     g = model.graph
     ranges = table.ranges()
+    for name, (lo, hi) in table.input_ranges:  # float graph inputs read by a MatMul (a decoder's encoder keys)
+        ranges.setdefault(name, TensorRange(lo, hi, lo, hi))
     consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
 
     def qparams(tensor: str, symmetric: bool, node: str) -> QParams:

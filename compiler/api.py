@@ -22,25 +22,64 @@ class CompileResult:
     report: dict
     module: object = None  # the integer Relax module the library was built from
 
-    def reference(self):
-        """The NumPy twin of the library: `reference()(feed) -> list of outputs`, bit-exact."""
+    def reference(self, entry: str = ""):
+        """The NumPy twin of the library (of its entry point `entry` when it has several):
+        `reference()(feed) -> list of outputs`, bit-exact."""
         from compiler.intmath.interpreter import Interpreter
 
-        interp = Interpreter(self.module)
-        names = [s.name for s in self.manifest.inputs]
+        if entry:
+            interp, specs = Interpreter(self.module, entry), self.manifest.entry_spec(entry).inputs
+        else:
+            interp, specs = Interpreter(self.module), self.manifest.inputs
+        names = [s.name for s in specs]
         return lambda feed: interp(*[np.asarray(feed[n]) for n in names])
 
 
+# an imported Bergamot/Marian model: static shapes of the bundle (batch, source and target tokens)
+MARIAN_BATCH, MARIAN_MAX_SRC, MARIAN_MAX_TGT = 8, 64, 128
+
+
+def is_marian_folder(path: str) -> bool:
+    """A Bergamot/Marian model folder: a model .bin, a vocabulary .spm and a config .yml."""
+    if not os.path.isdir(path):
+        return False
+    names = os.listdir(path)
+    return all(any(n.endswith(ext) for n in names) for ext in (".bin", ".spm", ".yml"))
+
+
 def compile_model(model_path: str, output: str, options: CompileOptions = CompileOptions(),
-                  report_path: str | None = None, save_calibration_table: str | None = None) -> CompileResult:
-    """ONNX file -> integer library at `output` (+ `<output>.manifest.json`, + the report if asked)."""
-    from compiler.pipeline import run_pipeline
+                  report_path: str | None = None, save_calibration_table: str | None = None,
+                  calibration_text: str | None = None) -> CompileResult:
+    """ONNX file, seq2seq bundle folder or Bergamot/Marian folder -> integer library at `output`
+    (+ `<output>.manifest.json`, + the report if asked). Encoder-decoders need `calibration_text`."""
+    from compiler.pipeline import run_pipeline, run_seq2seq_pipeline
+    from compiler.seq2seq.spec import is_bundle
     from compiler.tvm_compat import export_library
 
     out_dir = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(out_dir):
         raise IntformerError(f"-o {output}: directory {out_dir} does not exist")
-    st = run_pipeline(model_path, options)
+    seq2seq = is_bundle(model_path) or is_marian_folder(model_path)
+    if seq2seq and not calibration_text:
+        raise IntformerError(f"{model_path}: an encoder-decoder needs --calibration-text FILE (one source sentence "
+                             "a line)")
+    if seq2seq and (options.calibration_data or options.calibration_table or save_calibration_table):
+        raise IntformerError(f"{model_path}: an encoder-decoder is calibrated from --calibration-text, not "
+                             "--calibration-data/--calibration-table (nor saved with --save-calibration-table)")
+    if is_bundle(model_path):
+        st = run_seq2seq_pipeline(model_path, options, calibration_text)
+    elif seq2seq:
+        from compiler.seq2seq.marian import import_marian
+
+        with tempfile.TemporaryDirectory(prefix="intformer-bundle-") as tmp:
+            status(f"importing the Marian model {model_path}")
+            import_marian(model_path, tmp, MARIAN_BATCH, MARIAN_MAX_SRC, MARIAN_MAX_TGT)
+            st = run_seq2seq_pipeline(tmp, options, calibration_text)
+    elif os.path.isdir(model_path):
+        raise IntformerError(f"{model_path}: a folder that is neither a seq2seq bundle (seq2seq.json) nor a "
+                             "Bergamot/Marian model (.bin, .spm, .yml)")
+    else:
+        st = run_pipeline(model_path, options)
     # write to a temporary name first: an interrupted compile never leaves a half-written library
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir, prefix=".intformer-")
     os.close(fd)
@@ -135,15 +174,16 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     return TuneSummary(db.path, st.target_spec.name, rows, tuple(skipped))
 
 
-def load(library: str, remote=None):
-    """A loaded library: here, or uploaded to the device `remote` (targets.remote.RemoteSpec) over RPC."""
+def load(library: str, remote=None, entry: str = ""):
+    """A loaded library (its entry point `entry` when it has several): here, or uploaded to the device `remote`
+    (targets.remote.RemoteSpec) over RPC."""
     if remote is not None:
         from targets.remote import RemoteModel
 
-        return RemoteModel(library, remote)
+        return RemoteModel(library, remote, entry=entry)
     from compiler.runtime import CompiledModel
 
-    return CompiledModel(library)
+    return CompiledModel(library, entry=entry)
 
 
 def run(library: str, inputs_npz: str, output_npz: str | None = None, remote=None) -> dict[str, np.ndarray]:

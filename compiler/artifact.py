@@ -18,6 +18,35 @@ ENTRY_FUNC = "main"
 
 
 @dataclass(frozen=True)
+class EntrySpec:
+    """One VM function of a library with several entry points (a seq2seq library: `encoder`, `decoder`).
+
+    `quant`: name -> (scale, zero point) of each integer input/output that stands for a real tensor (real =
+    scale * (q - zero point)): the int8 tensors crossing from the encoder to the decoder and the decoder states."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    quant: tuple[tuple[str, float, int], ...] = ()
+    input_bounds: tuple[tuple[str, int, int], ...] = ()  # ids that index an embedding table: [lo, hi]
+    model_sha256: str = ""
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "inputs": [s.to_json() for s in self.inputs],
+                "outputs": [s.to_json() for s in self.outputs],
+                "quant": {n: [sc, zp] for n, sc, zp in self.quant},
+                "input_bounds": {n: [lo, hi] for n, lo, hi in self.input_bounds}, "model_sha256": self.model_sha256}
+
+    @staticmethod
+    def from_json(d: dict) -> "EntrySpec":
+        return EntrySpec(d["name"], tuple(TensorSpec.from_json(x) for x in d["inputs"]),
+                         tuple(TensorSpec.from_json(x) for x in d["outputs"]),
+                         tuple((n, float(v[0]), int(v[1])) for n, v in d.get("quant", {}).items()),
+                         tuple((n, int(v[0]), int(v[1])) for n, v in d.get("input_bounds", {}).items()),
+                         d.get("model_sha256", ""))
+
+
+@dataclass(frozen=True)
 class Manifest:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -30,9 +59,20 @@ class Manifest:
     report: dict  # summary of the compile report: matmul counts, float ops
     input_bounds: dict = None  # input name -> [lo, hi] valid values (ids that index an embedding table)
     entry: str = ENTRY_FUNC
+    entries: tuple[EntrySpec, ...] = ()  # several entry points (inputs/outputs/entry then describe the first)
+    seq2seq: dict = None  # the Seq2SeqSpec JSON, with the vocabulary file's bytes as base64 under "vocab_base64"
+
+    def entry_spec(self, name: str) -> EntrySpec:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(f"the library has no entry point '{name}' (it has {[e.name for e in self.entries]})")
 
     def to_json(self) -> dict:
-        return {
+        extra = {}
+        if self.entries:
+            extra = {"entries": [e.to_json() for e in self.entries], "seq2seq": self.seq2seq}
+        return {**extra, 
             "format": FORMAT, "version": VERSION, "entry": self.entry,
             "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
             "target": self.target, "tool_versions": self.tool_versions,
@@ -53,7 +93,9 @@ class Manifest:
             outputs=tuple(TensorSpec.from_json(x) for x in d["outputs"]),
             target=d["target"], tool_versions=d["tool_versions"], model_sha256=d["model_sha256"],
             calibration_table_sha256=d["calibration_table_sha256"], calibration=d["calibration"],
-            input_ranges=d.get("input_ranges", {}), report=d.get("report", {}), input_bounds=d.get("input_bounds", {}), entry=d.get("entry", ENTRY_FUNC),
+            input_ranges=d.get("input_ranges", {}), report=d.get("report", {}), input_bounds=d.get("input_bounds", {}),
+            entry=d.get("entry", ENTRY_FUNC),
+            entries=tuple(EntrySpec.from_json(e) for e in d.get("entries", ())), seq2seq=d.get("seq2seq"),
         )
 
 

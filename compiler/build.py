@@ -21,6 +21,15 @@ def tool_versions() -> dict:
 
 def make_manifest(st) -> Manifest:
     rep = st.report
+    if st.entries:  # several entry points (seq2seq): inputs/outputs/entry describe the first
+        first = st.entries[0]
+        return Manifest(
+            inputs=first.inputs, outputs=first.outputs, target=st.target_spec.to_json(),
+            tool_versions=tool_versions(), model_sha256=st.model_sha256, calibration_table_sha256=st.table_sha256,
+            calibration=rep["calibration"], input_ranges={},
+            report={k: rep.get(k) for k in ("matmuls", "requantize_ops", "float_ops", "float_op_counts", "ops")},
+            input_bounds={n: [lo, hi] for n, lo, hi in first.input_bounds}, entry=first.name,
+            entries=st.entries, seq2seq=st.seq2seq)
     return Manifest(
         inputs=st.inputs, outputs=st.outputs, target=st.target_spec.to_json(),
         tool_versions=tool_versions(), model_sha256=st.model_sha256,

@@ -27,7 +27,7 @@ def _compile(a) -> int:
     from compiler import api
 
     api.compile_model(a.model, a.output, _compile_options(a), report_path=a.report,
-                      save_calibration_table=a.save_calibration_table)
+                      save_calibration_table=a.save_calibration_table, calibration_text=a.calibration_text)
     return 0
 
 
@@ -220,7 +220,8 @@ def _add_model_options(c) -> None:
     g = c.add_mutually_exclusive_group()
     g.add_argument("--calibration-data", metavar="CALIB.npz", help="calibration inputs (.npz, leading sample axis)")
     g.add_argument("--calibration-table", metavar="TABLE.json", help="reuse a saved calibration table")
-    c.add_argument("--calibration-method", default="minmax", help="minmax (default) or percentile")
+    c.add_argument("--calibration-method", default="minmax",
+                   help="minmax (default), percentile or entropy (KL divergence, TensorRT-style)")
     c.add_argument("--calibration-samples", type=int, default=0, metavar="N", help="use the first N samples only")
     c.add_argument("--smoothing-alpha", type=float, default=None, metavar="A",
                    help="outlier smoothing strength in [0, 1] for every MatMul input; 0 disables it "
@@ -239,8 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
-    c.add_argument("model", metavar="MODEL.onnx")
+    c.add_argument("model", metavar="MODEL", help="an ONNX file, a seq2seq bundle folder (seq2seq.json) or a "
+                   "Bergamot/Marian model folder (.bin, .spm, .yml)")
     c.add_argument("-o", "--output", required=True, metavar="OUT.so")
+    c.add_argument("--calibration-text", metavar="FILE",
+                   help="encoder-decoders: source sentences, one a line (the decoder calibrates on real decoding)")
     _add_model_options(c)
     c.add_argument("--save-calibration-table", metavar="TABLE.json", help="write the calibration table")
     c.add_argument("--report", metavar="REPORT.json", help="write the compile report (ops, dtypes, matmul counts)")

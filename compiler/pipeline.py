@@ -35,48 +35,103 @@ class CompileState:
     target_spec: Any = None  # targets.TargetSpec, resolved before the first stage
     executable: Any = None
     manifest: Any = None
+    # encoder-decoder bundles (compiler/seq2seq): per graph, then for the linked module
+    samples: tuple = ()  # calibration feeds given by the caller (e.g. recorded while decoding text)
+    samples_source: str = ""
+    io_qparams: tuple = ()  # (name, scale, zero point): graph inputs/outputs that cross as int8
+    entries: tuple = ()  # artifact.EntrySpec of each entry point of a linked module
+    seq2seq: Any = None  # the bundle's spec JSON (+ vocabulary) for the manifest
 
 
-def _stages() -> list[tuple[str, Callable[[CompileState], CompileState]]]:
+Stages = list[tuple[str, Callable[[CompileState], CompileState]]]
+
+
+def _stage_groups() -> tuple[Stages, Stages, Stages]:
+    """(per graph up to calibration, per graph after it, per module)."""
     from compiler import stages as s
 
-    return [
+    front = [
         ("load", s.load),                  # read + check the ONNX file
         ("pin_shapes", s.pin_shapes),      # static input shapes from the model or --input-shape
         ("check_ops", s.check_ops_before_folding),  # custom/unknown ops: one error listing all
         ("simplify", s.simplify),          # fold shape arithmetic, Gemm -> MatMul
         ("check_import", s.check_ops),     # every remaining op has a Relax converter
         ("calibrate", s.calibrate),        # ranges from --calibration-data, a saved table, or synthetic inputs
+    ]
+    back = [
         ("smooth", s.smooth),              # per-channel activation ranges moved into the weights
         ("annotate", s.annotate),          # int8 Q/DQ around every MatMul from the ranges
+        ("quantize_io", s.quantize_io),    # inputs/outputs crossing to another graph or step as int8 (seq2seq)
         ("import", s.import_relax),        # ONNX -> Relax
         ("integerize", s.integerize),      # Relax passes: integer matmuls + fixed-point requantize
         ("verify", s.verify),              # op/dtype report; every MatMul int8
+    ]
+    module = [
         ("schedule", s.schedule),          # int8 matmuls -> scheduled kernels (VNNI where the target has it)
         ("build", s.build),                # kernels + VM plan + int8 constants for the target
     ]
+    return front, back, module
+
+
+def _stages() -> Stages:
+    front, back, module = _stage_groups()
+    return front + back + module
 
 
 def stage_names() -> list[str]:
     return [name for name, _ in _stages()]
 
 
-def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] = None) -> CompileState:
-    """Run the stages in order; ``until``: stop after that stage (e.g. "schedule": what `tune` tunes)."""
+def _resolve(options: CompileOptions):
     from targets import resolve_target
     from targets.toolchain import require_toolchain
 
     spec = resolve_target(options.target)
     require_toolchain(spec)  # before the stages: a missing cross compiler fails now, not after the build
-    state = CompileState(model_path=model_path, options=options, target_spec=spec)
-    stages = _stages()
+    return spec
+
+
+def _run(state: CompileState, stages: Stages, first: int = 0, total: int = 0, label: str = "",
+         until: Optional[str] = None) -> CompileState:
     for i, (name, stage) in enumerate(stages):
-        status(f"[{i + 1}/{len(stages)}] {name}")
+        status(f"[{first + i + 1}/{total or len(stages)}] {label}{name}")
         state = stage(state)
-        _dump(state, i, name)
+        _dump(state, first + i, f"{label.strip(': ')}{'_' if label else ''}{name}")
         if name == until:
             break
     return state
+
+
+def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] = None) -> CompileState:
+    """Run the stages in order; ``until``: stop after that stage (e.g. "schedule": what `tune` tunes)."""
+    state = CompileState(model_path=model_path, options=options, target_spec=_resolve(options))
+    return _run(state, _stages(), until=until)
+
+
+def run_seq2seq_pipeline(bundle: str, options: CompileOptions, calibration_text: str) -> CompileState:
+    """An encoder-decoder bundle -> one module with `encoder` and `decoder` entry points: the per-graph stages
+    for each graph, calibrated on text (the decoder on the states of real fp32 decoding), one int8 scale agreed
+    for every tensor crossing graphs or steps, then the two integer functions linked and built together."""
+    from compiler import stages as s
+    from compiler.seq2seq.calibration import record_feeds
+    from compiler.seq2seq.spec import load_spec
+
+    spec = load_spec(bundle)
+    target = _resolve(options)
+    feeds = record_feeds(bundle, spec, calibration_text)
+    front, back, module = _stage_groups()
+    total = 2 * (len(front) + len(back)) + len(module)
+    graphs = {"encoder": (spec.encoder, feeds.encoder), "decoder": (spec.decoder, feeds.decoder)}
+    states = {}
+    for k, (name, (path, samples)) in enumerate(graphs.items()):
+        st = CompileState(model_path=os.path.join(bundle, path), options=options, target_spec=target,
+                          samples=samples, samples_source=f"{feeds.sentences} sentences of text")
+        states[name] = _run(st, front, k * len(front), total, f"{name}: ")
+    states = s.agree_crossings(states, spec)  # one int8 scale per tensor crossing graphs or steps
+    for k, name in enumerate(graphs):
+        states[name] = _run(states[name], back, 2 * len(front) + k * len(back), total, f"{name}: ")
+    linked = s.link(states, spec, bundle)  # both integer functions in one module
+    return _run(linked, module, total - len(module), total)
 
 
 def _dump(state: CompileState, index: int, name: str) -> None:

@@ -17,7 +17,7 @@ from compiler.errors import IntformerError
 class CompiledModel:
     """A loaded library: `model(feed) -> list of output arrays`."""
 
-    def __init__(self, path: str, device=None, module=None):
+    def __init__(self, path: str, device=None, module=None, entry: str = ""):
         import tvm.runtime as rt
 
         if module is None:
@@ -36,7 +36,16 @@ class CompiledModel:
             self.manifest = Manifest.from_json(json.loads(text))
         except Exception:
             raise IntformerError(f"{path}: not an intformer library (no embedded manifest)") from None
-        self._fn = self._vm[self.manifest.entry]
+        self.entry = entry or self.manifest.entry
+        if entry:  # one entry point of a library with several (a seq2seq library's encoder or decoder)
+            try:
+                spec = self.manifest.entry_spec(entry)
+            except KeyError as e:
+                raise IntformerError(f"{path}: {e.args[0]}") from None
+            self._io = (spec.inputs, spec.outputs, {n: [lo, hi] for n, lo, hi in spec.input_bounds})
+        else:
+            self._io = (self.manifest.inputs, self.manifest.outputs, self.manifest.input_bounds or {})
+        self._fn = self._vm[self.entry]
 
     def check(self, feed: dict[str, np.ndarray]) -> None:
         """Names, shapes and index ranges of one sample: ids outside an embedding table would read out of
@@ -48,18 +57,18 @@ class CompiledModel:
             if tuple(np.shape(a)) != s.shape:
                 raise IntformerError(f"input '{s.name}' has shape {tuple(np.shape(a))}, the library was compiled "
                                      f"for {s.shape}")
-            bounds = (self.manifest.input_bounds or {}).get(s.name)
+            bounds = self._io[2].get(s.name)
             if bounds and np.size(a) and (np.min(a) < bounds[0] or np.max(a) > bounds[1]):
                 raise IntformerError(f"input '{s.name}' has values out of range [{bounds[0]}, {bounds[1]}] "
                                      f"(min {np.min(a)}, max {np.max(a)}): the model's table has {bounds[1] + 1} rows")
 
     @property
     def inputs(self):
-        return self.manifest.inputs
+        return self._io[0]
 
     @property
     def outputs(self):
-        return self.manifest.outputs
+        return self._io[1]
 
     def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         import tvm.runtime as rt

@@ -67,6 +67,8 @@ def calibrate(st: CompileState) -> CompileState:
         if table.model_sha256 != st.model_sha256:
             status(f"warning: {opts.calibration_table} was made from a different model file "
                    f"(sha256 {table.model_sha256[:12]} != {st.model_sha256[:12]})")
+    elif st.samples:  # feeds given by the caller (seq2seq: text, and decoder states of real decoding)
+        table = _calibrate_smoothed(st, list(st.samples), st.samples_source or "data")
     else:
         if opts.calibration_data:
             samples = load_samples(opts.calibration_data, list(st.inputs))
@@ -126,6 +128,42 @@ def annotate(st: CompileState) -> CompileState:
     model.CopyFrom(st.onnx_model)
     model, _ = insert_qdq(model, st.table, method)
     return replace(st, onnx_model=model)
+
+
+def quantize_io(st: CompileState) -> CompileState:
+    """Inputs/outputs that cross to another graph or decoding step become int8 (none for a single model)."""
+    if not st.io_qparams:
+        return st
+    from compiler.seq2seq.boundaries import quantize_io as _quantize_io
+
+    names = {i.name for i in st.onnx_model.graph.input} | {o.name for o in st.onnx_model.graph.output}
+    qp = {n: (sc, zp) for n, sc, zp in st.io_qparams if n in names}
+    model = _quantize_io(st.onnx_model, qp)
+    inputs = tuple(replace(s, dtype="int8") if s.name in qp else s for s in st.inputs)
+    return replace(st, onnx_model=model, inputs=inputs)
+
+
+def agree_crossings(states: dict, spec) -> dict:
+    """seq2seq: one symmetric int8 scale for every encoder output the decoder reads and every decoder state,
+    from the producing graph's calibration ranges (compiler/seq2seq/boundaries.py)."""
+    from compiler.calibrate.methods import METHODS
+    from compiler.seq2seq.boundaries import crossing_qparams
+
+    enc, dec = states["encoder"], states["decoder"]
+    method = METHODS.get(enc.options.calibration_method)
+    if method is None:
+        raise IntformerError(f"unknown calibration method '{enc.options.calibration_method}'; "
+                             f"known: {', '.join(METHODS)}")
+    qp = crossing_qparams(spec, enc.table, dec.table, method)
+    io = tuple((n, sc, zp) for n, (sc, zp) in sorted(qp.items()))
+    return {name: replace(st, io_qparams=io) for name, st in states.items()}
+
+
+def link(states: dict, spec, bundle: str) -> CompileState:
+    """seq2seq: the integer `main` of each graph becomes the entry point of its name in one module."""
+    from compiler.seq2seq.link import link_states
+
+    return link_states(states, spec, bundle)
 
 
 def import_relax(st: CompileState) -> CompileState:

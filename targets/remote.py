@@ -106,7 +106,7 @@ def connect(spec: RemoteSpec):
 class RemoteModel(CompiledModel):
     """A library uploaded to a device and run there; the same interface as CompiledModel."""
 
-    def __init__(self, path: str, spec: RemoteSpec):
+    def __init__(self, path: str, spec: RemoteSpec, entry: str = ""):
         if not os.path.exists(path):
             raise IntformerError(f"{path}: no such file")
         self.spec = spec
@@ -114,7 +114,7 @@ class RemoteModel(CompiledModel):
         name = os.path.basename(path)
         module = self._remote(lambda: (self.session.upload(path), self.session.load_module(name))[1],
                               f"uploading and loading {name}")
-        self._remote(lambda: CompiledModel.__init__(self, path, device=self.session.cpu(), module=module),
+        self._remote(lambda: CompiledModel.__init__(self, path, device=self.session.cpu(), module=module, entry=entry),
                      "starting the VM")
 
     def _remote(self, fn: Callable[[], T], what: str) -> T:
@@ -131,13 +131,13 @@ class RemoteModel(CompiledModel):
         self.check(feed)
         args = [rt.tensor(np.ascontiguousarray(feed[s.name], dtype=s.dtype), self.device) for s in self.inputs]
         # the stateful calls move tensors one by one: RPC cannot return a tuple of remote tensors
-        self._vm.set_input(self.manifest.entry, *args)
+        self._vm.set_input(self.entry, *args)
 
     def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         def run():
             self._set_inputs(feed)
-            self._vm.invoke_stateful(self.manifest.entry)
-            entry, get = self.manifest.entry, self._vm["get_output"]
+            self._vm.invoke_stateful(self.entry)
+            entry, get = self.entry, self._vm["get_output"]
             arity = self._vm["get_output_arity"](entry)
             if arity == -1:  # a single tensor
                 return [get(entry).numpy()]
@@ -150,7 +150,7 @@ class RemoteModel(CompiledModel):
         def timed():
             self._set_inputs(feed)
             f = self._vm.time_evaluator("invoke_stateful", self.device, number=1, repeat=repeats)
-            return list(f(self.manifest.entry).results)
+            return list(f(self.entry).results)
 
         return self._remote(timed, "timing the model")
 

@@ -91,6 +91,7 @@ def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_
     in_lo = {s.name: np.inf for s in input_specs}
     in_hi = {s.name: -np.inf for s in input_specs}
     q = (100.0 - percentile, percentile)
+    hists = {n: _AbsHistogram() for n in names}
     for feed, values in _run_observed(model, samples, names, "calibrating"):
         for s in input_specs:
             in_lo[s.name] = min(in_lo[s.name], float(np.min(feed[s.name])))
@@ -102,11 +103,12 @@ def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_
                 continue
             lo[n] = min(lo[n], float(v.min()))
             hi[n] = max(hi[n], float(v.max()))
+            hists[n].add(v)
             a, b = np.percentile(v, q)
             plo[n].append(float(a))
             phi[n].append(float(b))
     tensors = tuple(
-        (n, TensorRange(lo[n], hi[n], float(np.mean(plo[n])), float(np.mean(phi[n]))))
+        (n, TensorRange(lo[n], hi[n], float(np.mean(plo[n])), float(np.mean(phi[n])), *hists[n].result()))
         for n in names if np.isfinite(lo[n]) and np.isfinite(hi[n])
     )
     return CalibrationTable(
@@ -115,6 +117,33 @@ def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_
         num_samples=len(samples), percentile=percentile, source=source, tensors=tensors,
         input_ranges=tuple((s.name, (in_lo[s.name], in_hi[s.name])) for s in input_specs),
     )
+
+
+HIST_BINS = 2048
+
+
+class _AbsHistogram:
+    """Counts of |x| in HIST_BINS equal bins over [0, max seen]; a larger max re-bins the counts so far (each old
+    bin's count moves to the new bin holding its centre)."""
+
+    def __init__(self):
+        self.counts = np.zeros(HIST_BINS, np.int64)
+        self.top = 0.0
+
+    def add(self, v: np.ndarray) -> None:
+        a = np.abs(v.astype(np.float64))
+        top = float(a.max()) if a.size else 0.0
+        if top > self.top:
+            if self.top > 0:
+                centres = (np.arange(HIST_BINS) + 0.5) * self.top / HIST_BINS
+                idx = np.minimum((centres / top * HIST_BINS).astype(np.int64), HIST_BINS - 1)
+                self.counts = np.bincount(idx, weights=self.counts, minlength=HIST_BINS).astype(np.int64)
+            self.top = top
+        if self.top > 0:
+            self.counts += np.histogram(a, bins=HIST_BINS, range=(0.0, self.top))[0]
+
+    def result(self) -> tuple[tuple[int, ...], float]:
+        return tuple(int(c) for c in self.counts), self.top
 
 
 def synthetic_samples(model: onnx.ModelProto, specs: list[TensorSpec], n: int = SYNTHETIC_SAMPLES,

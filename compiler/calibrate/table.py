@@ -19,13 +19,19 @@ class TensorRange:
     max: float
     pct_lo: float  # mean over samples of the low percentile
     pct_hi: float  # mean over samples of the high percentile
+    hist: tuple[int, ...] = ()  # counts of |x| in equal bins over [0, hist_max] (entropy calibration)
+    hist_max: float = 0.0
 
     def to_json(self) -> dict:
-        return {"min": self.min, "max": self.max, "pct_lo": self.pct_lo, "pct_hi": self.pct_hi}
+        d = {"min": self.min, "max": self.max, "pct_lo": self.pct_lo, "pct_hi": self.pct_hi}
+        if self.hist:
+            d.update(hist=list(self.hist), hist_max=self.hist_max)
+        return d
 
     @staticmethod
     def from_json(d: dict) -> "TensorRange":
-        return TensorRange(float(d["min"]), float(d["max"]), float(d["pct_lo"]), float(d["pct_hi"]))
+        return TensorRange(float(d["min"]), float(d["max"]), float(d["pct_lo"]), float(d["pct_hi"]),
+                           tuple(int(c) for c in d.get("hist", ())), float(d.get("hist_max", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,16 @@ def softmax_constants(scale: float) -> dict:
             "idx": divider(q_ln2, (q_ln2 << SOFTMAX_TABLE_BITS) - 1)}
 
 
+def iexp_q15(d: np.ndarray, c: dict) -> np.ndarray:
+    """exp(-d * scale) in Q15 for integer d >= 0 (int64), c from softmax_constants(scale)."""
+    pre = c["pre_shift"]
+    d = np.minimum(d >> pre if pre >= 0 else np.minimum(d, c["d_max"]) << -pre, c["d_max"])
+    z = (d * c["z"][0]) >> c["z"][1]
+    r = d - z * c["q_ln2"]
+    idx = ((r << SOFTMAX_TABLE_BITS) * c["idx"][0]) >> c["idx"][1]
+    return c["table"][idx] >> z
+
+
 def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) -> np.ndarray:
     """Integer softmax of x (any integer dtype, real = scale * (x - zp); zp cancels) -> int8 with scale 1/255,
     zero point -128.
@@ -63,15 +73,8 @@ def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) ->
     probability is a multiply and a rounding shift. `fine`: int32 codes round(p * 65535) instead.
     """
     c = softmax_constants(scale)
-    q_ln2, table = c["q_ln2"], c["table"]
     x = x.astype(np.int64)
-    d = np.max(x, axis=axis, keepdims=True) - x
-    pre = c["pre_shift"]
-    d = np.minimum(d >> pre if pre >= 0 else np.minimum(d, c["d_max"]) << -pre, c["d_max"])
-    z = (d * c["z"][0]) >> c["z"][1]
-    r = d - z * q_ln2
-    idx = ((r << SOFTMAX_TABLE_BITS) * c["idx"][0]) >> c["idx"][1]
-    e = table[idx] >> z
+    e = iexp_q15(np.max(x, axis=axis, keepdims=True) - x, c)
     s = np.sum(e, axis=axis, keepdims=True)
     k = SOFTMAX_RECIP_BITS
     recip = ((np.int64(1) << k) + (s >> 1)) // s
@@ -154,3 +157,62 @@ def rescale(x: np.ndarray, zp: int, m0: int, shift: int) -> np.ndarray:
 def lookup(x: np.ndarray, table: np.ndarray, offset: int) -> np.ndarray:
     """table[x + offset]: an elementwise function of an 8- or 16-bit integer tensor."""
     return table[x.astype(np.int64) + offset]
+
+
+# ---- log-softmax -----------------------------------------------------------------------------------------
+LOG2_TABLE_BITS = 10  # log2 of the mantissa from a 1024-entry table
+LOG2_FRAC_BITS = 16  # log2 values in Q16
+LOG_SUM_BITS = 48  # row sums of Q15 exps, shifted to Q31, stay below 2**48 (rows up to 2**17 entries)
+
+
+def log2_table() -> np.ndarray:
+    n = 1 << LOG2_TABLE_BITS
+    return np.round(np.log2(1.0 + (np.arange(n) + 0.5) / n) * (1 << LOG2_FRAC_BITS)).astype(np.int64)
+
+
+def log_softmax_constants(scale: float) -> dict:
+    """Softmax exp constants, the log2 table, and ln 2 / (scale * 2**16) as a fixed-point multiplier (Q16 log2
+    -> input units)."""
+    from compiler.intmath.fixed_point import quantize_multiplier
+
+    m0, sh = quantize_multiplier(math.log(2.0) / (scale * (1 << LOG2_FRAC_BITS)))
+    return {"exp": softmax_constants(scale), "log2": log2_table(), "m0": m0, "sh": sh}
+
+
+def ilog_softmax(x: np.ndarray, scale: float) -> np.ndarray:
+    """Integer log-softmax over the last axis -> int64 in the input's units (real = scale * out, zero point 0).
+
+    out = (x - max) - round(ln(sum exp) / scale): the exps are the softmax's Q15 values (sum >= 2**15 * 0.998),
+    the log2 of the sum is its bit length plus a table of the next LOG2_TABLE_BITS mantissa bits (Q16), and
+    ln 2 / scale is a fixed-point multiply. Error of the log-sum-exp: <= 0.0021 (table of exp) + 0.0011 (log2
+    table) nats, plus half an input step."""
+    c = log_softmax_constants(scale)
+    x = x.astype(np.int64)
+    d = np.max(x, axis=-1, keepdims=True) - x
+    s = np.sum(iexp_q15(d, c["exp"]), axis=-1, keepdims=True) << LOG2_FRAC_BITS  # Q31
+    bits = np.zeros_like(s)
+    for i in range(LOG_SUM_BITS):
+        bits = bits + (s >= (np.int64(1) << i)).astype(np.int64)
+    idx = (s >> (bits - 1 - LOG2_TABLE_BITS)) - (1 << LOG2_TABLE_BITS)
+    log2q = ((bits - 32) << LOG2_FRAC_BITS) + c["log2"][idx]  # log2(sum / 2**15) in Q16
+    lse = rescale(log2q, 0, c["m0"], c["sh"])
+    return -d - lse
+
+
+# ---- elementwise product and ReLU ------------------------------------------------------------------------
+PRODUCT_MAX_BITS = 30  # products are shifted right until |(a - za)(b - zb)| < 2**30
+
+
+def product_shift(bound_a: int, bound_b: int) -> int:
+    return max(0, int(bound_a * bound_b).bit_length() - PRODUCT_MAX_BITS)
+
+
+def imul(a: np.ndarray, za: int, b: np.ndarray, zb: int, shift: int) -> np.ndarray:
+    """(a - za)(b - zb) >> shift, rounded half up, int64: real = scale_a * scale_b * 2**shift * out."""
+    v = (a.astype(np.int64) - za) * (b.astype(np.int64) - zb)
+    return (v + (np.int64(1) << (shift - 1))) >> shift if shift else v
+
+
+def irelu(x: np.ndarray, zp: int) -> np.ndarray:
+    """ReLU on the integer codes: max(x, zp) (the zero point is real 0)."""
+    return np.maximum(x, np.asarray(zp).astype(x.dtype))

@@ -79,6 +79,24 @@ def emit_softmax(bb, x, scale: float, fine: bool = False):
     i64 = lambda v: const(v, "int64")  # noqa: E731
     x = _i64(bb, x)
     d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
+    e = emit_exp_q15(bb, d, c)
+    s = bb.emit(R.sum(e, axis=[-1], keepdims=True))
+    k = io.SOFTMAX_RECIP_BITS
+    recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, i64(1))), i64(1 << k))), s))
+    levels = io.SOFTMAX_FINE_LEVELS if fine else 255
+    q = bb.emit(R.multiply(bb.emit(R.multiply(e, i64(levels))), recip))
+    q = bb.emit(R.right_shift(bb.emit(R.add(q, i64(1 << (k - 1)))), i64(k)))
+    if fine:
+        return bb.emit(R.astype(q, "int32"))
+    q = bb.emit(R.add(q, i64(io.SOFTMAX_OUT_ZP)))
+    return bb.emit(R.astype(bb.emit(R.clip(q, -128, 127)), "int8"))
+
+
+def emit_exp_q15(bb, d, c: dict):
+    """exp(-d * scale) in Q15 for int64 d >= 0 (intmath.iexp_q15; c from softmax_constants)."""
+    from compiler.intmath import integer_ops as io
+
+    i64 = lambda v: const(v, "int64")  # noqa: E731
     pre = c["pre_shift"]
     if pre > 0:
         d = bb.emit(R.right_shift(d, i64(pre)))
@@ -90,17 +108,42 @@ def emit_softmax(bb, x, scale: float, fine: bool = False):
     r = bb.emit(R.left_shift(r, i64(io.SOFTMAX_TABLE_BITS)))
     idx = bb.emit(R.right_shift(bb.emit(R.multiply(r, i64(c["idx"][0]))), i64(c["idx"][1])))
     e = bb.emit(R.take(const(c["table"], "int64"), idx, axis=0))
-    e = bb.emit(R.right_shift(e, z))
-    s = bb.emit(R.sum(e, axis=[-1], keepdims=True))
-    k = io.SOFTMAX_RECIP_BITS
-    recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, i64(1))), i64(1 << k))), s))
-    levels = io.SOFTMAX_FINE_LEVELS if fine else 255
-    q = bb.emit(R.multiply(bb.emit(R.multiply(e, i64(levels))), recip))
-    q = bb.emit(R.right_shift(bb.emit(R.add(q, i64(1 << (k - 1)))), i64(k)))
-    if fine:
-        return bb.emit(R.astype(q, "int32"))
-    q = bb.emit(R.add(q, i64(io.SOFTMAX_OUT_ZP)))
-    return bb.emit(R.astype(bb.emit(R.clip(q, -128, 127)), "int8"))
+    return bb.emit(R.right_shift(e, z))
+
+
+def emit_log_softmax(bb, x, scale: float):
+    """Integer log-softmax over the last axis -> int64 in the input's units (intmath.ilog_softmax)."""
+    from compiler.intmath import integer_ops as io
+
+    c = io.log_softmax_constants(scale)
+    i64 = lambda v: const(v, "int64")  # noqa: E731
+    x = _i64(bb, x)
+    d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
+    e = emit_exp_q15(bb, d, c["exp"])
+    s = bb.emit(R.left_shift(bb.emit(R.sum(e, axis=[-1], keepdims=True)), i64(io.LOG2_FRAC_BITS)))
+    bits = bb.emit(R.full_like(s, i64(0)))
+    for i in range(io.LOG_SUM_BITS):
+        bits = bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater_equal(s, i64(1 << i))), "int64"))))
+    idx = bb.emit(R.right_shift(s, bb.emit(R.subtract(bits, i64(1 + io.LOG2_TABLE_BITS)))))
+    idx = bb.emit(R.subtract(idx, i64(1 << io.LOG2_TABLE_BITS)))
+    log2q = bb.emit(R.left_shift(bb.emit(R.subtract(bits, i64(32))), i64(io.LOG2_FRAC_BITS)))
+    log2q = bb.emit(R.add(log2q, bb.emit(R.take(const(c["log2"], "int64"), idx, axis=0))))
+    lse = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(log2q, i64(c["m0"]))), i64(1 << (c["sh"] - 1)))),
+                                i64(c["sh"])))
+    return bb.emit(R.subtract(bb.emit(R.negative(d)), lse))
+
+
+def emit_mul(bb, a, za: int, b, zb: int, shift: int):
+    """int64 (a - za)(b - zb) >> shift, rounded half up (intmath.imul)."""
+    a, b = _i64(bb, a), _i64(bb, b)
+    if za:
+        a = bb.emit(R.subtract(a, const(za, "int64")))
+    if zb:
+        b = bb.emit(R.subtract(b, const(zb, "int64")))
+    v = bb.emit(R.multiply(a, b))
+    if shift:
+        v = bb.emit(R.right_shift(bb.emit(R.add(v, const(1 << (shift - 1), "int64"))), const(shift, "int64")))
+    return v
 
 
 def emit_layernorm(bb, x, c: dict, out_dtype: str):

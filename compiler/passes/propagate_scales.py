@@ -112,6 +112,9 @@ class _Propagate(PyExprMutator):
         out = rule(self, call)
         if out is None:
             return call
+        if isinstance(out, relax.ShapeExpr):
+            self.rewritten += 1
+            return out
         want = tensor_info(call)[1]
         got = tensor_info(out.expr if isinstance(out, IntRepr) else out)[1]
         if want is None or got != want:
@@ -318,7 +321,45 @@ def _scale_by_const(m: _Propagate, call, invert: bool):
 
 
 def _multiply(m, call):
-    return _scale_by_const(m, call, invert=False)
+    """x * c scales; x * y of two activations (e.g. an SSRU gate times its state) is an integer product."""
+    by_const = _scale_by_const(m, call, invert=False)
+    if by_const is not None:
+        return by_const
+    pair = _operand_reps(m, call)
+    if pair is None:
+        return None
+    a, b = pair
+    k = io.product_shift(a.bound, b.bound)
+    y = intops.emit_mul(m.builder_, a.expr, a.zp, b.expr, b.zp, k)
+    return IntRepr(y, a.scale * b.scale * 2.0 ** k, 0, "int64", ((a.bound * b.bound) >> k) + 1)
+
+
+def _in_island(m: _Propagate, call) -> bool:
+    """Whether `call` is still part of an elementwise function of one 8/16-bit tensor: it stays float so that
+    the consumer tabulates the whole island (one exact table instead of a chain of rounded steps)."""
+    if not isinstance(call.op, tvm.ir.Op) or call.op.name not in _ELEMENTWISE:
+        return False
+    sources = []
+    for a in call.args:
+        if _scalar(a) is not None:
+            continue
+        t = _tabulate(m, a, 1.0, 0, values_only=True)
+        if t is None:
+            return False
+        sources.append(t[0].expr)
+    return bool(sources) and all(s.same_as(sources[0]) for s in sources)
+
+
+def _operand_reps(m: _Propagate, call):
+    """Both operands as integer tensors, an island operand becoming an int16 table on its own range; None when
+    the call itself is part of an island, or an operand has no integer form."""
+    a, b = m.rep_of(call.args[0]), m.rep_of(call.args[1])
+    if a is None or b is None:
+        if _in_island(m, call):
+            return None
+        a = a or _island_rep(m, call.args[0])
+        b = b or _island_rep(m, call.args[1])
+    return None if a is None or b is None else (a, b)
 
 
 def _divide(m, call):
@@ -343,21 +384,30 @@ def _where_of_constants(m: _Propagate, e):
     return None
 
 
+def _common(m: _Propagate, a: IntRepr, b: IntRepr):
+    """Both at the finer scale in int64: (xa, xb, scale, bound of each)."""
+    scale = min(a.scale, b.scale)
+    (xa, ba), (xb, bb_) = _to_common(m, a, scale), _to_common(m, b, scale)
+    return xa, xb, scale, max(ba, bb_)
+
+
 def _add(m: _Propagate, call, sign: int = 1):
     a, b = m.rep_of(call.args[0]), m.rep_of(call.args[1])
     if a is not None and b is not None:
-        scale = min(a.scale, b.scale)
-        xa, ba = _to_common(m, a, scale)
-        xb, bb_ = _to_common(m, b, scale)
+        xa, xb, scale, bound = _common(m, a, b)
         y = m.emit(R.add(xa, xb) if sign > 0 else R.subtract(xa, xb))
-        return IntRepr(y, scale, 0, "int64", ba + bb_)
+        return IntRepr(y, scale, 0, "int64", 2 * bound)
     r, other = (a, call.args[1]) if a is not None else (b, call.args[0])
-    if r is None or (sign < 0 and a is None):
-        return None
-    w = _where_of_constants(m, other)
+    w = None if r is None else _where_of_constants(m, other)
     if w is None:
+        pair = _operand_reps(m, call)
+        if pair is not None:  # an elementwise island on one side (e.g. an SSRU's (1 - f) * x)
+            xa, xb, scale, bound = _common(m, *pair)
+            return IntRepr(m.emit(R.add(xa, xb) if sign > 0 else R.subtract(xa, xb)), scale, 0, "int64", 2 * bound)
         return None
     cond, c1, c2 = w
+    if sign < 0 and a is None:  # c - x = -(x - c)
+        return _negate(m, _add(m, relax.Call(call.op, [call.args[1], call.args[0]], call.attrs), sign=-1))
     x = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
 
     def q(c):
@@ -379,7 +429,36 @@ def _subtract(m, call):
     return _add(m, call, sign=-1)
 
 
+def _negate(m: _Propagate, r: Optional[IntRepr]) -> Optional[IntRepr]:
+    if r is None:
+        return None
+    x = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
+    return IntRepr(m.emit(R.subtract(const(0, "int64"), x)), r.scale, 0, "int64", r.bound)
+
+
+def _relu(m: _Propagate, call):
+    """ReLU on the codes of a wide tensor (an 8/16-bit one is an island, tabulated by its consumer):
+    max(x, zero point), same scale (intmath.irelu)."""
+    r = m.rep_of(call.args[0])
+    if r is None or _in_island(m, call):
+        return None
+    y = m.emit(R.maximum(r.expr, const(r.zp, r.dtype)))
+    return IntRepr(y, r.scale, r.zp, r.dtype, r.bound)
+
+
+def _log_softmax(m: _Propagate, call):
+    """Integer log-softmax (intmath.ilog_softmax): int64 in the input's scale."""
+    r = m.rep_of(call.args[0])
+    _, shape = tensor_info(call.args[0])
+    if r is None or shape is None or int(call.attrs.axis) not in (-1, len(shape) - 1):
+        return None
+    y = intops.emit_log_softmax(m.builder_, r.expr, r.scale)
+    return IntRepr(y, r.scale, 0, "int64", r.bound + 64)
+
+
 def _take(m: _Propagate, call):
+    if m.rep_of(call.args[0]) is not None:
+        return _same_scale(m, call)  # a gather from an activation moves data
     table = constant_value(call.args[0])
     idx_dtype, _ = tensor_info(call.args[1])
     if table is None or table.dtype.kind != "f" or idx_dtype is None or not idx_dtype.startswith(("int", "uint")):
@@ -403,11 +482,26 @@ def _softmax(m: _Propagate, call):
 
 
 def _where(m: _Propagate, call):
-    """where(isnan(x), c, y): integers are never NaN, so this is y."""
+    """where(isnan(x), c, y): integers are never NaN, so this is y. where(cond, x, y) of two integer tensors
+    (a cache written at one position): both at the finer scale."""
     cond = m.binding(call.args[0])
     if isinstance(cond, relax.Call) and cond.op == _op("relax.isnan") and m.rep_of(cond.args[0]) is not None:
         return m.rep_of(call.args[2])
-    return None
+    a, b = m.rep_of(call.args[1]), m.rep_of(call.args[2])
+    if a is None or b is None or tensor_info(call.args[0])[0] != "bool":
+        return None
+    if a.scale == b.scale and a.zp == b.zp and a.dtype == b.dtype:
+        return IntRepr(m.emit(R.where(call.args[0], a.expr, b.expr)), a.scale, a.zp, a.dtype, max(a.bound, b.bound))
+    xa, xb, scale, bound = _common(m, a, b)
+    return IntRepr(m.emit(R.where(call.args[0], xa, xb)), scale, 0, "int64", bound)
+
+
+def _shape_of(m: _Propagate, call):
+    """The static shape of an integer tensor's float view (so that the float view is not kept alive for it)."""
+    _, shape = tensor_info(call.args[0])
+    if m.rep_of(call.args[0]) is None or shape is None:
+        return None
+    return relax.ShapeExpr(list(shape))
 
 
 _DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax.squeeze", "relax.flatten"}
@@ -423,6 +517,9 @@ RULES: dict[str, Callable] = {
     "relax.subtract": _subtract,
     "relax.take": _take,
     "relax.nn.softmax": _softmax,
+    "relax.nn.log_softmax": _log_softmax,
+    "relax.nn.relu": _relu,
+    "relax.shape_of": _shape_of,
     "relax.where": _where,
 }
 

@@ -13,6 +13,8 @@ from tvm import relax
 from compiler.intmath import integer_ops as io
 from compiler.passes import intops
 
+R = relax.op
+
 # Stated error bounds (also in the README)
 SOFTMAX_MAX_ABS_ERROR = 0.004  # one output step (1/255) plus the table's 0.14% relative error
 LAYERNORM_MAX_ABS_ERROR_STEPS = 1.5  # in output quantization steps, for |normalized| within the int8 range
@@ -103,3 +105,46 @@ def test_lookup_and_rescale():
     assert io.lookup(x, table, 128).tolist() == [table[0], table[128], table[255]]
     assert io.rescale(np.array([10, -10]), 2, 1 << 30, 31).tolist() == [4, -6]  # (8, -12) * 0.5
     _ = math, pytest
+
+
+LOG_SOFTMAX_MAX_ABS_ERROR = 0.004  # + half an input step: exp table 0.0021, log2 table 0.0011 nats
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([1, 5, 64, 1000]), st.floats(1e-5, 0.3), st.integers(0, 2 ** 32 - 1))
+def test_log_softmax_matches_twin_and_float(rows, n, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-32768, 32768, size=(rows, n)).astype(np.int64)
+    f = _compiled(("log_softmax", rows, n, scale), lambda bb, v: intops.emit_log_softmax(bb, v, scale),
+                  (rows, n), "int64")
+    got = f(x)
+    ref = io.ilog_softmax(x, scale)
+    assert np.array_equal(got, ref)
+    xf = x.astype(np.float64) * scale
+    want = xf - xf.max(-1, keepdims=True)
+    want = want - np.log(np.exp(want).sum(-1, keepdims=True))
+    assert np.max(np.abs(ref * scale - want)) <= LOG_SOFTMAX_MAX_ABS_ERROR + scale / 2
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(["int8", "int16"]), st.integers(-100, 100), st.integers(-100, 100), st.integers(0, 2 ** 32 - 1))
+def test_product_and_relu_match_twins(dtype, za, zb, seed):
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max + 1, size=(3, 17)).astype(dtype)
+    b = rng.integers(info.min, info.max + 1, size=(3, 17)).astype(dtype)
+    bound = int(info.max) - int(info.min) + 200
+    k = io.product_shift(bound, bound)
+    bb = relax.BlockBuilder()
+    va, vb = (relax.Var(n, relax.TensorType((3, 17), dtype)) for n in "ab")
+    with bb.function("main", [va, vb]):
+        with bb.dataflow():
+            p = intops.emit_mul(bb, va, za, vb, zb, k)
+            out = bb.emit_output(bb.emit(R.maximum(p, relax.const(np.int64(0), "int64"))))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+    ref = io.irelu(io.imul(a, za, b, zb, k), 0)
+    assert np.array_equal(got, ref)
+    exact = (a.astype(np.float64) - za) * (b.astype(np.float64) - zb) / 2.0 ** k
+    assert np.max(np.abs(io.imul(a, za, b, zb, k) - exact)) <= 0.5

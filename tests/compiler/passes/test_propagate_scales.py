@@ -60,3 +60,43 @@ def test_island_becomes_a_table(name, dtype, seed):
     real = (x.astype(np.float64) - z_in) * np.float32(s_in)
     want = np.clip(np.round(FUNCS[name][1](real) / s_out) + z_out, -128, 127)
     assert np.max(np.abs(got - want)) <= TABLE_MAX_ERROR_STEPS
+
+
+SSRU_MAX_ERROR_STEPS = 2  # sigmoid table (int16) and the products' rounding, then one output rounding
+
+
+def _ssru_cell(s, z):
+    """c = f * c_prev + (1 - f) * wx with f = sigmoid(fx); out = quantize(relu(c)): the SSRU of Marian's decoder."""
+    bb = relax.BlockBuilder()
+    xs = [relax.Var(n, relax.TensorType((2, 3, 16), "int8")) for n in ("fx", "c_prev", "wx")]
+    with bb.function("main", xs):
+        with bb.dataflow():
+            fx, cp, wx = (bb.emit(R.dequantize(v, const(s[i], "float32"), const(z[i], "int8"), axis=-1,
+                                               out_dtype="float32")) for i, v in enumerate(xs))
+            f = bb.emit(R.sigmoid(fx))
+            c = bb.emit(R.add(bb.emit(R.multiply(f, cp)),
+                              bb.emit(R.multiply(bb.emit(R.subtract(const(1.0, "float32"), f)), wx))))
+            q = bb.emit_output(R.quantize(bb.emit(R.nn.relu(c)), const(s[3], "float32"), const(z[3], "int8"),
+                                          axis=-1, out_dtype="int8"))
+        bb.emit_func_output(q)
+    return dead_code_elimination()(PropagateScales()(bb.get()))
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2 ** 31))
+def test_ssru_cell_is_integer_bit_exact_and_close(seed):
+    from compiler.intmath.interpreter import Interpreter
+
+    rng = np.random.default_rng(seed)
+    s = [float(v) for v in rng.uniform(0.01, 0.05, 4)]
+    z = [int(v) for v in rng.integers(-20, 20, 4)]
+    mod = _ssru_cell(s, z)
+    assert not any(o.computes_in_float or o.op == "relax.dequantize" for o in list_ops(mod))
+    vm = relax.VirtualMachine(tvm.compile(mod, tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    xs = [rng.integers(-128, 128, size=(2, 3, 16)).astype(np.int8) for _ in range(3)]
+    got = vm["main"](*[tvm.runtime.tensor(x) for x in xs]).numpy()
+    assert np.array_equal(got, Interpreter(mod)(*xs)[0])
+    fx, cp, wx = ((x.astype(np.float64) - z[i]) * np.float32(s[i]) for i, x in enumerate(xs))
+    f = 1 / (1 + np.exp(-fx))
+    want = np.clip(np.round(np.maximum(f * cp + (1 - f) * wx, 0) / s[3]) + z[3], -128, 127)
+    assert np.max(np.abs(got.astype(np.int64) - want)) <= SSRU_MAX_ERROR_STEPS

@@ -1,0 +1,71 @@
+"""Link: the integer graphs of a bundle's encoder and decoder into one Relax module whose functions are named
+`encoder` and `decoder` (the VM entry points of the library), with the manifest entries that describe them.
+
+Expects: one CompileState per graph after `verify` (an integer `main` each, no other functions yet: kernels
+are added later by `schedule`, once for the linked module). Guarantees: a CompileState whose `relax_mod` holds
+both functions (the reference interpreter runs either by name), whose `entries` give each one's inputs,
+outputs, int8 crossing scales and index bounds, and whose report merges both graphs' reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import replace
+
+import tvm
+from tvm import relax
+
+from compiler.artifact import EntrySpec
+from compiler.calibrate.collect import index_bounds
+from compiler.errors import IntformerError
+
+ENTRIES = ("encoder", "decoder")
+
+
+def link_modules(mods: dict) -> tvm.IRModule:
+    funcs = {}
+    for name, mod in mods.items():
+        others = [gv.name_hint for gv in mod.functions if gv.name_hint != "main"]
+        if others:
+            raise IntformerError(f"{name}: cannot link a module with functions besides main: {others}")
+        funcs[relax.GlobalVar(name)] = mod["main"].with_attr("global_symbol", name)
+    return tvm.IRModule(funcs)
+
+
+def _merge_reports(reports: dict) -> dict:
+    out = {"graphs": reports}
+    mm = [r["matmuls"] for r in reports.values()]
+    out["matmuls"] = {k: sum(m.get(k, 0) for m in mm) for k in mm[0]}
+    out["float_ops"] = sorted({op for r in reports.values() for op in r.get("float_ops", [])})
+    counts: dict = {}
+    for r in reports.values():
+        for op, n in (r.get("float_op_counts") or {}).items():
+            counts[op] = counts.get(op, 0) + n
+    out["float_op_counts"] = counts
+    out["requantize_ops"] = sum(r.get("requantize_ops") or 0 for r in reports.values())
+    out["ops"] = [dict(o, entry=name) for name, r in reports.items() for o in (r.get("ops") or [])]
+    return out
+
+
+def link_states(states: dict, spec, bundle: str):
+    entries = []
+    for name in ENTRIES:
+        st = states[name]
+        quant = tuple((n, sc, zp) for n, sc, zp in st.io_qparams
+                      if n in {s.name for s in st.inputs} | {s.name for s in st.outputs})
+        bounds = tuple((n, -rows, rows - 1) for n, rows in index_bounds(st.onnx_model).items())
+        entries.append(EntrySpec(name, st.inputs, st.outputs, quant, bounds, st.model_sha256))
+    spec_json = spec.to_json()
+    if spec.vocab:
+        with open(os.path.join(bundle, spec.vocab), "rb") as f:
+            spec_json["vocab_base64"] = base64.b64encode(f.read()).decode("ascii")
+    enc, dec = states["encoder"], states["decoder"]
+    report = _merge_reports({n: states[n].report for n in ENTRIES})
+    report["calibration"] = {"method": enc.options.calibration_method, "source": dec.table.source,
+                             "encoder_samples": enc.table.num_samples, "decoder_samples": dec.table.num_samples,
+                             "percentile": dec.table.percentile}
+    mod = link_modules({n: states[n].relax_mod for n in ENTRIES})
+    return replace(enc, model_path=bundle, relax_mod=mod, lowered_mod=None, report=report, entries=tuple(entries),
+                   seq2seq=spec_json, model_sha256=enc.model_sha256 + "+" + dec.model_sha256,
+                   table_sha256=enc.table_sha256 + "+" + dec.table_sha256)
