@@ -353,10 +353,10 @@ def _in_island(m: _Propagate, call) -> bool:
 def _operand_reps(m: _Propagate, call):
     """Both operands as integer tensors, an island operand becoming an int16 table on its own range; None when
     the call itself is part of an island, or an operand has no integer form."""
+    if _in_island(m, call):  # x * x of one 8/16-bit tensor (tanh GELU's x^3): the consumer tabulates it whole
+        return None
     a, b = m.rep_of(call.args[0]), m.rep_of(call.args[1])
     if a is None or b is None:
-        if _in_island(m, call):
-            return None
         a = a or _island_rep(m, call.args[0])
         b = b or _island_rep(m, call.args[1])
     return None if a is None or b is None else (a, b)
