@@ -28,6 +28,10 @@ class CompiledBackend:
         self.batch = self.encoder.inputs[0].shape[0]
 
     @property
+    def batch_size(self) -> int:  # the decode protocol's name (decode.Backend)
+        return self.batch
+
+    @property
     def manifest(self):
         return self.encoder.manifest
 
