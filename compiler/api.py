@@ -162,13 +162,8 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     status(f"tuning {len(tasks)} kernels for {st.target_spec.name}, {tune_options.trials} trials; "
            f"records in {db.path}")
     with tuning_progress(tune_options.trials) as update:
-        counter = {"n": 0}
-
-        def on_update(name, prog):
-            counter["n"] = sum(prog.trials.values())
-            update(name, counter["n"], prog.best_us.get(name))
-
-        progress = tune(tasks, target, db, tune_options, on_update)
+        progress = tune(tasks, target, db, tune_options,
+                        lambda name, prog: update(name, sum(prog.trials.values()), prog.best_us.get(name)))
     rows = tuple(TunedTask(t.name, t.kind, t.weight, before[t.name], progress.trials.get(t.name, 0),
                            progress.errors.get(t.name, 0), progress.best_us.get(t.name)) for t in tasks)
     return TuneSummary(db.path, st.target_spec.name, rows, tuple(skipped))

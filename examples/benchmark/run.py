@@ -37,25 +37,12 @@ def export_bert_base(path: str) -> str:
     import torch
     import transformers as tf
 
+    from examples.minilm.export import export_encoder
+
     torch.manual_seed(0)
     model = tf.BertModel(tf.BertConfig(), add_pooling_layer=False).eval()
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-
-    class Encoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
-
     ids = torch.randint(0, 30522, (1, 128))
-    args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
-    with torch.no_grad():
-        torch.onnx.export(Encoder(model), args, path, input_names=names, output_names=["last_hidden_state"],
-                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, opset_version=17, dynamo=False)
-    return path
+    return export_encoder(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), path)
 
 
 def bert_calibration(seq: int, n: int = CALIB_SAMPLES) -> dict[str, np.ndarray]:

@@ -22,12 +22,10 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(model_dir())
 
 
-def export(path: str, opset: int = 17) -> str:
-    """Write the encoder (outputs last_hidden_state) with dynamic batch and sequence axes."""
+def export_encoder(model, args: tuple, path: str, opset: int = 17) -> str:
+    """Write a transformers encoder taking (input_ids, attention_mask, token_type_ids) and returning
+    last_hidden_state, with dynamic batch and sequence axes (the benchmark's BERT-base uses it too)."""
     import torch
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(model_dir()).eval()
 
     class Encoder(torch.nn.Module):
         def __init__(self, m):
@@ -38,14 +36,20 @@ def export(path: str, opset: int = 17) -> str:
             return self.m(input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids).last_hidden_state
 
-    enc = tokenizer()(["an example sentence"], padding="max_length", max_length=128, return_tensors="pt")
-    args = tuple(enc[k] for k in INPUTS)
     with torch.no_grad():
         torch.onnx.export(Encoder(model), args, path, input_names=INPUTS, output_names=["last_hidden_state"],
                           dynamic_axes={k: {0: "batch", 1: "seq"} for k in INPUTS}, opset_version=opset,
                           dynamo=False)
     return path
 
+
+def export(path: str, opset: int = 17) -> str:
+    """Write all-MiniLM-L6-v2 (outputs last_hidden_state) with dynamic batch and sequence axes."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir()).eval()
+    enc = tokenizer()(["an example sentence"], padding="max_length", max_length=128, return_tensors="pt")
+    return export_encoder(model, tuple(enc[k] for k in INPUTS), path, opset)
 
 if __name__ == "__main__":
     import sys
