@@ -34,7 +34,8 @@ class OrtBackend:
                 raise IntformerError(f"{bundle_dir}: {name} is missing (named in seq2seq.json)")
             sessions.append(ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]))
         self._enc, self._dec = sessions
-        self.batch_size = int(self._enc.get_inputs()[0].shape[0])
+        batch = self._enc.get_inputs()[0].shape[0]
+        self.batch_size = batch if isinstance(batch, int) else 0  # 0: not static (decoding refuses it)
         self._enc_outputs = [o.name for o in self._enc.get_outputs()]
         self._dec_inputs = [i.name for i in self._dec.get_inputs()]
         self._dec_outputs = [o.name for o in self._dec.get_outputs()]

@@ -1,6 +1,7 @@
 """Calibration feeds for an encoder-decoder from source text: the encoder on the tokenized sentences, the
-decoder on the inputs of every step of greedy decoding of those sentences with the fp32 bundle (onnxruntime):
-real encoder outputs and real decoder states, not random ones."""
+decoder on the inputs of every step of greedy decoding of those sentences with the fp32 bundle (onnxruntime,
+through the same decoder as `intformer translate`: compiler/seq2seq/decode.py): real encoder outputs and real
+decoder states, not random ones."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.errors import IntformerError
-from compiler.seq2seq.greedy import OnnxBackend, greedy, pad_batch
 from compiler.seq2seq.spec import Seq2SeqSpec
 
 MAX_DECODER_SAMPLES = 64  # decoder steps kept (evenly spread over all recorded steps)
@@ -49,28 +49,34 @@ def encode_rows(sp, spec: Seq2SeqSpec, lines: list[str]) -> list[list[int]]:
     return [sp.encode(ln)[: spec.max_src_len - 1] + [spec.eos_id] for ln in lines]
 
 
-def batch_size(folder: str, spec: Seq2SeqSpec) -> int:
-    import onnx
+class _RecordingEncoder:
+    """A decoding backend that keeps every encoder feed it is given (the decoder's are kept by the step hook)."""
 
-    m = onnx.load(os.path.join(folder, spec.encoder), load_external_data=False)
-    dim = m.graph.input[0].type.tensor_type.shape.dim[0]
-    if not dim.dim_value:
-        raise IntformerError(f"{folder}/{spec.encoder}: the batch dimension must be static")
-    return int(dim.dim_value)
+    def __init__(self, backend):
+        self.backend, self.spec, self.batch_size = backend, backend.spec, backend.batch_size
+        self.feeds: list[dict] = []
+
+    def encode(self, src_ids, src_mask):
+        self.feeds.append({"src_ids": src_ids, "src_mask": src_mask})
+        return self.backend.encode(src_ids, src_mask)
+
+    def step(self, inputs):
+        return self.backend.step(inputs)
 
 
 def record_feeds(folder: str, spec: Seq2SeqSpec, text_path: str, seed: int = 0) -> Seq2SeqFeeds:
+    from compiler.seq2seq.backends import OrtBackend
+    from compiler.seq2seq.decode import decode_ids
+
     lines = read_sentences(text_path)
     rows = encode_rows(tokenizer(folder, spec), spec, lines)
-    rows.sort(key=len)  # batches of similar lengths, as decoding packs them
-    b = batch_size(folder, spec)
-    backend = OnnxBackend(folder, spec)
-    enc, dec = [], []
-    for i in range(0, len(rows), b):
-        ids, mask = pad_batch(spec, rows[i:i + b], b)
-        enc.append({"src_ids": ids, "src_mask": mask})
-        greedy(backend, spec, ids, mask, on_step=lambda inputs: dec.append(dict(inputs)))
+    ort_backend = OrtBackend(folder, threads=0)
+    if not isinstance(ort_backend.batch_size, int) or ort_backend.batch_size < 1:
+        raise IntformerError(f"{folder}/{spec.encoder}: the batch dimension must be static")
+    backend = _RecordingEncoder(ort_backend)
+    dec: list[dict] = []
+    decode_ids(rows, backend, on_step=lambda t, inputs, outputs: dec.append(dict(inputs)))
     if len(dec) > MAX_DECODER_SAMPLES:
         keep = np.linspace(0, len(dec) - 1, MAX_DECODER_SAMPLES).round().astype(int)
         dec = [dec[k] for k in keep]
-    return Seq2SeqFeeds(tuple(enc), tuple(dec), len(lines))
+    return Seq2SeqFeeds(tuple(backend.feeds), tuple(dec), len(lines))

@@ -131,7 +131,8 @@ def padding_waste(lengths: Sequence[int], batches: list[list[int]]) -> float:
     return 1.0 - sum(lengths) / slots if slots else 0.0
 
 
-def _pad_batch(seqs: list[list[int]], rows: int, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(seqs: list[list[int]], rows: int, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) of shape (rows, length) for up to `rows` id sequences; filler rows hold one token."""
     ids = np.full((rows, length), pad_id, dtype=np.int64)
     mask = np.zeros((rows, length), dtype=np.int64)
     for r, s in enumerate(seqs):
@@ -178,7 +179,7 @@ def greedy_batch(backend: Backend, seqs: list[list[int]], opts: DecodeOptions = 
                  on_step: Optional[StepHook] = None) -> list[list[int]]:
     """Greedy decoding of up to ``backend.batch_size`` source id sequences (each ending with eos)."""
     spec, rows = backend.spec, rows_of(backend)
-    src_ids, src_mask = _pad_batch(seqs, rows, spec.max_src_len, spec.pad_id)
+    src_ids, src_mask = pad_batch(seqs, rows, spec.max_src_len, spec.pad_id)
     fixed, states = _first_inputs(backend, backend.encode(src_ids, src_mask), src_mask)
     limits = _limits([len(s) for s in seqs], spec, opts) + [0] * (rows - len(seqs))
     out: list[list[int]] = [[] for _ in range(rows)]
@@ -206,7 +207,7 @@ def beam_batch(backend: Backend, seqs: list[list[int]], opts: DecodeOptions,
     n = len(seqs)
     if n * k > rows:
         raise IntformerError(f"beam {k} x {n} sentences needs {n * k} rows; the model's batch is {rows}")
-    src_ids, src_mask = _pad_batch(seqs, rows, spec.max_src_len, spec.pad_id)
+    src_ids, src_mask = pad_batch(seqs, rows, spec.max_src_len, spec.pad_id)
     enc = backend.encode(src_ids, src_mask)
     owner = np.minimum(np.arange(rows) // k, max(n - 1, 0))  # row -> sentence (spare rows copy the last one)
     enc = {name: enc[name][owner] for name in spec.encoder_outputs if name in enc}
