@@ -25,6 +25,7 @@ from tvm import tirx  # noqa: F401  (tvm.tir before 0.2x)
 from tvm.s_tir import SBlock, SBlockRealize  # tvm.tir.Block / BlockRealize before 0.2x
 
 EPILOGUE_BLOCK = "epilogue"
+EPILOGUE_ATTR = "intformer.epilogue"  # Epilogue.to_json() of a fused GEMM kernel
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,29 @@ class Epilogue:
     def out_dtype(self) -> str:
         return self.steps[-1].dtype
 
+    def to_json(self) -> str:
+        """The chain as JSON: the kernel attribute ``EPILOGUE_ATTR`` (tuning rebuilds the kernel from it)."""
+        import json
+
+        return json.dumps([[*(getattr(st, f) for f in _FIELDS[:-2]), list(st.attrs), st.table_size]
+                           for st in self.steps])
+
+    @staticmethod
+    def from_json(text: str) -> "Epilogue":
+        import json
+
+        return Epilogue(tuple(EpilogueStep(*row[:-2], attrs=tuple(row[-2]), table_size=row[-1])
+                              for row in json.loads(text)))
+
     def tag(self) -> str:
         """A short, stable name for the chain (kernel names): its length, a digest of its steps, its type."""
         import hashlib
 
         digest = hashlib.sha1(repr(self.steps).encode()).hexdigest()[:6]
         return f"epi{len(self.steps)}_{digest}_{self.out_dtype}"
+
+
+_FIELDS = ("op", "dtype", "operand", "operand_dtype", "swap", "attrs", "table_size")  # EpilogueStep's, in order
 
 
 def _binary(fn: Callable) -> Callable:
@@ -152,5 +170,5 @@ def with_epilogue(core, epi: Epilogue, m: int, n: int):
     return tirx.PrimFunc([*params, *bufs, y], SBlockRealize([], True, new_root), attrs=core.attrs)
 
 
-__all__ = ["EPILOGUE_BLOCK", "Epilogue", "EpilogueStep", "OPS", "TAKE_MODES", "epilogue_value", "operand_buffers",
+__all__ = ["EPILOGUE_ATTR", "EPILOGUE_BLOCK", "Epilogue", "EpilogueStep", "OPS", "TAKE_MODES", "epilogue_value", "operand_buffers",
            "with_epilogue"]

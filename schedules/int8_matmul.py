@@ -37,7 +37,7 @@ from tvm import relax
 from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_triple, make_target, tensor_info,
                                  tir_script as T)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
-from schedules.gemm_epilogue import EPILOGUE_BLOCK, Epilogue, with_epilogue
+from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, with_epilogue
 from schedules.intrinsics.dot import DotIntrin
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
@@ -559,8 +559,10 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
     if tile is not None:
         mr, nr, m_split = tile
     func = _schedule_gemm(gemm_compute(m, k, n, kern, epilogue), kern, mr, nr, m_split=m_split)
-    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True,
-                            KERNEL_ATTR: f"gemm {m} {k} {n}"})
+    attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, KERNEL_ATTR: f"gemm {m} {k} {n}"}
+    if epilogue is not None:
+        attrs[EPILOGUE_ATTR] = epilogue.to_json()
+    return func.with_attrs(attrs)
 
 
 # ---------------------------------------------------------------------------------------------------------
