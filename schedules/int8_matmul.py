@@ -17,6 +17,12 @@ Guarantees:
   k_group bytes for the first kernel with ``runtime_pack`` (VNNI, dotprod, NEON; I8MM targets use ``sdot``),
   else the vectorized int32 kernel.
 
+With an ``Epilogue`` (schedules/gemm_epilogue.py: the requantize chain after the matmul, a lookup, ...),
+``emit_int8_matmul`` emits one kernel that applies it to each register tile right after the tile's k loop (the
+accumulators stay in "local" registers: the dot intrinsics' ``local_name`` variants) and writes the (M, N)
+result of the epilogue's type directly, unpadded (no int32 tensor, no slice). Its ``intformer.epilogue``
+attribute lets tuning rebuild it with a tuned tile (schedules/tune.py).
+
 The VNNI kernels compute ``(a + 128) (u8) x w (s8)`` and subtract the compile-time constant
 ``128 * colsum(w)`` by starting each output tile's accumulation from it. The ARM kernels are s8 x s8 (no offset).
 Weights are packed at compile time into each intrinsic's block, ``pack_weight(w, lanes, k_group)``: (N/16, K/4,
