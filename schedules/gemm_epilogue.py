@@ -68,11 +68,13 @@ class Epilogue:
                               for row in json.loads(text)))
 
     def tag(self) -> str:
-        """A short, stable name for the chain (kernel names): its length, a digest of its steps, its type."""
+        """A short, stable name for the chain (kernel names): its type, "lut" if it looks a value up, a digest
+        of its steps (kernels of different chains must not share a symbol)."""
         import hashlib
 
         digest = hashlib.sha1(repr(self.steps).encode()).hexdigest()[:6]
-        return f"epi{len(self.steps)}_{digest}_{self.out_dtype}"
+        lut = "_lut" if any(st.op == "take" for st in self.steps) else ""
+        return f"to_{self.out_dtype}{lut}_{digest}"
 
 
 _FIELDS = ("op", "dtype", "operand", "operand_dtype", "swap", "attrs", "table_size")  # EpilogueStep's, in order
