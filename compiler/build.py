@@ -42,6 +42,14 @@ def make_manifest(st) -> Manifest:
     )
 
 
+def fuse_kernels(mod, target):
+    """Legalize, then fuse: row-wise chains first (compiler/passes/fuse_rows.py), the rest by TVM's FuseOps."""
+    from compiler.passes.fuse_rows import fuse_rows
+    from compiler.tvm_compat import fuse_for
+
+    return fuse_for(mod, target, group=lambda m: fuse_rows(m)[0])
+
+
 def apply_tuning_records(mod, target, st) -> tuple[object, int]:
     """Kernels with a record in ``--db`` (for this exact target) -> their tuned schedules; (mod, how many)."""
     if not st.options.tuning_db:
@@ -63,7 +71,7 @@ def schedule_kernels(mod, target):
 
 def build_executable(st):
     """(executable, manifest, tuned kernel count): fuse, tuned schedules from --db, then the build."""
-    from compiler.tvm_compat import BlockBuilder, compile_module, fuse_for, string_const
+    from compiler.tvm_compat import BlockBuilder, compile_module, string_const
 
     manifest = make_manifest(st)
     mod = st.lowered_mod if st.lowered_mod is not None else st.relax_mod
@@ -71,7 +79,7 @@ def build_executable(st):
     with bb.function(MANIFEST_FUNC, []):
         bb.emit_func_output(string_const(manifest.dumps()))
     target = st.target_spec.tvm_target()
-    mod = fuse_for(bb.get(), target)
+    mod = fuse_kernels(bb.get(), target)
     mod, tuned = apply_tuning_records(mod, target, st)
     mod = schedule_kernels(mod, target)
     return compile_module(mod, target), manifest, tuned

@@ -76,6 +76,12 @@ def tensor_info(expr):
     return str(ty.dtype), dims
 
 
+def expr_type(expr):
+    """The Relax type of an expression (``struct_info`` before 0.27)."""
+    ty = getattr(expr, "ty", None)
+    return ty if ty is not None else expr.struct_info
+
+
 def constant_value(expr):
     """NumPy value of a Relax constant, or None if ``expr`` is not one."""
     if isinstance(expr, _GenericConst):
@@ -85,12 +91,15 @@ def constant_value(expr):
     return None
 
 
-def fuse(mod):
+def fuse(mod, group=None):
     """Legalize and fuse elementwise/reduction chains into single kernels (tvm.compile's default CPU pipeline
-    does not fuse in 0.27: MiniLM ran ~4,000 separate kernels)."""
+    does not fuse in 0.27: MiniLM ran ~4,000 separate kernels). ``group``: a module -> module function run on
+    the legalized kernels before FuseOps, which outlines groups of its own as ``Primitive`` functions (FuseOps
+    leaves those alone; FuseTIR makes one kernel of each)."""
+    mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
+    if group is not None:
+        mod = group(mod)
     seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
@@ -98,10 +107,10 @@ def fuse(mod):
     return seq(mod)
 
 
-def fuse_for(mod, target):
+def fuse_for(mod, target, group=None):
     """``fuse`` under ``target`` (legalization picks target-specific strategies)."""
     with target:
-        return fuse(mod)
+        return fuse(mod, group)
 
 
 def compile_module(mod, target):

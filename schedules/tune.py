@@ -166,9 +166,10 @@ def _iterations(block) -> int:
 def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None) -> list[TuneTask]:
     """One TuneTask per distinct kernel of the fused module (see the module docstring); the names of kernels
     left out, with why, are appended to ``skipped``."""
-    from compiler.tvm_compat import fuse_for, structural_equal
+    from compiler.build import fuse_kernels
+    from compiler.tvm_compat import structural_equal
 
-    fused = fuse_for(mod, target)
+    fused = fuse_kernels(mod, target)  # the kernels the build makes
     groups: dict[int, list] = {}  # hash -> [(workload, name, kind, gemm_info)], deduplicated structurally
     for gv, func in fused.functions.items():
         if not isinstance(func, PrimFunc):

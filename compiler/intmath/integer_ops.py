@@ -90,6 +90,7 @@ LN_FRAC_BITS = 12  # the normalized value (x - mean) / std in Q12
 LN_SQRT_ITERS = 8  # Newton steps from 2**ceil(bits(n) / 2), within 2x of sqrt(n): quadratic convergence
 LN_SQRT_MAX_BITS = 54
 LN_SQUARE_BITS = 25
+LN_RECIP_BITS = 30  # per-row reciprocal of std: the normalization is a multiply and a shift per element
 LN_MAX_SHIFT = 40  # per-channel output shift cap: |beta / out_scale| * 2**40 stays far inside int64  # |H * (x - mean)| is shifted below 2**25 before squaring
 
 
@@ -100,13 +101,18 @@ def layernorm_shift(hidden: int, bound: int) -> int:
     return need - LN_SQUARE_BITS
 
 
-def isqrt(n: np.ndarray) -> np.ndarray:
-    """floor(sqrt(n)) for 0 <= n < 2**54: the bit length by comparisons, then Newton steps from above."""
-    n = n.astype(np.int64)
+def bit_length(n: np.ndarray) -> np.ndarray:
+    """Bits of 0 <= n < 2**54, by comparisons (no data-dependent branch)."""
     bits = np.zeros_like(n)
     for i in range(LN_SQRT_MAX_BITS):
         bits = bits + (n >= (np.int64(1) << i)).astype(np.int64)
-    r = np.left_shift(np.int64(1), (bits + 1) >> 1)
+    return bits
+
+
+def isqrt(n: np.ndarray) -> np.ndarray:
+    """floor(sqrt(n)) for 0 <= n < 2**54: the bit length by comparisons, then Newton steps from above."""
+    n = n.astype(np.int64)
+    r = np.left_shift(np.int64(1), (bit_length(n) + 1) >> 1)
     for _ in range(LN_SQRT_ITERS):
         nr = (r + n // r) >> 1
         r = np.maximum(np.minimum(r, nr), 1)
@@ -140,7 +146,12 @@ def ilayernorm(x: np.ndarray, c: dict, qmin: int = -128, qmax: int = 127, out_dt
     y = y >> c["shift"] if c["shift"] >= 0 else y << -c["shift"]
     n = np.sum(y * y, axis=-1, keepdims=True) // h + c["eps"]
     std = isqrt(n)
-    u = (y << LN_FRAC_BITS) // std
+    # (y << LN_FRAC_BITS) // std through one division per row: std < 2**e with e = ceil(bits(n) / 2), so the
+    # reciprocal 2**(LN_RECIP_BITS + e) // std lies in [2**LN_RECIP_BITS, 2**(LN_RECIP_BITS + 2)) and
+    # |y| * reciprocal < 2**(LN_SQUARE_BITS + LN_RECIP_BITS + 2) stays inside int64
+    e = (bit_length(n) + 1) >> 1
+    recip = np.left_shift(np.int64(1), LN_RECIP_BITS + e) // std
+    u = (y * recip) >> (LN_RECIP_BITS + e - LN_FRAC_BITS)
     sh = c["sh"]
     out = (u * c["m0"] + c["bias"] + (np.int64(1) << (sh - 1))) >> sh
     return np.clip(out + c["zp"], qmin, qmax).astype(out_dtype)

@@ -147,22 +147,35 @@ def _writes_output(sch, block, outputs) -> bool:
     return any(_region_buffer(w).same_as(b) for w in sch.get(block).writes for b in outputs)
 
 
+def _wide(sch, block, depth: int) -> bool:
+    """The block computes whole rows (it has the kernel's deepest loop nest), not a per-row scalar."""
+    return len(sch.get_loops(block)) >= depth
+
+
 def _inline(sch, blocks):
     """Inline spatial blocks into their consumers (or, failing that, into their producer) until none moves.
-    Kernels with more than INLINE_MAX_BLOCKS blocks (the isqrt chain of LayerNorm: per-row scalars) are left
-    as they are: trying each block costs a schedule error with the whole kernel printed in it."""
+    In kernels with more than INLINE_MAX_BLOCKS blocks (LayerNorm with its isqrt chain of per-row scalars) only
+    whole-row blocks are inlined, into their consumers: a per-row scalar costs nothing where it is, and each
+    refused attempt costs a schedule error with the whole kernel printed in it. A block that would not move is
+    not tried again."""
     blocks = list(blocks)
-    if len(blocks) > INLINE_MAX_BLOCKS:
-        return blocks
+    many = len(blocks) > INLINE_MAX_BLOCKS
     func = sch.mod["main"]
     outputs = list(func.params)  # 0.27: the parameters are the buffers (no buffer_map)
+    hows = (sch.compute_inline,) if many else (sch.compute_inline, sch.reverse_compute_inline)
+    depth = max(len(sch.get_loops(b.block_rv)) for b in blocks) if blocks else 0
+    rows = any(not b.is_injective() for b in blocks)  # a row kernel: its reductions read rows more than once
+    refused: set = set()
     changed = True
     while changed:
         changed = False
         for i, b in enumerate(blocks):
-            if not b.is_injective():
+            name = sch.get(b.block_rv).name_hint
+            if name in refused or not b.is_injective() or many and not _wide(sch, b.block_rv, depth):
                 continue
-            for how in (sch.compute_inline, sch.reverse_compute_inline):
+            if rows and len(sch.get_consumers(b.block_rv)) > 1:
+                continue  # read by several stages of a row: computed once, kept for the row (in L1)
+            for how in hows:
                 if how == sch.compute_inline and (_writes_output(sch, b.block_rv, outputs)
                                                   or not _inline_cost_ok(sch, b.block_rv)):
                     continue
@@ -175,6 +188,7 @@ def _inline(sch, blocks):
                 break
             if changed:
                 break
+            refused.add(name)
     return blocks
 
 

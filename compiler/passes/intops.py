@@ -165,11 +165,15 @@ def emit_layernorm(bb, x, c: dict, out_dtype: str):
     bits = bb.emit(R.full_like(n, const(0, "int64")))
     for i in range(io.LN_SQRT_MAX_BITS):
         bits = bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater_equal(n, const(1 << i, "int64"))), "int64"))))
-    r = bb.emit(R.left_shift(bb.emit(R.full_like(n, one)), bb.emit(R.right_shift(bb.emit(R.add(bits, one)), one))))
+    e = bb.emit(R.right_shift(bb.emit(R.add(bits, one)), one))
+    r = bb.emit(R.left_shift(bb.emit(R.full_like(n, one)), e))
     for _ in range(io.LN_SQRT_ITERS):
         nr = bb.emit(R.right_shift(bb.emit(R.add(r, bb.emit(R.floor_divide(n, r)))), one))
         r = bb.emit(R.maximum(bb.emit(R.minimum(r, nr)), one))
-    u = bb.emit(R.floor_divide(bb.emit(R.left_shift(y, const(io.LN_FRAC_BITS, "int64"))), r))
+    recip = bb.emit(R.floor_divide(bb.emit(R.left_shift(bb.emit(R.full_like(n, one)),
+                                                         bb.emit(R.add(e, const(io.LN_RECIP_BITS, "int64"))))), r))
+    u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),
+                              bb.emit(R.add(e, const(io.LN_RECIP_BITS - io.LN_FRAC_BITS, "int64")))))
     sh = c["sh"]
     v = bb.emit(R.add(bb.emit(R.multiply(u, const(c["m0"], "int64"))),
                       const(c["bias"] + (np.int64(1) << (sh - 1)), "int64")))

@@ -50,9 +50,15 @@ def _inputs():
             rng.integers(-3000, 3000, (HEADS, SEQ, SEQ)).astype(np.int16))
 
 
-def _fused():
+def _fused(rows: bool = False):
+    """The test graph legalized and fused, by TVM's FuseOps alone or with the row groups first (what the build
+    does: compiler/build.fuse_kernels)."""
+    from compiler.build import fuse_kernels
+
     mod, _, _ = _graph()
     target = tvm.target.Target(TARGET)
+    if rows:
+        return fuse_kernels(mod, target), target
     with target:
         return C.fuse(mod), target
 
@@ -62,8 +68,9 @@ def _run(mod, target, args):
     return [o.numpy() for o in vm["main"](*[tvm.runtime.tensor(a) for a in args])]
 
 
-def test_scheduled_build_is_bit_exact():
-    fused, target = _fused()
+@pytest.mark.parametrize("rows", [False, True], ids=["fuse_ops", "row_groups"])
+def test_scheduled_build_is_bit_exact(rows):
+    fused, target = _fused(rows)
     args = _inputs()
     plain = _run(fused, target, args)
     sched = _run(ds.apply_default_schedules(fused, target, PARAMS), target, args)
@@ -83,8 +90,9 @@ def _kernels(mod):
     return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def test_every_kernel_scheduled_and_big_ones_parallel_and_vectorized():
-    fused, target = _fused()
+@pytest.mark.parametrize("rows", [False, True], ids=["fuse_ops", "row_groups"])
+def test_every_kernel_scheduled_and_big_ones_parallel_and_vectorized(rows):
+    fused, target = _fused(rows)
     out = _kernels(ds.apply_default_schedules(fused, target, PARAMS))
     assert out and all(f.attrs.get("tir.is_scheduled") for f in out.values()), \
         [n for n, f in out.items() if not f.attrs.get("tir.is_scheduled")]

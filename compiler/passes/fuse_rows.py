@@ -1,0 +1,290 @@
+"""Group each row-wise chain of integer ops into one kernel (softmax, log-softmax, LayerNorm with its isqrt,
+requantize and lookup chains).
+
+TVM's FuseOps cuts these chains apart: a reduction ends its group (softmax became max | exp pieces | sum |
+normalize), a table lookup (`take`) is opaque, and LayerNorm's per-row isqrt became a kernel of its own. Each cut
+writes a whole int64 tensor to memory and reads it back.
+
+Expects: a Relax module before legalization (high-level `relax.*` ops in dataflow blocks).
+Guarantees: every maximal group of bindings that
+  * are elementwise/broadcast ops, reductions over the last axis with keepdims, or lookups in a constant 1-D table
+    (`ROW_OPS`),
+  * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
+  * are connected producer -> consumer
+becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
+A group never has a path that leaves it and comes back (so the graph stays acyclic); groups of one binding are
+left to FuseOps. Only the grouping changes: each op computes what it computed before, bit for bit, and
+compiler/passes/default_schedule.py then computes every stage of a row under one row loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+
+from compiler.tvm_compat import constant_value, expr_type, tensor_info
+
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+OP_PATTERN = {"elementwise": 0, "broadcast": 1, "injective": 2, "reduce": 3, "opaque": 8}
+
+
+def _shape(expr):
+    return tensor_info(expr)[1]
+
+
+def _same_shape_as_an_input(out, args) -> bool:
+    return any(_shape(a) == out for a in args if isinstance(a, relax.Var))
+
+
+def _elementwise(out, args) -> bool:
+    """Elementwise / broadcast (full_like, where, the binary ops with a row or channel operand): the output has the
+    shape of one of its tensor inputs (a reshape or transpose does not)."""
+    return _same_shape_as_an_input(out, args)
+
+
+def _last_axis_reduction(out, args) -> bool:
+    """sum / max / min over the last axis with keepdims: (..., H) -> (..., 1)."""
+    return any(isinstance(a, relax.Var) and _shape(a) and _shape(a)[:-1] + (1,) == out for a in args)
+
+
+def _table_lookup(out, args) -> bool:
+    """take(constant 1-D table, index): legalized as an opaque kernel."""
+    return (len(args) == 2 and constant_value(args[0]) is not None and constant_value(args[0]).ndim == 1
+            and isinstance(args[1], relax.Var) and _shape(args[1]) == out)
+
+
+# op_pattern of the legalized kernel -> does this call compute row by row
+ROW_PATTERNS = {OP_PATTERN["elementwise"]: _elementwise, OP_PATTERN["broadcast"]: _elementwise,
+                OP_PATTERN["injective"]: _elementwise, OP_PATTERN["reduce"]: _last_axis_reduction,
+                OP_PATTERN["opaque"]: _table_lookup}
+
+
+def _row_key(mod, binding):
+    """The rows a legalized call computes over (its output shape but the last axis), or None if it is not a row
+    op."""
+    value = binding.value
+    if not isinstance(value, relax.Call) or value.op != _CALL_TIR:
+        return None
+    func = mod[value.args[0]]
+    if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None or "op_pattern" not in func.attrs:
+        return None
+    if func.attrs.get("tir.is_scheduled"):  # the int8 GEMM kernels
+        return None
+    accept = ROW_PATTERNS.get(int(func.attrs["op_pattern"]))
+    out = _shape(binding.var)
+    args = list(value.args[1].fields) if isinstance(value.args[1], relax.Tuple) else []
+    if accept is None or not out or not accept(out, args):
+        return None
+    return tuple(out[:-1])
+
+
+def _var_args(expr) -> list:
+    """The variables an argument expression reads (tuples flattened)."""
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in _var_args(f)]
+    return []
+
+
+@dataclass
+class _Group:
+    key: tuple
+    members: list = field(default_factory=list)  # binding indices, in order
+
+
+def group_bindings(mod, bindings) -> list[list[int]]:
+    """Binding indices of each group of two or more (see the module docstring), in binding order."""
+    where: dict = {}  # var -> binding index
+    group_of: dict[int, int] = {}  # binding index -> group id
+    ancestors: list[frozenset] = []  # binding index -> ids of the groups it depends on (transitively)
+    groups: list[_Group] = []
+    for i, b in enumerate(bindings):
+        inputs = [where[v] for v in _uses(b.value) if v in where]
+        anc = set()
+        for j in inputs:
+            anc |= ancestors[j]
+            if j in group_of:
+                anc.add(group_of[j])
+        key = _row_key(mod, b)
+        chosen = None
+        if key is not None:
+            for j in inputs:
+                g = group_of.get(j)
+                if g is None or groups[g].key != key or chosen == g:
+                    continue
+                # joining g must not close a cycle: no other input may depend on g through a binding outside it
+                if all(group_of.get(u) == g or g not in ancestors[u] for u in inputs):
+                    chosen = g
+                    break
+            if chosen is None:
+                chosen = len(groups)
+                groups.append(_Group(key))
+            groups[chosen].members.append(i)
+            group_of[i] = chosen
+        where[b.var] = i
+        ancestors.append(frozenset(anc))
+    return [g.members for g in groups if len(g.members) > 1]
+
+
+def _substitute(expr, env):
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([_substitute(f, env) for f in expr.fields])
+    return env.get(expr, expr)
+
+
+def _operands(expr) -> list:
+    """Variables and tensor constants an argument reads (FuseTIR takes no constants inside a primitive
+    function: they become parameters, as FuseOps makes them)."""
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in _operands(f)]
+    return [expr] if isinstance(expr, relax.Var) or constant_value(expr) is not None else []
+
+
+def _outline(bb, bindings, members: list[int], used_after: set, name: str):
+    """A private Primitive function computing the member bindings; (global var, its inputs, its outputs)."""
+    member_vars = {bindings[i].var for i in members}
+    inputs = []
+    for i in members:
+        for a in bindings[i].value.args:
+            for v in _operands(a):
+                if v not in member_vars and not any(v.same_as(u) for u in inputs):
+                    inputs.append(v)
+    outputs = [bindings[i].var for i in members if bindings[i].var in used_after]
+    params = [relax.Var(f"x{k}", expr_type(v)) for k, v in enumerate(inputs)]
+    env = dict(zip(inputs, params))
+    inner = relax.BlockBuilder()
+    with inner.function(name, params, attrs={"Primitive": True}, private=True):
+        with inner.dataflow():
+            for i in members:
+                call = bindings[i].value
+                env[bindings[i].var] = inner.emit(
+                    relax.Call(call.op, [_substitute(a, env) for a in call.args], call.attrs, call.ty_args))
+            outs = [env[v] for v in outputs]
+            ret = inner.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        inner.emit_func_output(ret)
+    gv = bb.add_func(inner.get()[name], name)
+    return gv, inputs, outputs
+
+
+def _uses(expr) -> list:
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args for v in _var_args(a)]
+    if isinstance(expr, relax.TupleGetItem):
+        return _var_args(expr.tuple_value)
+    return _var_args(expr)
+
+
+def _single_output(members: list[int], producers: dict, exported) -> list[list[int]]:
+    """Split a group until each part has one result read outside it (a kernel stage that writes a result and
+    feeds later stages cannot be scheduled under the row loop): the members a mid-group result depends on
+    become a group of their own, ending in that result. Both parts stay convex (no path leaves a part and
+    comes back) because the whole was."""
+    member_set = set(members)
+    mids = [i for i in members[:-1] if exported(i, member_set)]
+    if not mids:
+        return [members] if len(members) > 1 else []
+    cut, stack = set(), [mids[0]]
+    while stack:  # mids[0] and everything in the group it depends on
+        i = stack.pop()
+        if i not in cut:
+            cut.add(i)
+            stack += [j for j in producers[i] if j in member_set]
+    head = [i for i in members if i in cut]
+    tail = [i for i in members if i not in cut]
+    return _single_output(head, producers, exported) + _single_output(tail, producers, exported)
+
+
+def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
+    """The block with each group's bindings replaced by one call of its outlined function."""
+    bindings = list(block.bindings)
+    index = {b.var: i for i, b in enumerate(bindings)}
+    producers = {i: [index[v] for v in _uses(b.value) if v in index] for i, b in enumerate(bindings)}
+    readers: dict[int, set] = {}
+    for i, js in producers.items():
+        for j in js:
+            readers.setdefault(j, set()).add(i)
+
+    def exported(i: int, group: set) -> bool:
+        return bindings[i].var in later_uses or bool(readers.get(i, set()) - group)
+
+    groups = [part for members in group_bindings(mod, bindings)
+              for part in _single_output(members, producers, exported)]
+    if not groups:
+        return block
+    unit_of = {i: ("g", k) for k, members in enumerate(groups) for i in members}
+    calls = {}
+    for k, members in enumerate(groups):
+        group = set(members)
+        used_after = {bindings[i].var for i in members if exported(i, group)}
+        name = f"fused_rows{counter[0]}"
+        counter[0] += 1
+        calls[k] = _outline(bb, bindings, members, used_after, name)
+    # emit units in a topological order that keeps the original order where it can (Kahn, by first index)
+    units = {}
+    for i in range(len(bindings)):
+        units.setdefault(unit_of.get(i, ("b", i)), []).append(i)
+    produced_by = {bindings[i].var: u for u, idx in units.items() for i in idx}
+    deps = {u: {produced_by[v] for i in idx for v in _uses(bindings[i].value)
+                if v in produced_by and produced_by[v] != u} for u, idx in units.items()}
+    import heapq
+
+    waiting = {u: len(d) for u, d in deps.items()}
+    users: dict = {}
+    for u, d in deps.items():
+        for p in d:
+            users.setdefault(p, []).append(u)
+    ready = [(units[u][0], u) for u, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        _, u = heapq.heappop(ready)
+        if u[0] == "b":
+            out.append(bindings[u[1]])
+        else:
+            gv, inputs, outputs = calls[u[1]]
+            call = relax.Call(gv, inputs)
+            if len(outputs) == 1:
+                out.append(relax.VarBinding(outputs[0], call))
+            else:
+                tup = relax.DataflowVar(f"rows{u[1]}", relax.TupleType([expr_type(o) for o in outputs]))
+                out.append(relax.VarBinding(tup, call))
+                out += [relax.VarBinding(o, relax.TupleGetItem(tup, n)) for n, o in enumerate(outputs)]
+        for v in users.get(u, []):
+            waiting[v] -= 1
+            if waiting[v] == 0:
+                heapq.heappush(ready, (units[v][0], v))
+    assert len(out) >= len(units), "fuse_rows: the grouped bindings do not form a DAG"
+    return relax.DataflowBlock(out)
+
+
+def _vars_used_in(expr) -> set:
+    return set(relax.analysis.free_vars(expr)) if expr is not None else set()
+
+
+def fuse_rows(mod):
+    """The module with row-wise groups outlined (see the module docstring); returns (module, groups made)."""
+    bb = relax.BlockBuilder(mod)
+    counter = [0]
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function) or (func.attrs is not None and func.attrs.get("Primitive")):
+            continue
+        body = func.body
+        blocks = list(body.blocks)
+        new_blocks = []
+        for n, block in enumerate(blocks):
+            if not isinstance(block, relax.DataflowBlock):
+                new_blocks.append(block)
+                continue
+            later = _vars_used_in(body.body)
+            for other in blocks[n + 1:]:
+                for b in other.bindings:
+                    later |= _vars_used_in(b.value)
+            new_blocks.append(_rewrite_block(bb, mod, block, later, counter))
+        new = relax.Function(func.params, relax.SeqExpr(new_blocks, body.body), func.ret_ty, func.is_pure,
+                             func.attrs)
+        bb.update_func(gv, new)
+    out = bb.get()
+    return relax.transform.Normalize()(out), counter[0]
