@@ -11,7 +11,7 @@ Guarantees: for each such matmul, the longest chain of single-consumer ops after
 - a ``take`` from a constant 1-D table indexed by the chain value (a lookup),
 - a reshape that keeps the last dim N (adding / removing leading 1s, merging leading dims), or an alias,
 is cut where its value is narrowest (fewest bytes per element, the later of equals: the rest of the chain
-stays in the graph, where FuseOps groups it with its consumer) and, if that is past the matmul, replaced by one
+stays in the graph, where the build groups it with its consumer) and, if that is past the matmul, replaced by one
 call of the GEMM kernel with that epilogue (schedules/int8_matmul.emit_int8_matmul), which writes the final
 int8 / int16 (M, N) tensor directly and computes the same values bit for bit. The matmuls left over are
 lowered by LowerIntMatmul.
