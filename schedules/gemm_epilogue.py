@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import tvm
 from tvm import tirx  # noqa: F401  (tvm.tir before 0.2x)
 from tvm.s_tir import SBlock, SBlockRealize  # tvm.tir.Block / BlockRealize before 0.2x
@@ -120,6 +121,20 @@ OPS: dict[str, Callable] = {
 TAKE_MODES = tuple(_TAKE_INDEX)
 
 
+_FOLDABLE = {"add": 1, "subtract": -1}  # int32 steps a kernel can fold into its accumulators' initial value
+
+
+def fold_into_init(epi: Epilogue, operands: tuple, n: int) -> tuple[Epilogue, tuple, np.ndarray]:
+    """(the epilogue without its leading int32 ``x + c`` / ``x - c`` steps, their operands, the (n,) int64 sum
+    of what they add): for a kernel whose accumulation starts from a per-column value (VNNI's bias), adding it
+    there instead is exact (int32 addition wraps the same in any order). One step is always left."""
+    steps, ops, addend = list(epi.steps), list(operands), np.zeros(n, np.int64)
+    while len(steps) > 1 and steps[0].op in _FOLDABLE and steps[0].dtype == "int32" and not steps[0].swap \
+            and steps[0].operand in ("scalar", "vector"):
+        addend += _FOLDABLE[steps.pop(0).op] * np.asarray(ops.pop(0), np.int64)
+    return Epilogue(tuple(steps)), tuple(ops), addend
+
+
 def operand_buffers(epi: Epilogue, n: int) -> list:
     """One parameter buffer per constant operand, in step order."""
     bufs = []
@@ -172,5 +187,5 @@ def with_epilogue(core, epi: Epilogue, m: int, n: int):
     return tirx.PrimFunc([*params, *bufs, y], SBlockRealize([], True, new_root), attrs=core.attrs)
 
 
-__all__ = ["EPILOGUE_ATTR", "EPILOGUE_BLOCK", "Epilogue", "EpilogueStep", "OPS", "TAKE_MODES", "epilogue_value", "operand_buffers",
-           "with_epilogue"]
+__all__ = ["EPILOGUE_ATTR", "EPILOGUE_BLOCK", "Epilogue", "EpilogueStep", "OPS", "TAKE_MODES", "epilogue_value",
+           "fold_into_init", "operand_buffers", "with_epilogue"]

@@ -43,7 +43,7 @@ from tvm import relax
 from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_triple, make_target, tensor_info,
                                  tir_script as T)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
-from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, with_epilogue
+from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
 from schedules.intrinsics.dot import DotIntrin
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
@@ -610,11 +610,15 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     k, n = w.shape
     rows = math.prod(shape[:-1])
     kern = select_kernel(target)
+    consts = gemm_args(w, kern)
+    if epilogue is not None and kern.act_offset:  # the chain's leading int32 adds join the bias (the init)
+        epilogue, operands, addend = fold_into_init(epilogue, operands, n)
+        consts[1][:n] = (consts[1][:n] + addend).astype(np.int32)  # wraps as int32 arithmetic does
     func = gemm_primfunc(rows, k, n, kern, epilogue)
     name = f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
-    args = [a2] + [const(v, str(v.dtype)) for v in [*gemm_args(w, kern), *operands]]
+    args = [a2] + [const(v, str(v.dtype)) for v in [*consts, *operands]]
     if epilogue is not None:  # written unpadded, in the epilogue's type
         out = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), epilogue.out_dtype)))
         return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, (*shape[:-1], n)))

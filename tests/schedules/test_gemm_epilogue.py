@@ -80,3 +80,25 @@ def test_arm_kernels_with_epilogue_build(preset):
     names = [p.name for p in func.params]
     assert names[-1] == "y" and tuple(func.params[-1].shape) == (37, 48)
     tvm.compile(tvm.IRModule({"main": func}), target)
+
+
+def test_vnni_folds_leading_int32_adds_into_the_bias():
+    """VNNI starts each accumulator from a per-column bias: the chain's leading int32 subtract / add join it (the
+    kernel keeps the rest); the result stays exact (test_fused_epilogue_bit_exact runs the folded kernels)."""
+    from tvm import relax
+
+    from compiler.tvm_compat import tensor_type
+    from schedules.gemm_epilogue import EPILOGUE_ATTR
+
+    rng = np.random.default_rng(0)
+    w = _rand_int8(rng, (32, 16))
+    epi, ops = requantize(16, rng)
+    bb = relax.BlockBuilder()
+    x = relax.Var("a", tensor_type((8, 32), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(emit_int8_matmul(bb, x, w, VNNI, epi, ops))
+        bb.emit_func_output(out)
+    kernels = [f for gv, f in bb.get().functions.items() if gv.name_hint.startswith("intformer_qgemm")]
+    kept = Epilogue.from_json(str(kernels[0].attrs[EPILOGUE_ATTR])).steps
+    assert [s.op for s in epi.steps[:3]] == ["subtract", "add", "astype"] and kept == epi.steps[2:]
