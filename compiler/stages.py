@@ -217,11 +217,15 @@ def verify(st: CompileState) -> CompileState:
 
 
 def schedule(st: CompileState) -> CompileState:
-    """Integer matmuls onto the scheduled kernels of schedules/ (the reference keeps the unlowered graph)."""
+    """Integer matmuls onto the scheduled kernels of schedules/, their requantize epilogues fused in (the
+    reference keeps the unlowered graph)."""
+    from compiler.passes.fuse_gemm_epilogue import FuseGemmEpilogue
     from compiler.passes.lower_int_matmul import LowerIntMatmul
 
-    p = LowerIntMatmul(st.target_spec.tvm_target())
-    mod = p(st.relax_mod)
+    target = st.target_spec.tvm_target()
+    mod = st.relax_mod
+    for p in (FuseGemmEpilogue(target), LowerIntMatmul(target)):
+        mod = p(mod)
     return replace(st, lowered_mod=mod)
 
 

@@ -84,6 +84,11 @@ class TuningDatabase:
         """The best record's schedule for a workload module, or None."""
         return self.ms_database.query_schedule(workload, target, workload_name="main")
 
+    def best_trace(self, workload, target):
+        """The best record's trace (its sampling decisions) for a workload module, or None."""
+        rec = self.ms_database.query_tuning_record(workload, target, workload_name="main")
+        return None if rec is None else rec.trace
+
     def __len__(self) -> int:
         return len(self.ms_database)
 

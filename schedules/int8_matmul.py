@@ -17,6 +17,12 @@ Guarantees:
   k_group bytes for the first kernel with ``runtime_pack`` (VNNI, dotprod, NEON; I8MM targets use ``sdot``),
   else the vectorized int32 kernel.
 
+With an ``Epilogue`` (schedules/gemm_epilogue.py: the requantize chain after the matmul, a lookup, ...),
+``emit_int8_matmul`` emits one kernel that applies it to each register tile right after the tile's k loop (the
+accumulators stay in "local" registers: the dot intrinsics' ``local_name`` variants) and writes the (M, N)
+result of the epilogue's type directly, unpadded (no int32 tensor, no slice). Its ``intformer.epilogue``
+attribute lets tuning rebuild it with a tuned tile (schedules/tune.py).
+
 The VNNI kernels compute ``(a + 128) (u8) x w (s8)`` and subtract the compile-time constant
 ``128 * colsum(w)`` by starting each output tile's accumulation from it. The ARM kernels are s8 x s8 (no offset).
 Weights are packed at compile time into each intrinsic's block, ``pack_weight(w, lanes, k_group)``: (N/16, K/4,
@@ -37,6 +43,7 @@ from tvm import relax
 from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_triple, make_target, tensor_info,
                                  tir_script as T)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
+from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
 from schedules.intrinsics.dot import DotIntrin
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
@@ -295,6 +302,9 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     (MetaSchedule's, when tuning: schedules/tune.py chooses mr, nr and m_split); ``m_split`` None: chosen from
     the weight size."""
     s = func if isinstance(func, Schedule) else Schedule(func)
+    epilogue = _has_block(s, EPILOGUE_BLOCK)
+    if epilogue and kern.rows > 1:
+        s.compute_inline(s.get_sblock("unpack"))  # the epilogue reads the accumulator blocks directly
     out = s.get_sblock("out")
     *batch, i, j, r = s.get_loops(out)
     w_bytes = s.get(r).extent.value * s.get(j).extent.value  # before split: split retires the loops
@@ -314,12 +324,16 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     outer = (io, jo) if m_split else (jo, io)
     if kern.rows > 1:
         s.reorder(*outer, ro, iv, jv, ii, ji, ri)  # (ii, ji, ri) is the intrinsic's (rows, lanes, k_group) block
-        s.reverse_compute_at(s.get_sblock("unpack"), outer[-1])  # the tile, right after its k loop
-        s.set_scope(out, 0, "local")  # acc: compacted to the tile, kept in registers
     elif kern.intrin is not None:
         s.reorder(*outer, ro, ii, jv, ji, ri)  # (ji, ri) is the intrinsic's (lanes, k_group) block
     else:
         s.reorder(*outer, ro, ri, ii, jv, ji)  # k_group == 1: ji is a plain int32 vector
+    tail = EPILOGUE_BLOCK if epilogue else "unpack" if kern.rows > 1 else None
+    if tail is not None:  # the tile, right after its k loop, reads the accumulators: they stay in registers
+        s.reverse_compute_at(s.get_sblock(tail), outer[-1])
+        s.set_scope(out, 0, "local")  # compacted to the tile
+        if kern.intrin is not None and kern.rows == 1:
+            intrin = intrin or kern.intrin.local_name  # the dot product accumulating into a "local" C
     # Parallel (and compute_at) before tensorize: they need the reduction block still whole.
     s.parallel(io if m_split else s.fuse(*batch, jo, io))
     if kern.intrin is None:
@@ -335,10 +349,13 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     if kern.rows > 1:
         *_, iv0, jv0, ii0, ji0 = init_loops
         ji0 = s.fuse(ii0, ji0)  # one (rows, lanes) accumulator block
-        for loop in s.get_loops(s.get_sblock("unpack"))[-2:]:
-            s.unroll(loop)
     else:
         *_, iv0, jv0, ji0 = init_loops
+    if epilogue:
+        _schedule_epilogue(s, kern.lanes * (nr if kern.rows > 1 else 1))
+    elif kern.rows > 1:
+        for loop in s.get_loops(s.get_sblock("unpack"))[-2:]:
+            s.unroll(loop)
     s.unroll(iv0)
     s.unroll(jv0)
     s.vectorize(ji0)
@@ -353,6 +370,16 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     if _has_block(s, "b_bias"):
         _schedule_colsum(s, "b_bias", kern.lanes)
     return s.mod["main"]
+
+
+def _schedule_epilogue(s, vec: int):
+    """The epilogue under its tile: (rows, columns) unrolled, columns in vectors of ``vec`` (one accumulator
+    vector of a dot-product kernel, one tile row of a blocked one)."""
+    rows, cols = s.get_loops(s.get_sblock(EPILOGUE_BLOCK))[-2:]
+    co, ci = s.split(cols, [None, vec])
+    s.unroll(rows)
+    s.unroll(co)
+    s.vectorize(ci)
 
 
 def _schedule_row_blocks(s, name: str, parallel: bool):
@@ -520,13 +547,28 @@ def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
                             KERNEL_ATTR: f"bmm {bt} {m} {k} {n}"})
 
 
+def gemm_compute(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | None = None):
+    """The unscheduled GEMM (M padded to the default row tile), with ``epilogue`` fused if given."""
+    mr, _ = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    core = _gemm_compute(m, k, n, kern, mr)
+    return core if epilogue is None else with_epilogue(core, epilogue, m, n)
+
+
 @lru_cache(maxsize=64)
-def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel):
-    """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np)."""
+def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | None = None,
+                  tile: tuple | None = None):
+    """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np); with an
+    epilogue, (…, its constants) -> y (m, n) of the epilogue's type. ``tile``: (mr, nr, m_split) chosen by
+    tuning (schedules/tune.py), else the default."""
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
-    func = _schedule_gemm(_gemm_compute(m, k, n, kern, mr), kern, mr, nr)
-    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True,
-                            KERNEL_ATTR: f"gemm {m} {k} {n}"})
+    m_split = None
+    if tile is not None:
+        mr, nr, m_split = tile
+    func = _schedule_gemm(gemm_compute(m, k, n, kern, epilogue), kern, mr, nr, m_split=m_split)
+    attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, KERNEL_ATTR: f"gemm {m} {k} {n}"}
+    if epilogue is not None:
+        attrs[EPILOGUE_ATTR] = epilogue.to_json()
+    return func.with_attrs(attrs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -557,8 +599,10 @@ def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
     return args
 
 
-def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target) -> relax.Expr:
-    """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact."""
+def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target,
+                     epilogue: Epilogue | None = None, operands: tuple = ()) -> relax.Expr:
+    """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact; with an ``epilogue``
+    (its constant ``operands``, NumPy arrays in step order) the chain of it applied in the kernel, of its type."""
     shape = _static_int8(a_q, "a_q")
     w = np.asarray(w_q)
     if w.dtype != np.int8 or w.ndim != 2 or w.shape[0] != shape[-1]:
@@ -566,11 +610,18 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     k, n = w.shape
     rows = math.prod(shape[:-1])
     kern = select_kernel(target)
-    func = gemm_primfunc(rows, k, n, kern)
-    name = f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}"
+    consts = gemm_args(w, kern)
+    if epilogue is not None and kern.act_offset:  # the chain's leading int32 adds join the bias (the init)
+        epilogue, operands, addend = fold_into_init(epilogue, operands, n)
+        consts[1][:n] = (consts[1][:n] + addend).astype(np.int32)  # wraps as int32 arithmetic does
+    func = gemm_primfunc(rows, k, n, kern, epilogue)
+    name = f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
-    args = [a2] + [const(v, str(v.dtype)) for v in gemm_args(w, kern)]
+    args = [a2] + [const(v, str(v.dtype)) for v in [*consts, *operands]]
+    if epilogue is not None:  # written unpadded, in the epilogue's type
+        out = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), epilogue.out_dtype)))
+        return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
     mp, np_ = gemm_out_shape(rows, n, kern)
     out = bb.emit(relax.call_tir(gv, args, relax.TensorType((mp, np_), "int32")))
     if (mp, np_) != (rows, n):  # padded tile rows / lanes: slice them off (a copy; rare for Transformer shapes)

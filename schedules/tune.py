@@ -17,6 +17,8 @@ Guarantees:
   interrupted run keeps what it measured, and a second run only spends the trials each task still lacks.
 - ``apply_database`` replaces every kernel that has a record for the target by its best tuned schedule; the
   function signature is unchanged (same buffers, same padding), so the Relax graph around it is untouched.
+  A GEMM with a fused epilogue (schedules/gemm_epilogue.py) is tuned as its bare GEMM (the same task, whatever
+  the epilogue) and rebuilt with the register tile and thread split its best record chose (``tuned_tile``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Callable, Optional
 from compiler.tvm_compat import IRModule, PrimFunc, meta_schedule as ms, structural_hash
 from schedules import int8_matmul as im
 from schedules.database import TuningDatabase
+from schedules.gemm_epilogue import EPILOGUE_ATTR, Epilogue
 
 KERNEL_ATTR = im.KERNEL_ATTR  # "gemm M K N" or "bmm BT M K N"
 SKIP_NAME_PARTS = ("take", "gather", "embedding")  # index by data: random inputs would read out of bounds
@@ -262,6 +265,33 @@ def tune(tasks: list[TuneTask], target, db: TuningDatabase, options: TuneOptions
 # Applying a database
 
 
+def _copy_attrs(new, attrs):
+    """A tuned kernel keeps the replaced one's name, pattern and kernel attributes."""
+    for key in ("global_symbol", "op_pattern", KERNEL_ATTR, EPILOGUE_ATTR):
+        if key in attrs:
+            new = new.with_attr(key, attrs[key])
+    return new.with_attr("tir.is_scheduled", True)
+
+
+def tuned_tile(trace, kind: str, dims: tuple[int, ...], target) -> tuple[int, int, bool]:
+    """(mr, nr, m_split) a GEMM task's record chose: its sampled decisions (mr when it had a choice, then nr), and
+    m_split from the main loop's parallelization (threads split rows: the row loop itself; else a fused loop)."""
+    _, kern, mr0 = _gemm_workload(kind, dims, target)
+    (mrs, _, _) = _gemm_options(kind, dims, kern, mr0)
+    sampled = [int(inst.attrs[0][int(trace.decisions[inst])]) for inst in trace.insts
+               if inst.kind.name == "SampleCategorical"]
+    mr, nr = (mrs[0], sampled[0]) if len(mrs) == 1 else sampled[:2]
+    fused = [out for inst in trace.insts if inst.kind.name == "Fuse" for out in inst.outputs]
+    parallel = next(inst for inst in trace.insts if inst.kind.name == "Parallel")
+    return mr, nr, not any(parallel.inputs[0].same_as(out) for out in fused)
+
+
+def _with_tuned_tile(kind: str, dims: tuple[int, ...], attrs, trace, target):
+    """A GEMM kernel with a fused epilogue, scheduled with the tile its bare GEMM's record chose."""
+    epilogue = Epilogue.from_json(str(attrs[EPILOGUE_ATTR]))
+    return im.gemm_primfunc(*dims, im.select_kernel(target), epilogue, tuned_tile(trace, kind, dims, target))
+
+
 def apply_database(mod: IRModule, target, db: TuningDatabase) -> tuple[IRModule, int]:
     """Kernels of the fused ``mod`` that have a record in ``db`` -> their best tuned schedule.
 
@@ -275,6 +305,12 @@ def apply_database(mod: IRModule, target, db: TuningDatabase) -> tuple[IRModule,
         if KERNEL_ATTR in attrs:
             kind, dims = _parse_kernel(attrs[KERNEL_ATTR])
             work = _normalized(_gemm_workload(kind, dims, target)[0])
+            if EPILOGUE_ATTR in attrs:  # tuned as the bare GEMM: rebuilt with its tile, the epilogue kept
+                trace = db.best_trace(work, target)
+                if trace is not None:
+                    updates[gv] = _copy_attrs(_with_tuned_tile(kind, dims, attrs, trace, target), attrs)
+                    replaced += 1
+                continue
         elif attrs.get("tir.is_scheduled", False):
             continue
         else:
@@ -282,11 +318,7 @@ def apply_database(mod: IRModule, target, db: TuningDatabase) -> tuple[IRModule,
         sch = db.best_schedule(work, target)
         if sch is None:
             continue
-        new = sch.mod["main"].without_attr("global_symbol")  # the workload's "main"; the kernel keeps its own
-        for key in ("global_symbol", "op_pattern", KERNEL_ATTR):
-            if key in attrs:
-                new = new.with_attr(key, attrs[key])
-        updates[gv] = new.with_attr("tir.is_scheduled", True)
+        updates[gv] = _copy_attrs(sch.mod["main"].without_attr("global_symbol"), attrs)  # the workload's "main"
         replaced += 1
     for gv, new in updates.items():
         mod[gv] = new
@@ -295,5 +327,5 @@ def apply_database(mod: IRModule, target, db: TuningDatabase) -> tuple[IRModule,
     return mod, replaced
 
 
-__all__ = ["TuneOptions", "TuneProgress", "TuneTask", "apply_database", "extract_tasks", "tune",
+__all__ = ["TuneOptions", "TuneProgress", "TuneTask", "apply_database", "extract_tasks", "tune", "tuned_tile",
            "KERNEL_ATTR"]

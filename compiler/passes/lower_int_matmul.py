@@ -6,7 +6,8 @@ Guarantees: each becomes a call to a PrimFunc with a deterministic default sched
 weights and the dot-product intrinsic where the target has one: x86 VNNI / AVX2, aarch64 SMMLA / SDOT / NEON),
 computing the same int32 values bit for bit (tests/schedules). Targets whose kernel is "generic" (no intrinsic
 of the project's, e.g. 32-bit ARM) keep plain matmuls. Runs after the report and the reference are taken, so
-both still see plain matmuls.
+both still see plain matmuls, and after FuseGemmEpilogue, which already lowered the constant-weight matmuls
+whose requantize chain it fused (fuse_gemm_epilogue.py).
 """
 
 from __future__ import annotations

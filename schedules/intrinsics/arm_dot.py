@@ -16,7 +16,8 @@ Guarantees: after import, these TensorIntrins are registered under project names
   ``smull v.8h, v.8b, v.8b`` (8 exact int8 products in int16: |-128 * -128| < 2^15) then ``sadalp v.4s, v.8h``
   (adjacent products summed into the int32 accumulators): ``C[i] += sum_{j<2} A[j] * B[i, j]``, A int8[2]
   broadcast, B int8[4, 2] contiguous. Bit-exact (no saturating or wrapping int16 sum, unlike smull + smlal).
-- SDOT, UDOT and NEON also as ``DotIntrin.word_name`` (``<name>_w32`` / ``_w16``): the weight block as 4 words of
+- SDOT, UDOT and NEON also as ``DotIntrin.local_name`` (the accumulator in "local" scope, epilogue-fused GEMM)
+  and as ``DotIntrin.word_name`` (``<name>_w32`` / ``_w16``): the weight block as 4 words of
   ``8 k`` bits (weights packed at run time, the batch kernel).
 
 Why not TVM's stock arm_cpu intrinsics: they were never checked against the LLVM inside this wheel (the stock x86
@@ -29,7 +30,7 @@ smull ``<8 x i16> (<8 x i8>, <8 x i8>)``, saddlp ``<4 x i32> (<8 x i16>)`` (LLVM
 from __future__ import annotations
 
 from compiler.tvm_compat import TensorIntrin, tir_script as T
-from schedules.intrinsics.dot import DotIntrin, dot_desc, mmla_desc, word_desc
+from schedules.intrinsics.dot import DotIntrin, dot_desc, mmla_desc, register_dot, word_desc
 
 LANES = 4  # int32 accumulators per 128-bit register
 ACC_SCOPE = "local"  # smmla's 2x2 block: a tile's accumulator, kept in a register (not an output row)
@@ -56,14 +57,14 @@ def _broadcast(A, k: int, a_dtype: str):
                          dtype=f"{a_dtype}x{LANES * k}")
 
 
-def _dot_impl(k: int, a_dtype: str, instr):
+def _dot_impl(k: int, a_dtype: str, instr, c_scope: str = "global"):
     """C (int32x4) = instr(C, A broadcast to every lane, B); B a contiguous (4, k) block."""
 
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((k,), a_dtype, offset_factor=1),
         B: T.Buffer((LANES, k), a_dtype, offset_factor=1),
-        C: T.Buffer((LANES,), "int32", offset_factor=1),
+        C: T.Buffer((LANES,), "int32", offset_factor=1, scope=c_scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:LANES], A[0:k], B[0:LANES, 0:k])
@@ -114,8 +115,8 @@ def _smmla_impl():
 
 def _register_dot(name: str, k: int, a_dtype: str, instr) -> DotIntrin:
     intrin = DotIntrin(name=name, lanes=LANES, k=k, vector_bits=128)
-    TensorIntrin.register(name, dot_desc(LANES, k, a_dtype, a_dtype), _dot_impl(k, a_dtype, instr),
-                          override=True)
+    register_dot(intrin, lambda scope: dot_desc(LANES, k, a_dtype, a_dtype, scope),
+                 lambda scope: _dot_impl(k, a_dtype, instr, scope))  # also as local_name (C "local")
     if a_dtype == "int8":  # the word form reads signed bytes (the top one sign-extends)
         TensorIntrin.register(intrin.word_name, word_desc(LANES, k, a_dtype), _word_impl(k, a_dtype, instr),
                               override=True)

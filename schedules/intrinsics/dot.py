@@ -11,7 +11,8 @@ Guarantees: ``dot_desc(lanes, k, a_dtype, b_dtype)`` is the description of "``la
 kernel in schedules/int8_matmul.py). ``mmla_desc(rows, cols, k)`` is a small matrix product on contiguous blocks
 (ARM ``smmla``): ``C[i, j] += sum_l int32(A[i, l]) * int32(B[j, l])``, C in ``c_scope`` (the accumulator
 block of a register tile is "local"). Each ISA file pairs one of these with an
-implementation and registers both under a project name (``TensorIntrin.register``).
+implementation and registers both under a project name (``register_dot``: also as ``DotIntrin.local_name``, the
+same instruction accumulating into a "local" C, a register tile whose epilogue is fused into the GEMM).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from compiler.tvm_compat import tir_script as T
 
 WORD_SUFFIX = "_w"  # + word bits: the variant whose weight block is a vector of words (see word_desc)
+LOCAL_SUFFIX = "_local"  # the variant whose accumulator C is in "local" scope (a register tile)
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,32 @@ class DotIntrin:
         return f"{self.name}{WORD_SUFFIX}{8 * self.k}"
 
     @property
+    def local_name(self) -> str:
+        """The variant whose accumulator block C is in "local" scope: a GEMM tile kept in registers and read by a
+        fused epilogue (the tensorize check compares buffer scopes)."""
+        return f"{self.name}{LOCAL_SUFFIX}"
+
+    @property
     def w32_name(self) -> str:
         """``word_name`` of a 4-byte group (kept for callers written for VNNI)."""
         return self.word_name
 
 
-def dot_desc(lanes: int, k: int, a_dtype: str, b_dtype: str):
+def register_dot(intrin: DotIntrin, desc, impl) -> None:
+    """Register ``desc(c_scope)`` / ``impl(c_scope)`` under ``intrin.name`` (C "global") and ``intrin.local_name``
+    (C "local")."""
+    from compiler.tvm_compat import TensorIntrin
+
+    for name, scope in ((intrin.name, "global"), (intrin.local_name, "local")):
+        TensorIntrin.register(name, desc(scope), impl(scope), override=True)
+
+
+def dot_desc(lanes: int, k: int, a_dtype: str, b_dtype: str, c_scope: str = "global"):
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((k,), a_dtype, offset_factor=1),
         B: T.Buffer((lanes, k), b_dtype, offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=c_scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
@@ -102,4 +119,4 @@ def mmla_desc(rows: int, cols: int, k: int, c_scope: str = "global"):
     return desc
 
 
-__all__ = ["DotIntrin", "WORD_SUFFIX", "dot_desc", "mmla_desc", "word_desc"]
+__all__ = ["DotIntrin", "LOCAL_SUFFIX", "WORD_SUFFIX", "dot_desc", "mmla_desc", "register_dot", "word_desc"]

@@ -12,11 +12,11 @@ in int32, so the result is bit-exact (unlike ``vpmaddubsw``, whose int16 pair su
 
 from __future__ import annotations
 
-from compiler.tvm_compat import TensorIntrin, tir_script as T
-from schedules.intrinsics.dot import DotIntrin, dot_desc
+from compiler.tvm_compat import tir_script as T
+from schedules.intrinsics.dot import DotIntrin, dot_desc, register_dot
 
 
-def _impl(lanes: int, llvm_intrinsic: str):
+def _impl(lanes: int, llvm_intrinsic: str, c_scope: str = "global"):
     i32xl = f"int32x{lanes}"
     i16x2l = f"int16x{lanes * 2}"
     i8x2l = f"int8x{lanes * 2}"
@@ -25,7 +25,7 @@ def _impl(lanes: int, llvm_intrinsic: str):
     def impl(
         A: T.Buffer((2,), "int16", offset_factor=1),
         B: T.Buffer((lanes, 2), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=c_scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
@@ -42,8 +42,10 @@ def _impl(lanes: int, llvm_intrinsic: str):
 
 
 def _register(name: str, lanes: int, llvm_intrinsic: str) -> DotIntrin:
-    TensorIntrin.register(name, dot_desc(lanes, 2, "int16", "int8"), _impl(lanes, llvm_intrinsic), override=True)
-    return DotIntrin(name=name, lanes=lanes, k=2, vector_bits=lanes * 32)
+    intrin = DotIntrin(name=name, lanes=lanes, k=2, vector_bits=lanes * 32)
+    register_dot(intrin, lambda scope: dot_desc(lanes, 2, "int16", "int8", scope),
+                 lambda scope: _impl(lanes, llvm_intrinsic, scope))  # also as local_name (C "local")
+    return intrin
 
 
 PMADDWD_8x2 = _register("intformer_avx2_pmaddwd_8x2", 8, "llvm.x86.avx2.pmadd.wd")

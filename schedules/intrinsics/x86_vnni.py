@@ -6,6 +6,7 @@ Guarantees: after import, these TensorIntrins are registered under project names
 - ``VNNI_16x4`` ("intformer_vnni_16x4"): 512-bit ``vpdpbusd`` on zmm (AVX512-VNNI), 16 int32 lanes x 4 bytes.
 - ``AVXVNNI_8x4`` ("intformer_avxvnni_8x4"): 256-bit ``vpdpbusd`` on ymm (AVX-VNNI or AVX512-VNNI+VL),
   8 int32 lanes x 4 bytes.
+- each also as ``<name>_local`` (``DotIntrin.local_name``): the accumulator in "local" scope (epilogue-fused GEMM);
 - each also as ``<name>_w32`` (``DotIntrin.word_name``, description ``dot.word_desc``): the weight block given
   as ``lanes`` int32 words, byte k (little-endian) of word i being B[i, k], i.e. ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time
   with int32 vector shifts and ors (a byte transpose that vectorizes), see int8_matmul's batch kernel.
@@ -25,10 +26,10 @@ The implementations below reinterpret the broadcast activation word and the weig
 from __future__ import annotations
 
 from compiler.tvm_compat import TensorIntrin, tir_script as T
-from schedules.intrinsics.dot import DotIntrin, dot_desc, word_desc
+from schedules.intrinsics.dot import DotIntrin, dot_desc, register_dot, word_desc
 
 
-def _impl(lanes: int, llvm_intrinsic: str):
+def _impl(lanes: int, llvm_intrinsic: str, c_scope: str = "global"):
     i32xl = f"int32x{lanes}"
     i8xl4 = f"int8x{lanes * 4}"
 
@@ -36,7 +37,7 @@ def _impl(lanes: int, llvm_intrinsic: str):
     def impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope=c_scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
@@ -79,7 +80,8 @@ def _impl_w32(lanes: int, llvm_intrinsic: str):
 
 def _register(name: str, lanes: int, llvm_intrinsic: str) -> DotIntrin:
     intrin = DotIntrin(name=name, lanes=lanes, k=4, vector_bits=lanes * 32)
-    TensorIntrin.register(name, dot_desc(lanes, 4, "uint8", "int8"), _impl(lanes, llvm_intrinsic), override=True)
+    register_dot(intrin, lambda scope: dot_desc(lanes, 4, "uint8", "int8", scope),
+                 lambda scope: _impl(lanes, llvm_intrinsic, scope))
     TensorIntrin.register(intrin.word_name, word_desc(lanes, 4, "uint8"), _impl_w32(lanes, llvm_intrinsic),
                           override=True)
     return intrin

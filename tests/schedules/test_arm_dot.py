@@ -1,7 +1,8 @@
 """The project's ARM int8 kernels (schedules/intrinsics/arm_dot.py through schedules/int8_matmul.py):
 cross-compiled for rpi4 (NEON smull/sadalp), rpi5 (SDOT) and graviton3 (SMMLA for GEMMs, SDOT for the batch
 kernel), run on the emulated aarch64 board and compared with NumPy's int32 matmul bit for bit (odd shapes, -128);
-the intrinsics alone in a minimal packed GEMM (UDOT too); the assembly holds the expected instruction, in a k loop
+GEMMs with a fused requantize epilogue (a lookup, int16 output); the intrinsics alone in a minimal packed GEMM
+(UDOT too); the assembly holds the expected instruction, in a k loop
 that keeps its accumulators in q registers.
 
 Expects: the aarch64 cross toolchain (assembly tests) and qemu-user with the board's root (numerics; they skip
@@ -25,6 +26,7 @@ from schedules.int8_matmul import (INTRINSICS, emit_int8_batch_matmul, emit_int8
                                    select_kernel)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, UDOT_4x4
 from targets import resolve_target
+from tests.helpers.gemm_epilogue import apply_epilogue, requantize
 from tests.helpers.packed_gemm import pack, tensorized_gemm
 from tests.targets.conftest import cross_compile_tiny_bert, require_tool, running_boards
 
@@ -38,6 +40,7 @@ GEMMS = [  # (a shape, N): M, N, K off the blocks (4 lanes, 2 / 4 / 8 bytes, 2 r
     ((1, 64, 96), 96),  # few row tiles: threads split N
     ((200, 64), 24),  # many row tiles, small weight: threads split M
 ]
+EPILOGUES = [{"lookup": True}, {"out": "int16", "per_channel": False, "bias": False}, {}]  # for GEMMS[:3]
 BATCHES = [  # (a shape, b shape): attention-like, odd sizes, a broadcast batch dim
     ((1, 2, 16, 8), (1, 2, 8, 16)),
     ((1, 3, 9, 13), (1, 3, 13, 21)),
@@ -62,12 +65,17 @@ def _cases():
         a.reshape(-1, a_shape[-1])[0, :] = -128
         w[:, 0] = -128
         w[1, :] = 127
-        cases[f"gemm{idx}"] = ({"a": a}, _ref(a, w), w)
+        cases[f"gemm{idx}"] = ({"a": a}, _ref(a, w), w, None)
+    for idx, ((a_shape, n), chain) in enumerate(zip(GEMMS[:3], EPILOGUES)):  # requantize epilogues fused in
+        a, w = _rand_int8(rng, a_shape), _rand_int8(rng, (a_shape[-1], n))
+        a.reshape(-1, a_shape[-1])[0, :] = -128
+        epi, ops = requantize(n, rng, **chain)
+        cases[f"epi{idx}"] = ({"a": a}, apply_epilogue(epi, ops, _ref(a, w)), w, (epi, ops))
     for idx, (a_shape, b_shape) in enumerate(BATCHES):
         a, b = _rand_int8(rng, a_shape), _rand_int8(rng, b_shape)
         a[..., 0, :] = -128
         b[..., :, 0] = -128
-        cases[f"bmm{idx}"] = ({"a": a, "b": b}, _ref(a, b), None)
+        cases[f"bmm{idx}"] = ({"a": a, "b": b}, _ref(a, b), None, None)
     return cases
 
 
@@ -77,12 +85,12 @@ CASES = _cases()
 def _module(target):
     """One Relax module with a function per case (a remote call returns one tensor, not a tuple)."""
     bb = relax.BlockBuilder()
-    for name, (inputs, _, w) in CASES.items():
+    for name, (inputs, _, w, epilogue) in CASES.items():
         params = [relax.Var(k, tensor_type(v.shape, "int8")) for k, v in inputs.items()]
         with bb.function(name, params):
             with bb.dataflow():
                 if w is not None:
-                    out = emit_int8_matmul(bb, params[0], w, target)
+                    out = emit_int8_matmul(bb, params[0], w, target, *(epilogue or ()))
                 else:
                     out = emit_int8_batch_matmul(bb, *params, target)
                 out = bb.emit_output(out)
@@ -254,10 +262,10 @@ def test_kernels_bit_exact_on_board(arm_libs, boards, preset):
     sess = _session(boards[BOARD_CPU[preset]])
     dev = sess.cpu()
     vm = relax.VirtualMachine(_upload(sess, arm_libs[preset]), dev)
-    for name, (inputs, expected, _) in CASES.items():
+    for name, (inputs, expected, _, _) in CASES.items():
         args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
         got = call_with_timeout(lambda: vm[name](*args).numpy(), 120, f"running {name}", preset)
-        assert got.dtype == np.int32 and got.shape == expected.shape, name
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
         np.testing.assert_array_equal(got, expected, err_msg=f"{preset} {name}")
 
 

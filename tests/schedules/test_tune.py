@@ -10,6 +10,9 @@ from tvm.ir import IRModule
 from schedules import int8_matmul as im
 from schedules import tune as tn
 from schedules.database import TuningDatabase, target_key
+from compiler.tvm_compat import structural_equal
+from schedules.gemm_epilogue import EPILOGUE_ATTR
+from tests.helpers.gemm_epilogue import apply_epilogue, requantize
 from targets import resolve_target
 
 M, K, N = 32, 64, 64
@@ -64,6 +67,21 @@ def test_tune_apply_resume_and_keying(host, gemm_mod, tmp_path):
     assert tuned["qgemm"].attrs["tir.is_scheduled"]
     np.testing.assert_array_equal(_run(tuned, host, a, w), ref)
 
+    # the same record applies to a GEMM with a fused epilogue: rebuilt with the tile the record chose
+    kern = im.select_kernel(host)
+    epi, ops = requantize(N, rng, lookup=True)
+    fused = im.gemm_primfunc(M, K, N, kern, epi).with_attr("global_symbol", "qgemm_epi")
+    tuned, replaced = tn.apply_database(IRModule({"qgemm_epi": fused}), host, db)
+    assert replaced == 1 and tuned["qgemm_epi"].attrs[EPILOGUE_ATTR] == epi.to_json()
+    trace = db.best_trace(tasks[0].workload, host)
+    assert structural_equal(tuned["qgemm_epi"].without_attr("global_symbol"), im.gemm_primfunc(
+        M, K, N, kern, epi, tn.tuned_tile(trace, "gemm", (M, K, N), host)).without_attr("global_symbol"))
+    lib = tvm.compile(tuned, host)
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros((M, N), epi.out_dtype), dev)
+    lib["qgemm_epi"](*[tvm.runtime.tensor(v, dev) for v in (a, *im.gemm_args(w, kern), *ops)], y)
+    np.testing.assert_array_equal(y.numpy(), apply_epilogue(epi, ops, ref))
+
     # resume: the task already has its share, so nothing more is measured
     again = tn.tune(tasks, host, TuningDatabase(str(tmp_path), host, "host"), tn.TuneOptions(trials=3))
     assert again.trials == {}
@@ -75,6 +93,24 @@ def test_tune_apply_resume_and_keying(host, gemm_mod, tmp_path):
 
     with pytest.raises(IntformerError, match="no tuning records for target rpi5"):
         TuningDatabase(str(tmp_path), arm, "rpi5", create=False)
+
+
+def test_tuned_tile_reads_the_sampled_decisions(host):
+    """tuned_tile recovers (mr, nr, m_split) from a trace of each design space, whatever was sampled: the tile
+    is the one the schedule built (the init loops of the accumulator tile are mr x nr x lanes)."""
+    from compiler.tvm_compat import Schedule
+
+    kern = im.select_kernel(host)
+    task = tn.extract_tasks(IRModule({"q": im.gemm_primfunc(M, K, N, kern)}), host)[0]
+    seen = set()
+    for seed in range(1, 6):
+        spaces = tn._gemm_space_fn(task)(Schedule(task.workload, seed=seed))
+        for sch, m_split in zip(spaces, (False, True)):
+            mr, nr, split = tn.tuned_tile(sch.trace, "gemm", (M, K, N), host)
+            extents = [int(sch.get(lp).extent) for lp in sch.get_loops(sch.get_sblock("out_init"))[-3:]]
+            assert split == m_split and extents == [mr, nr, kern.lanes]
+            seen.add((mr, nr))
+    assert len(seen) > 1  # the decisions were really read, not a default
 
 
 def test_interrupted_write_is_dropped(host, gemm_mod, tmp_path):

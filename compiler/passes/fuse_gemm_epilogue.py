@@ -1,0 +1,189 @@
+"""Fuse the elementwise chain after each constant-weight int8 matmul (requantize, lookup, rescale) into its GEMM.
+
+Expects: the integer graph after verification (the report and the reference are taken before): ``relax.matmul(
+int8, constant int8 (K, N), out_dtype="int32")`` calls, each followed by the ops integerize emitted (subtract a
+column-sum vector, add a bias, astype, multiply, add, right_shift, clip, astype int8 / int16, a lookup ``take``,
+a second rescale, ...). Runs before LowerIntMatmul, on targets that have a kernel of the project's (not
+"generic").
+Guarantees: for each such matmul, the longest chain of single-consumer ops after it that are
+- an op of schedules/gemm_epilogue.OPS whose other operand is a constant scalar or a vector along N (shape (N,),
+  (1, N), (1, 1, N), ...) of the chain value's type, or a unary op (astype, clip, negative),
+- a ``take`` from a constant 1-D table indexed by the chain value (a lookup),
+- a reshape that keeps the last dim N (adding / removing leading 1s, merging leading dims), or an alias,
+is cut where its value is narrowest (fewest bytes per element, the later of equals: the rest of the chain
+stays in the graph, where the build groups it with its consumer) and, if that is past the matmul, replaced by one
+call of the GEMM kernel with that epilogue (schedules/int8_matmul.emit_int8_matmul), which writes the final
+int8 / int16 (M, N) tensor directly and computes the same values bit for bit. The matmuls left over are
+lowered by LowerIntMatmul.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from compiler.tvm_compat import (PyExprMutator, constant_value, dead_code_elimination, expr_functor_mutator,
+                                 mutate_functions, tensor_info)
+from schedules.gemm_epilogue import OPS, TAKE_MODES, Epilogue, EpilogueStep
+from schedules.int8_matmul import emit_int8_matmul, select_kernel
+
+_MATMUL = "relax.matmul"
+_UNARY = {"astype", "clip", "negative"}
+_TRANSPARENT = {"relax.reshape"}
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A matmul ``a @ w`` and the epilogue replacing the binding of ``end`` (its constants in step order)."""
+
+    a: relax.Expr
+    w: np.ndarray
+    epilogue: Epilogue
+    operands: tuple
+
+
+def _users(func: relax.Function) -> dict:
+    """var -> the binding vars that use it (uses by the function's result count as a None user)."""
+    users: dict = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            for v in relax.analysis.free_vars(b.value):
+                users.setdefault(v, []).append(b.var)
+    for v in relax.analysis.free_vars(func.body.body):
+        users.setdefault(v, []).append(None)
+    return users
+
+
+def _vector_along_n(value: np.ndarray, n: int) -> np.ndarray | None:
+    """A constant that broadcasts along the output columns only: its 1-D value (length 1 or n), else None."""
+    if value.ndim == 0:
+        return value.reshape(1)
+    if all(d == 1 for d in value.shape[:-1]) and value.shape[-1] in (1, n):
+        return value.reshape(-1)
+    return None
+
+
+def _step(call: relax.Call, x: relax.Var, n: int) -> tuple[EpilogueStep, np.ndarray | None] | None:
+    """The epilogue step of ``call`` applied to the chain value ``x`` (and its constant), or None if it is not one."""
+    op = call.op.name.removeprefix("relax.")
+    if op not in OPS:
+        return None
+    dtype, _ = tensor_info(call)
+    x_dtype, _ = tensor_info(x)
+    if op in _UNARY:
+        if not call.args[0].same_as(x):
+            return None
+        attrs = (int(call.args[1].value), int(call.args[2].value)) if op == "clip" else ()
+        return EpilogueStep(op, dtype, attrs=attrs), None
+    if op == "take":
+        table = constant_value(call.args[0])
+        if (not call.args[1].same_as(x) or table is None or table.ndim != 1 or int(call.attrs.axis) != 0
+                or str(call.attrs.mode) not in TAKE_MODES):
+            return None
+        return EpilogueStep("take", dtype, "table", str(table.dtype), attrs=(str(call.attrs.mode),),
+                            table_size=len(table)), table
+    lhs, rhs = call.args
+    swap = rhs.same_as(x) and not lhs.same_as(x)
+    c = constant_value(lhs if swap else rhs)
+    if (not lhs.same_as(x) and not swap) or c is None or str(c.dtype) != x_dtype:
+        return None
+    vec = _vector_along_n(c, n)
+    if vec is None:
+        return None
+    kind = "vector" if len(vec) == n and n > 1 else "scalar"
+    return EpilogueStep(op, dtype, kind, str(c.dtype), swap=swap), vec if kind == "vector" else vec[:1]
+
+
+def _transparent(call, m: int, n: int) -> bool:
+    """A reshape that keeps the last dim N and M rows: the chain value's layout is unchanged."""
+    _, shape = tensor_info(call)
+    return call.op.name in _TRANSPARENT and shape is not None and shape[-1] == n and math.prod(shape[:-1]) == m
+
+
+def find_chains(func: relax.Function) -> dict:
+    """{the var whose binding the fused kernel replaces: Chain} for every fusable matmul of ``func``."""
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    users = _users(func)
+    chains = {}
+    for var, value in values.items():
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == _MATMUL):
+            continue
+        a, b = value.args
+        w = constant_value(b)
+        (a_dt, a_shape), (out_dt, _) = tensor_info(a), tensor_info(value)
+        if w is None or w.ndim != 2 or w.dtype != np.int8 or a_dt != "int8" or a_shape is None or out_dt != "int32":
+            continue
+        m, n = math.prod(a_shape[:-1]), w.shape[1]
+        steps, operands, best, cur = [], [], None, var
+        best_bytes = np.dtype("int32").itemsize
+        while isinstance(cur, relax.DataflowVar) and len(users.get(cur, [])) == 1 and users[cur][0] is not None:
+            nxt = users[cur][0]
+            call = values.get(nxt)
+            if isinstance(call, relax.Var):  # an alias
+                cur = nxt
+                continue
+            if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+                break
+            if not _transparent(call, m, n):
+                step = _step(call, cur, n)
+                if step is None:
+                    break
+                steps.append(step[0])
+                if step[1] is not None:
+                    operands.append(step[1])
+                size = np.dtype(step[0].dtype).itemsize
+                if size <= best_bytes:
+                    best_bytes, best = size, (nxt, len(steps), len(operands))
+            cur = nxt
+        if best is not None:
+            end, n_steps, n_ops = best
+            chains[end] = Chain(a, w, Epilogue(tuple(steps[:n_steps])), tuple(operands[:n_ops]))
+    return chains
+
+
+@expr_functor_mutator
+class _Fuse(PyExprMutator):
+    def __init__(self, mod, target, chains: dict):
+        super().__init__(mod)
+        self.target = target
+        self.chains = chains
+        self.fused = 0
+
+    def visit_var_binding_(self, binding):
+        chain = self.chains.get(binding.var)
+        if chain is None:
+            return super().visit_var_binding_(binding)
+        bb = self.builder_
+        y = emit_int8_matmul(bb, self.visit_expr(chain.a), chain.w, self.target, chain.epilogue, chain.operands)
+        _, shape = tensor_info(binding.var)
+        if tensor_info(y)[1] != shape:
+            y = bb.emit(relax.op.reshape(y, shape))
+        if not isinstance(binding.var, relax.DataflowVar):
+            y = bb.emit_output(y)
+        self.fused += 1
+        self.set_var_remap(binding.var, y)
+
+
+@tvm.transform.module_pass(opt_level=0, name="IntformerFuseGemmEpilogue")
+class FuseGemmEpilogue:
+    def __init__(self, target):
+        self.target = target
+        self.fused = 0
+
+    def transform_module(self, mod, ctx):
+        if select_kernel(self.target).isa == "generic":
+            return mod  # LowerIntMatmul keeps plain matmuls there: nothing to fuse into
+        chains = {}
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                chains.update(find_chains(func))
+        if not chains:
+            return mod
+        mutator = _Fuse(mod, self.target, chains)
+        mod = mutate_functions(mutator, mod)
+        self.fused = mutator.fused
+        return dead_code_elimination()(mod)  # the replaced matmuls and chain ops

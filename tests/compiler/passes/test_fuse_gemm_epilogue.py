@@ -1,0 +1,122 @@
+"""FuseGemmEpilogue (compiler/passes/fuse_gemm_epilogue.py): on a tiny integer graph built with integerize's own
+emitters, each constant-weight matmul absorbs its requantize chain (a lookup and second rescale too, int16 or int8
+output, with or without bias, per-channel or scalar multiplier): the GEMM kernel count is unchanged, no
+requantize kernel is left, and the built module equals the unfused build and the NumPy reference interpreter
+bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compiler import tvm_compat as C
+from compiler.build import fuse_kernels
+from compiler.intmath.interpreter import Interpreter
+from compiler.passes import intops
+from compiler.passes.fuse_gemm_epilogue import FuseGemmEpilogue, find_chains
+from compiler.passes.lower_int_matmul import LowerIntMatmul
+from targets import resolve_target
+
+SEQ, HID, FFN = 12, 32, 48
+R = relax.op
+
+
+def _graph():
+    """x int8 (1, SEQ, HID) -> q = requant_int16(x @ w1 + b1) -> GELU-like lookup -> rescale to int8 (FFN);
+    -> x @ w2 (no bias, scalar multiplier) -> int8 (out2); x @ w3 used twice (not fusable)."""
+    rng = np.random.default_rng(0)
+    w1, w2, w3 = (rng.integers(-127, 128, s).astype(np.int8) for s in ((HID, FFN), (FFN, HID), (HID, HID)))
+    b1 = rng.integers(-3000, 3000, (FFN,)).astype(np.int32)
+    table = rng.integers(-32768, 32768, 1 << 16).astype(np.int16)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, SEQ, HID), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = intops.emit_qmatmul(bb, x, 5, C.const(w1, "int8"), 0, w1)
+            acc = bb.emit(R.add(acc, C.const(b1, "int32")))
+            h = intops.emit_requantize(bb, acc, rng.uniform(1e-4, 1e-3, FFN), 512, "int16")
+            g = intops.emit_lookup(bb, h, table, 32768, "int16")
+            g = intops.emit_rescale(bb, g, -300, 0.0021)
+            g = bb.emit(R.astype(bb.emit(R.clip(bb.emit(R.add(g, C.const(-4, "int64"))), -128, 127)), "int8"))
+            acc2 = intops.emit_qmatmul(bb, g, -4, C.const(w2, "int8"), 0, w2)
+            out2 = intops.emit_requantize(bb, acc2, np.float64(3e-4), -7, "int8")
+            acc3 = bb.emit(R.matmul(x, C.const(w3, "int8"), out_dtype="int32"))
+            out3 = bb.emit(R.add(acc3, R.multiply(acc3, C.const(2, "int32"))))  # acc3 has two users
+            out = bb.emit_output(relax.Tuple([out2, out3]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.fixture(scope="module")
+def host():
+    return resolve_target("host").tvm_target()
+
+
+def _lower(mod, target, fuse: bool):
+    for p in ((FuseGemmEpilogue(target),) if fuse else ()) + (LowerIntMatmul(target),):
+        mod = p(mod)
+    return mod
+
+
+def _calls(mod, prefix: str) -> list:
+    """(callee name, output dtype) of the call_tir's of main whose callee starts with ``prefix``."""
+    found = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op == tvm.ir.Op.get("relax.call_tir") and \
+                e.args[0].name_hint.startswith(prefix):
+            found.append((e.args[0].name_hint, C.tensor_info(e)[0]))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found
+
+
+def _ops(mod) -> set:
+    found = set()
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.add(e.op.name) if isinstance(e, relax.Call) and
+                                    isinstance(e.op, tvm.ir.Op) else None)
+    return found
+
+
+def test_chains_found_and_cut_at_the_narrowest_value():
+    chains = list(find_chains(_graph()["main"]).values())
+    assert len(chains) == 2  # the matmul whose result has two users is left alone
+    ffn, out2 = sorted(chains, key=lambda c: -len(c.epilogue.steps))
+    ops = [s.op for s in ffn.epilogue.steps]
+    assert ops[:3] == ["subtract", "add", "astype"] and "take" in ops and ffn.epilogue.out_dtype == "int8"
+    assert [s.operand for s in ffn.epilogue.steps[:2]] == ["vector", "vector"]
+    assert out2.epilogue.out_dtype == "int8" and "vector" in [s.operand for s in out2.epilogue.steps]  # colsum
+    assert {s.operand for s in out2.epilogue.steps if s.op == "multiply"} == {"scalar"}
+
+
+def test_structure_and_bit_exact(host):
+    mod = _graph()
+    plain, fused = _lower(mod, host, False), _lower(mod, host, True)
+    gemms_plain, gemms_fused = _calls(plain, "intformer_qgemm"), _calls(fused, "intformer_qgemm")
+    assert len(gemms_fused) == len(gemms_plain) == 3
+    assert sorted(dt for _, dt in gemms_fused) == ["int32", "int8", "int8"]  # two with their epilogue
+    # no requantize or lookup op is left outside the GEMMs (the unfused matmul's chain has neither), and the
+    # build (compiler/build.fuse_kernels) makes fewer kernels
+    assert {"relax.right_shift", "relax.take"} <= _ops(plain)
+    assert not {"relax.right_shift", "relax.take", "relax.clip"} & _ops(fused)
+    kernels = [sum(isinstance(f, C.PrimFunc) for f in fuse_kernels(m, host).functions.values())
+               for m in (plain, fused)]
+    assert kernels[1] < kernels[0]
+
+    x = np.random.default_rng(1).integers(-128, 128, (1, SEQ, HID)).astype(np.int8)
+    x[0, 0, :] = -128
+    want = Interpreter(mod)(x)  # [out2, out3]
+    dev = tvm.cpu()
+    for lowered in (plain, fused):
+        vm = relax.VirtualMachine(tvm.compile(fuse_kernels(lowered, host), host), dev)
+        got = [t.numpy() for t in vm["main"](tvm.runtime.tensor(x, dev))]
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_generic_target_left_alone():
+    armv7 = resolve_target("armv7").tvm_target()
+    mod = _graph()
+    assert C.structural_equal(FuseGemmEpilogue(armv7)(mod), mod)
