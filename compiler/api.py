@@ -146,7 +146,7 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     db = TuningDatabase(db_dir, target, st.target_spec.name)
     status("extracting kernels")
     skipped: list[str] = []
-    tasks = extract_tasks(st.lowered_mod, target, skipped)
+    tasks = extract_tasks(st.lowered_mod, target, skipped, tune_options.kernels)
     before = {t.name: db.records_for(t.workload) for t in tasks}
     if remote is not None:
         from targets.remote import tuning_runner

@@ -38,7 +38,7 @@ def _tune(a) -> int:
     from compiler import api
     from schedules.tune import TuneOptions
 
-    opts = TuneOptions(trials=a.trials, trials_per_iter=a.trials_per_iter)
+    opts = TuneOptions(trials=a.trials, trials_per_iter=a.trials_per_iter, kernels=a.kernels)
     summary = api.tune_model(a.model, a.db, _compile_options(a), opts, remote=_remote(a))
     t = Table(title=f"tuned for {summary.target}: {summary.database}")
     for col in ("kernel", "kind", "calls", "records before", "trials now", "failed", "best (us)"):
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--trials", type=int, default=64, metavar="N", help="measured candidates in total (default 64)")
     tu.add_argument("--trials-per-iter", type=int, default=16, metavar="N",
                     help="candidates measured per search round (default 16)")
+    tu.add_argument("--kernels", choices=["matmul", "all"], default="matmul",
+                    help="matmul (default): the GEMMs and attention matmuls; all: the fused integer kernels too")
     _add_model_options(tu)
     _add_remote_args(tu)
     tu.set_defaults(func=_tune)

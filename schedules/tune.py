@@ -68,6 +68,13 @@ class TuneOptions:
     runner: object = None  # a MetaSchedule Runner (e.g. RPC to a board); None: this machine
     builder_export: Optional[Callable] = None  # f_export for cross builds (a .so the device can load)
     seed: int = -1
+    kernels: str = "matmul"  # which kernels: "matmul" (GEMMs and attention matmuls) or "all" (fused ones too)
+
+
+# --kernels choices -> the task kinds they tune. The matmuls carry most of an encoder's time; the fused kernels
+# (row groups, requantize chains) keep their default schedules unless asked: each row group's constants make it
+# a task of its own (BERT-base: over 100), and MetaSchedule spends minutes per task on their design spaces.
+KERNEL_SETS = {"matmul": ("gemm", "bmm"), "all": ("gemm", "bmm", "fused")}
 
 
 @dataclass
@@ -163,9 +170,10 @@ def _iterations(block) -> int:
     return n
 
 
-def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None) -> list[TuneTask]:
-    """One TuneTask per distinct kernel of the fused module (see the module docstring); the names of kernels
-    left out, with why, are appended to ``skipped``."""
+def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None, kernels: str = "all") -> list[TuneTask]:
+    """One TuneTask per distinct kernel of the fused module (see the module docstring) among the kinds of
+    ``KERNEL_SETS[kernels]``; the names of kernels left out, with why, are appended to ``skipped``."""
+    kinds = KERNEL_SETS[kernels]
     from compiler.build import fuse_kernels
     from compiler.tvm_compat import structural_equal
 
@@ -181,6 +189,10 @@ def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None) -> list
             compute, kern, mr0 = _gemm_workload(kind, dims, target)
             work, info = _normalized(compute), (kind, dims, kern, mr0)
         elif attrs.get("tir.is_scheduled", False):
+            continue
+        elif "fused" not in kinds:
+            if skipped is not None:
+                skipped.append(f"{name[:60]}: a fused kernel (tuned with --kernels all)")
             continue
         else:
             why = _why_not_tuned(name, func)
