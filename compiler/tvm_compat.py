@@ -177,6 +177,8 @@ from tvm.ir import IRModule  # noqa: E402
 from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 from tvm.s_tir import meta_schedule  # noqa: E402
 from tvm.tirx import PrimFunc  # noqa: E402  (tvm.tir.PrimFunc before 0.2x)
+from tvm import tirx  # noqa: E402  (tvm.tir before 0.2x: TIR expressions, buffers, loops)
+from tvm.s_tir import SBlock, SBlockRealize  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x)
 
 from tvm.ir.expr import TensorLoad  # noqa: E402  (tvm.tir.BufferLoad before 0.27)
 from tvm.ir.prim.expr import Cast  # noqa: E402  (tvm.tir.Cast before 0.27)

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import tirx  # noqa: F401  (tvm.tir before 0.2x)
-from tvm.s_tir import SBlock, SBlockRealize  # tvm.tir.Block / BlockRealize before 0.2x
+
+from compiler.tvm_compat import SBlock, SBlockRealize, tirx
 
 EPILOGUE_BLOCK = "epilogue"
 EPILOGUE_ATTR = "intformer.epilogue"  # Epilogue.to_json() of a fused GEMM kernel

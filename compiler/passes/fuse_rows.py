@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import constant_value, expr_type, tensor_info
+from compiler.tvm_compat import PrimFunc, constant_value, expr_type, tensor_info
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 OP_PATTERN = {"elementwise": 0, "broadcast": 1, "injective": 2, "reduce": 3, "opaque": 8}
@@ -68,7 +68,7 @@ def _row_key(mod, binding):
     if not isinstance(value, relax.Call) or value.op != _CALL_TIR:
         return None
     func = mod[value.args[0]]
-    if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None or "op_pattern" not in func.attrs:
+    if not isinstance(func, PrimFunc) or func.attrs is None or "op_pattern" not in func.attrs:
         return None
     if func.attrs.get("tir.is_scheduled"):  # the int8 GEMM kernels
         return None
