@@ -19,6 +19,7 @@ compiler/passes/default_schedule.py then computes every stage of a row under one
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import tvm
@@ -229,8 +230,6 @@ def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
     produced_by = {bindings[i].var: u for u, idx in units.items() for i in idx}
     deps = {u: {produced_by[v] for i in idx for v in _uses(bindings[i].value)
                 if v in produced_by and produced_by[v] != u} for u, idx in units.items()}
-    import heapq
-
     waiting = {u: len(d) for u, d in deps.items()}
     users: dict = {}
     for u, d in deps.items():
@@ -238,9 +237,10 @@ def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
             users.setdefault(p, []).append(u)
     ready = [(units[u][0], u) for u, n in waiting.items() if n == 0]
     heapq.heapify(ready)
-    out = []
+    out, emitted = [], 0
     while ready:
         _, u = heapq.heappop(ready)
+        emitted += 1
         if u[0] == "b":
             out.append(bindings[u[1]])
         else:
@@ -256,7 +256,8 @@ def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
             waiting[v] -= 1
             if waiting[v] == 0:
                 heapq.heappush(ready, (units[v][0], v))
-    assert len(out) >= len(units), "fuse_rows: the grouped bindings do not form a DAG"
+    if emitted != len(units):  # a bug of group_bindings' cycle check, never a user's input
+        raise RuntimeError("fuse_rows: the grouped bindings do not form a DAG")
     return relax.DataflowBlock(out)
 
 
