@@ -12,8 +12,8 @@ Guarantees: every maximal group of bindings that
   * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
-A group never has a path that leaves it and comes back (so the graph stays acyclic); groups of one binding are
-left to FuseOps. Only the grouping changes: each op computes what it computed before, bit for bit, and
+A group never has a path that leaves it and comes back (so the graph stays acyclic) and has one result read
+outside it (a group with a result mid-way is split there); groups of one binding are left to FuseOps. Only the grouping changes: each op computes what it computed before, bit for bit, and
 compiler/passes/default_schedule.py then computes every stage of a row under one row loop.
 """
 
