@@ -101,10 +101,10 @@ def layernorm_shift(hidden: int, bound: int) -> int:
     return need - LN_SQUARE_BITS
 
 
-def bit_length(n: np.ndarray) -> np.ndarray:
-    """Bits of 0 <= n < 2**54, by comparisons (no data-dependent branch)."""
+def bit_length(n: np.ndarray, max_bits: int = LN_SQRT_MAX_BITS) -> np.ndarray:
+    """Bits of 0 <= n < 2**max_bits, by comparisons (no data-dependent branch)."""
     bits = np.zeros_like(n)
-    for i in range(LN_SQRT_MAX_BITS):
+    for i in range(max_bits):
         bits = bits + (n >= (np.int64(1) << i)).astype(np.int64)
     return bits
 
@@ -201,9 +201,7 @@ def ilog_softmax(x: np.ndarray, scale: float) -> np.ndarray:
     x = x.astype(np.int64)
     d = np.max(x, axis=-1, keepdims=True) - x
     s = np.sum(iexp_q15(d, c["exp"]), axis=-1, keepdims=True) << LOG2_FRAC_BITS  # Q31
-    bits = np.zeros_like(s)
-    for i in range(LOG_SUM_BITS):
-        bits = bits + (s >= (np.int64(1) << i)).astype(np.int64)
+    bits = bit_length(s, LOG_SUM_BITS)
     idx = (s >> (bits - 1 - LOG2_TABLE_BITS)) - (1 << LOG2_TABLE_BITS)
     log2q = ((bits - 32) << LOG2_FRAC_BITS) + c["log2"][idx]  # log2(sum / 2**15) in Q16
     lse = rescale(log2q, 0, c["m0"], c["sh"])

@@ -111,6 +111,14 @@ def emit_exp_q15(bb, d, c: dict):
     return bb.emit(R.right_shift(e, z))
 
 
+def emit_bit_length(bb, n, max_bits: int):
+    """Bits of int64 0 <= n < 2**max_bits, by comparisons (intmath.bit_length)."""
+    bits = bb.emit(R.full_like(n, const(0, "int64")))
+    for i in range(max_bits):
+        bits = bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater_equal(n, const(1 << i, "int64"))), "int64"))))
+    return bits
+
+
 def emit_log_softmax(bb, x, scale: float):
     """Integer log-softmax over the last axis -> int64 in the input's units (intmath.ilog_softmax)."""
     from compiler.intmath import integer_ops as io
@@ -121,9 +129,7 @@ def emit_log_softmax(bb, x, scale: float):
     d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
     e = emit_exp_q15(bb, d, c["exp"])
     s = bb.emit(R.left_shift(bb.emit(R.sum(e, axis=[-1], keepdims=True)), i64(io.LOG2_FRAC_BITS)))
-    bits = bb.emit(R.full_like(s, i64(0)))
-    for i in range(io.LOG_SUM_BITS):
-        bits = bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater_equal(s, i64(1 << i))), "int64"))))
+    bits = emit_bit_length(bb, s, io.LOG_SUM_BITS)
     idx = bb.emit(R.right_shift(s, bb.emit(R.subtract(bits, i64(1 + io.LOG2_TABLE_BITS)))))
     idx = bb.emit(R.subtract(idx, i64(1 << io.LOG2_TABLE_BITS)))
     log2q = bb.emit(R.left_shift(bb.emit(R.subtract(bits, i64(32))), i64(io.LOG2_FRAC_BITS)))
@@ -162,9 +168,7 @@ def emit_layernorm(bb, x, c: dict, out_dtype: str):
                                const(h, "int64")))
     n = bb.emit(R.add(n, const(c["eps"], "int64")))
     one = const(1, "int64")
-    bits = bb.emit(R.full_like(n, const(0, "int64")))
-    for i in range(io.LN_SQRT_MAX_BITS):
-        bits = bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater_equal(n, const(1 << i, "int64"))), "int64"))))
+    bits = emit_bit_length(bb, n, io.LN_SQRT_MAX_BITS)
     e = bb.emit(R.right_shift(bb.emit(R.add(bits, one)), one))
     r = bb.emit(R.left_shift(bb.emit(R.full_like(n, one)), e))
     for _ in range(io.LN_SQRT_ITERS):

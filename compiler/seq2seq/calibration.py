@@ -71,7 +71,7 @@ def record_feeds(folder: str, spec: Seq2SeqSpec, text_path: str, seed: int = 0) 
     lines = read_sentences(text_path)
     rows = encode_rows(tokenizer(folder, spec), spec, lines)
     ort_backend = OrtBackend(folder, threads=0)
-    if not isinstance(ort_backend.batch_size, int) or ort_backend.batch_size < 1:
+    if ort_backend.batch_size < 1:  # OrtBackend: 0 when the encoder's batch dimension is symbolic
         raise IntformerError(f"{folder}/{spec.encoder}: the batch dimension must be static")
     backend = _RecordingEncoder(ort_backend)
     dec: list[dict] = []
