@@ -154,6 +154,8 @@ def epilogue_value(epi: Epilogue, x, col, bufs: list):
             buf = next(it)
             c = {"scalar": lambda b: tirx.BufferLoad(b, [0]), "vector": lambda b: tirx.BufferLoad(b, [col]),
                  "table": lambda b: (lambda idx: tirx.BufferLoad(b, [idx]))}[step.operand](buf)
+            if step.operand != "table" and step.operand_dtype != step.dtype:  # stored narrower: widened on load
+                c = tirx.Cast(step.dtype, c)
         x, dtype = OPS[step.op](x, c, step, dtype), step.dtype
     return x
 

@@ -13,76 +13,89 @@ import numpy as np
 
 from compiler.intmath.fixed_point import quantize_multiplier
 
-# ---- softmax ---------------------------------------------------------------------------------------------
-SOFTMAX_TABLE_BITS = 8  # 256-entry table of 2**-f for f in [0, 1)
-SOFTMAX_ONE = 1 << 15  # exp values in Q15
+# ---- exp and softmax ------------------------------------------------------------------------------------
+# exp(-d * scale) = 2**-t with t = d * scale / ln 2 >= 0: t in Q14 from one int32 multiply-shift of d, then
+# 2**-(t >> 14) is a shift and 2**-(fraction) a cubic in Horner form. Everything per element is int32 (no
+# gather, no 64-bit multiply), so it vectorizes at full width.
+EXP_FRAC_BITS = 14  # the fraction of t (Q14)
+EXP_ZERO_SHIFT = 16  # a Q15 value shifted right 16 times is 0: t beyond 16 (d beyond 16 ln 2 / scale) gives 0
+EXP_MUL_BITS = 12  # the multiplier of d keeps at least 12 bits (relative slope error <= 2**-12)
+EXP_MUL_SHIFT = 12  # t = (d * m) >> 12: d <= d_cap keeps d * m below 2**31
+EXP_POLY_Q15 = (32766, -22654, 7566, -1296)  # 2**-f, f in [0, 1), Q15 (Chebyshev cubic; relative error 2.5e-4)
+EXP_MAX = EXP_POLY_Q15[0]  # exp(0) in Q15: every row's largest element
 SOFTMAX_OUT_SCALE = 1.0 / 255.0  # the int8 form
 SOFTMAX_OUT_ZP = -128
 SOFTMAX_FINE_LEVELS = 65535  # the fine form: int32 codes of p * 65535 (requantized by its consumer)
+INT32_MAX = (1 << 31) - 1
 
 
-SOFTMAX_MAX_SHIFT = 63  # differences beyond 63 * ln 2 give exp = 0 (the Q15 table shifted out)
-SOFTMAX_RECIP_BITS = 46  # per-row reciprocal of the row sum, Q46
-SOFTMAX_LN2_BITS = 12  # ln 2 is represented by 2**11..2**12 units of the (shifted) input
+def exp_constants(scale: float) -> dict:
+    """d -> t: d is shifted right by `pre` (fine scales), capped at `d_cap`, multiplied by `m` and shifted right
+    by `s`, so that t = d * scale / ln 2 in Q14, with d_cap * m < 2**31 and t >= 16 in Q14 at the cap."""
+    c = scale / math.log(2.0)
+    f, s, pre = EXP_FRAC_BITS, EXP_MUL_SHIFT, 0
+    m = int(round(c * 2.0 ** (f + s)))
+    if m < 1 << EXP_MUL_BITS:  # fine scales: drop low bits of d until m has EXP_MUL_BITS bits
+        pre = EXP_MUL_BITS - max(m, 1).bit_length() + 1
+        m = int(round(c * 2.0 ** (f + s + pre)))
+    while m >= 1 << 29 and s > 0:  # coarse scales (a step of ln 2 or more): a smaller shift
+        s -= 1
+        m = int(round(c * 2.0 ** (f + s + pre)))
+    if not 1 <= m < 1 << 29:
+        raise ValueError(f"softmax input scale {scale} is out of the integer exp's range")
+    d_cap = -(-(EXP_ZERO_SHIFT << (f + s)) // m)  # ceil: t >= 16 (exp 0) from the cap on
+    assert d_cap * m < 1 << 31
+    return {"pre": pre, "m": m, "s": s, "d_cap": d_cap}
 
 
-def divider(divisor: int, max_dividend: int) -> tuple[int, int]:
-    """(m, s) with (x * m) >> s == x // divisor for every 0 <= x <= max_dividend (checked exhaustively, so the
-    compiled code never divides by a constant)."""
-    x = np.arange(max_dividend + 1, dtype=np.int64)
-    want = x // divisor
-    for s in range(int(math.ceil(math.log2(max_dividend + 1))) + int(math.ceil(math.log2(divisor + 1))),
-                   62 - int(math.ceil(math.log2(max_dividend + 1)))):
-        m = (1 << s) // divisor + 1
-        if np.array_equal((x * m) >> s, want):
-            return m, s
-    raise ValueError(f"no exact multiply-shift for // {divisor} up to {max_dividend}")
-
-
-def softmax_constants(scale: float) -> dict:
-    """ln 2 in input units (q_ln2, at least 1), the Q15 table of 2**-((j + 0.5) / 256), and exact multiply-shift
-    forms of the two divisions by q_ln2."""
-    # bring ln 2 to 2**11..2**12 input units: fine scales drop low bits of the difference (pre > 0), coarse
-    # scales scale it up (pre < 0) so that rounding q_ln2 costs at most 2**-12 of the exponent's slope
-    pre = int(math.log(2.0) / scale).bit_length() - SOFTMAX_LN2_BITS
-    q_ln2 = max(1, int(round(math.log(2.0) / (scale * 2.0 ** pre))))
-    n = 1 << SOFTMAX_TABLE_BITS
-    table = np.round(SOFTMAX_ONE * np.exp2(-(np.arange(n) + 0.5) / n)).astype(np.int64)
-    d_max = (SOFTMAX_MAX_SHIFT + 1) * q_ln2 - 1
-    return {"pre_shift": pre, "q_ln2": q_ln2, "table": table, "d_max": d_max, "z": divider(q_ln2, d_max),
-            "idx": divider(q_ln2, (q_ln2 << SOFTMAX_TABLE_BITS) - 1)}
+def exp_poly(f: np.ndarray) -> np.ndarray:
+    """2**-(f / 2**14) in Q15 for 0 <= f < 2**14, Horner with a floor shift after each product (int32 safe)."""
+    a = EXP_POLY_Q15
+    h = np.full_like(f, a[3])
+    for coef in (a[2], a[1], a[0]):
+        h = ((h * f) >> EXP_FRAC_BITS) + coef
+    return h
 
 
 def iexp_q15(d: np.ndarray, c: dict) -> np.ndarray:
-    """exp(-d * scale) in Q15 for integer d >= 0 (int64), c from softmax_constants(scale)."""
-    pre = c["pre_shift"]
-    d = np.minimum(d >> pre if pre >= 0 else np.minimum(d, c["d_max"]) << -pre, c["d_max"])
-    z = (d * c["z"][0]) >> c["z"][1]
-    r = d - z * c["q_ln2"]
-    idx = ((r << SOFTMAX_TABLE_BITS) * c["idx"][0]) >> c["idx"][1]
-    return c["table"][idx] >> z
+    """exp(-d * scale) in Q15 for integer d >= 0, c from exp_constants(scale); int64 out (values < 2**15)."""
+    d = np.minimum(d.astype(np.int64) >> c["pre"], c["d_cap"])
+    t = (d * c["m"]) >> c["s"]
+    z = np.minimum(t >> EXP_FRAC_BITS, EXP_ZERO_SHIFT)
+    return exp_poly(t & ((1 << EXP_FRAC_BITS) - 1)) >> z
 
 
-def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False) -> np.ndarray:
-    """Integer softmax of x (any integer dtype, real = scale * (x - zp); zp cancels) -> int8 with scale 1/255,
-    zero point -128.
+def softmax_recip_bits(out_scale: float) -> int:
+    """K for q = (e * r + 2**(K-1)) >> K with r = round(2**K / out_scale / sum): the largest K (<= 30) that keeps
+    e * r + 2**(K-1) inside int32 (e <= EXP_MAX <= sum)."""
+    for k in range(30, 0, -1):
+        if round(2.0 ** k / out_scale) + (1 << (k - 1)) + EXP_MAX < INT32_MAX:
+            return k
+    raise ValueError(f"softmax output scale {out_scale} is too fine for int32")
 
-    exp(-d * scale) for d = max - x >= 0 is 2**-z * 2**-(r / q_ln2) with z = d // q_ln2 and r = d % q_ln2:
-    a shift and a 256-entry table (relative error <= 0.14% for scales well below ln 2); the divisions by the
-    constant q_ln2 are exact multiply-shifts. The row sum is inverted once per row (Q46, rounded) and each
-    probability is a multiply and a rounding shift. `fine`: int32 codes round(p * 65535) instead.
+
+def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False, out_scale: float | None = None,
+             out_zp: int | None = None, out_dtype: str | None = None) -> np.ndarray:
+    """Integer softmax of x (any integer dtype, real = scale * (x - zp); zp cancels): by default int8 with scale
+    1/255, zero point -128; `fine`: int32 codes round(p * 65535); or any (out_scale, out_zp, out_dtype).
+
+    Each row's exps (Q15, iexp_q15, relative error <= 2.5e-4 for scales well below ln 2) are summed, the
+    constant 2**K / out_scale is divided by the sum once per row (rounded), and each output is an int32 multiply
+    and a rounding shift: q = round(e * r / 2**K) + out_zp, clipped to out_dtype.
     """
-    c = softmax_constants(scale)
+    if fine:
+        out_scale, out_zp, out_dtype = 1.0 / SOFTMAX_FINE_LEVELS, 0, "int32"
+    if out_scale is None:
+        out_scale, out_zp, out_dtype = SOFTMAX_OUT_SCALE, SOFTMAX_OUT_ZP, "int8"
+    c = exp_constants(scale)
     x = x.astype(np.int64)
     e = iexp_q15(np.max(x, axis=axis, keepdims=True) - x, c)
     s = np.sum(e, axis=axis, keepdims=True)
-    k = SOFTMAX_RECIP_BITS
-    recip = ((np.int64(1) << k) + (s >> 1)) // s
-    levels = SOFTMAX_FINE_LEVELS if fine else 255
-    q = (e * levels * recip + (np.int64(1) << (k - 1))) >> k
-    if fine:
-        return q.astype(np.int32)
-    return np.clip(q + SOFTMAX_OUT_ZP, -128, 127).astype(np.int8)
+    k = softmax_recip_bits(out_scale)
+    recip = (int(round(2.0 ** k / out_scale)) + (s >> 1)) // s
+    q = (e * recip + (1 << (k - 1))) >> k
+    info = np.iinfo(out_dtype)
+    return np.clip(q + out_zp, info.min, info.max).astype(out_dtype)
 
 
 # ---- LayerNorm -------------------------------------------------------------------------------------------
@@ -187,7 +200,13 @@ def log_softmax_constants(scale: float) -> dict:
     from compiler.intmath.fixed_point import quantize_multiplier
 
     m0, sh = quantize_multiplier(math.log(2.0) / (scale * (1 << LOG2_FRAC_BITS)))
-    return {"exp": softmax_constants(scale), "log2": log2_table(), "m0": m0, "sh": sh}
+    return {"exp": exp_constants(scale), "log2": log2_table(), "m0": m0, "sh": sh}
+
+
+def log_softmax_bound(n: int, scale: float, d_max: int) -> int:
+    """|log-softmax| in input units for rows of n with max - x <= d_max: d_max plus the log-sum-exp (at most
+    ln(n) / scale, with the tables' rounding)."""
+    return int(d_max) + int(math.ceil((math.log(max(n, 1)) + 0.01) / scale)) + 2
 
 
 def ilog_softmax(x: np.ndarray, scale: float) -> np.ndarray:

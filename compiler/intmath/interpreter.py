@@ -84,6 +84,7 @@ OPS: dict[str, Callable] = {
     "relax.right_shift": lambda c, a, b: np.right_shift(a, b),
     "relax.left_shift": lambda c, a, b: np.left_shift(a, b),
     "relax.minimum": lambda c, a, b: np.minimum(a, b),
+    "relax.bitwise_and": lambda c, a, b: np.bitwise_and(a, b),
     "relax.maximum": lambda c, a, b: np.maximum(a, b),
     "relax.less": lambda c, a, b: np.less(a, b),
     "relax.greater": lambda c, a, b: np.greater(a, b),

@@ -218,26 +218,68 @@ def _leading_spatial(sch, blocks) -> int:
     return n or 0
 
 
+def _lane_partials(sch, block, kinds: str, p: CpuParams):
+    """A reduction over its innermost loop (max, sum of a row) split into one partial per vector lane: rfactor
+    gives a block that reduces each lane's strided elements (vectorized once under the row loop) and leaves the
+    original block to reduce the lane partials. The loop-carried scalar reduction LLVM would otherwise run costs
+    a cycle or more per element. Returns (the partials block, its lane count), or None when the block does not
+    qualify (several reduction axes, a row shorter than two vectors) or rfactor refuses it."""
+    loops = sch.get_loops(block)
+    n = _extent(sch, loops[-1])
+    lanes = _lanes(p, _widest_bits(sch, block), n)
+    if not kinds.endswith("R") or kinds.count("R") != 1 or lanes <= 1 or n is None or n < 2 * lanes:
+        return None
+    try:
+        _, lane = sch.split(loops[-1], factors=[None, lanes])
+        ndim = len(_region_buffer(sch.get(block).writes[0]).shape)
+        return sch.rfactor(lane, factor_axis=ndim), lanes
+    except Exception:  # noqa: BLE001  (not a recognized reducer, or an init rfactor cannot carry)
+        return None
+
+
+def _vectorize_partials(sch, rf, lanes: int):
+    """The partials block under the row loop: its lane loop (extent `lanes`) moved innermost and vectorized."""
+    loops = list(sch.get_loops(rf))
+    lane = next((lp for lp in loops[1:] if _extent(sch, lp) == lanes), None)
+    if lane is None or lane.same_as(loops[-1]):
+        sch.vectorize(loops[-1]) if lane is not None else None
+        return
+    sch.reorder(loops[-1], lane)
+    sch.vectorize(sch.get_loops(rf)[-1])
+
+
 def _rows(sch, blocks, p: CpuParams) -> bool:
     """Blocks sharing leading spatial axes (softmax, LayerNorm and its per-row isqrt chain): one parallel row
-    loop, every block computed under it; spatial inner loops vectorized, reduction inner loops left to LLVM."""
+    loop, every block computed under it; spatial inner loops vectorized, row reductions reduced in vector lanes
+    (`_lane_partials`) when the row holds at least two vectors."""
     single_reduction = len(blocks) == 1 and not blocks[0].is_injective()
     if not blocks or not single_reduction and (len(blocks) < 2 or not blocks[-1].is_injective()):
         return False
     lead = _leading_spatial(sch, blocks)
     if lead == 0:
         return False
-    last = blocks[-1].block_rv
     work = sum(_work(sch, b.block_rv) for b in blocks)
+    order, partials = [], []  # blocks in dataflow order, a reduction's partials block right before it
+    for b in blocks:
+        rf = None
+        if not b.is_injective() and len(sch.get_loops(b.block_rv)) == lead + 1 and not single_reduction:
+            rf = _lane_partials(sch, b.block_rv, b.dom_kind(), p)
+        if rf is not None:
+            order.append(rf[0])
+            partials.append(rf)
+        order.append(b.block_rv)
+    last = order[-1]
     loops = sch.get_loops(last)
     if blocks[-1].is_injective() and len(loops) > lead:
         loops = _vectorize_inner(sch, last, p)
     row = _parallel(sch, list(loops[:lead]), work, p)
-    for b in reversed(blocks[:-1]):
-        sch.compute_at(b.block_rv, row, preserve_unit_loops=True)
+    for b in reversed(order[:-1]):
+        sch.compute_at(b, row, preserve_unit_loops=True)
     for b in blocks[:-1]:
         if b.is_injective() and len(sch.get_loops(b.block_rv)) > 1:
             _vectorize_inner(sch, b.block_rv, p)
+    for rf, lanes in partials:
+        _vectorize_partials(sch, rf, lanes)
     return True
 
 

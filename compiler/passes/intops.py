@@ -70,45 +70,65 @@ def _i64(bb, x):
     return x if tensor_info(x)[0] == "int64" else bb.emit(R.astype(x, "int64"))
 
 
-def emit_softmax(bb, x, scale: float, fine: bool = False):
-    """Integer softmax over the last axis -> int8 (scale 1/255, zero point -128), or with `fine` int32 codes of
-    p * 65535; see intmath.isoftmax."""
+def _wide_difference(bb, x, bound: int | None):
+    """max - x over the last axis, in int32 when it cannot overflow there (|x - zp| <= bound < 2**30), else int64."""
+    dtype = tensor_info(x)[0]
+    wide = "int64" if dtype == "int64" or (dtype == "int32" and _difference_bound(x, bound) > 1 << 30) else "int32"
+    if dtype != wide:
+        x = bb.emit(R.astype(x, wide))
+    return bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
+
+
+def emit_softmax(bb, x, scale: float, fine: bool = False, bound: int | None = None, out_scale: float | None = None,
+                 out_zp: int | None = None, out_dtype: str | None = None):
+    """Integer softmax over the last axis -> int8 (scale 1/255, zero point -128), with `fine` int32 codes of
+    p * 65535, or (out_scale, out_zp, out_dtype); see intmath.isoftmax. `bound` (|x - zp| <= bound) lets an int32
+    input take its differences in int32."""
     from compiler.intmath import integer_ops as io
 
-    c = io.softmax_constants(scale)
-    i64 = lambda v: const(v, "int64")  # noqa: E731
-    x = _i64(bb, x)
-    d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
-    e = emit_exp_q15(bb, d, c)
-    s = bb.emit(R.sum(e, axis=[-1], keepdims=True))
-    k = io.SOFTMAX_RECIP_BITS
-    recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, i64(1))), i64(1 << k))), s))
-    levels = io.SOFTMAX_FINE_LEVELS if fine else 255
-    q = bb.emit(R.multiply(bb.emit(R.multiply(e, i64(levels))), recip))
-    q = bb.emit(R.right_shift(bb.emit(R.add(q, i64(1 << (k - 1)))), i64(k)))
     if fine:
-        return bb.emit(R.astype(q, "int32"))
-    q = bb.emit(R.add(q, i64(io.SOFTMAX_OUT_ZP)))
-    return bb.emit(R.astype(bb.emit(R.clip(q, -128, 127)), "int8"))
+        out_scale, out_zp, out_dtype = 1.0 / io.SOFTMAX_FINE_LEVELS, 0, "int32"
+    if out_scale is None:
+        out_scale, out_zp, out_dtype = io.SOFTMAX_OUT_SCALE, io.SOFTMAX_OUT_ZP, "int8"
+    i32 = lambda v: const(v, "int32")  # noqa: E731
+    e = emit_exp_q15(bb, _wide_difference(bb, x, bound), io.exp_constants(scale))
+    n = tensor_info(x)[1][-1]
+    s = bb.emit(R.sum(e if n * io.EXP_MAX <= io.INT32_MAX else bb.emit(R.astype(e, "int64")), axis=[-1],
+                      keepdims=True))
+    s = bb.emit(R.astype(s, "int64")) if tensor_info(s)[0] != "int64" else s
+    k = io.softmax_recip_bits(out_scale)
+    one = const(1, "int64")
+    recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, one)),
+                                                 const(int(round(2.0 ** k / out_scale)), "int64"))), s))
+    q = bb.emit(R.multiply(e, bb.emit(R.astype(recip, "int32"))))
+    q = bb.emit(R.right_shift(bb.emit(R.add(q, i32(1 << (k - 1)))), i32(k)))
+    if out_zp:
+        q = bb.emit(R.add(q, i32(out_zp)))
+    info = np.iinfo(out_dtype)
+    if info.min > np.iinfo("int32").min or info.max < np.iinfo("int32").max:
+        q = bb.emit(R.clip(q, int(info.min), int(info.max)))
+    return q if out_dtype == "int32" else bb.emit(R.astype(q, out_dtype))
 
 
 def emit_exp_q15(bb, d, c: dict):
-    """exp(-d * scale) in Q15 for int64 d >= 0 (intmath.iexp_q15; c from softmax_constants)."""
+    """exp(-d * scale) in Q15 as int32, for d >= 0 (int32 or int64) (intmath.iexp_q15; c from exp_constants)."""
     from compiler.intmath import integer_ops as io
 
-    i64 = lambda v: const(v, "int64")  # noqa: E731
-    pre = c["pre_shift"]
-    if pre > 0:
-        d = bb.emit(R.right_shift(d, i64(pre)))
-    elif pre < 0:  # clip first: the left shift must not overflow for masked (saturated) differences
-        d = bb.emit(R.left_shift(bb.emit(R.minimum(d, i64(c["d_max"]))), i64(-pre)))
-    d = bb.emit(R.minimum(d, i64(c["d_max"])))
-    z = bb.emit(R.right_shift(bb.emit(R.multiply(d, i64(c["z"][0]))), i64(c["z"][1])))
-    r = bb.emit(R.subtract(d, bb.emit(R.multiply(z, i64(c["q_ln2"])))))
-    r = bb.emit(R.left_shift(r, i64(io.SOFTMAX_TABLE_BITS)))
-    idx = bb.emit(R.right_shift(bb.emit(R.multiply(r, i64(c["idx"][0]))), i64(c["idx"][1])))
-    e = bb.emit(R.take(const(c["table"], "int64"), idx, axis=0))
-    return bb.emit(R.right_shift(e, z))
+    dtype = tensor_info(d)[0]
+    if c["pre"]:
+        d = bb.emit(R.right_shift(d, const(c["pre"], dtype)))
+    d = bb.emit(R.minimum(d, const(c["d_cap"], dtype)))
+    if dtype != "int32":
+        d = bb.emit(R.astype(d, "int32"))
+    i32 = lambda v: const(v, "int32")  # noqa: E731
+    t = bb.emit(R.right_shift(bb.emit(R.multiply(d, i32(c["m"]))), i32(c["s"])))
+    z = bb.emit(R.minimum(bb.emit(R.right_shift(t, i32(io.EXP_FRAC_BITS))), i32(io.EXP_ZERO_SHIFT)))
+    f = bb.emit(R.bitwise_and(t, i32((1 << io.EXP_FRAC_BITS) - 1)))
+    a = io.EXP_POLY_Q15
+    h = i32(a[3])
+    for coef in (a[2], a[1], a[0]):
+        h = bb.emit(R.add(bb.emit(R.right_shift(bb.emit(R.multiply(h, f)), i32(io.EXP_FRAC_BITS))), i32(coef)))
+    return bb.emit(R.right_shift(h, z))
 
 
 def emit_bit_length(bb, n, max_bits: int):
@@ -119,16 +139,21 @@ def emit_bit_length(bb, n, max_bits: int):
     return bits
 
 
-def emit_log_softmax(bb, x, scale: float):
-    """Integer log-softmax over the last axis -> int64 in the input's units (intmath.ilog_softmax)."""
+def emit_log_softmax(bb, x, scale: float, bound: int | None = None):
+    """Integer log-softmax over the last axis in the input's units (intmath.ilog_softmax): int32 when the
+    differences and the log-sum-exp fit there (8/16-bit input, or int32 with |x - zp| <= bound < 2**29), else
+    int64."""
     from compiler.intmath import integer_ops as io
 
     c = io.log_softmax_constants(scale)
     i64 = lambda v: const(v, "int64")  # noqa: E731
-    x = _i64(bb, x)
-    d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
+    n = tensor_info(x)[1][-1]
+    d = _wide_difference(bb, x, bound)
     e = emit_exp_q15(bb, d, c["exp"])
-    s = bb.emit(R.left_shift(bb.emit(R.sum(e, axis=[-1], keepdims=True)), i64(io.LOG2_FRAC_BITS)))
+    if n * io.EXP_MAX > io.INT32_MAX:
+        e = bb.emit(R.astype(e, "int64"))
+    s = _i64(bb, bb.emit(R.sum(e, axis=[-1], keepdims=True)))
+    s = bb.emit(R.left_shift(s, i64(io.LOG2_FRAC_BITS)))
     bits = emit_bit_length(bb, s, io.LOG_SUM_BITS)
     idx = bb.emit(R.right_shift(s, bb.emit(R.subtract(bits, i64(1 + io.LOG2_TABLE_BITS)))))
     idx = bb.emit(R.subtract(idx, i64(1 << io.LOG2_TABLE_BITS)))
@@ -136,7 +161,19 @@ def emit_log_softmax(bb, x, scale: float):
     log2q = bb.emit(R.add(log2q, bb.emit(R.take(const(c["log2"], "int64"), idx, axis=0))))
     lse = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(log2q, i64(c["m0"]))), i64(1 << (c["sh"] - 1)))),
                                 i64(c["sh"])))
+    dtype = tensor_info(d)[0]
+    if dtype == "int32" and io.log_softmax_bound(n, scale, _difference_bound(x, bound)) > io.INT32_MAX:
+        d, dtype = bb.emit(R.astype(d, "int64")), "int64"
+    if dtype != "int64":
+        lse = bb.emit(R.astype(lse, dtype))
     return bb.emit(R.subtract(bb.emit(R.negative(d)), lse))
+
+
+def _difference_bound(x, bound: int | None) -> int:
+    """An upper bound of max - x along a row."""
+    dtype = tensor_info(x)[0]
+    info = np.iinfo(dtype)
+    return int(info.max) - int(info.min) if bound is None else 2 * bound
 
 
 def emit_mul(bb, a, za: int, b, zb: int, shift: int):

@@ -60,6 +60,7 @@ class _Propagate(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.rep: dict = {}
+        self.softmax_of: dict = {}  # a softmax's fine codes -> (its input's IntRepr, the input scale)
         self.rewritten = 0
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -98,6 +99,11 @@ class _Propagate(PyExprMutator):
     def requantize(self, r: IntRepr, scale: float, zp: int, dtype: str):
         if r.dtype == dtype and r.zp == zp and np.float32(r.scale) == np.float32(scale):
             return r.expr
+        src = self.softmax_of.get(r.expr)
+        if src is not None:  # the softmax again, straight into these codes (its fine form dies unless used)
+            x, s_in = src
+            return intops.emit_softmax(self.builder_, x.expr, s_in, bound=x.bound, out_scale=scale, out_zp=zp,
+                                       out_dtype=dtype)
         v = intops.emit_rescale(self.builder_, r.expr, r.zp, 1.0)  # x - zp in int64
         return intops.emit_requantize(self.builder_, v, r.scale / scale, zp, dtype)
 
@@ -263,11 +269,41 @@ def _quantize_value(m: _Propagate, src, s: float, z: int, out: str):
         v = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
         mult = np.float64(np.float32(r.scale)) * vec.astype(np.float64) / np.float64(np.float32(s))
         return intops.emit_requantize(m.builder_, v, mult, int(z), out)
-    table = _tabulate(m, src, s, int(z), out)
-    if table is not None:
-        x, tab = table
-        return intops.emit_lookup(m.builder_, x.expr, tab, -int(np.iinfo(x.dtype).min), out)
-    return None
+    probe = _tabulate(m, src, 1.0, 0, values_only=True)
+    if probe is None:
+        return None
+    x, values = probe
+    relu = _relu_rep(m, x, values)
+    if relu is not None:
+        return m.requantize(relu, s, int(z), out)
+    _, tab = _tabulate(m, src, s, int(z), out)
+    return intops.emit_lookup(m.builder_, x.expr, tab, -int(np.iinfo(x.dtype).min), out)
+
+
+RELU_GAIN_RTOL = 1e-6
+
+
+def _relu_rep(m: _Propagate, x: IntRepr, values: np.ndarray) -> Optional[IntRepr]:
+    """An island equal to c * relu(x) (c > 0) as max(x, zero point) with the scale times c; else None."""
+    gain = _relu_gain(x, values)
+    if gain is None:
+        return None
+    return IntRepr(m.emit(R.maximum(x.expr, const(x.zp, x.dtype))), x.scale * gain, x.zp, x.dtype, x.bound)
+
+
+def _relu_gain(x: IntRepr, values: np.ndarray) -> Optional[float]:
+    """c > 0 when an island's values on every code of x are c * relu(x's real value) (ReLU, a scaled ReLU): such
+    an island is a max on the codes and a requantization. A gather from a 64K-entry table costs a few cycles per
+    element inside a GEMM epilogue; the max and the fixed-point multiply vectorize."""
+    info = np.iinfo(x.dtype)
+    real = (np.arange(info.min, info.max + 1, dtype=np.float64) - x.zp) * np.float64(np.float32(x.scale))
+    top = float(np.max(real))
+    if top <= 0 or float(np.max(values)) <= 0:
+        return None
+    gain = float(values[-1]) / top
+    want = gain * np.maximum(real, 0.0)
+    ok = np.allclose(values, want, rtol=RELU_GAIN_RTOL, atol=RELU_GAIN_RTOL * abs(gain) * top)
+    return gain if ok and gain > 0 else None
 
 
 def _channel_scaled(m: _Propagate, e):
@@ -286,12 +322,16 @@ def _channel_scaled(m: _Propagate, e):
 
 
 def _island_rep(m: _Propagate, e) -> Optional[IntRepr]:
-    """An elementwise island as an int16 table lookup on the range of its own values (no annotation needed)."""
+    """An elementwise island as an int16 table lookup on the range of its own values (no annotation needed); a
+    scaled ReLU as the max on the codes (no table)."""
     e, moves = _peel_moves(m, e)
     probe = _tabulate(m, e, 1.0, 0, "int16", values_only=True)
     if probe is None:
         return None
     x, values = probe
+    relu = _relu_rep(m, x, values)
+    if relu is not None:
+        return IntRepr(_apply_moves(m, relu.expr, moves), relu.scale, relu.zp, relu.dtype, relu.bound)
     lo, hi = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
     scale = max((hi - lo) / 65535.0, 1e-12)
     zp = int(np.clip(np.round(-32768 - lo / scale), -32768, 32767))
@@ -447,13 +487,13 @@ def _relu(m: _Propagate, call):
 
 
 def _log_softmax(m: _Propagate, call):
-    """Integer log-softmax (intmath.ilog_softmax): int64 in the input's scale."""
+    """Integer log-softmax (intmath.ilog_softmax): int32 or int64 in the input's scale."""
     r = m.rep_of(call.args[0])
     _, shape = tensor_info(call.args[0])
     if r is None or shape is None or int(call.attrs.axis) not in (-1, len(shape) - 1):
         return None
-    y = intops.emit_log_softmax(m.builder_, r.expr, r.scale)
-    return IntRepr(y, r.scale, 0, "int64", r.bound + 64)
+    y = intops.emit_log_softmax(m.builder_, r.expr, r.scale, bound=r.bound)
+    return IntRepr(y, r.scale, 0, tensor_info(y)[0], io.log_softmax_bound(int(shape[-1]), r.scale, 2 * r.bound))
 
 
 def _take(m: _Propagate, call):
@@ -476,8 +516,10 @@ def _softmax(m: _Propagate, call):
     _, shape = tensor_info(call.args[0])
     if r is None or shape is None or int(call.attrs.axis) not in (-1, len(shape) - 1):
         return None
-    # fine codes: the consumer (the P.V matmul's input quantization) requantizes them to its int8 range
-    y = intops.emit_softmax(m.builder_, r.expr, r.scale, fine=True)
+    # fine codes; a consumer that quantizes them (the P.V matmul's input) gets its own codes straight from the
+    # row sums instead (requantize), with no 64-bit multiply per element
+    y = intops.emit_softmax(m.builder_, r.expr, r.scale, fine=True, bound=r.bound)
+    m.softmax_of[y] = (r, r.scale)
     return IntRepr(y, 1.0 / io.SOFTMAX_FINE_LEVELS, 0, "int32", io.SOFTMAX_FINE_LEVELS + 1)
 
 

@@ -16,7 +16,7 @@ from compiler.passes import intops
 R = relax.op
 
 # Stated error bounds (also in the README)
-SOFTMAX_MAX_ABS_ERROR = 0.004  # one output step (1/255) plus the table's 0.14% relative error
+SOFTMAX_MAX_ABS_ERROR = 0.004  # one output step (1/255) plus the exp's 2.5e-4 relative error
 LAYERNORM_MAX_ABS_ERROR_STEPS = 1.5  # in output quantization steps, for |normalized| within the int8 range
 ISQRT_EXACT = True
 
@@ -107,16 +107,18 @@ def test_lookup_and_rescale():
     _ = math, pytest
 
 
-LOG_SOFTMAX_MAX_ABS_ERROR = 0.004  # + half an input step: exp table 0.0021, log2 table 0.0011 nats
+LOG_SOFTMAX_MAX_ABS_ERROR = 0.004  # + half an input step: exp 0.0003, log2 table 0.0011 nats
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.integers(1, 3), st.sampled_from([1, 5, 64, 1000]), st.floats(1e-5, 0.3), st.integers(0, 2 ** 32 - 1))
-def test_log_softmax_matches_twin_and_float(rows, n, scale, seed):
+@given(st.integers(1, 3), st.sampled_from([1, 5, 64, 1000]), st.floats(1e-5, 0.3), st.integers(0, 2 ** 32 - 1),
+       st.sampled_from(["int16", "int64"]))
+def test_log_softmax_matches_twin_and_float(rows, n, scale, seed, dtype):
+    """int16 logits take the int32 path (differences and result in int32), int64 ones the int64 path."""
     rng = np.random.default_rng(seed)
-    x = rng.integers(-32768, 32768, size=(rows, n)).astype(np.int64)
-    f = _compiled(("log_softmax", rows, n, scale), lambda bb, v: intops.emit_log_softmax(bb, v, scale),
-                  (rows, n), "int64")
+    x = rng.integers(-32768, 32768, size=(rows, n)).astype(dtype)
+    f = _compiled(("log_softmax", rows, n, scale, dtype), lambda bb, v: intops.emit_log_softmax(bb, v, scale),
+                  (rows, n), dtype)
     got = f(x)
     ref = io.ilog_softmax(x, scale)
     assert np.array_equal(got, ref)

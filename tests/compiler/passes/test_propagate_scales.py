@@ -24,6 +24,8 @@ FUNCS = {
                   lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))),
     "sigmoid": (lambda x: R.sigmoid(x), lambda v: 1 / (1 + np.exp(-v))),
     "relu_scaled": (lambda x: R.multiply(R.nn.relu(x), relax.const(0.5, "float32")), lambda v: 0.5 * np.maximum(v, 0)),
+    "relu": (lambda x: R.nn.relu(x), lambda v: np.maximum(v, 0)),
+    "shifted_relu": (lambda x: R.nn.relu(R.add(x, relax.const(0.25, "float32"))), lambda v: np.maximum(v + 0.25, 0)),
 }
 
 
@@ -44,7 +46,7 @@ def _build(name, dtype, s_in, z_in, s_out, z_out):
 @pytest.mark.parametrize("name", list(FUNCS))
 @settings(max_examples=4, deadline=None)
 @given(dtype=st.sampled_from(["int8", "int16"]), seed=st.integers(0, 2 ** 31))
-def test_island_becomes_a_table(name, dtype, seed):
+def test_island_becomes_a_table_or_a_requantization(name, dtype, seed):
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype)
     s_in = float(rng.uniform(4, 12) / (info.max - info.min))
@@ -52,7 +54,12 @@ def test_island_becomes_a_table(name, dtype, seed):
     s_out, z_out = 0.03, -20
     mod = _build(name, dtype, s_in, z_in, s_out, z_out)
     ops = {o.op for o in list_ops(mod)}
-    assert ops <= {"relax.add", "relax.astype", "relax.take"}, ops  # a lookup, nothing in float
+    if "relu" in name:  # c * relu(x): a max on the codes and a fixed-point requantization, no table
+        assert "relax.maximum" in ops and "relax.take" not in ops, ops
+        assert ops <= {"relax.add", "relax.subtract", "relax.astype", "relax.maximum", "relax.multiply",
+                       "relax.right_shift", "relax.clip"}, ops
+    else:
+        assert ops <= {"relax.add", "relax.astype", "relax.take"}, ops  # a lookup, nothing in float
     ex = tvm.compile(mod, tvm.target.Target({"kind": "llvm"}))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     x = rng.integers(info.min, info.max + 1, size=(4, 64)).astype(dtype)
@@ -100,3 +107,60 @@ def test_ssru_cell_is_integer_bit_exact_and_close(seed):
     f = 1 / (1 + np.exp(-fx))
     want = np.clip(np.round(np.maximum(f * cp + (1 - f) * wx, 0) / s[3]) + z[3], -128, 127)
     assert np.max(np.abs(got.astype(np.int64) - want)) <= SSRU_MAX_ERROR_STEPS
+
+
+def test_smoothed_relu_is_a_max_and_a_per_channel_requantization():
+    """relu(x) * v (a smoothing vector folded after an FFN's ReLU) -> quantize: no table, within one step."""
+    rng = np.random.default_rng(3)
+    s_in, z_in, s_out, z_out = 6.0 / 65535, -300, 0.02, -7
+    vec = rng.uniform(0.5, 2.0, size=64).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 64), "int16"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            f = bb.emit(R.dequantize(x, const(s_in, "float32"), const(z_in, "int16"), axis=-1, out_dtype="float32"))
+            g = bb.emit(R.multiply(bb.emit(R.nn.relu(f)), relax.const(vec)))
+            q = bb.emit_output(R.quantize(g, const(s_out, "float32"), const(z_out, "int8"), axis=-1,
+                                          out_dtype="int8"))
+        bb.emit_func_output(q)
+    mod = dead_code_elimination()(PropagateScales()(bb.get()))
+    ops = {o.op for o in list_ops(mod)}
+    assert "relax.maximum" in ops and "relax.take" not in ops and "relax.quantize" not in ops, ops
+    ex = tvm.compile(mod, tvm.target.Target({"kind": "llvm"}))
+    xv = rng.integers(-32768, 32768, size=(4, 64)).astype(np.int16)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv)).numpy().astype(np.int64)
+    real = np.maximum((xv.astype(np.float64) - z_in) * np.float32(s_in), 0) * vec
+    want = np.clip(np.round(real / s_out) + z_out, -128, 127)
+    assert np.max(np.abs(got - want)) <= TABLE_MAX_ERROR_STEPS
+
+
+@pytest.mark.parametrize("scale", [3e-4, 0.02])
+def test_softmax_quantized_by_its_consumer_is_one_integer_softmax(scale):
+    """dequantize(int32 scores) -> softmax -> quantize(int8): the consumer's codes come straight from the row
+    sums (intmath.isoftmax with its scale), bit-exact, the fine form gone, within one step of the float."""
+    from compiler.intmath import integer_ops as io
+
+    rng = np.random.default_rng(5)
+    s_out, z_out = 0.7 / 255, -128
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((3, 2, 40), "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            f = bb.emit(R.dequantize(x, const(scale, "float32"), const(0, "int32"), axis=-1, out_dtype="float32"))
+            p = bb.emit(R.nn.softmax(f, axis=-1))
+            q = bb.emit_output(R.quantize(p, const(s_out, "float32"), const(z_out, "int8"), axis=-1,
+                                          out_dtype="int8"))
+        bb.emit_func_output(q)
+    mod = dead_code_elimination()(PropagateScales()(bb.get()))
+    ops = [o.op for o in list_ops(mod)]
+    assert "relax.nn.softmax" not in ops and "relax.quantize" not in ops and ops.count("relax.sum") == 1, ops
+    ex = tvm.compile(mod, tvm.target.Target({"kind": "llvm"}))
+    xv = rng.integers(-int(4 / scale), int(4 / scale), size=(3, 2, 40)).astype(np.int32)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv)).numpy()
+    ref = io.isoftmax(xv, np.float32(scale), out_scale=np.float32(s_out), out_zp=z_out, out_dtype="int8")
+    assert np.array_equal(got, ref)
+    real = xv.astype(np.float64) * scale
+    pf = np.exp(real - real.max(-1, keepdims=True))
+    pf /= pf.sum(-1, keepdims=True)
+    want = np.clip(np.round(pf / s_out) + z_out, -128, 127)
+    assert np.max(np.abs(got.astype(np.int64) - want)) <= 1
