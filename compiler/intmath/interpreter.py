@@ -96,6 +96,7 @@ OPS: dict[str, Callable] = {
     "relax.logical_or": lambda c, a, b: np.logical_or(a, b),
     "relax.logical_not": lambda c, a: np.logical_not(a),
     "relax.negative": lambda c, a: np.negative(a),
+    "relax.abs": lambda c, a: np.abs(a),
     "relax.where": lambda c, k, a, b: np.where(k, a, b),
     "relax.clip": lambda c, x, lo, hi: np.clip(x, int(lo), int(hi)).astype(x.dtype),
     "relax.astype": lambda c, x: x.astype(_dtype(c)),

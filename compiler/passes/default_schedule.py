@@ -256,7 +256,9 @@ def _rows(sch, blocks, p: CpuParams) -> bool:
     if not blocks or not single_reduction and (len(blocks) < 2 or not blocks[-1].is_injective()):
         return False
     lead = _leading_spatial(sch, blocks)
-    if lead == 0:
+    if all(b.is_injective() for b in blocks):  # elementwise stages only: the innermost axis stays the vector
+        lead = min(lead, len(sch.get_loops(blocks[-1].block_rv)) - 1)
+    if lead <= 0:
         return False
     work = sum(_work(sch, b.block_rv) for b in blocks)
     order, partials = [], []  # blocks in dataflow order, a reduction's partials block right before it

@@ -131,6 +131,29 @@ def emit_exp_q15(bb, d, c: dict):
     return bb.emit(R.right_shift(h, z))
 
 
+def emit_gelu(bb, x, zp: int, c: dict):
+    """int32 codes of GELU in units of scale / 2**14 for an 8/16-bit x (intmath.igelu; c from gelu_constants)."""
+    from compiler.intmath import integer_ops as io
+
+    i32 = lambda v: const(v, "int32")  # noqa: E731
+    a = bb.emit(R.astype(x, "int32"))
+    if zp:
+        a = bb.emit(R.subtract(a, i32(zp)))
+    t = bb.emit(R.maximum(a, bb.emit(R.negative(a))))  # |a| (topi's abs compares in int64)
+    w = bb.emit(R.right_shift(t, i32(c["pre"]))) if c["pre"] else t
+    w = bb.emit(R.minimum(w, i32(c["t_cap"])))
+    u = bb.emit(R.right_shift(bb.emit(R.multiply(w, i32(c["m"]))), i32(io.GELU_MUL_SHIFT)))
+    p = io.GELU_POLY_Q14
+    h = i32(p[4])
+    for coef in (p[3], p[2], p[1], p[0]):
+        h = bb.emit(R.add(bb.emit(R.right_shift(bb.emit(R.multiply(h, u)), i32(io.GELU_FRAC_BITS))), i32(coef)))
+    g = bb.emit(R.maximum(h, i32(0)))
+    g2 = bb.emit(R.right_shift(bb.emit(R.multiply(g, g)), i32(io.GELU_FRAC_BITS)))
+    phi = bb.emit(R.right_shift(bb.emit(R.multiply(g2, g2)), i32(io.GELU_FRAC_BITS)))
+    pos = bb.emit(R.left_shift(bb.emit(R.maximum(a, i32(0))), i32(io.GELU_FRAC_BITS)))
+    return bb.emit(R.subtract(pos, bb.emit(R.multiply(t, phi))))
+
+
 def emit_bit_length(bb, n, max_bits: int):
     """Bits of int64 0 <= n < 2**max_bits, by comparisons (intmath.bit_length)."""
     bits = bb.emit(R.full_like(n, const(0, "int64")))

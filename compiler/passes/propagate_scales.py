@@ -273,14 +273,50 @@ def _quantize_value(m: _Propagate, src, s: float, z: int, out: str):
     if probe is None:
         return None
     x, values = probe
-    relu = _relu_rep(m, x, values)
-    if relu is not None:
-        return m.requantize(relu, s, int(z), out)
+    arith = _arithmetic_island(m, x, values, step=s)
+    if arith is not None:
+        return m.requantize(arith, s, int(z), out)
     _, tab = _tabulate(m, src, s, int(z), out)
     return intops.emit_lookup(m.builder_, x.expr, tab, -int(np.iinfo(x.dtype).min), out)
 
 
 RELU_GAIN_RTOL = 1e-6
+
+
+GELU_ACCEPT_STEPS = 0.1  # the integer GELU replaces an island's table when within this share of an int8 step
+
+
+def _arithmetic_island(m: _Propagate, x: IntRepr, values: np.ndarray, step: Optional[float] = None
+                       ) -> Optional[IntRepr]:
+    """An island computed in int32 arithmetic instead of a table of every code: a gather from a 64K-entry table
+    costs a few cycles per element (inside a GEMM epilogue, more than the GEMM's own epilogue), arithmetic
+    vectorizes. A scaled ReLU is exact (a max on the codes); GELU (erf or tanh form) is intmath.igelu, used only
+    when, on every code of x, it is within GELU_ACCEPT_STEPS of the output `step` (default: an int8 step over the
+    island's range) of the exact values; anything else stays a table."""
+    return _relu_rep(m, x, values) or _gelu_rep(m, x, values, step)
+
+
+def _gelu_rep(m: _Propagate, x: IntRepr, values: np.ndarray, step: Optional[float] = None) -> Optional[IntRepr]:
+    if x.dtype not in ("int8", "int16"):
+        return None
+    info = np.iinfo(x.dtype)
+    codes = np.arange(info.min, info.max + 1, dtype=np.int64)
+    top = float((info.max - x.zp) * np.float64(np.float32(x.scale)))
+    if top <= 0 or float(values[-1]) <= 0:
+        return None
+    try:
+        c = io.gelu_constants(float(np.float32(x.scale)))
+    except ValueError:
+        return None
+    v = io.igelu(codes, x.zp, c).astype(np.int64)
+    unit = float(np.float32(x.scale)) / (1 << io.GELU_FRAC_BITS)
+    gain = float(values[-1]) / (float(v[-1]) * unit) if v[-1] > 0 else 0.0
+    span = float(np.max(values) - np.min(values))
+    tol = GELU_ACCEPT_STEPS * (float(step) if step else span / 255)
+    if gain <= 0 or span <= 0 or np.max(np.abs(v * unit * gain - values)) > tol:
+        return None
+    y = intops.emit_gelu(m.builder_, x.expr, x.zp, c)
+    return IntRepr(y, unit * gain, 0, "int32", int(np.max(np.abs(v))) + 1)
 
 
 def _relu_rep(m: _Propagate, x: IntRepr, values: np.ndarray) -> Optional[IntRepr]:
@@ -329,9 +365,9 @@ def _island_rep(m: _Propagate, e) -> Optional[IntRepr]:
     if probe is None:
         return None
     x, values = probe
-    relu = _relu_rep(m, x, values)
-    if relu is not None:
-        return IntRepr(_apply_moves(m, relu.expr, moves), relu.scale, relu.zp, relu.dtype, relu.bound)
+    arith = _arithmetic_island(m, x, values)
+    if arith is not None:
+        return IntRepr(_apply_moves(m, arith.expr, moves), arith.scale, arith.zp, arith.dtype, arith.bound)
     lo, hi = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
     scale = max((hi - lo) / 65535.0, 1e-12)
     zp = int(np.clip(np.round(-32768 - lo / scale), -32768, 32767))

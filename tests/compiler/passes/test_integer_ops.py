@@ -150,3 +150,22 @@ def test_product_and_relu_match_twins(dtype, za, zb, seed):
     assert np.array_equal(got, ref)
     exact = (a.astype(np.float64) - za) * (b.astype(np.float64) - zb) / 2.0 ** k
     assert np.max(np.abs(io.imul(a, za, b, zb, k) - exact)) <= 0.5
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from(["int8", "int16"]), st.floats(1e-6, 0.1), st.integers(-3000, 3000))
+def test_gelu_matches_twin_and_float(dtype, scale, zp):
+    """intmath.igelu and intops.emit_gelu agree bit for bit on every code; within GELU_MAX_ABS_ERROR * max(1, |v|)
+    of the exact GELU."""
+    info = np.iinfo(dtype)
+    zp = int(np.clip(zp, info.min, info.max))
+    c = io.gelu_constants(scale)
+    x = np.arange(info.min, info.max + 1).astype(dtype).reshape(1, -1)
+    f = _compiled(("gelu", dtype, scale, zp), lambda bb, v: intops.emit_gelu(bb, v, zp, c), x.shape, dtype)
+    got = f(x)
+    ref = io.igelu(x, zp, c)
+    assert got.dtype == np.int32 and np.array_equal(got, ref)
+    real = (x.astype(np.float64) - zp) * scale
+    exact = 0.5 * real * (1 + np.vectorize(math.erf)(real / math.sqrt(2)))
+    err = np.abs(ref * scale / (1 << io.GELU_FRAC_BITS) - exact)
+    assert np.all(err <= io.GELU_MAX_ABS_ERROR * np.maximum(1.0, np.abs(real)))
