@@ -65,6 +65,24 @@ def iexp_q15(d: np.ndarray, c: dict) -> np.ndarray:
     return exp_poly(t & ((1 << EXP_FRAC_BITS) - 1)) >> z
 
 
+INT32_INPUT_CLIP = 1 << 30  # int32 softmax / log-softmax inputs are clipped to [-2**30, 2**30): max - x fits int32
+
+
+def int32_input_ok(scale: float) -> bool:
+    """Whether an int32 input of this scale may be clipped to +-INT32_INPUT_CLIP (and its differences taken in
+    int32): differences of 2**29 and more already give exp 0 (the cap, at most 16 ln 2 / scale, is below)."""
+    c = exp_constants(scale)
+    return (c["d_cap"] + 1) << c["pre"] <= 1 << 29
+
+
+def row_input(x: np.ndarray, scale: float) -> np.ndarray:
+    """The (int64) values softmax and log-softmax work on: int32 inputs clipped as the emitters clip them (masked
+    positions at -2**31 land at -2**30, where exp is 0 all the same)."""
+    if x.dtype == np.int32 and int32_input_ok(scale):
+        x = np.clip(x, -INT32_INPUT_CLIP, INT32_INPUT_CLIP - 1)
+    return x.astype(np.int64)
+
+
 def softmax_recip_bits(out_scale: float) -> int:
     """K for q = (e * r + 2**(K-1)) >> K with r = round(2**K / out_scale / sum): the largest K (<= 30) that keeps
     e * r + 2**(K-1) inside int32 (e <= EXP_MAX <= sum)."""
@@ -88,7 +106,7 @@ def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False, ou
     if out_scale is None:
         out_scale, out_zp, out_dtype = SOFTMAX_OUT_SCALE, SOFTMAX_OUT_ZP, "int8"
     c = exp_constants(scale)
-    x = x.astype(np.int64)
+    x = row_input(x, scale)
     e = iexp_q15(np.max(x, axis=axis, keepdims=True) - x, c)
     s = np.sum(e, axis=axis, keepdims=True)
     k = softmax_recip_bits(out_scale)
@@ -260,7 +278,7 @@ def ilog_softmax(x: np.ndarray, scale: float) -> np.ndarray:
     ln 2 / scale is a fixed-point multiply. Error of the log-sum-exp: <= 0.0021 (table of exp) + 0.0011 (log2
     table) nats, plus half an input step."""
     c = log_softmax_constants(scale)
-    x = x.astype(np.int64)
+    x = row_input(x, scale)
     d = np.max(x, axis=-1, keepdims=True) - x
     s = np.sum(iexp_q15(d, c["exp"]), axis=-1, keepdims=True) << LOG2_FRAC_BITS  # Q31
     bits = bit_length(s, LOG_SUM_BITS)

@@ -70,12 +70,18 @@ def _i64(bb, x):
     return x if tensor_info(x)[0] == "int64" else bb.emit(R.astype(x, "int64"))
 
 
-def _wide_difference(bb, x, bound: int | None):
-    """max - x over the last axis, in int32 when it cannot overflow there (|x - zp| <= bound < 2**30), else int64."""
+def _wide_difference(bb, x, scale: float, bound: int | None):
+    """max - x over the last axis: in int32 for 8/16-bit inputs, for int32 ones clipped to +-2**30 first
+    (intmath.row_input; or unclipped when |x - zp| <= bound < 2**29), else in int64."""
+    from compiler.intmath import integer_ops as io
+
     dtype = tensor_info(x)[0]
-    wide = "int64" if dtype == "int64" or (dtype == "int32" and _difference_bound(x, bound) > 1 << 30) else "int32"
-    if dtype != wide:
-        x = bb.emit(R.astype(x, wide))
+    if dtype in ("int8", "int16", "uint8"):
+        x = bb.emit(R.astype(x, "int32"))
+    elif dtype == "int32" and io.int32_input_ok(scale):
+        x = bb.emit(R.clip(x, -io.INT32_INPUT_CLIP, io.INT32_INPUT_CLIP - 1))
+    elif dtype != "int64" and not (dtype == "int32" and bound is not None and 2 * bound < 1 << 30):
+        x = bb.emit(R.astype(x, "int64"))
     return bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
 
 
@@ -91,7 +97,7 @@ def emit_softmax(bb, x, scale: float, fine: bool = False, bound: int | None = No
     if out_scale is None:
         out_scale, out_zp, out_dtype = io.SOFTMAX_OUT_SCALE, io.SOFTMAX_OUT_ZP, "int8"
     i32 = lambda v: const(v, "int32")  # noqa: E731
-    e = emit_exp_q15(bb, _wide_difference(bb, x, bound), io.exp_constants(scale))
+    e = emit_exp_q15(bb, _wide_difference(bb, x, scale, bound), io.exp_constants(scale))
     n = tensor_info(x)[1][-1]
     s = bb.emit(R.sum(e if n * io.EXP_MAX <= io.INT32_MAX else bb.emit(R.astype(e, "int64")), axis=[-1],
                       keepdims=True))
@@ -171,7 +177,7 @@ def emit_log_softmax(bb, x, scale: float, bound: int | None = None):
     c = io.log_softmax_constants(scale)
     i64 = lambda v: const(v, "int64")  # noqa: E731
     n = tensor_info(x)[1][-1]
-    d = _wide_difference(bb, x, bound)
+    d = _wide_difference(bb, x, scale, bound)
     e = emit_exp_q15(bb, d, c["exp"])
     if n * io.EXP_MAX > io.INT32_MAX:
         e = bb.emit(R.astype(e, "int64"))

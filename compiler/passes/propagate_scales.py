@@ -495,9 +495,22 @@ def _add(m: _Propagate, call, sign: int = 1):
         cv = q(c1)
         y = m.emit(R.clip(m.emit(R.add(x, const(cv, "int64"))), -_MASK_SATURATION, _MASK_SATURATION))
         return IntRepr(y, r.scale, 0, "int64", r.bound + int(np.max(np.abs(cv), initial=0)))
+    small = max(abs(int(q(c1))), abs(int(q(c2)))) if max(abs(c1), abs(c2)) < 1e30 else 0
+    if r.dtype in ("int8", "int16", "int32") and r.bound < 1 << 29:
+        # an attention mask on 8/16-bit scores: in int32, the mask saturated where x + mask cannot overflow
+        # (softmax clips int32 inputs at -2**30: a masked score still gets exp 0)
+        sat = _MASK_SATURATION - r.bound
+
+        def q32(c):
+            return const(np.clip(q(c), -sat, sat).astype(np.int32), "int32")
+
+        x32 = m.emit(R.astype(r.expr, "int32")) if r.dtype != "int32" else r.expr
+        if r.zp:
+            x32 = m.emit(R.subtract(x32, const(r.zp, "int32")))
+        y = m.emit(R.add(x32, m.emit(R.where(cond, q32(c1), q32(c2)))))
+        return IntRepr(y, r.scale, 0, "int32", r.bound + small)
     add = m.emit(R.where(cond, const(q(c1), "int64"), const(q(c2), "int64")))
     y = m.emit(R.clip(m.emit(R.add(x, add)), -_MASK_SATURATION, _MASK_SATURATION))
-    small = max(abs(int(q(c1))), abs(int(q(c2)))) if max(abs(c1), abs(c2)) < 1e30 else 0
     return IntRepr(y, r.scale, 0, "int64", r.bound + small)
 
 

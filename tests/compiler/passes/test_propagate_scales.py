@@ -164,3 +164,36 @@ def test_softmax_quantized_by_its_consumer_is_one_integer_softmax(scale):
     pf /= pf.sum(-1, keepdims=True)
     want = np.clip(np.round(pf / s_out) + z_out, -128, 127)
     assert np.max(np.abs(got.astype(np.int64) - want)) <= 1
+
+
+@pytest.mark.parametrize("mask_value", [-10000.0, -3.4e38])
+def test_masked_softmax_stays_in_int32_and_masked_keys_vanish(mask_value):
+    """int16 scores + where(mask, big negative, 0) -> softmax -> int8: the add is int32 (the mask saturated where
+    it cannot overflow), no int64 anywhere in the softmax, masked keys get probability 0, the rest within a step."""
+    rng = np.random.default_rng(7)
+    s_in, s_out, z_out = 12.0 / 65535, 1 / 255, -128
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 3, 16), "int16"))
+    keep = relax.Var("keep", relax.TensorType((2, 1, 16), "bool"))
+    with bb.function("main", [x, keep]):
+        with bb.dataflow():
+            f = bb.emit(R.dequantize(x, const(s_in, "float32"), const(0, "int16"), axis=-1, out_dtype="float32"))
+            m = bb.emit(R.where(keep, relax.const(0.0, "float32"), relax.const(mask_value, "float32")))
+            p = bb.emit(R.nn.softmax(bb.emit(R.add(f, m)), axis=-1))
+            q = bb.emit_output(R.quantize(p, const(s_out, "float32"), const(z_out, "int8"), axis=-1,
+                                          out_dtype="int8"))
+        bb.emit_func_output(q)
+    mod = dead_code_elimination()(PropagateScales()(bb.get()))
+    wide = [o for o in list_ops(mod) if o.op in ("relax.where", "relax.max", "relax.subtract") and o.output == "int64"]
+    assert not wide, wide  # the mask, the row max and the differences: int32 (only per-row sums go to int64)
+    ex = tvm.compile(mod, tvm.target.Target({"kind": "llvm"}))
+    xv = rng.integers(-32768, 32768, size=(2, 3, 16)).astype(np.int16)
+    kv = rng.random((2, 1, 16)) < 0.7
+    kv[:, :, 0] = True
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(kv)).numpy()
+    real = np.where(kv, xv.astype(np.float64) * np.float32(s_in), -np.inf)
+    pf = np.exp(real - real.max(-1, keepdims=True))
+    pf /= pf.sum(-1, keepdims=True)
+    want = np.clip(np.round(pf / s_out) + z_out, -128, 127)
+    assert np.all(got[np.broadcast_to(~kv, got.shape)] == z_out)
+    assert np.max(np.abs(got.astype(np.int64) - want)) <= 1
