@@ -41,7 +41,10 @@ class CompiledBackend:
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> dict:
         outs = self.encoder({"src_ids": src_ids, "src_mask": src_mask})
-        return {s.name: v for s, v in zip(self.encoder.outputs, outs) if s.name in self.spec.encoder_outputs}
+        enc = {s.name: v for s, v in zip(self.encoder.outputs, outs) if s.name in self.spec.encoder_outputs}
+        for v in enc.values():  # read-only: the decoder step uploads them once per batch, not once per step
+            v.flags.writeable = False
+        return enc
 
     def initial_states(self, batch: int) -> dict:
         dtypes = {s.name: s.dtype for s in self.decoder.inputs}

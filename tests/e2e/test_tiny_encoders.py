@@ -102,3 +102,26 @@ def test_percentile_method_and_synthetic_calibration(tiny_bert, tmp_path):
     syn = compile_model(model, str(tmp_path / "syn.so"), CompileOptions(input_shapes=shape))
     assert syn.manifest.calibration["source"] == "synthetic"
     assert syn.report["float_ops"] == []
+
+
+def test_read_only_inputs_are_uploaded_once_and_writable_ones_every_call(tiny_bert_lib):
+    """CompiledModel keeps the device copy of a read-only input passed again (a decoder's encoder outputs); an
+    array written in place between calls is uploaded again, so the result follows it."""
+    from compiler.runtime import CompiledModel
+
+    lib, _, _, test = tiny_bert_lib
+    model = CompiledModel(lib)
+    data = np.load(test)
+    feed = {s.name: np.array(data[s.name][0], dtype=s.dtype) for s in model.inputs}
+    first = model(feed)[0]
+    feed["input_ids"][0, 1] = (feed["input_ids"][0, 1] + 1) % 50  # in place, writable: must be seen
+    second = model(feed)[0]
+    assert not np.array_equal(first, second)
+    for v in feed.values():
+        v.flags.writeable = False
+    model(feed)
+    pinned = {name: t for name, (_, t) in model._pinned.items()}
+    assert set(pinned) == {s.name for s in model.inputs}
+    model(feed)
+    assert all(model._pinned[name][1] is t for name, t in pinned.items())  # the same device tensors, reused
+    assert np.array_equal(model(feed)[0], second)
