@@ -158,6 +158,8 @@ def _first_inputs(backend: Backend, enc: dict, src_mask: np.ndarray) -> tuple[di
     missing = [n for n in spec.encoder_outputs if n not in enc]
     if missing:
         raise IntformerError(f"the encoder did not return {missing} (listed in the bundle's encoder_outputs)")
+    src_mask = np.array(src_mask)
+    src_mask.flags.writeable = False  # the same every step: a compiled backend uploads it once per batch
     fixed = {"src_mask": src_mask, **{n: enc[n] for n in spec.encoder_outputs}}
     return fixed, initial_states(backend, src_mask.shape[0])
 
