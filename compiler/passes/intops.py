@@ -161,11 +161,15 @@ def emit_gelu(bb, x, zp: int, c: dict):
 
 
 def emit_bit_length(bb, n, max_bits: int):
-    """Bits of int64 0 <= n < 2**max_bits, by comparisons (intmath.bit_length)."""
-    bits = bb.emit(R.full_like(n, const(0, "int64")))
-    for i in range(max_bits):
-        bits = bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater_equal(n, const(1 << i, "int64"))), "int64"))))
-    return bits
+    """Bits of int64 0 <= n < 2**max_bits by the binary search of intmath.bit_length."""
+    i64 = lambda v: const(v, "int64")  # noqa: E731
+    bits, v = None, n
+    for sh in (32, 16, 8, 4, 2, 1):
+        step = bb.emit(R.multiply(bb.emit(R.astype(bb.emit(R.greater(bb.emit(R.right_shift(v, i64(sh))), i64(0))),
+                                                   "int64")), i64(sh)))
+        bits = step if bits is None else bb.emit(R.add(bits, step))
+        v = bb.emit(R.right_shift(v, step))
+    return bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater(v, i64(0))), "int64"))))
 
 
 def emit_log_softmax(bb, x, scale: float, bound: int | None = None):

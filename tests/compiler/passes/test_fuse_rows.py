@@ -29,7 +29,7 @@ def test_softmax_and_layernorm_become_one_kernel_each():
     assert n == len(groups) >= 2
     sizes = sorted(len(f.body.blocks[0].bindings) for f in groups.values())
     # LayerNorm: mean, variance, the isqrt's bit count and Newton steps, the normalization: one group
-    assert sizes[-1] > 100, sizes
+    assert sizes[-1] > 60, sizes  # (93 bindings with the binary-search bit count and 6 Newton steps)
     for name, f in groups.items():  # one result each (a mid-group result would not schedule under a row loop)
         assert isinstance(f.body.body, relax.Var), name
     with tvm.target.Target(TARGET):
