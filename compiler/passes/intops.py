@@ -44,8 +44,11 @@ def emit_qmatmul(bb, a_q, za: int, b_q, zb: int, b_value: np.ndarray | None):
     return acc
 
 
-def emit_requantize(bb, acc, multiplier: np.ndarray, zero_point: int, out_dtype: str = "int8"):
-    """Integer -> int8/int16 by a fixed-point multiply and a rounding right shift (half up), no float arithmetic.
+def emit_requantize(bb, acc, multiplier: np.ndarray, zero_point: int, out_dtype: str = "int8", in_zp: int = 0):
+    """Integer -> int8/int16 by a fixed-point multiply and a rounding right shift (half up), no float arithmetic:
+    ((acc - in_zp) * m0 + 2**(shift-1)) >> shift + zero_point, computed as acc * m0 + (2**(shift-1) - in_zp * m0)
+    (the same int64 values: the input zero point joins the rounding constant, and the product keeps a
+    sign-extended narrow operand, one vpmuldq instead of a 64-bit vpmullq).
 
     ``multiplier`` is the real scale ratio, scalar or per channel along the last axis.
     """
@@ -54,7 +57,10 @@ def emit_requantize(bb, acc, multiplier: np.ndarray, zero_point: int, out_dtype:
         shift = shift.flat[0]
     x = _i64(bb, acc)
     x = bb.emit(R.multiply(x, const(m0, "int64")))
-    x = bb.emit(R.add(x, const(np.left_shift(np.int64(1), np.asarray(shift, np.int64) - 1), "int64")))
+    bias = np.left_shift(np.int64(1), np.asarray(shift, np.int64) - 1)
+    if in_zp:
+        bias = bias - np.int64(in_zp) * np.asarray(m0, np.int64)
+    x = bb.emit(R.add(x, const(bias, "int64")))
     x = bb.emit(R.right_shift(x, const(shift, "int64")))
     if zero_point:
         x = bb.emit(R.add(x, const(zero_point, "int64")))

@@ -104,8 +104,7 @@ class _Propagate(PyExprMutator):
             x, s_in = src
             return intops.emit_softmax(self.builder_, x.expr, s_in, bound=x.bound, out_scale=scale, out_zp=zp,
                                        out_dtype=dtype)
-        v = intops.emit_rescale(self.builder_, r.expr, r.zp, 1.0)  # x - zp in int64
-        return intops.emit_requantize(self.builder_, v, r.scale / scale, zp, dtype)
+        return intops.emit_requantize(self.builder_, r.expr, r.scale / scale, zp, dtype, in_zp=r.zp)
 
     # -- the mutator ---------------------------------------------------------------------------------------
     def visit_call_(self, call):
@@ -266,9 +265,8 @@ def _quantize_value(m: _Propagate, src, s: float, z: int, out: str):
     per_channel = _channel_scaled(m, src)
     if per_channel is not None:
         r, vec = per_channel
-        v = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
         mult = np.float64(np.float32(r.scale)) * vec.astype(np.float64) / np.float64(np.float32(s))
-        return intops.emit_requantize(m.builder_, v, mult, int(z), out)
+        return intops.emit_requantize(m.builder_, r.expr, mult, int(z), out, in_zp=r.zp)
     probe = _tabulate(m, src, 1.0, 0, values_only=True)
     if probe is None:
         return None
