@@ -240,11 +240,11 @@ def _lane_partials(sch, block, kinds: str, p: CpuParams):
 def _vectorize_partials(sch, rf, lanes: int):
     """The partials block under the row loop: its lane loop (extent `lanes`) moved innermost and vectorized."""
     loops = list(sch.get_loops(rf))
-    lane = next((lp for lp in loops[1:] if _extent(sch, lp) == lanes), None)
-    if lane is None or lane.same_as(loops[-1]):
-        sch.vectorize(loops[-1]) if lane is not None else None
+    lane = next((lp for lp in loops[1:] if _extent(sch, lp) == lanes), None)  # compute_at puts it first
+    if lane is None:
         return
-    sch.reorder(loops[-1], lane)
+    if not lane.same_as(loops[-1]):
+        sch.reorder(loops[-1], lane)
     sch.vectorize(sch.get_loops(rf)[-1])
 
 

@@ -76,9 +76,9 @@ def _i64(bb, x):
     return x if tensor_info(x)[0] == "int64" else bb.emit(R.astype(x, "int64"))
 
 
-def _wide_difference(bb, x, scale: float, bound: int | None):
-    """max - x over the last axis: in int32 for 8/16-bit inputs, for int32 ones clipped to +-2**30 first
-    (intmath.row_input; or unclipped when |x - zp| <= bound < 2**29), else in int64."""
+def _wide_difference(bb, x, scale: float):
+    """max - x over the last axis: in int32 for 8/16-bit inputs and for int32 ones clipped to +-2**30 first
+    (intmath.row_input), else in int64. (A value's bound does not help here: masked scores lie outside it.)"""
     from compiler.intmath import integer_ops as io
 
     dtype = tensor_info(x)[0]
@@ -86,16 +86,15 @@ def _wide_difference(bb, x, scale: float, bound: int | None):
         x = bb.emit(R.astype(x, "int32"))
     elif dtype == "int32" and io.int32_input_ok(scale):
         x = bb.emit(R.clip(x, -io.INT32_INPUT_CLIP, io.INT32_INPUT_CLIP - 1))
-    elif dtype != "int64" and not (dtype == "int32" and bound is not None and 2 * bound < 1 << 30):
+    elif dtype != "int64":
         x = bb.emit(R.astype(x, "int64"))
     return bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
 
 
-def emit_softmax(bb, x, scale: float, fine: bool = False, bound: int | None = None, out_scale: float | None = None,
-                 out_zp: int | None = None, out_dtype: str | None = None):
+def emit_softmax(bb, x, scale: float, fine: bool = False, out_scale: float | None = None, out_zp: int | None = None,
+                 out_dtype: str | None = None):
     """Integer softmax over the last axis -> int8 (scale 1/255, zero point -128), with `fine` int32 codes of
-    p * 65535, or (out_scale, out_zp, out_dtype); see intmath.isoftmax. `bound` (|x - zp| <= bound) lets an int32
-    input take its differences in int32."""
+    p * 65535, or (out_scale, out_zp, out_dtype); see intmath.isoftmax."""
     from compiler.intmath import integer_ops as io
 
     if fine:
@@ -103,7 +102,7 @@ def emit_softmax(bb, x, scale: float, fine: bool = False, bound: int | None = No
     if out_scale is None:
         out_scale, out_zp, out_dtype = io.SOFTMAX_OUT_SCALE, io.SOFTMAX_OUT_ZP, "int8"
     i32 = lambda v: const(v, "int32")  # noqa: E731
-    e = emit_exp_q15(bb, _wide_difference(bb, x, scale, bound), io.exp_constants(scale))
+    e = emit_exp_q15(bb, _wide_difference(bb, x, scale), io.exp_constants(scale))
     n = tensor_info(x)[1][-1]
     s = bb.emit(R.sum(e if n * io.EXP_MAX <= io.INT32_MAX else bb.emit(R.astype(e, "int64")), axis=[-1],
                       keepdims=True))
@@ -178,16 +177,15 @@ def emit_bit_length(bb, n, max_bits: int):
     return bb.emit(R.add(bits, bb.emit(R.astype(bb.emit(R.greater(v, i64(0))), "int64"))))
 
 
-def emit_log_softmax(bb, x, scale: float, bound: int | None = None):
+def emit_log_softmax(bb, x, scale: float):
     """Integer log-softmax over the last axis in the input's units (intmath.ilog_softmax): int32 when the
-    differences and the log-sum-exp fit there (8/16-bit input, or int32 with |x - zp| <= bound < 2**29), else
-    int64."""
+    differences and the log-sum-exp fit there (8/16-bit logits), else int64."""
     from compiler.intmath import integer_ops as io
 
     c = io.log_softmax_constants(scale)
     i64 = lambda v: const(v, "int64")  # noqa: E731
     n = tensor_info(x)[1][-1]
-    d = _wide_difference(bb, x, scale, bound)
+    d = _wide_difference(bb, x, scale)
     e = emit_exp_q15(bb, d, c["exp"])
     if n * io.EXP_MAX > io.INT32_MAX:
         e = bb.emit(R.astype(e, "int64"))
@@ -201,18 +199,22 @@ def emit_log_softmax(bb, x, scale: float, bound: int | None = None):
     lse = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(log2q, i64(c["m0"]))), i64(1 << (c["sh"] - 1)))),
                                 i64(c["sh"])))
     dtype = tensor_info(d)[0]
-    if dtype == "int32" and io.log_softmax_bound(n, scale, _difference_bound(x, bound)) > io.INT32_MAX:
+    if dtype == "int32" and io.log_softmax_bound(n, scale, difference_bound(x, scale)) > io.INT32_MAX:
         d, dtype = bb.emit(R.astype(d, "int64")), "int64"
     if dtype != "int64":
         lse = bb.emit(R.astype(lse, dtype))
     return bb.emit(R.subtract(bb.emit(R.negative(d)), lse))
 
 
-def _difference_bound(x, bound: int | None) -> int:
-    """An upper bound of max - x along a row."""
+def difference_bound(x, scale: float) -> int:
+    """An upper bound of max - x along a row, by the input's type (int32 inputs as _wide_difference clips them)."""
+    from compiler.intmath import integer_ops as io
+
     dtype = tensor_info(x)[0]
+    if dtype == "int32" and io.int32_input_ok(scale):
+        return 2 * io.INT32_INPUT_CLIP - 1
     info = np.iinfo(dtype)
-    return int(info.max) - int(info.min) if bound is None else 2 * bound
+    return int(info.max) - int(info.min)
 
 
 def emit_mul(bb, a, za: int, b, zb: int, shift: int):

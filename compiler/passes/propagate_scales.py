@@ -102,8 +102,7 @@ class _Propagate(PyExprMutator):
         src = self.softmax_of.get(r.expr)
         if src is not None:  # the softmax again, straight into these codes (its fine form dies unless used)
             x, s_in = src
-            return intops.emit_softmax(self.builder_, x.expr, s_in, bound=x.bound, out_scale=scale, out_zp=zp,
-                                       out_dtype=dtype)
+            return intops.emit_softmax(self.builder_, x.expr, s_in, out_scale=scale, out_zp=zp, out_dtype=dtype)
         return intops.emit_requantize(self.builder_, r.expr, r.scale / scale, zp, dtype, in_zp=r.zp)
 
     # -- the mutator ---------------------------------------------------------------------------------------
@@ -539,8 +538,9 @@ def _log_softmax(m: _Propagate, call):
     _, shape = tensor_info(call.args[0])
     if r is None or shape is None or int(call.attrs.axis) not in (-1, len(shape) - 1):
         return None
-    y = intops.emit_log_softmax(m.builder_, r.expr, r.scale, bound=r.bound)
-    return IntRepr(y, r.scale, 0, tensor_info(y)[0], io.log_softmax_bound(int(shape[-1]), r.scale, 2 * r.bound))
+    y = intops.emit_log_softmax(m.builder_, r.expr, r.scale)
+    d_max = intops.difference_bound(r.expr, r.scale)  # by type: masked logits lie outside r.bound
+    return IntRepr(y, r.scale, 0, tensor_info(y)[0], io.log_softmax_bound(int(shape[-1]), r.scale, d_max))
 
 
 def _take(m: _Propagate, call):
@@ -565,7 +565,7 @@ def _softmax(m: _Propagate, call):
         return None
     # fine codes; a consumer that quantizes them (the P.V matmul's input) gets its own codes straight from the
     # row sums instead (requantize), with no 64-bit multiply per element
-    y = intops.emit_softmax(m.builder_, r.expr, r.scale, fine=True, bound=r.bound)
+    y = intops.emit_softmax(m.builder_, r.expr, r.scale, fine=True)
     m.softmax_of[y] = (r, r.scale)
     return IntRepr(y, 1.0 / io.SOFTMAX_FINE_LEVELS, 0, "int32", io.SOFTMAX_FINE_LEVELS + 1)
 
