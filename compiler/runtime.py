@@ -31,6 +31,7 @@ class CompiledModel:
         self.path = path
         self.device = device if device is not None else rt.cpu()
         self._vm = rt.vm.VirtualMachine(module, self.device)
+        self._pinned: dict = {}  # input name -> (read-only array, its device tensor)
         try:
             text = str(self._vm[MANIFEST_FUNC]())
             self.manifest = Manifest.from_json(json.loads(text))
@@ -73,15 +74,14 @@ class CompiledModel:
     def _device_tensor(self, spec, value, rt):
         """The input on the device. A read-only array passed again (the same object: a decoder's encoder outputs
         and source mask, step after step) is uploaded once; anything writable is uploaded on every call."""
-        pinned = self.__dict__.setdefault("_pinned", {})
-        hit = pinned.get(spec.name)
+        hit = self._pinned.get(spec.name)
         if hit is not None and hit[0] is value:
             return hit[1]
         t = rt.tensor(np.ascontiguousarray(value, dtype=spec.dtype), self.device)
         if isinstance(value, np.ndarray) and not value.flags.writeable:
-            pinned[spec.name] = (value, t)
+            self._pinned[spec.name] = (value, t)
         else:
-            pinned.pop(spec.name, None)
+            self._pinned.pop(spec.name, None)
         return t
 
     def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -48,13 +48,18 @@ def exp_constants(scale: float) -> dict:
     return {"pre": pre, "m": m, "s": s, "d_cap": d_cap}
 
 
-def exp_poly(f: np.ndarray) -> np.ndarray:
-    """2**-(f / 2**14) in Q15 for 0 <= f < 2**14, Horner with a floor shift after each product (int32 safe)."""
-    a = EXP_POLY_Q15
-    h = np.full_like(f, a[3])
-    for coef in (a[2], a[1], a[0]):
-        h = ((h * f) >> EXP_FRAC_BITS) + coef
+def horner(u: np.ndarray, coefs: tuple, frac_bits: int) -> np.ndarray:
+    """sum(coefs[i] * (u / 2**frac_bits)**i) in the coefficients' fixed point (lowest degree first): Horner with a
+    floor shift after each product (intops.emit_horner emits the same)."""
+    h = np.full_like(u, coefs[-1])
+    for coef in reversed(coefs[:-1]):
+        h = ((h * u) >> frac_bits) + coef
     return h
+
+
+def exp_poly(f: np.ndarray) -> np.ndarray:
+    """2**-(f / 2**14) in Q15 for 0 <= f < 2**14 (int32 safe)."""
+    return horner(f, EXP_POLY_Q15, EXP_FRAC_BITS)
 
 
 def iexp_q15(d: np.ndarray, c: dict) -> np.ndarray:
@@ -92,6 +97,15 @@ def softmax_recip_bits(out_scale: float) -> int:
     raise ValueError(f"softmax output scale {out_scale} is too fine for int32")
 
 
+def softmax_output(fine: bool, out_scale: float | None, out_zp: int | None, out_dtype: str | None) -> tuple:
+    """(out_scale, out_zp, out_dtype) of a softmax: the fine form, the given one, or the default int8 form."""
+    if fine:
+        return 1.0 / SOFTMAX_FINE_LEVELS, 0, "int32"
+    if out_scale is None:
+        return SOFTMAX_OUT_SCALE, SOFTMAX_OUT_ZP, "int8"
+    return out_scale, out_zp, out_dtype
+
+
 def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False, out_scale: float | None = None,
              out_zp: int | None = None, out_dtype: str | None = None) -> np.ndarray:
     """Integer softmax of x (any integer dtype, real = scale * (x - zp); zp cancels): by default int8 with scale
@@ -101,10 +115,7 @@ def isoftmax(x: np.ndarray, scale: float, axis: int = -1, fine: bool = False, ou
     constant 2**K / out_scale is divided by the sum once per row (rounded), and each output is an int32 multiply
     and a rounding shift: q = round(e * r / 2**K) + out_zp, clipped to out_dtype.
     """
-    if fine:
-        out_scale, out_zp, out_dtype = 1.0 / SOFTMAX_FINE_LEVELS, 0, "int32"
-    if out_scale is None:
-        out_scale, out_zp, out_dtype = SOFTMAX_OUT_SCALE, SOFTMAX_OUT_ZP, "int8"
+    out_scale, out_zp, out_dtype = softmax_output(fine, out_scale, out_zp, out_dtype)
     c = exp_constants(scale)
     x = row_input(x, scale)
     e = iexp_q15(np.max(x, axis=axis, keepdims=True) - x, c)
@@ -149,11 +160,7 @@ def igelu(x: np.ndarray, zp: int, c: dict) -> np.ndarray:
     a = x.astype(np.int64) - zp
     t = np.abs(a)
     u = (np.minimum(t >> c["pre"], c["t_cap"]) * c["m"]) >> GELU_MUL_SHIFT
-    p = GELU_POLY_Q14
-    h = np.full_like(u, p[4])
-    for coef in (p[3], p[2], p[1], p[0]):
-        h = ((h * u) >> GELU_FRAC_BITS) + coef
-    g = np.maximum(h, 0)
+    g = np.maximum(horner(u, GELU_POLY_Q14, GELU_FRAC_BITS), 0)
     g2 = (g * g) >> GELU_FRAC_BITS
     phi = (g2 * g2) >> GELU_FRAC_BITS  # Phi(-tau) in Q14
     return ((np.maximum(a, 0) << GELU_FRAC_BITS) - t * phi).astype(np.int32)

@@ -97,16 +97,10 @@ def emit_softmax(bb, x, scale: float, fine: bool = False, out_scale: float | Non
     p * 65535, or (out_scale, out_zp, out_dtype); see intmath.isoftmax."""
     from compiler.intmath import integer_ops as io
 
-    if fine:
-        out_scale, out_zp, out_dtype = 1.0 / io.SOFTMAX_FINE_LEVELS, 0, "int32"
-    if out_scale is None:
-        out_scale, out_zp, out_dtype = io.SOFTMAX_OUT_SCALE, io.SOFTMAX_OUT_ZP, "int8"
+    out_scale, out_zp, out_dtype = io.softmax_output(fine, out_scale, out_zp, out_dtype)
     i32 = lambda v: const(v, "int32")  # noqa: E731
     e = emit_exp_q15(bb, _wide_difference(bb, x, scale), io.exp_constants(scale))
-    n = tensor_info(x)[1][-1]
-    s = bb.emit(R.sum(e if n * io.EXP_MAX <= io.INT32_MAX else bb.emit(R.astype(e, "int64")), axis=[-1],
-                      keepdims=True))
-    s = bb.emit(R.astype(s, "int64")) if tensor_info(s)[0] != "int64" else s
+    s = _exp_row_sum(bb, e)
     k = io.softmax_recip_bits(out_scale)
     one = const(1, "int64")
     recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, one)),
@@ -119,6 +113,24 @@ def emit_softmax(bb, x, scale: float, fine: bool = False, out_scale: float | Non
     if info.min > np.iinfo("int32").min or info.max < np.iinfo("int32").max:
         q = bb.emit(R.clip(q, int(info.min), int(info.max)))
     return q if out_dtype == "int32" else bb.emit(R.astype(q, out_dtype))
+
+
+def _exp_row_sum(bb, e):
+    """int64 row sums of Q15 exps: summed in int32 while a row cannot overflow it (fewer than 2**16 entries)."""
+    from compiler.intmath import integer_ops as io
+
+    if tensor_info(e)[1][-1] * io.EXP_MAX > io.INT32_MAX:
+        e = bb.emit(R.astype(e, "int64"))
+    return _i64(bb, bb.emit(R.sum(e, axis=[-1], keepdims=True)))
+
+
+def emit_horner(bb, u, coefs: tuple, frac_bits: int):
+    """int32 polynomial of u in fixed point, lowest degree first (intmath.horner)."""
+    i32 = lambda v: const(v, "int32")  # noqa: E731
+    h = i32(coefs[-1])
+    for coef in reversed(coefs[:-1]):
+        h = bb.emit(R.add(bb.emit(R.right_shift(bb.emit(R.multiply(h, u)), i32(frac_bits))), i32(coef)))
+    return h
 
 
 def emit_exp_q15(bb, d, c: dict):
@@ -135,11 +147,7 @@ def emit_exp_q15(bb, d, c: dict):
     t = bb.emit(R.right_shift(bb.emit(R.multiply(d, i32(c["m"]))), i32(c["s"])))
     z = bb.emit(R.minimum(bb.emit(R.right_shift(t, i32(io.EXP_FRAC_BITS))), i32(io.EXP_ZERO_SHIFT)))
     f = bb.emit(R.bitwise_and(t, i32((1 << io.EXP_FRAC_BITS) - 1)))
-    a = io.EXP_POLY_Q15
-    h = i32(a[3])
-    for coef in (a[2], a[1], a[0]):
-        h = bb.emit(R.add(bb.emit(R.right_shift(bb.emit(R.multiply(h, f)), i32(io.EXP_FRAC_BITS))), i32(coef)))
-    return bb.emit(R.right_shift(h, z))
+    return bb.emit(R.right_shift(emit_horner(bb, f, io.EXP_POLY_Q15, io.EXP_FRAC_BITS), z))
 
 
 def emit_gelu(bb, x, zp: int, c: dict):
@@ -154,11 +162,7 @@ def emit_gelu(bb, x, zp: int, c: dict):
     w = bb.emit(R.right_shift(t, i32(c["pre"]))) if c["pre"] else t
     w = bb.emit(R.minimum(w, i32(c["t_cap"])))
     u = bb.emit(R.right_shift(bb.emit(R.multiply(w, i32(c["m"]))), i32(io.GELU_MUL_SHIFT)))
-    p = io.GELU_POLY_Q14
-    h = i32(p[4])
-    for coef in (p[3], p[2], p[1], p[0]):
-        h = bb.emit(R.add(bb.emit(R.right_shift(bb.emit(R.multiply(h, u)), i32(io.GELU_FRAC_BITS))), i32(coef)))
-    g = bb.emit(R.maximum(h, i32(0)))
+    g = bb.emit(R.maximum(emit_horner(bb, u, io.GELU_POLY_Q14, io.GELU_FRAC_BITS), i32(0)))
     g2 = bb.emit(R.right_shift(bb.emit(R.multiply(g, g)), i32(io.GELU_FRAC_BITS)))
     phi = bb.emit(R.right_shift(bb.emit(R.multiply(g2, g2)), i32(io.GELU_FRAC_BITS)))
     pos = bb.emit(R.left_shift(bb.emit(R.maximum(a, i32(0))), i32(io.GELU_FRAC_BITS)))
@@ -186,11 +190,7 @@ def emit_log_softmax(bb, x, scale: float):
     i64 = lambda v: const(v, "int64")  # noqa: E731
     n = tensor_info(x)[1][-1]
     d = _wide_difference(bb, x, scale)
-    e = emit_exp_q15(bb, d, c["exp"])
-    if n * io.EXP_MAX > io.INT32_MAX:
-        e = bb.emit(R.astype(e, "int64"))
-    s = _i64(bb, bb.emit(R.sum(e, axis=[-1], keepdims=True)))
-    s = bb.emit(R.left_shift(s, i64(io.LOG2_FRAC_BITS)))
+    s = bb.emit(R.left_shift(_exp_row_sum(bb, emit_exp_q15(bb, d, c["exp"])), i64(io.LOG2_FRAC_BITS)))
     bits = emit_bit_length(bb, s, io.LOG_SUM_BITS)
     idx = bb.emit(R.right_shift(s, bb.emit(R.subtract(bits, i64(1 + io.LOG2_TABLE_BITS)))))
     idx = bb.emit(R.subtract(idx, i64(1 << io.LOG2_TABLE_BITS)))

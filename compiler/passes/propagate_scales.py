@@ -60,7 +60,7 @@ class _Propagate(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.rep: dict = {}
-        self.softmax_of: dict = {}  # a softmax's fine codes -> (its input's IntRepr, the input scale)
+        self.softmax_of: dict = {}  # a softmax's fine codes -> its input's IntRepr
         self.rewritten = 0
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -99,10 +99,9 @@ class _Propagate(PyExprMutator):
     def requantize(self, r: IntRepr, scale: float, zp: int, dtype: str):
         if r.dtype == dtype and r.zp == zp and np.float32(r.scale) == np.float32(scale):
             return r.expr
-        src = self.softmax_of.get(r.expr)
-        if src is not None:  # the softmax again, straight into these codes (its fine form dies unless used)
-            x, s_in = src
-            return intops.emit_softmax(self.builder_, x.expr, s_in, out_scale=scale, out_zp=zp, out_dtype=dtype)
+        x = self.softmax_of.get(r.expr)
+        if x is not None:  # the softmax again, straight into these codes (its fine form dies unless used)
+            return intops.emit_softmax(self.builder_, x.expr, x.scale, out_scale=scale, out_zp=zp, out_dtype=dtype)
         return intops.emit_requantize(self.builder_, r.expr, r.scale / scale, zp, dtype, in_zp=r.zp)
 
     # -- the mutator ---------------------------------------------------------------------------------------
@@ -298,9 +297,6 @@ def _gelu_rep(m: _Propagate, x: IntRepr, values: np.ndarray, step: Optional[floa
         return None
     info = np.iinfo(x.dtype)
     codes = np.arange(info.min, info.max + 1, dtype=np.int64)
-    top = float((info.max - x.zp) * np.float64(np.float32(x.scale)))
-    if top <= 0 or float(values[-1]) <= 0:
-        return None
     try:
         c = io.gelu_constants(float(np.float32(x.scale)))
     except ValueError:
@@ -481,7 +477,6 @@ def _add(m: _Propagate, call, sign: int = 1):
     cond, c1, c2 = w
     if sign < 0 and a is None:  # c - x = -(x - c)
         return _negate(m, _add(m, relax.Call(call.op, [call.args[1], call.args[0]], call.attrs), sign=-1))
-    x = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
 
     def q(c):
         v = np.clip(np.floor(np.asarray(c, np.float64) / np.float64(np.float32(r.scale)) + 0.5),
@@ -490,6 +485,7 @@ def _add(m: _Propagate, call, sign: int = 1):
 
     if cond is None:  # a constant tensor (position embeddings, biases)
         cv = q(c1)
+        x = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
         y = m.emit(R.clip(m.emit(R.add(x, const(cv, "int64"))), -_MASK_SATURATION, _MASK_SATURATION))
         return IntRepr(y, r.scale, 0, "int64", r.bound + int(np.max(np.abs(cv), initial=0)))
     small = max(abs(int(q(c1))), abs(int(q(c2)))) if max(abs(c1), abs(c2)) < 1e30 else 0
@@ -506,6 +502,7 @@ def _add(m: _Propagate, call, sign: int = 1):
             x32 = m.emit(R.subtract(x32, const(r.zp, "int32")))
         y = m.emit(R.add(x32, m.emit(R.where(cond, q32(c1), q32(c2)))))
         return IntRepr(y, r.scale, 0, "int32", r.bound + small)
+    x = intops.emit_rescale(m.builder_, r.expr, r.zp, 1.0)
     add = m.emit(R.where(cond, const(q(c1), "int64"), const(q(c2), "int64")))
     y = m.emit(R.clip(m.emit(R.add(x, add)), -_MASK_SATURATION, _MASK_SATURATION))
     return IntRepr(y, r.scale, 0, "int64", r.bound + small)
@@ -566,7 +563,7 @@ def _softmax(m: _Propagate, call):
     # fine codes; a consumer that quantizes them (the P.V matmul's input) gets its own codes straight from the
     # row sums instead (requantize), with no 64-bit multiply per element
     y = intops.emit_softmax(m.builder_, r.expr, r.scale, fine=True)
-    m.softmax_of[y] = (r, r.scale)
+    m.softmax_of[y] = r
     return IntRepr(y, 1.0 / io.SOFTMAX_FINE_LEVELS, 0, "int32", io.SOFTMAX_FINE_LEVELS + 1)
 
 
