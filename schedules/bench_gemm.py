@@ -2,11 +2,13 @@
 
 Expects: run from the repository root on the machine to measure; gcc on PATH to measure the VNNI peak (else the
 nominal 2 x 512-bit vpdpbusd per cycle at 3.9 GHz is assumed and said so).
-Prints, per shape (M x K x N) and thread count: median wall ms of 20-call batches, GMAC/s and the share of the
-VNNI peak measured with the same number of threads (an unrolled vpdpbusd loop on 24 independent zmm
-accumulators, best ~1 ms window); the best single call of 1000 (on a shared machine: the calls that found the
-cores free); and process CPU ms per call. Each thread count runs in its own subprocess with TVM_NUM_THREADS set
-before TVM's thread pool starts.
+Prints, per kernel, shape (M x K x N) and thread count: median wall ms of 20-call batches, GMAC/s and the share
+of the peak: for the VNNI kernel (always measured, AMX host or not) the VNNI peak measured with the same number
+of threads (an unrolled vpdpbusd loop on 24 independent zmm accumulators, best ~1 ms window); for the AMX kernel
+(on a host with AMX-INT8) the nominal tile peak, 1024 MACs per cycle per core = 8x that measured VNNI peak;
+the best single call of 1000 (on a shared machine: the calls that found the cores free); and process CPU ms
+per call. Each (kernel, thread count) runs in its own subprocess with TVM_NUM_THREADS set before TVM's thread
+pool starts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import time
 
 SHAPES = [(128, 384, 384), (128, 768, 768), (128, 384, 1536), (128, 1536, 384), (128, 768, 3072), (128, 3072, 768)]
 NOMINAL_PEAK_PER_CORE = 2 * 64 * 3.9  # GMAC/s: 2 vpdpbusd zmm / cycle x 64 MACs x 3.9 GHz
+AMX_OVER_VNNI = 8  # AMX-INT8: 1024 MACs / cycle / core (one 16x16x64 tdpbssd per 16 cycles) vs 2 x 64 for VNNI
+# kernel -> LLVM attributes added to this host's target (LLVM may name an AMX CPU after an older core)
+KERNELS = {"vnni": {}, "amx": {"mattr": ["+amx-tile", "+amx-int8"]}}
 
 _PEAK_C = r"""
 #include <pthread.h>
@@ -77,7 +82,7 @@ def measure_vnni_peak(threads: int, seconds: float = 1.5) -> tuple[float, str]:
             return nominal
 
 
-def _worker(shapes, number: int, repeat: int, best_of: int) -> None:
+def _worker(shapes, number: int, repeat: int, best_of: int, kernel: str) -> None:
     """Runs inside the subprocess (TVM_NUM_THREADS already set): one JSON line per shape."""
     import numpy as np
     import tvm
@@ -86,7 +91,7 @@ def _worker(shapes, number: int, repeat: int, best_of: int) -> None:
 
     host = tvm.target.codegen.llvm_get_system_cpu()
     target = tvm.target.Target({"kind": "llvm", "mcpu": host, "mtriple": "x86_64-linux-gnu",
-                                "num-cores": os.cpu_count()})
+                                "num-cores": os.cpu_count(), **KERNELS[kernel]})
     kern = select_kernel(target)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
@@ -115,22 +120,40 @@ def main(argv=None) -> None:
     p.add_argument("--number", type=int, default=20, help="calls per timed repeat")
     p.add_argument("--repeat", type=int, default=15, help="timed repeats (the median is reported)")
     p.add_argument("--best-of", type=int, default=1000, help="single calls timed for the best-call column")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=None,
+                   help="default: vnni, and amx on a host that has AMX-INT8")
+    p.add_argument("--worker", choices=list(KERNELS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        _worker(SHAPES, args.number, args.repeat, args.best_of)
+        _worker(SHAPES, args.number, args.repeat, args.best_of, args.worker)
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    kernels = args.kernels or ["vnni"] + (["amx"] if _host_has_amx() else [])
+    for kernel in kernels:
+        _measure(kernel, args, root)
+
+
+def _host_has_amx() -> bool:
+    from targets import resolve_target
+
+    return "amx_int8" in resolve_target("host").isa
+
+
+def _measure(kernel: str, args, root: str) -> None:
     results: dict[int, dict] = {}
     for t in args.threads:
         peak, how = measure_vnni_peak(t)
+        if kernel == "amx":
+            peak, how = peak * AMX_OVER_VNNI, f"AMX nominal 1024 MAC/cycle = {AMX_OVER_VNNI}x the VNNI peak {how}"
+        else:
+            how = f"VNNI peak {how}"
         env = dict(os.environ, TVM_NUM_THREADS=str(t), PYTHONPATH=root)
-        proc = subprocess.run([sys.executable, "-m", "schedules.bench_gemm", "--worker", "--number",
+        proc = subprocess.run([sys.executable, "-m", "schedules.bench_gemm", "--worker", kernel, "--number",
                                str(args.number), "--repeat", str(args.repeat), "--best-of", str(args.best_of)],
                               cwd=root, env=env, check=True, capture_output=True, text=True)
         rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
         results[t] = {tuple(r["shape"]): r for r in rows}
-        print(f"threads={t}: VNNI peak {peak:.0f} GMAC/s ({how}); kernel {rows[0]['isa'] if rows else '?'}")
+        print(f"threads={t}: kernel {rows[0]['isa'] if rows else '?'}; peak {peak:.0f} GMAC/s ({how})")
         print(f"  {'M x K x N':>18} {'median ms':>10} {'GMAC/s':>8} {'% peak':>7} {'best ms':>8} {'GMAC/s':>8}"
               f" {'% peak':>7} {'cpu ms':>8} {'exact':>6}")
         for r in rows:
@@ -140,7 +163,7 @@ def main(argv=None) -> None:
                   f" {r['min_ms']:8.4f} {macs / r['min_ms']:8.1f} {100 * macs / r['min_ms'] / peak:6.1f}%"
                   f" {r['cpu_ms']:8.4f} {r['exact']!s:>6}")
     if 1 in results and len(results) > 1:
-        print("speed-up over 1 thread:")
+        print(f"{kernel}: speed-up over 1 thread:")
         for t, rows in results.items():
             if t == 1:
                 continue

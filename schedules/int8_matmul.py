@@ -43,6 +43,7 @@ from tvm import relax
 from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_triple, make_target, tensor_info,
                                  tir_script as T)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
+from schedules import amx_gemm
 from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
 from schedules.intrinsics.dot import DotIntrin
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
@@ -81,6 +82,7 @@ class GemmKernel:
     scratch: int = 0  # extra vector registers per step (vpmaddwd, smull need one or two before the add)
     rows: int = 1
     runtime_pack: bool = False
+    tiles: bool = False  # a matrix-tile unit (AMX): built whole by schedules/amx_gemm.py, not tensorized or tuned
 
     def register_budget(self) -> int:
         """Vector registers the accumulator tile may take (the rest: weights, the broadcast, scratch)."""
@@ -106,6 +108,7 @@ class GemmKernel:
 
 # Ordered by preference; the first whose features (and architecture) the target has wins, "generic" always matches.
 INTRINSICS: dict[str, GemmKernel] = {
+    "amx": GemmKernel("amx", 16, 4, 8, tiles=True),
     "avx512vnni": GemmKernel("avx512vnni", 16, 4, 32, VNNI_16x4, act_dtype="uint8", act_offset=ACT_OFFSET,
                              runtime_pack=True),
     "avxvnni": GemmKernel("avxvnni", 8, 4, 16, AVXVNNI_8x4, act_dtype="uint8", act_offset=ACT_OFFSET,
@@ -117,11 +120,11 @@ INTRINSICS: dict[str, GemmKernel] = {
     "generic": GemmKernel("generic", lanes=16, k_group=1, registers=32),
 }
 # LLVM features each ISA needs (default: its own name).
-_REQUIRES: dict[str, tuple[str, ...]] = {"avx512vnni": ("avx512vnni", "avx512bw")}
+_REQUIRES: dict[str, tuple[str, ...]] = {"avx512vnni": ("avx512vnni", "avx512bw"), "amx": amx_gemm.FEATURES}
 # Target architectures (mtriple prefixes) an ISA's code is for; the LLVM intrinsics exist for that backend only
 # ("neon" is also a 32-bit ARM feature, whose backend has other intrinsic names).
 _AARCH64 = ("aarch64", "arm64")
-_ARCH: dict[str, tuple[str, ...]] = {"i8mm": _AARCH64, "dotprod": _AARCH64, "neon": _AARCH64}
+_ARCH: dict[str, tuple[str, ...]] = {"i8mm": _AARCH64, "dotprod": _AARCH64, "neon": _AARCH64, "amx": ("x86_64",)}
 # Vector width of the generic kernel by the widest feature the target has.
 _GENERIC_WIDTH: dict[str, tuple[int, int]] = {"avx512bw": (16, 32), "avx2": (8, 16), "neon": (4, 32)}
 
@@ -559,7 +562,14 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
                   tile: tuple | None = None):
     """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np); with an
     epilogue, (…, its constants) -> y (m, n) of the epilogue's type. ``tile``: (mr, nr, m_split) chosen by
-    tuning (schedules/tune.py), else the default."""
+    tuning (schedules/tune.py), else the default. A tile-unit kernel (AMX) is fixed: built by amx_gemm, no
+    ``KERNEL_ATTR`` (tuning leaves it alone)."""
+    if kern.tiles:
+        func = amx_gemm.amx_primfunc(m, k, n, epilogue)
+        attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True}
+        if epilogue is not None:
+            attrs[EPILOGUE_ATTR] = epilogue.to_json()
+        return func.with_attrs(attrs)
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     m_split = None
     if tile is not None:
@@ -584,6 +594,9 @@ def _static_int8(expr, what: str) -> tuple[int, ...]:
 
 def gemm_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
     """(Mp, Np): the shape gemm_primfunc writes (M padded to the row tile, N to the lanes)."""
+    if kern.tiles:
+        mp, _, np_ = amx_gemm.padded_shape(m, 1, n)
+        return mp, np_
     mr, _ = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     return _round_up(m, mr), _round_up(n, kern.lanes)
 
@@ -591,6 +604,9 @@ def gemm_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
 def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
     """The constant operands of gemm_primfunc for a weight: packed weight [, padded correction]."""
     w = np.asarray(w_q)
+    if kern.tiles:  # zero-padded to whole tiles: K to the k step, N to the block
+        _, kp, np_ = amx_gemm.padded_shape(1, *w.shape)
+        w = np.pad(w, ((0, kp - w.shape[0]), (0, np_ - w.shape[1])))
     args = [pack_weight(w, kern.lanes, kern.k_group)]
     if kern.act_offset:
         bias = np.zeros(_round_up(w.shape[1], kern.lanes), np.int32)

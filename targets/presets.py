@@ -80,14 +80,33 @@ def _host() -> TargetSpec:
 
     cpu = host_cpu_name()
     flags = _cpu_flags()
-    isa = tuple(f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "asimddp", "i8mm")
+    if not ({"amx_tile", "amx_int8"} <= flags and amx_permitted()):
+        flags.discard("amx_int8")
+    isa = tuple(f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
                 if f in flags)
     llvm = {"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1}
+    if "amx_int8" in isa:  # LLVM may name an AMX CPU after an older core (a VM's CPUID): say it explicitly
+        llvm["mattr"] = ["+amx-tile", "+amx-int8"]
     if platform.machine() in ("aarch64", "arm64"):
         llvm["mtriple"] = "aarch64-linux-gnu"
     else:
         llvm["mtriple"] = "x86_64-linux-gnu"
     return TargetSpec("host", f"this machine ({cpu})", llvm, isa)
+
+
+def amx_permitted() -> bool:
+    """True if Linux grants this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA): kernel
+    5.16 or newer, and a hypervisor that exposes it. The AMX kernels ask the same at each call."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    import ctypes
+
+    from schedules.amx_gemm import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _cpu_flags() -> set[str]:
@@ -113,6 +132,8 @@ TARGETS: dict[str, Callable[[], TargetSpec]] = {
     "host": _host,
     "x86-avx512-vnni": lambda: _x86("x86-avx512-vnni", "x86-64 with AVX-512 VNNI (Cascade Lake and newer, Zen 4/5)",
                                     "cascadelake", ("avx2", "avx512f", "avx512bw", "avx512_vnni")),
+    "x86-amx": lambda: _x86("x86-amx", "x86-64 with AMX-INT8 tiles (Sapphire Rapids and newer Xeons)",
+                            "sapphirerapids", ("avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8")),
     "x86-avx-vnni": lambda: _x86("x86-avx-vnni", "x86-64 with AVX-VNNI, no AVX-512 (Alder Lake class)",
                                  "alderlake", ("avx2", "avx_vnni")),
     "x86-avx2": lambda: _x86("x86-avx2", "x86-64 with AVX2, no dot-product instructions (Haswell class)",

@@ -13,11 +13,13 @@ import tvm
 from tvm import relax
 
 from compiler.tvm_compat import tensor_type
+from targets.presets import amx_permitted
 from schedules.int8_matmul import (
     INTRINSICS,
     emit_int8_batch_matmul,
     emit_int8_matmul,
     pack_weight,
+    select_batch_kernel,
     select_kernel,
 )
 
@@ -36,12 +38,16 @@ def _host_flags() -> set[str]:
 
 
 HOST = _host_flags()
+AMX = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu", "num-cores": 2})
 VNNI = _target("rocketlake")  # AVX512-VNNI: zmm vpdpbusd
 AVXVNNI = _target("alderlake")  # AVX-VNNI, no AVX-512: ymm vpdpbusd
 AVX2 = _target("haswell")  # no VNNI: vpmaddwd on int16
 SSE = _target("x86-64")  # no AVX2: the generic vectorized int32 kernel
 needs_vnni = pytest.mark.skipif(not {"avx512_vnni", "avx512bw"} <= HOST, reason="host has no AVX512-VNNI")
+needs_amx = pytest.mark.skipif(not ({"amx_tile", "amx_int8", "avx512_vnni"} <= HOST and amx_permitted()),
+                               reason="host has no AMX-INT8 (or Linux does not grant it)")
 TARGETS = [
+    pytest.param(AMX, marks=needs_amx, id="amx"),
     pytest.param(VNNI, marks=needs_vnni, id="vnni"),
     pytest.param(AVXVNNI, marks=pytest.mark.skipif("avx_vnni" not in HOST, reason="no AVX-VNNI"), id="avxvnni"),
     pytest.param(AVX2, id="avx2"),
@@ -142,10 +148,12 @@ def test_batch_matmul_uses_vnni_when_available(target):
     a, b = np.zeros((1, 2, 16, 32), np.int8), np.zeros((1, 2, 32, 16), np.int8)
     _, ex = _build_and_run(lambda bb, x, y: emit_int8_batch_matmul(bb, x, y, target), {"a": a, "b": b}, target)
     has_zmm_vnni = any("vpdpbusd" in ln and "zmm" in ln for ln in _asm_of(ex).splitlines())
-    assert has_zmm_vnni == (select_kernel(target).isa == "avx512vnni")
+    assert has_zmm_vnni == (select_batch_kernel(target).isa == "avx512vnni")
 
 
 def test_kernel_selection_by_features():
+    assert select_kernel(AMX) is INTRINSICS["amx"]
+    assert select_batch_kernel(AMX) is INTRINSICS["avx512vnni"]  # B is packed at run time: not for tiles
     assert select_kernel(VNNI) is INTRINSICS["avx512vnni"]
     assert select_kernel(AVXVNNI) is INTRINSICS["avxvnni"]  # AVX-VNNI, no AVX-512
     assert select_kernel(AVX2) is INTRINSICS["avx2"]

@@ -20,8 +20,16 @@ M, K, N = 32, 64, 64
 
 @pytest.fixture(scope="module")
 def host():
-    spec = resolve_target("host")
-    return spec.tvm_target()
+    """This machine without AMX: its GEMMs are the tunable register-tile kernels (AMX's are fixed)."""
+    llvm = {k: v for k, v in resolve_target("host").llvm.items() if k != "mattr"}
+    return tvm.target.Target(llvm)
+
+
+def test_amx_gemms_are_not_tuning_tasks():
+    amx = resolve_target("x86-amx").tvm_target()
+    f = im.gemm_primfunc(M, K, N, im.select_kernel(amx))
+    assert im.select_kernel(amx).isa == "amx" and tn.KERNEL_ATTR not in f.attrs
+    assert tn.extract_tasks(IRModule({"qgemm": f.with_attr("global_symbol", "qgemm")}), amx) == []
 
 
 @pytest.fixture(scope="module")
