@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from compiler.tvm_compat import tir_script as T, tirx
 from schedules.gemm_epilogue import Epilogue, epilogue_value, operand_buffers
+from schedules.intrinsics.dot import packed_word
 
 BLOCK_M = 32  # output rows per block: two A tiles of 16 rows
 BLOCK_N = 32  # output columns per block: two B tiles of 16 int32 columns
@@ -61,12 +62,67 @@ def _tile(name: str, *args):
     return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
 
 
+@T.macro
+def _request_amx():
+    assert T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
+                         T.int64(XFEATURE_XTILEDATA)) == T.int64(0), PERMISSION_ERROR
+
+
+@T.macro
+def _load_config():
+    cfg = T.decl_buffer((8,), "uint64", scope="local")
+    cfg[0] = T.uint64(_CFG_WORDS[0])
+    cfg[1] = T.uint64(_CFG_WORDS[1])
+    cfg[2] = T.uint64(_CFG_WORDS[2])
+    cfg[3] = T.uint64(_CFG_WORDS[3])
+    cfg[4] = T.uint64(_CFG_WORDS[4])
+    cfg[5] = T.uint64(_CFG_WORDS[5])
+    cfg[6] = T.uint64(_CFG_WORDS[6])
+    cfg[7] = T.uint64(_CFG_WORDS[7])
+    _tile("ldtilecfg", T.address_of(cfg[0]))
+
+
+@T.macro
+def _block_product(src, row, w, blk, k_steps, row_stride):
+    """C tiles 0-3 = rows row..row+31 of src (int8, k contiguous) x weight blocks blk, blk+1 of w (packed
+    (blocks, Kp/4, 16, 4) int8). Immediate tile numbers: no loops over tiles."""
+    _tile("tilezero", T.int8(0))
+    _tile("tilezero", T.int8(1))
+    _tile("tilezero", T.int8(2))
+    _tile("tilezero", T.int8(3))
+    for kt in range(k_steps):
+        _tile("tileloadd64", T.int8(4), T.address_of(src[row, kt * 64]), row_stride)
+        _tile("tileloadd64", T.int8(5), T.address_of(src[row + 16, kt * 64]), row_stride)
+        _tile("tileloadd64", T.int8(6), T.address_of(w[blk, kt * 16, 0, 0]), T.int64(64))
+        _tile("tileloadd64", T.int8(7), T.address_of(w[blk + 1, kt * 16, 0, 0]), T.int64(64))
+        _tile("tdpbssd", T.int8(0), T.int8(4), T.int8(6))
+        _tile("tdpbssd", T.int8(1), T.int8(4), T.int8(7))
+        _tile("tdpbssd", T.int8(2), T.int8(5), T.int8(6))
+        _tile("tdpbssd", T.int8(3), T.int8(5), T.int8(7))
+
+
+def _ptr(dst, offset, ncol):
+    """A write pointer to element ``offset`` of int32 ``dst`` (a view's elem_offset included), 16 rows long."""
+    return T.tvm_access_ptr(T.type_annotation("int32"), dst.data, dst.elem_offset + offset, 16 * ncol, 2)
+
+
+@T.macro
+def _store_block(dst, row, col, ncol):
+    """C tiles 0-3 to the 32 x 32 int32 block at dst[row, col] of an int32 buffer of ``ncol`` columns. A pointer
+    into ``dst.data`` (``tvm_access_ptr``), not ``address_of`` an element: TVM would shrink a local dst to the
+    elements such addresses name."""
+    _tile("tilestored64", T.int8(0), _ptr(dst, row * ncol + col, ncol), T.int64(ncol * 4))
+    _tile("tilestored64", T.int8(1), _ptr(dst, row * ncol + col + 16, ncol), T.int64(ncol * 4))
+    _tile("tilestored64", T.int8(2), _ptr(dst, (row + 16) * ncol + col, ncol), T.int64(ncol * 4))
+    _tile("tilestored64", T.int8(3), _ptr(dst, (row + 16) * ncol + col + 16, ncol), T.int64(ncol * 4))
+
+
 def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
     """The kernel in low-level TIR (no blocks, nothing left to schedule): a zero-padded copy ``a_in`` of a (only
     when m or k needs padding); threads over the N panels p, each loading the tile configuration, then per M
-    block mt the k loop on the tiles (C tiles 0-3 as [[0, 1], [2, 3]], A tiles 4-5, B tiles 6-7) and the store:
-    straight to the row-major ``out``, or with an epilogue into the stack buffer ``acc`` then the chain on it,
-    16-lane vectors, into y (rows and columns past m and n skipped)."""
+    block mt the k loop on the tiles and the store: straight to the row-major ``out``, or with an epilogue into
+    the stack buffer ``acc`` then the chain on it, 16-lane vectors, into y (rows and columns past m and n
+    skipped)."""
     mp, kp, np_ = padded_shape(m, k, n)
     nb, kb = np_ // 16, kp // 4
     pad_a = (mp, kp) != (m, k)
@@ -76,7 +132,6 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
     out_shape, out_dtype = ((m, n), epilogue.out_dtype) if with_epi else ((mp, np_), "int32")
     bufs = operand_buffers(epilogue, n) if with_epi else []
     row_stride = T.int64(kp)
-    store_stride = T.int64(BLOCK_N * 4 if with_epi else np_ * 4)
 
     def value(acc_value, col):  # the chain on one accumulator (TVMScript calls this while parsing)
         return epilogue_value(epilogue, acc_value, col, bufs)
@@ -85,8 +140,7 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
     def amx(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, 16, 4), "int8"),
             out: T.Buffer(out_shape, out_dtype)):
         T.func_attr({"tirx.noalias": True})
-        assert T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
-                             T.int64(XFEATURE_XTILEDATA)) == T.int64(0), PERMISSION_ERROR
+        _request_amx()
         a_in = T.decl_buffer((mp, kp), "int8")
         if pad_a:
             for i, ro in T.grid(mp, kp // 64):
@@ -94,36 +148,12 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
                     a_in[i, ro * 64 + ri] = T.if_then_else(i < m and ro * 64 + ri < k, a[i, ro * 64 + ri], T.int8(0))
         src = a_in if pad_a else a
         for p in T.parallel(n_panels):
-            cfg = T.decl_buffer((8,), "uint64", scope="local")
-            cfg[0] = T.uint64(_CFG_WORDS[0])
-            cfg[1] = T.uint64(_CFG_WORDS[1])
-            cfg[2] = T.uint64(_CFG_WORDS[2])
-            cfg[3] = T.uint64(_CFG_WORDS[3])
-            cfg[4] = T.uint64(_CFG_WORDS[4])
-            cfg[5] = T.uint64(_CFG_WORDS[5])
-            cfg[6] = T.uint64(_CFG_WORDS[6])
-            cfg[7] = T.uint64(_CFG_WORDS[7])
-            _tile("ldtilecfg", T.address_of(cfg[0]))
+            _load_config()
             acc = T.decl_buffer((BLOCK_M, BLOCK_N), "int32", scope="local")
             for mt in range(m_blocks):
-                _tile("tilezero", T.int8(0))  # immediate tile numbers: no loops over tiles
-                _tile("tilezero", T.int8(1))
-                _tile("tilezero", T.int8(2))
-                _tile("tilezero", T.int8(3))
-                for kt in range(k_steps):
-                    _tile("tileloadd64", T.int8(4), T.address_of(src[mt * 32, kt * 64]), row_stride)
-                    _tile("tileloadd64", T.int8(5), T.address_of(src[mt * 32 + 16, kt * 64]), row_stride)
-                    _tile("tileloadd64", T.int8(6), T.address_of(w_packed[p * 2, kt * 16, 0, 0]), T.int64(64))
-                    _tile("tileloadd64", T.int8(7), T.address_of(w_packed[p * 2 + 1, kt * 16, 0, 0]), T.int64(64))
-                    _tile("tdpbssd", T.int8(0), T.int8(4), T.int8(6))
-                    _tile("tdpbssd", T.int8(1), T.int8(4), T.int8(7))
-                    _tile("tdpbssd", T.int8(2), T.int8(5), T.int8(6))
-                    _tile("tdpbssd", T.int8(3), T.int8(5), T.int8(7))
+                _block_product(src, mt * 32, w_packed, p * 2, k_steps, row_stride)
                 if with_epi:
-                    _tile("tilestored64", T.int8(0), acc.access_ptr("w", offset=0), store_stride)
-                    _tile("tilestored64", T.int8(1), acc.access_ptr("w", offset=16), store_stride)
-                    _tile("tilestored64", T.int8(2), acc.access_ptr("w", offset=16 * BLOCK_N), store_stride)
-                    _tile("tilestored64", T.int8(3), acc.access_ptr("w", offset=16 * BLOCK_N + 16), store_stride)
+                    _store_block(acc, 0, 0, BLOCK_N)
                     for r in range(BLOCK_M):
                         if mt * 32 + r < m:
                             if whole_panels:
@@ -135,10 +165,7 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
                                 for c in range(T.min(BLOCK_N, n - p * 32)):
                                     out[mt * 32 + r, p * 32 + c] = value(acc[r, c], p * 32 + c)
                 else:
-                    _tile("tilestored64", T.int8(0), T.address_of(out[mt * 32, p * 32]), store_stride)
-                    _tile("tilestored64", T.int8(1), T.address_of(out[mt * 32, p * 32 + 16]), store_stride)
-                    _tile("tilestored64", T.int8(2), T.address_of(out[mt * 32 + 16, p * 32]), store_stride)
-                    _tile("tilestored64", T.int8(3), T.address_of(out[mt * 32 + 16, p * 32 + 16]), store_stride)
+                    _store_block(out, mt * 32, p * 32, np_)
             _tile("tilerelease")
 
     if not with_epi:
@@ -147,7 +174,61 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
     return tirx.PrimFunc([a_buf, w_buf, *bufs, y_buf], amx.body, attrs=amx.attrs)
 
 
+def _batch_kernel(bt: int, m: int, k: int, n: int):
+    """C[x] = A[x] @ B[x], both int8 at run time -> out int32 (bt, m, n), unpadded. Threads over (x, N panel);
+    each task packs its two 16-column blocks of B[x] into tile rows (words of 4 k bytes, ``packed_word``: vector
+    shifts and ors) in a stack buffer, then runs the M blocks; A is zero-padded first where m or k needs it."""
+    mp, kp, np_ = padded_shape(m, k, n)
+    kb = kp // 4
+    pad_a = (mp, kp) != (m, k)
+    n_panels, m_blocks, k_steps = np_ // BLOCK_N, mp // BLOCK_M, kp // K_STEP
+    whole = (mp, np_) == (m, n)
+    row_stride = T.int64(kp)
+
+    @T.prim_func
+    def amx_batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
+                  out: T.Buffer((bt, m, n), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        _request_amx()
+        a_in = T.decl_buffer((bt, mp, kp), "int8")
+        if pad_a:
+            for x in T.parallel(bt):
+                for i, ro in T.grid(mp, kp // 64):
+                    for ri in T.vectorized(64):
+                        a_in[x, i, ro * 64 + ri] = T.if_then_else(i < m and ro * 64 + ri < k, a[x, i, ro * 64 + ri],
+                                                                  T.int8(0))
+        src = a_in if pad_a else a
+        for xp in T.parallel(bt * n_panels):
+            _load_config()
+            words = T.decl_buffer((2, kb, 16), "int32")
+            w = T.decl_buffer((2, kb, 16, 4), "int8", data=words.data)
+            for jb, rb in T.grid(2, kb):
+                for i in T.vectorized(16):
+                    words[jb, rb, i] = packed_word(b, xp // n_panels, rb, xp % n_panels * 32 + jb * 16 + i, 4, k, n)
+            a_x = T.decl_buffer((mp, kp), "int8", data=src.data, elem_offset=xp // n_panels * (mp * kp))
+            out_x = T.decl_buffer((m, n), "int32", data=out.data, elem_offset=xp // n_panels * (m * n))
+            acc = T.decl_buffer((BLOCK_M, BLOCK_N), "int32", scope="local")
+            for mt in range(m_blocks):
+                _block_product(a_x, mt * 32, w, 0, k_steps, row_stride)
+                if whole:
+                    _store_block(out_x, mt * 32, xp % n_panels * 32, n)
+                else:
+                    _store_block(acc, 0, 0, BLOCK_N)
+                    for r in range(BLOCK_M):
+                        if mt * 32 + r < m:
+                            for c in range(T.min(BLOCK_N, n - xp % n_panels * 32)):
+                                out_x[mt * 32 + r, xp % n_panels * 32 + c] = acc[r, c]
+            _tile("tilerelease")
+
+    return amx_batch
+
+
 def amx_primfunc(m: int, k: int, n: int, epilogue: Epilogue | None = None):
     """The kernel (module docstring): (a, w_packed) -> out int32 (Mp, Np), or with ``epilogue`` (a, w_packed,
     its constants...) -> y (m, n) of its type."""
     return _kernel(m, k, n, epilogue)
+
+
+def amx_batch_primfunc(bt: int, m: int, k: int, n: int):
+    """The batch kernel: (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, m, n), unpadded."""
+    return _batch_kernel(bt, m, k, n)

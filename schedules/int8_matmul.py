@@ -16,6 +16,9 @@ Guarantees:
   vectorized int32 kernel (any LLVM target, e.g. 32-bit ARM). The batch kernel packs B at run time into words of
   k_group bytes for the first kernel with ``runtime_pack`` (VNNI, dotprod, NEON; I8MM targets use ``sdot``),
   else the vectorized int32 kernel.
+- On CPUs with AMX-INT8 the first entry, "amx", is a tile kernel (schedules/amx_gemm.py: ``tdpbssd``, s8 x s8)
+  for both the GEMM and the batch matmul; it is fixed (no register tile to choose, not tuned) and writes the
+  batch result unpadded.
 
 With an ``Epilogue`` (schedules/gemm_epilogue.py: the requantize chain after the matmul, a lookup, ...),
 ``emit_int8_matmul`` emits one kernel that applies it to each register tile right after the tile's k loop (the
@@ -45,7 +48,7 @@ from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_tr
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
 from schedules import amx_gemm
 from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
-from schedules.intrinsics.dot import DotIntrin
+from schedules.intrinsics.dot import DotIntrin, packed_word
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
 
@@ -108,7 +111,7 @@ class GemmKernel:
 
 # Ordered by preference; the first whose features (and architecture) the target has wins, "generic" always matches.
 INTRINSICS: dict[str, GemmKernel] = {
-    "amx": GemmKernel("amx", 16, 4, 8, tiles=True),
+    "amx": GemmKernel("amx", 16, 4, 8, runtime_pack=True, tiles=True),
     "avx512vnni": GemmKernel("avx512vnni", 16, 4, 32, VNNI_16x4, act_dtype="uint8", act_offset=ACT_OFFSET,
                              runtime_pack=True),
     "avxvnni": GemmKernel("avxvnni", 8, 4, 16, AVXVNNI_8x4, act_dtype="uint8", act_offset=ACT_OFFSET,
@@ -425,21 +428,6 @@ def _act(kern: GemmKernel, x):
     return T.Cast("uint8", x) ^ T.uint8(kern.act_offset) if kern.act_offset else x
 
 
-def _packed_word(b, x, rb, col, kg: int, k: int, n: int):
-    """The word of kg bytes B[x, kg rb + j, col] (byte j at bits 8j; zero past K or N); the top byte keeps its sign,
-    so a shift right then a cast to int8 gives each byte back (dot.word_desc)."""
-    word = f"int{8 * kg}"
-    terms = []
-    for j in range(kg):
-        byte = T.Cast(word, b[x, rb * kg + j, col])
-        term = T.if_then_else(T.And(rb * kg + j < k, col < n), byte if j == kg - 1 else byte & 255, T.Cast(word, 0))
-        terms.append(term if j == 0 else T.shift_left(term, T.Cast(word, 8 * j)))
-    out = terms[0]
-    for t in terms[1:]:
-        out = out | t
-    return out
-
-
 def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
     """Batched C[b] = A[b] @ B[b], both int8 at run time; out (bt, Mp, Np). Stages: "a_in" (pad; + 128 for VNNI)
     and "b_pack" (B into dot-product blocks); VNNI adds "b_bias" = -128 colsum(B), the reduction's init.
@@ -472,7 +460,7 @@ def _batch_compute(bt: int, m: int, k: int, n: int, kern: GemmKernel, mr: int):
             with T.sblock("b_pack"):
                 vx, vjb, vrb, vjl = T.axis.remap("SSSS", [x, jb, rb, jl])
                 T.reads(b[vx, vrb * kg:vrb * kg + kg, vjb * lanes + vjl])
-                b_pack[vx, vjb, vrb, vjl] = _packed_word(b, vx, vrb, vjb * lanes + vjl, kg, k, n)
+                b_pack[vx, vjb, vrb, vjl] = packed_word(b, vx, vrb, vjb * lanes + vjl, kg, k, n)
         if bias:
             for x, j, r in T.grid(bt, np_, k):
                 with T.sblock("b_bias"):
@@ -541,7 +529,10 @@ def _batch_kernel(kern: GemmKernel) -> GemmKernel:
 
 @lru_cache(maxsize=64)
 def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
-    """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np)."""
+    """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np) (``batch_out_shape``)."""
+    if kern.tiles:
+        return amx_gemm.amx_batch_primfunc(bt, m, k, n).with_attrs(
+            {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
     kern = _batch_kernel(kern)
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     intrin = kern.intrin.word_name if kern.intrin is not None else None
@@ -668,7 +659,7 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
         return x if len(batch) == 1 else bb.emit(relax.op.reshape(x, (bt, rows, cols)))
 
     a3, b3 = as_3d(a_q, a_shape, m, k), as_3d(b_q, b_shape, k, n)
-    mp, np_ = gemm_out_shape(m, n, _batch_kernel(kern))
+    mp, np_ = (m, n) if kern.tiles else gemm_out_shape(m, n, _batch_kernel(kern))  # tiles: written unpadded
     out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((bt, mp, np_), "int32")))
     if (mp, np_) != (m, n):
         out = bb.emit(relax.op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[m, n]))

@@ -119,4 +119,21 @@ def mmla_desc(rows: int, cols: int, k: int, c_scope: str = "global"):
     return desc
 
 
-__all__ = ["DotIntrin", "LOCAL_SUFFIX", "WORD_SUFFIX", "dot_desc", "mmla_desc", "register_dot", "word_desc"]
+def packed_word(b, x, rb, col, kg: int, k: int, n: int):
+    """The word of kg bytes B[x, kg rb + j, col] (byte j at bits 8j; zero past K or N); the top byte keeps its sign,
+    so a shift right then a cast to int8 gives each byte back (``word_desc``). Built with shifts and ors over
+    contiguous rows of B: it vectorizes along ``col`` (a byte-level transpose would be a scalarized gather)."""
+    word = f"int{8 * kg}"
+    terms = []
+    for j in range(kg):
+        byte = T.Cast(word, b[x, rb * kg + j, col])
+        term = T.if_then_else(T.And(rb * kg + j < k, col < n), byte if j == kg - 1 else byte & 255, T.Cast(word, 0))
+        terms.append(term if j == 0 else T.shift_left(term, T.Cast(word, 8 * j)))
+    out = terms[0]
+    for t in terms[1:]:
+        out = out | t
+    return out
+
+
+__all__ = ["DotIntrin", "LOCAL_SUFFIX", "WORD_SUFFIX", "dot_desc", "mmla_desc", "packed_word", "register_dot",
+           "word_desc"]

@@ -70,6 +70,20 @@ def test_partial_blocks_bit_exact(m, k, n, fused):
         np.testing.assert_array_equal(got, acc)
 
 
+@needs_amx
+@pytest.mark.parametrize("bt,m,k,n", [(12, 128, 64, 128), (12, 128, 128, 64), (3, 100, 100, 100), (2, 7, 13, 40)])
+def test_batch_bit_exact(bt, m, k, n):
+    """Attention-like products, both operands at run time; partial blocks are written unpadded."""
+    from schedules.int8_matmul import emit_int8_batch_matmul
+
+    rng = np.random.default_rng(bt + m + k + n)
+    a, b = _rand_int8(rng, (1, bt, m, k)), _rand_int8(rng, (1, bt, k, n))
+    a[0, 0, 0, :], b[0, -1, :, -1] = -128, -128
+    got, ex = _build_and_run(lambda bb, x, y: emit_int8_batch_matmul(bb, x, y, AMX), {"a": a, "b": b}, AMX)
+    np.testing.assert_array_equal(got, np.matmul(a.astype(np.int32), b.astype(np.int32)))
+    assert "tdpbssd" in _asm_of(ex)
+
+
 def test_padded_shape():
     assert amx_gemm.padded_shape(33, 70, 40) == (64, 128, 64)
     assert amx_gemm.padded_shape(128, 768, 3072) == (128, 768, 3072)

@@ -153,7 +153,7 @@ def test_batch_matmul_uses_vnni_when_available(target):
 
 def test_kernel_selection_by_features():
     assert select_kernel(AMX) is INTRINSICS["amx"]
-    assert select_batch_kernel(AMX) is INTRINSICS["avx512vnni"]  # B is packed at run time: not for tiles
+    assert select_batch_kernel(AMX) is INTRINSICS["amx"]  # B packed into tile rows at run time
     assert select_kernel(VNNI) is INTRINSICS["avx512vnni"]
     assert select_kernel(AVXVNNI) is INTRINSICS["avxvnni"]  # AVX-VNNI, no AVX-512
     assert select_kernel(AVX2) is INTRINSICS["avx2"]
