@@ -11,7 +11,8 @@ Guarantees: every other PrimFunc that one of the `RULES` matches gets a schedule
   * the outer loops are fused and run in parallel only when the kernel does at least `parallel_min_work`
     element operations (a fork-join costs microseconds; small kernels stay on one thread);
   * a row-wise kernel (softmax: max -> exp -> sum -> normalize; LayerNorm: mean -> variance -> normalize)
-    runs its rows in parallel with every stage of a row computed under the row loop, inner loops vectorized.
+    runs its rows in parallel with every stage of a row computed under the row loop, inner loops vectorized;
+  * a single reduction over a non-innermost axis (column sums) reduces with the columns as vector lanes.
 The schedule only reorders, splits, inlines and annotates loops: results are bit-exact. A PrimFunc no rule
 can handle (or whose scheduling raises) is left as it was and counted in a debug log line; the build never
 fails because of this pass.
@@ -285,6 +286,35 @@ def _rows(sch, blocks, p: CpuParams) -> bool:
     return True
 
 
+def _columns(sch, blocks, p: CpuParams) -> bool:
+    """One reduction over an axis that is not the input's innermost (column sums: ``sum(x, axis=-2)``, the
+    zero-point corrections of the attention products): the reduction loop moved outside the innermost spatial
+    axis, which becomes the vector (each lane sums its own column, contiguous loads); the outer spatial loops
+    parallel. The "rows" rule would reduce each column as a strided scalar loop."""
+    if len(blocks) != 1 or blocks[0].is_injective():
+        return False
+    block = blocks[0].block_rv
+    kinds = blocks[0].dom_kind()
+    if kinds.count("R") != 1 or not kinds.endswith("R") or "S" not in kinds:
+        return False
+    stmt = sch.get(block)
+    last = stmt.iter_vars[len(kinds) - 2].var  # the innermost spatial axis
+    if not any(r.region and r.region[-1].min.same_as(last) for r in stmt.reads):
+        return False
+    *outer, col, red = sch.get_loops(block)
+    lanes = _lanes(p, _widest_bits(sch, block), _extent(sch, col))
+    if lanes <= 1:
+        return False
+    work = _work(sch, block)
+    col_out, col_in = sch.split(col, factors=[None, lanes])
+    sch.reorder(col_out, red, col_in)
+    sch.vectorize(col_in)  # before decompose_reduction: vectorize needs the reduction block whole
+    _parallel(sch, [*outer, col_out], work, p)
+    init = sch.decompose_reduction(block, red)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return True
+
+
 def _per_block(sch, blocks, p: CpuParams) -> bool:
     """Anything else (e.g. LayerNorm's isqrt chain: many per-row scalar blocks): each block on its own, spatial
     inner loops vectorized, leading spatial loops parallel when that block's work is large enough."""
@@ -299,7 +329,8 @@ def _per_block(sch, blocks, p: CpuParams) -> bool:
     return True
 
 
-RULES: dict[str, Callable] = {"elementwise": _elementwise, "rows": _rows, "per_block": _per_block}
+RULES: dict[str, Callable] = {"elementwise": _elementwise, "columns": _columns, "rows": _rows,
+                              "per_block": _per_block}
 
 
 def schedule_primfunc(func, p: CpuParams):

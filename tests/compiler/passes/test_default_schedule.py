@@ -147,3 +147,25 @@ def test_op_profile_families(name, fam):
     from compiler.op_profile import family
 
     assert family(name) == fam
+
+
+@pytest.mark.parametrize("shape,axis", [((1, 12, 64, 128), 2), ((2, 3, 40, 48), 2), ((24, 5, 32), 0)])
+def test_column_sums_reduce_in_vector_lanes(shape, axis):
+    """sum(cast(x), axis) over a non-innermost axis (the attention zero-point corrections): the "columns" rule,
+    lanes along the contiguous axis, equal to NumPy."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", C.tensor_type(shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.sum(relax.op.astype(x, "int32"), axis=[axis], keepdims=True))
+        bb.emit_func_output(out)
+    target = tvm.target.Target(TARGET)
+    with target:
+        fused = C.fuse(bb.get())
+    (func,) = _kernels(fused).values()
+    scheduled, rule = ds.schedule_primfunc(func, PARAMS)
+    assert rule == "columns" and "T.vectorized" in scheduled.script()
+    data = np.random.default_rng(0).integers(-128, 128, shape).astype(np.int8)
+    vm = relax.VirtualMachine(tvm.compile(ds.apply_default_schedules(fused, target, PARAMS), target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_array_equal(got, data.astype(np.int32).sum(axis=axis, keepdims=True))
