@@ -53,6 +53,8 @@ from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
 
 KERNEL_ATTR = "intformer.kernel"  # "gemm M K N" / "bmm BT M K N": how schedules/tune.py rebuilds the compute
+FIXED_ATTR = "intformer.fixed"  # a kernel tuning leaves alone, and why (the AMX tile kernels)
+AMX_FIXED = "AMX tiles"
 OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call alone
 ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
 MAX_TILE_ROWS = 12
@@ -532,7 +534,7 @@ def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
     """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np) (``batch_out_shape``)."""
     if kern.tiles:
         return amx_gemm.amx_batch_primfunc(bt, m, k, n).with_attrs(
-            {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True})
+            {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, FIXED_ATTR: AMX_FIXED})
     kern = _batch_kernel(kern)
     mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     intrin = kern.intrin.word_name if kern.intrin is not None else None
@@ -557,7 +559,7 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
     ``KERNEL_ATTR`` (tuning leaves it alone)."""
     if kern.tiles:
         func = amx_gemm.amx_primfunc(m, k, n, epilogue)
-        attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True}
+        attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, FIXED_ATTR: AMX_FIXED}
         if epilogue is not None:
             attrs[EPILOGUE_ATTR] = epilogue.to_json()
         return func.with_attrs(attrs)

@@ -189,6 +189,8 @@ def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None, kernels
             compute, kern, mr0 = _gemm_workload(kind, dims, target)
             work, info = _normalized(compute), (kind, dims, kern, mr0)
         elif attrs.get("tir.is_scheduled", False):
+            if im.FIXED_ATTR in attrs and skipped is not None:
+                skipped.append(f"{name[:60]}: {attrs[im.FIXED_ATTR]} (a fixed kernel, nothing to tune)")
             continue
         elif "fused" not in kinds:
             if skipped is not None:
