@@ -107,7 +107,11 @@ def main() -> int:
               f"(attention products included); float ops between inputs and outputs: "
               f"{', '.join(res.report['float_ops']) or 'none'}")
 
-    print("[5/5] latency (int8 matmuls on the VNNI kernels; the other integer kernels on default schedules)",
+    from schedules.int8_matmul import select_kernel
+    from targets import resolve_target
+
+    isa = select_kernel(resolve_target("host").tvm_target()).isa
+    print(f"[5/5] latency (int8 matmuls on the {isa} kernels; the other integer kernels on default schedules)",
           flush=True)
     for n in args.threads.split(","):
         subprocess.run([sys.executable, "-m", "compiler.cli", "bench", lib, "--model", onnx_path,
