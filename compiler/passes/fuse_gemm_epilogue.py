@@ -10,10 +10,14 @@ Guarantees: for each such matmul, the longest chain of single-consumer ops after
   (1, N), (1, 1, N), ...) of the chain value's type, or a unary op (astype, clip, negative),
 - a ``take`` from a constant 1-D table indexed by the chain value (a lookup),
 - a reshape that keeps the last dim N (adding / removing leading 1s, merging leading dims), or an alias,
+- a layout op that moves elements across columns (a reshape to other last dims, a ``permute_dims``: the
+  attention heads' split), after which only steps with a scalar or no operand (and lookups) may follow: they
+  commute with it,
 is cut where its value is narrowest (fewest bytes per element, the later of equals: the rest of the chain
 stays in the graph, where the build groups it with its consumer) and, if that is past the matmul, replaced by one
 call of the GEMM kernel with that epilogue (schedules/int8_matmul.emit_int8_matmul), which writes the final
-int8 / int16 (M, N) tensor directly and computes the same values bit for bit. The matmuls left over are
+int8 / int16 (M, N) tensor directly and computes the same values bit for bit; the layout ops the chain passed
+are applied to that result, in order (on the narrow type: a head transpose moves int8, not int16). The matmuls left over are
 lowered by LowerIntMatmul.
 """
 
@@ -34,6 +38,7 @@ from schedules.int8_matmul import emit_int8_matmul, select_kernel
 _MATMUL = "relax.matmul"
 _UNARY = {"astype", "clip", "negative"}
 _TRANSPARENT = {"relax.reshape"}
+_LAYOUT = {"relax.reshape", "relax.permute_dims"}  # ops that only move elements
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Chain:
     w: np.ndarray
     epilogue: Epilogue
     operands: tuple
+    layout: tuple = ()  # the layout calls the chain passed, in order: replayed on the fused result
 
 
 def _users(func: relax.Function) -> dict:
@@ -128,7 +134,8 @@ def find_chains(func: relax.Function) -> dict:
         if w is None or w.ndim != 2 or w.dtype != np.int8 or a_dt != "int8" or a_shape is None or out_dt != "int32":
             continue
         m, n = math.prod(a_shape[:-1]), w.shape[1]
-        steps, operands, best, cur = [], [], None, var
+        steps, operands, layout, best, cur = [], [], [], None, var
+        moved = False  # a layout op moved elements across columns: per-column operands no longer apply
         best_bytes = np.dtype("int32").itemsize
         while isinstance(cur, relax.DataflowVar) and len(users.get(cur, [])) == 1 and users[cur][0] is not None:
             nxt = users[cur][0]
@@ -138,20 +145,25 @@ def find_chains(func: relax.Function) -> dict:
                 continue
             if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
                 break
-            if not _transparent(call, m, n):
+            if call.op.name in _LAYOUT:
+                if call.op.name != "relax.reshape" or not _transparent(call, m, n):
+                    moved = True
+                layout.append(call)
+            else:
                 step = _step(call, cur, n)
-                if step is None:
+                if step is None or (moved and step[0].operand == "vector"):
                     break
                 steps.append(step[0])
                 if step[1] is not None:
                     operands.append(step[1])
                 size = np.dtype(step[0].dtype).itemsize
                 if size <= best_bytes:
-                    best_bytes, best = size, (nxt, len(steps), len(operands))
+                    best_bytes, best = size, (nxt, len(steps), len(operands), len(layout))
             cur = nxt
         if best is not None:
-            end, n_steps, n_ops = best
-            chains[end] = Chain(a, w, Epilogue(tuple(steps[:n_steps])), tuple(operands[:n_ops]))
+            end, n_steps, n_ops, n_layout = best
+            chains[end] = Chain(a, w, Epilogue(tuple(steps[:n_steps])), tuple(operands[:n_ops]),
+                                tuple(layout[:n_layout]))
     return chains
 
 
@@ -169,6 +181,11 @@ class _Fuse(PyExprMutator):
             return super().visit_var_binding_(binding)
         bb = self.builder_
         y = emit_int8_matmul(bb, self.visit_expr(chain.a), chain.w, self.target, chain.epilogue, chain.operands)
+        for call in chain.layout:  # the same moves, on the epilogue's (narrower) result
+            if call.op.name == "relax.permute_dims":
+                y = bb.emit(relax.op.permute_dims(y, call.attrs.axes))
+            else:
+                y = bb.emit(relax.op.reshape(y, tensor_info(call)[1]))
         _, shape = tensor_info(binding.var)
         if tensor_info(y)[1] != shape:
             y = bb.emit(relax.op.reshape(y, shape))

@@ -120,3 +120,32 @@ def test_generic_target_left_alone():
     armv7 = resolve_target("armv7").tvm_target()
     mod = _graph()
     assert C.structural_equal(FuseGemmEpilogue(armv7)(mod), mod)
+
+
+def test_chain_through_a_head_transpose(host):
+    """x @ wq -> int16 -> reshape to heads -> permute_dims -> a scalar requantize to int8 (the attention inputs):
+    the whole chain is the GEMM's epilogue, the transpose moves int8 after it, bit-exact."""
+    rng = np.random.default_rng(2)
+    heads = 4
+    w = rng.integers(-127, 128, (HID, HID)).astype(np.int8)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, SEQ, HID), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = intops.emit_qmatmul(bb, x, 3, C.const(w, "int8"), 0, w)
+            h = intops.emit_requantize(bb, acc, rng.uniform(1e-4, 1e-3, HID), 0, "int16")
+            h = bb.emit(R.permute_dims(bb.emit(R.reshape(h, (1, SEQ, heads, HID // heads))), [0, 2, 1, 3]))
+            q = intops.emit_requantize(bb, bb.emit(R.astype(h, "int32")), np.float64(0.013), -5, "int8")
+            out = bb.emit_output(q)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    (chain,) = find_chains(mod["main"]).values()
+    assert chain.epilogue.out_dtype == "int8" and [c.op.name for c in chain.layout][-1] == "relax.permute_dims"
+    fused = _lower(mod, host, True)
+    assert [dt for _, dt in _calls(fused, "intformer_qgemm")] == ["int8"]
+    assert "relax.right_shift" not in _ops(fused)
+    xv = np.random.default_rng(3).integers(-128, 128, (1, SEQ, HID)).astype(np.int8)
+    want = Interpreter(mod)(xv)
+    vm = relax.VirtualMachine(tvm.compile(fuse_kernels(fused, host), host), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(xv)).numpy()
+    np.testing.assert_array_equal(got, want[0] if isinstance(want, (list, tuple)) else want)
