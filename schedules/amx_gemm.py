@@ -11,13 +11,15 @@ Guarantees:
   n)`` of the epilogue's type, equal bit for bit to ``a.astype(int32) @ w.astype(int32)`` (then the chain). No
   tuning: the kernel is fixed (2 x 2 tiles of 16 x 16 int32 per 32 x 32 output block, k in steps of 64).
 - Signed x signed (``tdpbssd``): no +128 activation shift, no compensation term.
-- Each 32 x 32 block is stored from the tiles to a 4 KiB stack buffer and, with an epilogue, the chain runs on it
-  while it is in L1 (``schedules/gemm_epilogue.py``: the same block "epilogue" as the VNNI kernel's, computed at
-  the block); without one, tiles are stored straight to ``out``.
+- With an epilogue, each 32 x 32 block is stored from the tiles to a 4 KiB buffer and the chain runs on it while
+  it is in L1, in 16-lane vectors (``gemm_epilogue.epilogue_value``: the same TIR expression as the VNNI
+  kernel's epilogue); without one, tiles are stored straight to ``out``.
+- ``amx_batch_primfunc(bt, m, k, n)``: ``(a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, m, n)``,
+  unpadded, bit-exact; each task packs its 32 columns of ``b[x]`` into tile rows at run time.
 - Threads split the N panels (each keeps its 32-column weight panel in cache across the M blocks). Each task
-  loads the tile configuration, each call first asks Linux for the AMX state (``arch_prctl``; idempotent, a
-  few hundred nanoseconds): the library needs no set-up by its host program. If the kernel refuses (Linux before
-  5.16, a hypervisor that hides the state), the call fails with a TVM error that says so, not with SIGILL.
+  loads the tile configuration; each call first asks Linux for the AMX state (``arch_prctl``; idempotent, about
+  80 ns): the library needs no set-up by its host program. If Linux refuses (before 5.16, or a hypervisor that
+  hides the state), the call fails with a TVM error that says so and names the fix, not with SIGILL.
 """
 
 from __future__ import annotations
@@ -29,10 +31,8 @@ from schedules.intrinsics.dot import packed_word
 BLOCK_M = 32  # output rows per block: two A tiles of 16 rows
 BLOCK_N = 32  # output columns per block: two B tiles of 16 int32 columns
 K_STEP = 64  # k per tdpbssd: one 64-byte tile row of A
-TILE_ROWS = 16
-TILE_BYTES = 64
-# Tile registers: C (accumulators) 0..3 as [[0, 1], [2, 3]], A 4..5 (rows 0-15, 16-31), B 6..7 (columns 0-15, 16-31).
-C_TILES, A_TILES, B_TILES = (0, 1, 2, 3), (4, 5), (6, 7)
+# Tile registers (immediates in the code below): C (accumulators) 0..3 as [[0, 1], [2, 3]], A 4..5 (rows 0-15,
+# 16-31), B 6..7 (columns 0-15, 16-31); every tile 16 rows x 64 bytes.
 
 # The 64-byte tile configuration as 8 little-endian uint64 words: palette 1; colsb (bytes per row) 64 for tiles
 # 0..7 (words 2 and 3 hold colsb[0..7] as uint16); rows 16 for tiles 0..7 (word 6 holds rows[0..7] as bytes).
@@ -121,7 +121,7 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
     """The kernel in low-level TIR (no blocks, nothing left to schedule): a zero-padded copy ``a_in`` of a (only
     when m or k needs padding); threads over the N panels p, each loading the tile configuration, then per M
     block mt the k loop on the tiles and the store: straight to the row-major ``out``, or with an epilogue into
-    the stack buffer ``acc`` then the chain on it, 16-lane vectors, into y (rows and columns past m and n
+    the task's 4 KiB buffer ``acc`` then the chain on it, 16-lane vectors, into y (rows and columns past m and n
     skipped)."""
     mp, kp, np_ = padded_shape(m, k, n)
     nb, kb = np_ // 16, kp // 4
@@ -132,6 +132,8 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
     out_shape, out_dtype = ((m, n), epilogue.out_dtype) if with_epi else ((mp, np_), "int32")
     bufs = operand_buffers(epilogue, n) if with_epi else []
     row_stride = T.int64(kp)
+    a_in_shape = (mp, kp) if pad_a else (1, 1)  # scratch only where used: unused buffers are still allocated
+    acc_shape = (BLOCK_M, BLOCK_N) if with_epi else (1, 1)
 
     def value(acc_value, col):  # the chain on one accumulator (TVMScript calls this while parsing)
         return epilogue_value(epilogue, acc_value, col, bufs)
@@ -141,7 +143,7 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
             out: T.Buffer(out_shape, out_dtype)):
         T.func_attr({"tirx.noalias": True})
         _request_amx()
-        a_in = T.decl_buffer((mp, kp), "int8")
+        a_in = T.decl_buffer(a_in_shape, "int8")
         if pad_a:
             for i, ro in T.grid(mp, kp // 64):
                 for ri in T.vectorized(64):
@@ -149,7 +151,7 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
         src = a_in if pad_a else a
         for p in T.parallel(n_panels):
             _load_config()
-            acc = T.decl_buffer((BLOCK_M, BLOCK_N), "int32", scope="local")
+            acc = T.decl_buffer(acc_shape, "int32", scope="local")
             for mt in range(m_blocks):
                 _block_product(src, mt * 32, w_packed, p * 2, k_steps, row_stride)
                 if with_epi:
@@ -184,13 +186,15 @@ def _batch_kernel(bt: int, m: int, k: int, n: int):
     n_panels, m_blocks, k_steps = np_ // BLOCK_N, mp // BLOCK_M, kp // K_STEP
     whole = (mp, np_) == (m, n)
     row_stride = T.int64(kp)
+    a_in_shape = (bt, mp, kp) if pad_a else (1, 1, 1)  # scratch only where used
+    acc_shape = (1, 1) if whole else (BLOCK_M, BLOCK_N)
 
     @T.prim_func
     def amx_batch(a: T.Buffer((bt, m, k), "int8"), b: T.Buffer((bt, k, n), "int8"),
                   out: T.Buffer((bt, m, n), "int32")):
         T.func_attr({"tirx.noalias": True})
         _request_amx()
-        a_in = T.decl_buffer((bt, mp, kp), "int8")
+        a_in = T.decl_buffer(a_in_shape, "int8")
         if pad_a:
             for x in T.parallel(bt):
                 for i, ro in T.grid(mp, kp // 64):
@@ -207,7 +211,7 @@ def _batch_kernel(bt: int, m: int, k: int, n: int):
                     words[jb, rb, i] = packed_word(b, xp // n_panels, rb, xp % n_panels * 32 + jb * 16 + i, 4, k, n)
             a_x = T.decl_buffer((mp, kp), "int8", data=src.data, elem_offset=xp // n_panels * (mp * kp))
             out_x = T.decl_buffer((m, n), "int32", data=out.data, elem_offset=xp // n_panels * (m * n))
-            acc = T.decl_buffer((BLOCK_M, BLOCK_N), "int32", scope="local")
+            acc = T.decl_buffer(acc_shape, "int32", scope="local")
             for mt in range(m_blocks):
                 _block_product(a_x, mt * 32, w, 0, k_steps, row_stride)
                 if whole:
