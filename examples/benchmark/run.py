@@ -108,6 +108,22 @@ def _worker(library: str, model: str, threads: int, per_op: bool) -> dict:
     raise RuntimeError(f"timing {library} failed:\n{proc.stderr[-2000:]}")
 
 
+def _has_host_records(db: str) -> bool:
+    """True if ``db`` holds a folder for this machine's target (its key changes with the target, e.g. when the
+    host gains AMX); otherwise the benchmark says so and compiles with the default schedules."""
+    from compiler.errors import IntformerError
+    from schedules.database import TuningDatabase
+    from targets import resolve_target
+
+    spec = resolve_target("host")
+    try:
+        TuningDatabase(db, spec.tvm_target(), spec.name, create=False)
+        return True
+    except IntformerError as e:
+        print(f"{e}: timing the default schedules", flush=True)
+        return False
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -129,7 +145,7 @@ def main() -> int:
         entry = {}
         if a.tune_trials:
             entry["tune_s"] = _cli("tune", *common, "--db", a.db, "--trials", str(a.tune_trials))
-        use_db = bool(a.db) and os.path.isdir(a.db)
+        use_db = bool(a.db) and _has_host_records(a.db)
         entry["compile_s"] = _cli("compile", *common, "-o", lib, *(["--db", a.db] if use_db else []))
         entry["tuned"] = use_db
         for t in a.threads:
