@@ -17,8 +17,8 @@ is cut where its value is narrowest (fewest bytes per element, the later of equa
 stays in the graph, where the build groups it with its consumer) and, if that is past the matmul, replaced by one
 call of the GEMM kernel with that epilogue (schedules/int8_matmul.emit_int8_matmul), which writes the final
 int8 / int16 (M, N) tensor directly and computes the same values bit for bit; the layout ops the chain passed
-are applied to that result, in order (on the narrow type: a head transpose moves int8, not int16). The matmuls left over are
-lowered by LowerIntMatmul.
+are applied to that result, in order (on the narrow type: a head transpose moves int8, not int16). The matmuls
+left over are lowered by LowerIntMatmul.
 """
 
 from __future__ import annotations
