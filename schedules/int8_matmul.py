@@ -531,7 +531,8 @@ def _batch_kernel(kern: GemmKernel) -> GemmKernel:
 
 @lru_cache(maxsize=64)
 def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
-    """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np) (``batch_out_shape``)."""
+    """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np), (Mp, Np) from
+    ``batch_out_shape``."""
     if kern.tiles:
         return amx_gemm.amx_batch_primfunc(bt, m, k, n).with_attrs(
             {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, FIXED_ATTR: AMX_FIXED})
@@ -592,6 +593,12 @@ def gemm_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
         return mp, np_
     mr, _ = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
     return _round_up(m, mr), _round_up(n, kern.lanes)
+
+
+def batch_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
+    """(Mp, Np) of each matrix batch_primfunc writes: unpadded (m, n) for a tile kernel, else the padded shape of
+    the register-tile kernel that runs the batch (``_batch_kernel``)."""
+    return (m, n) if kern.tiles else gemm_out_shape(m, n, _batch_kernel(kern))
 
 
 def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
@@ -661,7 +668,7 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
         return x if len(batch) == 1 else bb.emit(relax.op.reshape(x, (bt, rows, cols)))
 
     a3, b3 = as_3d(a_q, a_shape, m, k), as_3d(b_q, b_shape, k, n)
-    mp, np_ = (m, n) if kern.tiles else gemm_out_shape(m, n, _batch_kernel(kern))  # tiles: written unpadded
+    mp, np_ = batch_out_shape(m, n, kern)
     out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((bt, mp, np_), "int32")))
     if (mp, np_) != (m, n):
         out = bb.emit(relax.op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[m, n]))
