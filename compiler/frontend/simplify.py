@@ -2,7 +2,9 @@
 
 Expects: an ONNX model whose inputs all have static shapes.
 Guarantees: constant subgraphs are folded (onnxruntime basic optimizations: standard ONNX ops only),
-every Gemm is a MatMul (plus an Add of its bias), and the graph still computes the same function.
+every Gemm is a MatMul (plus an Add of its bias), every Clip with constant bounds is a Max and/or a Min (the
+importer would write a clip with one bound as a TIR call that the integer rules cannot read), and the graph still
+computes the same function.
 """
 
 from __future__ import annotations
@@ -96,6 +98,53 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _constant(g, name: str, inits: dict, consts: dict):
+    """The value of a graph constant (initializer or Constant node output), or None."""
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    return consts.get(name)
+
+
+def clip_to_max_min(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Clip(x, lo, hi) with constant (or absent) bounds -> Max(x, lo) -> Min(., hi): the same values, NaN
+    propagated as Clip does."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    out = []
+    for node in g.node:
+        ins = list(node.input) + ["", ""]
+        if node.op_type != "Clip" or not node.input:
+            out.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bounds = []
+        for op, name, attr in (("Max", ins[1], "min"), ("Min", ins[2], "max")):
+            v = _constant(g, name, inits, consts) if name else attrs.get(attr)
+            if name and v is None:
+                bounds = None
+                break
+            if v is not None:
+                bounds.append((op, np.asarray(v, np.float32).reshape(())))
+        if bounds is None:
+            out.append(node)
+            continue
+        cur, base = node.input[0], node.name or node.output[0]
+        if not bounds:
+            out.append(helper.make_node("Identity", [cur], [node.output[0]], name=base))
+            continue
+        for k, (op, v) in enumerate(bounds):
+            cname = f"{base}/{op.lower()}_bound"
+            g.initializer.append(numpy_helper.from_array(v, cname))
+            nxt = node.output[0] if k == len(bounds) - 1 else f"{base}/{op.lower()}_out"
+            out.append(helper.make_node(op, [cur, cname], [nxt], name=f"{base}/{op.lower()}"))
+            cur = nxt
+    del g.node[:]
+    g.node.extend(out)
+    return model
+
+
 def remove_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     used = {i for n in model.graph.node for i in n.input}
     used |= {o.name for o in model.graph.output}
@@ -106,4 +155,4 @@ def remove_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    return remove_unused_initializers(gemm_to_matmul(fold_constants(model)))
+    return remove_unused_initializers(clip_to_max_min(gemm_to_matmul(fold_constants(model))))

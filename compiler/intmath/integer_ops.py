@@ -242,6 +242,57 @@ def ilayernorm(x: np.ndarray, c: dict, qmin: int = -128, qmax: int = 127, out_dt
     return np.clip(out + c["zp"], qmin, qmax).astype(out_dtype)
 
 
+# ---- pooling heads: masked mean, L2 normalization ---------------------------------------------------------
+POOL_BITS = 30  # a mean (or any quotient) is written to |q| < 2**30: POOL_BITS - bits(bound) fraction bits
+L2_OUT_FRAC_BITS = 15  # x / ||x|| in Q15 (|y| <= 1): int32 codes, scale 2**-15
+L2_SQRT_MAX_BITS = LN_SQRT_MAX_BITS  # sums of squares stay below the integer square root's range
+
+
+def quotient_frac_bits(bound: int) -> int:
+    """Fraction bits of a mean of values |v| <= bound: |mean * 2**f| < 2**POOL_BITS."""
+    return max(POOL_BITS - int(bound).bit_length(), 0)
+
+
+def idivide_round(num: np.ndarray, den: np.ndarray, frac: int) -> np.ndarray:
+    """round(num * 2**frac / max(den, 1)), half up, int64; the divisor guarded so that no division is by 0."""
+    num = num.astype(np.int64)
+    den = np.maximum(den.astype(np.int64), 1)
+    return ((num << (frac + 1)) + den) // (2 * den)
+
+
+def imasked_mean(x: np.ndarray, zp: int, w: np.ndarray, axis: int, bound: int, keepdims: bool = False
+                 ) -> np.ndarray:
+    """sum((x - zp) * w) / sum(w) over `axis` (masked mean pooling; w the attention mask, any non-negative
+    integers), in units of 2**-quotient_frac_bits(bound) of x's scale, clipped to the bound (a mean of values
+    within it stays within it for w >= 0)."""
+    x = x.astype(np.int64) - zp
+    w = w.astype(np.int64)
+    s = np.sum(x * w, axis=axis, keepdims=keepdims)
+    n = np.sum(w, axis=axis, keepdims=keepdims)
+    f = quotient_frac_bits(bound)
+    return np.clip(idivide_round(s, n, f), -(bound << f), bound << f)
+
+
+def l2_shift(hidden: int, bound: int) -> int:
+    """Shift (right if > 0) that brings |x| <= bound below 2**b with 2b + bits(hidden) <= L2_SQRT_MAX_BITS, so
+    that the sum of squares stays inside the integer square root's range; a left shift keeps small inputs'
+    resolution."""
+    b = (L2_SQRT_MAX_BITS - int(hidden).bit_length()) // 2
+    return int(bound).bit_length() - b
+
+
+def il2_normalize(x: np.ndarray, zp: int, bound: int, eps_code: int, axis: int = -1) -> np.ndarray:
+    """x / max(||x||, eps) along `axis` in Q15 (int32): the sum of squares in int64, intmath's isqrt, one
+    rounded division per element. eps_code: eps in units of x's scale (rounded up, at least 1)."""
+    x = x.astype(np.int64) - zp
+    k = l2_shift(x.shape[axis], bound)
+    y = x >> k if k >= 0 else x << -k
+    n = np.sum(y * y, axis=axis, keepdims=True)
+    eps = (eps_code >> k) if k >= 0 else (eps_code << -k)
+    norm = np.maximum(isqrt(n), max(int(eps), 1))
+    return idivide_round(y, norm, L2_OUT_FRAC_BITS).astype(np.int32)
+
+
 # ---- rescaling add ---------------------------------------------------------------------------------------
 def rescale(x: np.ndarray, zp: int, m0: int, shift: int) -> np.ndarray:
     """(x - zp) * (m0 * 2**-shift) rounded half up, int64 (no clipping)."""

@@ -76,6 +76,18 @@ def _strided_slice(call, x, axes, begin, end, strides=None):
     return x[tuple(sl)]
 
 
+def _gather_nd(call, data, idx):
+    b = int(_attr(call, "batch_dims", 0) or 0)
+    idx = idx.astype(np.int64)
+    if b == 0:
+        return data[tuple(np.moveaxis(idx, -1, 0))]
+    lead = data.shape[:b]
+    d = data.reshape((-1,) + data.shape[b:])
+    i = idx.reshape((d.shape[0],) + idx.shape[b:])
+    out = np.stack([d[k][tuple(np.moveaxis(i[k], -1, 0))] for k in range(d.shape[0])])
+    return out.reshape(lead + out.shape[1:])
+
+
 OPS: dict[str, Callable] = {
     "relax.add": lambda c, a, b: np.add(a, b),
     "relax.subtract": lambda c, a, b: np.subtract(a, b),
@@ -117,6 +129,9 @@ OPS: dict[str, Callable] = {
     "relax.flatten": lambda c, x: x.reshape(-1),
     "relax.broadcast_to": lambda c, x, shape: np.broadcast_to(x, _shape(shape)).copy(),
     "relax.dequantize": _dequantize,
+    "relax.gather_nd": _gather_nd,
+    "relax.cumsum": lambda c, x: np.cumsum(x, axis=_attr(c, "axis") if _attr(c, "axis") is None else int(
+        _attr(c, "axis")), dtype=_dtype(c) if _dtype(c) not in ("None", "void") else x.dtype),
 }
 
 

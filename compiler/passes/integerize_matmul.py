@@ -6,8 +6,8 @@ through a `relax.quantize` -> `relax.dequantize` pair that carries its calibrate
 Guarantees: each such matmul becomes `matmul(int8, int8, out_dtype=int32)` with the zero-point terms folded
 into int32 constants (or exact runtime corrections when both operands vary), a constant bias vector added
 in int32 at the accumulator's scale, followed by a fixed-point
-requantization (int64 multiply by an int32 mantissa, rounding shift, clip) to int16 on the output range,
-then a dequantize for the float ops that follow (the integer-only issue removes those).
+requantization (int64 multiply by an int32 mantissa, rounding shift, clip) to int16 on the output range
+(16x wider where the function returns the result), then a dequantize for the float ops that follow (the integer-only issue removes those).
 Constant weights are quantized symmetric int8 per output channel. Nothing else changes.
 """
 
@@ -31,6 +31,9 @@ _ADD = tvm.ir.Op.get("relax.add")
 # (MiniLM embeddings: mean cosine 0.86 with int8 outputs, see the README's accuracy table).
 OUT_DTYPE = "int16"
 OUT_REFINE = 256
+OUTPUT_HEADROOM = 16  # a model output (logits) keeps 16x its calibrated range (steps still 16x finer than int8):
+# inputs unlike the calibration text must not saturate what the user reads
+_LAYOUT = {"relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.permute_dims", "relax.strided_slice"}
 
 
 def _scalar(expr) -> float | None:
@@ -45,6 +48,7 @@ class _Integerize(PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
         self.rewritten = 0
+        self.outputs = _output_calls(mod)
 
     def _producer(self, expr, op):
         if isinstance(expr, relax.Var):
@@ -69,6 +73,7 @@ class _Integerize(PyExprMutator):
         return None
 
     def visit_call_(self, call):
+        refine = OUT_REFINE // OUTPUT_HEADROOM if call in self.outputs else OUT_REFINE
         call = self.visit_expr_post_order(call)
         if call.op != _DEQUANTIZE:
             return call
@@ -112,11 +117,31 @@ class _Integerize(PyExprMutator):
             acc = bb.emit(relax.op.add(acc, const(q_bias.astype(np.int64), "int32")))
         self.rewritten += 1
         # The annotation's int8 grid, refined OUT_REFINE times: same range, finer steps (outlier-safe).
-        s_out = np.float64(np.float32(so)) / OUT_REFINE
-        z_out = int(zo) * OUT_REFINE
+        s_out = np.float64(np.float32(so)) / refine
+        z_out = int(zo) * refine
         y = emit_requantize(bb, acc, sa * np.asarray(sb) / s_out, z_out, OUT_DTYPE)
         return relax.op.dequantize(y, const(s_out, "float32"), const(z_out, OUT_DTYPE), axis=-1,
                                    out_dtype="float32")
+
+
+def _output_calls(mod) -> set:
+    """The calls whose values a function returns, directly or through layout ops."""
+    out = set()
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+        ret = func.body.body
+        todo = list(ret.fields) if isinstance(ret, relax.Tuple) else [ret]
+        while todo:
+            v = values.get(todo.pop())
+            if isinstance(v, relax.Var):
+                todo.append(v)
+            elif isinstance(v, relax.Call):
+                out.add(v)
+                if isinstance(v.op, tvm.ir.Op) and v.op.name in _LAYOUT:
+                    todo.append(v.args[0])
+    return out
 
 
 @tvm.transform.module_pass(opt_level=0, name="IntformerIntegerizeMatmul")

@@ -230,6 +230,63 @@ def emit_mul(bb, a, za: int, b, zb: int, shift: int):
     return v
 
 
+def emit_isqrt(bb, n):
+    """(floor(sqrt(n)), e) for int64 0 <= n < 2**54 (intmath.isqrt), e = ceil(bits(n) / 2) its start exponent."""
+    from compiler.intmath import integer_ops as io
+
+    one = const(1, "int64")
+    bits = emit_bit_length(bb, n, io.LN_SQRT_MAX_BITS)
+    e = bb.emit(R.right_shift(bb.emit(R.add(bits, one)), one))
+    r = bb.emit(R.left_shift(bb.emit(R.full_like(n, one)), e))
+    for _ in range(io.LN_SQRT_ITERS):
+        nr = bb.emit(R.right_shift(bb.emit(R.add(r, bb.emit(R.floor_divide(n, r)))), one))
+        r = bb.emit(R.maximum(bb.emit(R.minimum(r, nr)), one))
+    return r, e
+
+
+def emit_divide_round(bb, num, den, frac: int):
+    """round(num * 2**frac / max(den, 1)) half up, int64 (intmath.idivide_round)."""
+    i64 = lambda v: const(v, "int64")  # noqa: E731
+    den = bb.emit(R.maximum(_i64(bb, den), i64(1)))
+    top = bb.emit(R.add(bb.emit(R.left_shift(_i64(bb, num), i64(frac + 1))), den))
+    return bb.emit(R.floor_divide(top, bb.emit(R.multiply(den, i64(2)))))
+
+
+def emit_masked_mean(bb, x, zp: int, w, axes: list, bound: int, keepdims: bool):
+    """sum((x - zp) * w) / sum(w) over axes, Q(quotient_frac_bits(bound)) of x's scale (intmath.imasked_mean)."""
+    from compiler.intmath import integer_ops as io
+
+    x = _i64(bb, x)
+    if zp:
+        x = bb.emit(R.subtract(x, const(zp, "int64")))
+    w = _i64(bb, w)
+    s = bb.emit(R.sum(bb.emit(R.multiply(x, w)), axis=axes, keepdims=keepdims))
+    n = bb.emit(R.sum(w, axis=axes, keepdims=keepdims))
+    f = io.quotient_frac_bits(bound)
+    q = emit_divide_round(bb, s, n, f)
+    return bb.emit(R.clip(q, -(bound << f), bound << f))
+
+
+def emit_l2_normalize(bb, x, zp: int, bound: int, eps_code: int, axis: int):
+    """x / max(||x||, eps) along `axis`, Q15 int32 (intmath.il2_normalize)."""
+    from compiler.intmath import integer_ops as io
+
+    x = _i64(bb, x)
+    if zp:
+        x = bb.emit(R.subtract(x, const(zp, "int64")))
+    hidden = tensor_info(x)[1][axis]
+    k = io.l2_shift(hidden, bound)
+    if k > 0:
+        x = bb.emit(R.right_shift(x, const(k, "int64")))
+    elif k < 0:
+        x = bb.emit(R.left_shift(x, const(-k, "int64")))
+    n = bb.emit(R.sum(bb.emit(R.multiply(x, x)), axis=[axis], keepdims=True))
+    eps = (eps_code >> k) if k >= 0 else (eps_code << -k)
+    r, _ = emit_isqrt(bb, n)
+    norm = bb.emit(R.maximum(r, const(max(int(eps), 1), "int64")))
+    return bb.emit(R.astype(emit_divide_round(bb, x, norm, io.L2_OUT_FRAC_BITS), "int32"))
+
+
 def emit_layernorm(bb, x, c: dict, out_dtype: str):
     """Integer LayerNorm over the last axis (constants from intmath.layernorm_constants)."""
     from compiler.intmath import integer_ops as io
@@ -246,12 +303,7 @@ def emit_layernorm(bb, x, c: dict, out_dtype: str):
                                const(h, "int64")))
     n = bb.emit(R.add(n, const(c["eps"], "int64")))
     one = const(1, "int64")
-    bits = emit_bit_length(bb, n, io.LN_SQRT_MAX_BITS)
-    e = bb.emit(R.right_shift(bb.emit(R.add(bits, one)), one))
-    r = bb.emit(R.left_shift(bb.emit(R.full_like(n, one)), e))
-    for _ in range(io.LN_SQRT_ITERS):
-        nr = bb.emit(R.right_shift(bb.emit(R.add(r, bb.emit(R.floor_divide(n, r)))), one))
-        r = bb.emit(R.maximum(bb.emit(R.minimum(r, nr)), one))
+    r, e = emit_isqrt(bb, n)
     recip = bb.emit(R.floor_divide(bb.emit(R.left_shift(bb.emit(R.full_like(n, one)),
                                                          bb.emit(R.add(e, const(io.LN_RECIP_BITS, "int64"))))), r))
     u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),

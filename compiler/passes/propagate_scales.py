@@ -14,7 +14,6 @@ An op without a rule keeps computing in float on a dequantized input (the verify
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -22,37 +21,15 @@ import tvm
 from tvm import relax
 
 from compiler.intmath import integer_ops as io
-from compiler.passes import intops
+from compiler.passes import head_rules, intops
+from compiler.passes.intrepr import INT_RANGE, IntRepr, op as _op, scalar as _scalar
 from compiler.tvm_compat import (PyExprMutator, const, constant_value, expr_functor_mutator, mutate_functions,
                                   tensor_info)
 
 R = relax.op
 TABLE_DTYPE = "int8"  # embedding tables (int16 measured: +0.0002 cosine on MiniLM, 2x the memory)
 REFINE = 256  # annotated int8 ranges are refined to int16 (same range, 256x finer)
-_INT_RANGE = {"int8": 128, "uint8": 256, "int16": 32768, "int32": 2 ** 31, "int64": 2 ** 40}
 _MASK_SATURATION = 2 ** 31 - 1  # masked scores saturate here (softmax gives them probability 0)
-
-
-@dataclass(frozen=True)
-class IntRepr:
-    """real = scale * (expr - zp); |expr - zp| <= bound."""
-
-    expr: relax.Expr
-    scale: float
-    zp: int
-    dtype: str
-    bound: int
-
-
-def _op(name):
-    return tvm.ir.Op.get(name)
-
-
-def _scalar(expr) -> Optional[float]:
-    v = constant_value(expr)
-    if v is None or v.size != 1:
-        return None
-    return float(v.reshape(()).item())
 
 
 @expr_functor_mutator
@@ -61,6 +38,9 @@ class _Propagate(PyExprMutator):
         super().__init__(mod)
         self.rep: dict = {}
         self.softmax_of: dict = {}  # a softmax's fine codes -> its input's IntRepr
+        self.origin: dict = {}  # integer expr -> how a head rule built it (compiler/passes/head_rules.py)
+        self.island_ends: set = set()  # float elementwise calls no island or quantize reads (e.g. an output)
+        self.at_end = False  # the call being rewritten is one of them: no consumer will tabulate it
         self.rewritten = 0
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -106,13 +86,15 @@ class _Propagate(PyExprMutator):
 
     # -- the mutator ---------------------------------------------------------------------------------------
     def visit_call_(self, call):
+        end = call in self.island_ends
         call = self.visit_expr_post_order(call)
+        self.at_end = end
         if not isinstance(call.op, tvm.ir.Op):
             return call
         rule = RULES.get(call.op.name)
-        if rule is None:
-            return call
-        out = rule(self, call)
+        out = None if rule is None else rule(self, call)
+        if out is None and end:  # an elementwise island nothing quantizes (a sigmoid at the output): a table
+            out = _island_rep(self, call)
         if out is None:
             return call
         if isinstance(out, relax.ShapeExpr):
@@ -135,12 +117,12 @@ class _Propagate(PyExprMutator):
 def _dequantize(m: _Propagate, call):
     s, z = _scalar(call.args[1]), _scalar(call.args[2])
     dtype, _ = tensor_info(call.args[0])
-    if s is None or z is None or dtype not in _INT_RANGE:
+    if s is None or z is None or dtype not in INT_RANGE:
         return None
     produced = _dq_of_quantized(m, call, s, int(z))
     if produced is not None:
         return produced
-    return IntRepr(call.args[0], s, int(z), dtype, _INT_RANGE[dtype] * 2)
+    return IntRepr(call.args[0], s, int(z), dtype, INT_RANGE[dtype] * 2)
 
 
 def _dq_of_quantized(m: _Propagate, call, s: float, z: int):
@@ -204,7 +186,7 @@ def _tabulate(m: _Propagate, root, s_out: float, z_out: int, out_dtype: str = "i
             if c.size != 1:
                 raise _NotTable
             return np.float64(c.reshape(()).item())
-        v = m.binding(e)
+        v = e if isinstance(e, relax.Call) else m.binding(e)
         if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name in _ELEMENTWISE):
             raise _NotTable
         return _ELEMENTWISE[v.op.name](*[walk(a, depth + 1) for a in v.args])
@@ -394,13 +376,29 @@ def _multiply(m, call):
     by_const = _scale_by_const(m, call, invert=False)
     if by_const is not None:
         return by_const
+    weighted = head_rules.weighted_or_square(m, call)  # x * mask: exact, for a masked sum
+    if weighted is not None:
+        return weighted
     pair = _operand_reps(m, call)
     if pair is None:
         return None
-    a, b = pair
+    return head_rules.note_square(m, call, _product(m, *pair))
+
+
+def _product(m: _Propagate, a: IntRepr, b: IntRepr) -> IntRepr:
     k = io.product_shift(a.bound, b.bound)
     y = intops.emit_mul(m.builder_, a.expr, a.zp, b.expr, b.zp, k)
     return IntRepr(y, a.scale * b.scale * 2.0 ** k, 0, "int64", ((a.bound * b.bound) >> k) + 1)
+
+
+def _power(m: _Propagate, call):
+    """x ** 2 (how some exporters write a sum of squares) as the integer product x * x."""
+    r = m.rep_of(call.args[0])
+    if r is None or _scalar(call.args[1]) != 2.0 or (_in_island(m, call) and not m.at_end):
+        return None
+    out = _product(m, r, r)
+    m.origin[out.expr] = ("square", r)
+    return out
 
 
 def _in_island(m: _Propagate, call) -> bool:
@@ -422,8 +420,8 @@ def _in_island(m: _Propagate, call) -> bool:
 def _operand_reps(m: _Propagate, call):
     """Both operands as integer tensors, an island operand becoming an int16 table on its own range; None when
     the call itself is part of an island, or an operand has no integer form."""
-    if _in_island(m, call):  # x * x of one 8/16-bit tensor (tanh GELU's x^3): the consumer tabulates it whole
-        return None
+    if _in_island(m, call) and not m.at_end:  # x * x of one 8/16-bit tensor (tanh GELU's x^3): the consumer
+        return None  # tabulates it whole
     a, b = m.rep_of(call.args[0]), m.rep_of(call.args[1])
     if a is None or b is None:
         a = a or _island_rep(m, call.args[0])
@@ -432,7 +430,7 @@ def _operand_reps(m: _Propagate, call):
 
 
 def _divide(m, call):
-    return _scale_by_const(m, call, invert=True)
+    return _scale_by_const(m, call, invert=True) or head_rules.divide(m, call)
 
 
 def _to_common(m: _Propagate, r: IntRepr, scale: float):
@@ -607,6 +605,12 @@ RULES: dict[str, Callable] = {
     "relax.nn.relu": _relu,
     "relax.shape_of": _shape_of,
     "relax.where": _where,
+    "relax.astype": head_rules.cast_input,
+    "relax.sum": head_rules.reduce_sum,
+    "relax.mean": lambda m, call: head_rules.reduce_sum(m, call, mean=True),
+    "relax.maximum": head_rules.maximum_const,
+    "relax.max": head_rules.stacked_max,
+    "relax.power": _power,
 }
 
 
@@ -617,6 +621,38 @@ class PropagateScales:
 
     def transform_module(self, mod, ctx):
         mutator = _Propagate(mod)
+        mutator.island_ends = _island_ends(mod)
         mod = mutate_functions(mutator, mod)
         self.rewritten = mutator.rewritten
         return mod
+
+
+def _island_ends(mod) -> set:
+    """Elementwise float calls whose values no other elementwise op and no quantize reads (returned, or read by
+    a reduction): no consumer tabulates their island, so they are tabulated themselves."""
+    calls, users = {}, {}
+
+    def note(arg, user):
+        if isinstance(arg, relax.Var):
+            users.setdefault(arg, []).append(user)
+        elif isinstance(arg, relax.Tuple):
+            for f in arg.fields:
+                note(f, user)
+
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        for block in func.body.blocks:
+            for b in block.bindings:
+                v = b.value
+                if isinstance(v, relax.Call):
+                    name = v.op.name if isinstance(v.op, tvm.ir.Op) else ""
+                    if name in _ELEMENTWISE:
+                        calls[b.var] = v
+                    for a in v.args:
+                        note(a, name)
+                else:
+                    note(v, "")
+        note(func.body.body, "")
+    return {c for var, c in calls.items()
+            if all(u not in _ELEMENTWISE and u != "relax.quantize" for u in users.get(var, []))}

@@ -31,13 +31,22 @@ def input_names(kind: str) -> list[str]:
     return ["input_ids", "attention_mask"] + ([] if kind == "distilbert" else ["token_type_ids"])
 
 
-def export_tiny(kind: str, path: str, dynamo: bool = False, opset: int = 17, seed: int = 0) -> str:
-    """Export a tiny random-weight `kind` encoder (bert, distilbert, roberta) with dynamic batch/seq axes."""
+HEADS = ("none", "pooled", "cls", "classifier", "classifier_softmax", "classifier_sigmoid")
+
+
+def export_tiny(kind: str, path: str, dynamo: bool = False, opset: int = 17, seed: int = 0, head: str = "none"
+                ) -> str:
+    """Export a tiny random-weight `kind` encoder (bert, distilbert, roberta) with dynamic batch/seq axes.
+    head: "none" (last_hidden_state), "pooled" (sentence-transformers: mean over the attention mask, then L2
+    normalization), "cls" (the first token, L2-normalized), "classifier" (AutoModelForSequenceClassification
+    logits), "classifier_softmax" / "classifier_sigmoid" (its logits through softmax / sigmoid)."""
     import torch
-    from transformers import AutoModel
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    model = AutoModel.from_config(_config(kind), attn_implementation="eager").eval()
+    auto = AutoModelForSequenceClassification if head.startswith("classifier") else AutoModel
+    model = auto.from_config(_config(kind), attn_implementation="eager").eval()
     names = input_names(kind)
 
     class Wrapper(torch.nn.Module):
@@ -49,11 +58,23 @@ def export_tiny(kind: str, path: str, dynamo: bool = False, opset: int = 17, see
             kw = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 kw["token_type_ids"] = token_type_ids
-            return self.m(**kw).last_hidden_state
+            out = self.m(**kw)
+            if head.startswith("classifier"):
+                return {"classifier": lambda v: v, "classifier_softmax": lambda v: torch.softmax(v, -1),
+                        "classifier_sigmoid": torch.sigmoid}[head](out.logits)
+            h = out.last_hidden_state
+            if head == "none":
+                return h
+            if head == "cls":
+                return F.normalize(h[:, 0], p=2, dim=1)
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return F.normalize((h * m).sum(1) / torch.clamp(m.sum(1), min=1e-9), p=2, dim=1)
 
     feed = sample_inputs(kind, 1, seed)
     args = tuple(torch.from_numpy(feed[n][0]) for n in names)
-    kw = dict(input_names=names, output_names=["last_hidden_state"], opset_version=opset, dynamo=dynamo)
+    out_name = {"none": "last_hidden_state", "pooled": "sentence_embedding", "cls": "sentence_embedding"}.get(
+        head, "logits")
+    kw = dict(input_names=names, output_names=[out_name], opset_version=opset, dynamo=dynamo)
     if dynamo:
         batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=64)
         kw["dynamic_shapes"] = {n: {0: batch, 1: seq} for n in names}

@@ -169,3 +169,59 @@ def test_gelu_matches_twin_and_float(dtype, scale, zp):
     exact = 0.5 * real * (1 + np.vectorize(math.erf)(real / math.sqrt(2)))
     err = np.abs(ref * scale / (1 << io.GELU_FRAC_BITS) - exact)
     assert np.all(err <= io.GELU_MAX_ABS_ERROR * np.maximum(1.0, np.abs(real)))
+
+
+# ---- pooling heads ---------------------------------------------------------------------------------------
+L2_MAX_ABS_ERROR = 2e-4  # of x / ||x|| per element, for inputs using at least 2**12 of their code range
+
+
+def _compiled2(key, build_fn, shapes, dtypes):
+    if key not in _cache:
+        bb = relax.BlockBuilder()
+        xs = [relax.Var(f"x{i}", relax.TensorType(s, d)) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+        with bb.function("main", xs):
+            with bb.dataflow():
+                out = bb.emit_output(build_fn(bb, *xs))
+            bb.emit_func_output(out)
+        ex = tvm.compile(bb.get(), tvm.target.Target({"kind": "llvm"}))
+        _cache[key] = relax.VirtualMachine(ex, tvm.cpu())
+    return lambda *a: _cache[key]["main"](*[tvm.runtime.tensor(v) for v in a]).numpy()
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from([1, 5, 16]), st.sampled_from([3, 32]), st.integers(-300, 300), st.integers(0, 2 ** 32 - 1))
+def test_masked_mean_matches_twin_and_float(seq, hidden, zp, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-32768, 32768, size=(2, seq, hidden)).astype(np.int16)
+    w = (rng.random((2, seq, 1)) < 0.6).astype(np.int64)
+    w[1] = 0  # a row with nothing unmasked: divided by 1, never by 0
+    bound = 32768 + abs(zp)
+    f = _compiled2(("mean", seq, hidden, zp), lambda bb, a, b: intops.emit_masked_mean(bb, a, zp, b, [1], bound,
+                                                                                     False),
+                   [(2, seq, hidden), (2, seq, 1)], ["int16", "int64"])
+    got = f(x, w)
+    ref = io.imasked_mean(x, zp, w, 1, bound)
+    assert np.array_equal(got, ref)
+    frac = io.quotient_frac_bits(bound)
+    want = ((x.astype(np.float64) - zp) * w).sum(1) / np.maximum(w.sum(1), 1)
+    assert np.max(np.abs(ref / 2.0 ** frac - want)) <= 0.5 / 2 ** frac + 1e-9
+    assert np.all(ref[1] == 0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from([1, 4]), st.sampled_from([8, 384]), st.sampled_from([2 ** 15, 2 ** 24, 2 ** 40]),
+       st.integers(0, 2 ** 32 - 1))
+def test_l2_normalize_matches_twin_and_float(rows, hidden, bound, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-bound, bound, size=(rows, hidden)).astype(np.int64)
+    x[0] = 0  # an all-zero row: divided by eps, gives 0
+    f = _compiled2(("l2", rows, hidden, bound), lambda bb, a: intops.emit_l2_normalize(bb, a, 0, bound, 1, -1),
+                   [(rows, hidden)], ["int64"])
+    got = f(x)
+    ref = io.il2_normalize(x, 0, bound, 1, -1)
+    assert np.array_equal(got, ref) and got.dtype == np.int32
+    assert np.all(ref[0] == 0)
+    if rows > 1:
+        xf = x[1:].astype(np.float64)
+        want = xf / np.linalg.norm(xf, axis=-1, keepdims=True)
+        assert np.max(np.abs(ref[1:] / 2.0 ** io.L2_OUT_FRAC_BITS - want)) <= L2_MAX_ABS_ERROR
