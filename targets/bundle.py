@@ -48,27 +48,35 @@ RUNTIME_LIBS = (("apache-tvm", "tvm/lib/libtvm_runtime.so"), ("apache-tvm-ffi", 
 EM_X86_64, EM_AARCH64, EM_ARM = 62, 183, 40
 
 
+HOST_ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
+    platform.machine(), platform.machine())
+
+
 @dataclass(frozen=True)
 class Arch:
     """A CPU architecture a bundle can be built for."""
 
     name: str
-    gxx: str  # the g++ driver that builds the runner for it
-    packages: tuple[str, ...]  # Debian packages that provide it
+    cross_gxx: str  # Debian's cross g++ for it (another host)
+    cross_packages: tuple[str, ...]  # the Debian packages that provide it
     wheel_platform: Optional[str]  # pip --platform of its TVM wheels; None: no wheels exist
 
     @property
+    def gxx(self) -> str:
+        """The g++ that builds the runner for it on this machine."""
+        return "g++" if self.name == HOST_ARCH else self.cross_gxx
+
+    @property
     def install_command(self) -> str:
-        return f"apt-get install -y --no-install-recommends {' '.join(self.packages)}"
+        packages = ("g++",) if self.name == HOST_ARCH else self.cross_packages
+        return f"apt-get install -y --no-install-recommends {' '.join(packages)}"
 
 
 ARCHES: dict[int, Arch] = {
-    EM_X86_64: Arch("x86_64", "g++", ("g++",), "manylinux_2_28_x86_64"),
+    EM_X86_64: Arch("x86_64", "x86_64-linux-gnu-g++", ("g++-x86-64-linux-gnu",), "manylinux_2_28_x86_64"),
     EM_AARCH64: Arch("aarch64", "aarch64-linux-gnu-g++", ("g++-aarch64-linux-gnu",), "manylinux_2_28_aarch64"),
     EM_ARM: Arch("armv7", "arm-linux-gnueabihf-g++", ("g++-arm-linux-gnueabihf",), None),
 }
-HOST_ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
-    platform.machine(), platform.machine())
 
 
 @dataclass(frozen=True)
@@ -263,7 +271,8 @@ def _readme(library: str, arch: Arch, target: str, versions: dict[str, str]) -> 
     return f"""# {library}: intformer runner bundle ({arch.name}{f', target {target}' if target else ''})
 
 Runs the compiled model with the TVM runtime alone: no Python. Copy the folder anywhere on a
-{arch.name} Linux machine (glibc 2.28 or newer, libstdc++6) and run it from there:
+{arch.name} Linux machine (glibc 2.34 and GCC 11's libstdc++ or newer: Debian or Raspberry Pi OS bookworm,
+Ubuntu 22.04) and run it from there:
 
     ./intformer-run --inputs in.npz -o out.npz [--threads N]    # every sample of in.npz
     ./intformer-run --inputs in.npz --bench 50                  # median latency, peak memory
@@ -311,6 +320,8 @@ def package(library: str, out_dir: str, target: str = "") -> Bundle:
     name = os.path.basename(library)
     if name in (C_API_LIB, *runtime):
         name = "model.so"
+    elif not name.endswith(".so"):  # intformer-run finds the model beside it by this suffix
+        name += ".so"
     tmp = tempfile.mkdtemp(prefix=".intformer-bundle-", dir=parent)
     try:
         shutil.copy2(library, os.path.join(tmp, name))

@@ -31,7 +31,7 @@ const char kUsage[] =
     "Runs a compiled intformer library on every sample of IN.npz (one array per model input, named as in the\n"
     "model, leading sample axis) and writes the outputs to OUT.npz. MODEL defaults to the library beside this\n"
     "program. --bench N: median latency of N runs of the first sample (with zeros if no --inputs), and peak\n"
-    "memory. --threads N: runtime threads (default: one per core). --info: print the inputs and outputs.\n";
+    "memory. --threads N: runtime threads (default: the TVM runtime's). --info: print the inputs and outputs.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -124,11 +124,13 @@ std::string DefaultModel() {
   throw UsageError("several model libraries in " + dir + " (" + names + "); give MODEL.so");
 }
 
-long PeakRssKb() {
+// A field of /proc/self/status in kB ("VmHWM:" the peak resident memory, "VmRSS:" the current), or -1.
+long StatusKb(const char* field) {
   std::ifstream f("/proc/self/status");
   std::string line;
+  size_t n = std::strlen(field);
   while (std::getline(f, line))
-    if (line.compare(0, 6, "VmHWM:") == 0) return std::atol(line.c_str() + 6);
+    if (line.compare(0, n, field) == 0) return std::atol(line.c_str() + n);
   return -1;
 }
 
@@ -417,8 +419,9 @@ int Main(int argc, char** argv) {
     std::sort(ms.begin(), ms.end());
     double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
     std::printf("load %.1f ms, first run %.2f ms, median %.3f ms over %d runs (min %.3f, max %.3f), "
-                "peak memory %.1f MB (VmHWM)\n",
-                load_ms, first_ms, median, o.bench, ms.front(), ms.back(), PeakRssKb() / 1024.0);
+                "peak memory %.1f MB (VmHWM), resident now %.1f MB\n",
+                load_ms, first_ms, median, o.bench, ms.front(), ms.back(), StatusKb("VmHWM:") / 1024.0,
+                StatusKb("VmRSS:") / 1024.0);
   }
   return 0;
 }
