@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from compiler.artifact import manifest_path
+from compiler.artifact import MANIFEST_FUNC, manifest_path
 from compiler.config import CompileOptions
 from compiler.errors import IntformerError
 from compiler.progress import progress_bar, status
@@ -211,7 +211,7 @@ def package(library: str, out_dir: str):
             target = str(json.load(f).get("target", {}).get("name", ""))
     except (OSError, ValueError, AttributeError):
         pass  # the manifest beside the library only names the target in the bundle's README
-    bundle = make_bundle(library, out_dir, target=target)
+    bundle = make_bundle(library, out_dir, target=target, marker=MANIFEST_FUNC)
     status(f"wrote {bundle.directory}: {bundle.arch}, {bundle.total_bytes / 1e6:.1f} MB "
            f"({bundle.library_bytes / 1e6:.1f} MB model library)")
     return bundle

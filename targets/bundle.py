@@ -42,6 +42,7 @@ C_API_SOURCES = ("intformer_c_api.cc",)
 RUNNER_PROGRAM_SOURCES = ("intformer_run.cc", "npz.cc")
 HEADERS = ("intformer.h", "npz.h")
 RUNNER = "intformer-run"
+MARKER = ".intformer-bundle"  # in each bundle: the files it wrote, so that packaging again may replace them
 C_API_LIB = "libintformer.so"
 # (wheel distribution, path of the library inside its wheel)
 RUNTIME_LIBS = (("apache-tvm", "tvm/lib/libtvm_runtime.so"), ("apache-tvm-ffi", "tvm_ffi/lib/libtvm_ffi.so"))
@@ -303,14 +304,48 @@ the decoding loop and the tokenizer are not in the C API yet.
 """
 
 
-def package(library: str, out_dir: str, target: str = "") -> Bundle:
-    """Write the runner bundle of `library` to `out_dir` (created; an earlier bundle there is replaced)."""
+def _check_replaceable(out_dir: str, library: str) -> None:
+    """`out_dir` may be written: missing, empty, or an earlier bundle holding only the files it wrote (a
+    folder with anything else in it is never deleted)."""
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise IntformerError(f"-o {out_dir}: exists and is not a folder")
+    if os.path.samefile(out_dir, os.path.dirname(os.path.abspath(library))):
+        raise IntformerError(f"-o {out_dir}: is the library's own folder; give a new folder")
+    names = set(os.listdir(out_dir))
+    if not names:
+        return
+    try:
+        with open(os.path.join(out_dir, MARKER)) as f:
+            written = set(json.load(f)) | {MARKER}
+    except (OSError, ValueError, TypeError):
+        written = set()
+    others = sorted(names - written)
+    if not written or others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise IntformerError(f"-o {out_dir}: exists and holds files that are not an earlier bundle's ({shown}); "
+                             "give a new or empty folder")
+
+
+def _contains(path: str, needle: bytes) -> bool:
+    """Whether the file holds the bytes `needle` (read in 1 MB blocks)."""
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            if needle in tail + block:
+                return True
+            tail = block[-len(needle):]
+    return False
+
+
+def package(library: str, out_dir: str, target: str = "", marker: str = "") -> Bundle:
+    """Write the runner bundle of `library` to `out_dir` (created; an earlier bundle there is replaced).
+    `marker`: a name every library of this kind holds (its manifest function); a file without it is refused."""
     arch = library_arch(library)
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise IntformerError(f"-o {out_dir}: exists and is not a folder")
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, RUNNER)):
-            raise IntformerError(f"-o {out_dir}: exists and is not empty (nor an earlier bundle); give a new folder")
+    if marker and not _contains(library, marker.encode()):
+        raise IntformerError(f"{library}: not an intformer library (no embedded manifest `{marker}`)")
+    _check_replaceable(out_dir, library)
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
         raise IntformerError(f"-o {out_dir}: directory {parent} does not exist")
@@ -332,6 +367,8 @@ def package(library: str, out_dir: str, target: str = "") -> Bundle:
         shutil.copy2(os.path.join(RUNNER_SOURCES, "intformer.h"), os.path.join(tmp, "intformer.h"))
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(_readme(name, arch, target, tvm_versions()))
+        with open(os.path.join(tmp, MARKER), "w") as f:  # what a later `package -o` here may replace
+            json.dump(sorted(os.listdir(tmp)), f)
         os.chmod(tmp, 0o755)
         if os.path.isdir(out_dir):
             shutil.rmtree(out_dir)

@@ -16,7 +16,8 @@
  * Entry points: a library has one entry point by default (`main`, an encoder). Libraries with several (an
  * encoder-decoder's `encoder` and `decoder`) are served by opening each entry point by name
  * (intformer_open(path, "decoder", &m)); the decoding loop itself (greedy or beam search, the SentencePiece
- * tokenizer) is not part of this API yet: use `intformer translate` in Python for that.
+ * tokenizer) is not part of this API yet: use `intformer translate` in Python for that. Not yet either:
+ * language-model entry points (intformer compiles none yet).
  */
 #ifndef INTFORMER_H_
 #define INTFORMER_H_

@@ -154,7 +154,8 @@ def test_c_api_example_builds_and_runs(host_bundle, tiny_bert_lib, tmp_path):
 def test_cli_missing_cross_gxx_is_one_line(tmp_path):
     """An aarch64 library with no aarch64 g++ on PATH: one error line carrying the apt-get command."""
     fake = tmp_path / "lib-rpi5.so"
-    fake.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (183).to_bytes(2, "little") + b"\0" * 44)
+    fake.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (183).to_bytes(2, "little") + b"\0" * 44 +
+                     b"intformer_manifest")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable), INTFORMER_QUIET="1")
     p = subprocess.run([sys.executable, "-m", "compiler.cli", "package", str(fake), "-o", str(tmp_path / "b")],
                        capture_output=True, text=True, env=env)
@@ -166,3 +167,24 @@ def test_cli_missing_cross_gxx_is_one_line(tmp_path):
                         str(tmp_path / "c")], capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "not an ELF file" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert shutil.which("g++") is None or not (tmp_path / "c").exists()
+
+
+def test_package_replaces_only_an_earlier_bundle(host_bundle, tiny_bert_lib, tmp_path):
+    """Packaging again over a bundle replaces it; a folder holding anything else is refused and left alone."""
+    from compiler import api
+    from compiler.errors import IntformerError
+
+    lib = tiny_bert_lib[0]
+    again = api.package(lib, host_bundle.directory)
+    assert [n for n, _ in again.files] == [n for n, _ in host_bundle.files]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "intformer-run").write_text("not a bundle's")
+    with pytest.raises(IntformerError, match="not an earlier bundle's"):
+        api.package(lib, str(mine))
+    assert (mine / "notes.txt").read_text() == "keep me"
+    with pytest.raises(IntformerError, match="the library's own folder"):
+        api.package(lib, os.path.dirname(lib))
+    with pytest.raises(IntformerError, match="not an intformer library"):
+        api.package(os.path.join(host_bundle.directory, "libtvm_ffi.so"), str(tmp_path / "b"))
