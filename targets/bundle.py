@@ -36,6 +36,7 @@ from typing import Optional
 
 from compiler.errors import IntformerError
 from compiler.progress import status
+from targets.board_setup import BoardPaths, default_cache_dir, is_set_up, wanted_versions
 
 RUNNER_SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner")
 C_API_SOURCES = ("intformer_c_api.cc",)
@@ -97,8 +98,8 @@ class Bundle:
 
 
 def cache_root() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "intformer")
+    """~/.cache/intformer (the folder that holds the emulated board's files too)."""
+    return os.path.dirname(default_cache_dir())
 
 
 def library_arch(path: str) -> Arch:
@@ -117,16 +118,6 @@ def library_arch(path: str) -> Arch:
         raise IntformerError(f"{path}: a {arch.name} library; TVM publishes no {arch.name} runtime wheels, so "
                              "there is no runtime to bundle with it (64-bit ARM and x86-64 are supported)")
     return arch
-
-
-def tvm_versions() -> dict[str, str]:
-    out = {}
-    for dist, _ in RUNTIME_LIBS:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            raise IntformerError(f"{dist} is not installed on this machine; install intformer first") from None
-    return out
 
 
 def _installed_file(dist: str, member: str) -> str:
@@ -155,7 +146,7 @@ def _locked(directory: str):
 
 def runtime_libraries(arch: Arch) -> dict[str, str]:
     """{file name: path} of libtvm_runtime.so and libtvm_ffi.so for `arch`, at this machine's TVM versions."""
-    versions = tvm_versions()
+    versions = wanted_versions()
     if arch.name == HOST_ARCH:
         return {os.path.basename(m): _installed_file(d, m) for d, m in RUNTIME_LIBS}
     key = "-".join([arch.wheel_platform] + [f"{d}-{v}" for d, v in versions.items()])
@@ -178,8 +169,6 @@ def runtime_libraries(arch: Arch) -> dict[str, str]:
 def _fetch_runtime(arch: Arch, versions: dict[str, str], out: str) -> None:
     """The two runtime libraries for `arch` into `out`: from the emulated board's wheels when it is set up,
     otherwise from the wheels downloaded with pip (only the libraries are kept)."""
-    from targets.board_setup import BoardPaths, default_cache_dir, is_set_up
-
     board = BoardPaths(default_cache_dir())
     if arch.name == "aarch64" and is_set_up(board):
         for _, member in RUNTIME_LIBS:
@@ -236,7 +225,7 @@ def build_runner(arch: Arch, runtime: dict[str, str]) -> dict[str, str]:
     """{file name: path} of libintformer.so and intformer-run for `arch`, built (or taken from the cache)."""
     gxx = require_gxx(arch)
     version = subprocess.run([gxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    h = hashlib.sha256(json.dumps([arch.name, version, tvm_versions()]).encode())
+    h = hashlib.sha256(json.dumps([arch.name, version, wanted_versions()]).encode())
     for name in C_API_SOURCES + RUNNER_PROGRAM_SOURCES + HEADERS:
         with open(os.path.join(RUNNER_SOURCES, name), "rb") as f:
             h.update(name.encode() + b"\0" + f.read())
@@ -366,7 +355,7 @@ def package(library: str, out_dir: str, target: str = "", marker: str = "") -> B
             shutil.copy2(p, os.path.join(tmp, n))
         shutil.copy2(os.path.join(RUNNER_SOURCES, "intformer.h"), os.path.join(tmp, "intformer.h"))
         with open(os.path.join(tmp, "README.md"), "w") as f:
-            f.write(_readme(name, arch, target, tvm_versions()))
+            f.write(_readme(name, arch, target, wanted_versions()))
         with open(os.path.join(tmp, MARKER), "w") as f:  # what a later `package -o` here may replace
             json.dump(sorted(os.listdir(tmp)), f)
         os.chmod(tmp, 0o755)
