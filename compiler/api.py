@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from compiler.artifact import manifest_path
+from compiler.artifact import MANIFEST_FUNC, manifest_path
 from compiler.config import CompileOptions
 from compiler.errors import IntformerError
 from compiler.progress import progress_bar, status
@@ -197,6 +197,24 @@ def run(library: str, inputs_npz: str, output_npz: str | None = None, remote=Non
     if output_npz:
         np.savez(output_npz, **result)
     return result
+
+
+def package(library: str, out_dir: str):
+    """The runner bundle of a compiled library (targets/bundle.py): the library, the TVM runtime libraries of
+    its architecture, `intformer-run`, the C API (`libintformer.so`, `intformer.h`) and a README in `out_dir`.
+    Returns a targets.bundle.Bundle."""
+    from targets.bundle import package as make_bundle
+
+    target = ""
+    try:
+        with open(manifest_path(library)) as f:
+            target = str(json.load(f).get("target", {}).get("name", ""))
+    except (OSError, ValueError, AttributeError):
+        pass  # the manifest beside the library only names the target in the bundle's README
+    bundle = make_bundle(library, out_dir, target=target, marker=MANIFEST_FUNC)
+    status(f"wrote {bundle.directory}: {bundle.arch}, {bundle.total_bytes / 1e6:.1f} MB "
+           f"({bundle.library_bytes / 1e6:.1f} MB model library)")
+    return bundle
 
 
 def _ort_session(model_path: str, threads: int = 0):

@@ -103,6 +103,17 @@ def _run(a) -> int:
     return 0
 
 
+def _package(a) -> int:
+    from compiler import api
+
+    bundle = api.package(a.library, a.output)
+    for name, size in bundle.files:
+        print(f"{size / 1e6:9.2f} MB  {name}")
+    print(f"{bundle.total_bytes / 1e6:9.2f} MB  {bundle.directory} ({bundle.arch}); run it with: "
+          f"{os.path.join(a.output, 'intformer-run')} --inputs IN.npz -o OUT.npz")
+    return 0
+
+
 def _eval(a) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -273,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     _add_remote_args(r)
     r.set_defaults(func=_run)
+
+    pk = sub.add_parser("package", help="a folder that runs the library without Python (intformer-run, C API)",
+                        description="Write DIR with the library, the TVM runtime libraries for its architecture, "
+                        "intformer-run (a C++ runner built with the target's g++) and the C API (libintformer.so, "
+                        "intformer.h). Run it on the device as DIR/intformer-run --inputs IN.npz -o OUT.npz.")
+    pk.add_argument("library", metavar="LIB.so")
+    pk.add_argument("-o", "--output", required=True, metavar="DIR")
+    pk.set_defaults(func=_package)
 
     e = sub.add_parser("eval", help="compare a compiled library with onnxruntime fp32")
     e.add_argument("library", metavar="OUT.so")

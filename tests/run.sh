@@ -6,12 +6,16 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 
 # Debian packages the ARM tests need (cross toolchains, objdump, qemu-user and debootstrap for the emulated
-# board); installed only when missing. Where apt-get cannot run, the tests that need them skip and say why.
+# board; g++ and make for the runner bundle); installed only when missing. Where apt-get cannot run, the tests
+# that need them skip and say why.
 apt_missing=()
 need() { [ -e "$1" ] || command -v "$1" >/dev/null 2>&1 || apt_missing+=("${@:2}"); }
 need aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 need /usr/aarch64-linux-gnu/lib/crti.o libc6-dev-arm64-cross
 need aarch64-linux-gnu-objdump binutils-aarch64-linux-gnu
+need aarch64-linux-gnu-g++ g++-aarch64-linux-gnu   # the runner bundle for rpi5 (intformer package)
+need g++ g++
+need make make
 need arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf
 need /usr/arm-linux-gnueabihf/lib/crti.o libc6-dev-armhf-cross
 need qemu-aarch64 qemu-user

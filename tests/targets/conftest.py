@@ -62,8 +62,23 @@ def cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, targets, out_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
-def cross_libs(tiny_bert, tiny_bert_lib, tmp_path_factory):
-    """The tiny BERT compiled for rpi5, rpi4 and armv7 from the host build's calibration table:
-    {target: library path} (a target whose toolchain is missing is absent)."""
-    return cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, ("rpi5", "rpi4", "armv7"),
-                                   tmp_path_factory.mktemp("cross"))
+def cross_lib(tiny_bert, tiny_bert_lib, tmp_path_factory):
+    """`get(target)`: the tiny BERT compiled for `target` from the host build's calibration table, once per
+    session (None when the target's toolchain is missing)."""
+    out_dir = tmp_path_factory.mktemp("cross")
+    built: dict = {}
+
+    def get(target):
+        if target not in built:
+            built[target] = cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, (target,), out_dir).get(target)
+        return built[target]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def cross_libs(cross_lib):
+    """The tiny BERT compiled for rpi5, rpi4 and armv7: {target: library path} (a target whose toolchain is
+    missing is absent)."""
+    libs = {t: cross_lib(t) for t in ("rpi5", "rpi4", "armv7")}
+    return {t: p for t, p in libs.items() if p}
