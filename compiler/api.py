@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -274,6 +275,39 @@ def evaluate(library: str, model_path: str, inputs_npz: str) -> list[OutputCompa
             advance()
     return [compare_outputs(s.name, np.stack([g[i] for g in got]), np.stack([r[i] for r in ref]))
             for i, s in enumerate(model.outputs)]
+
+
+def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_table: str | None = None,
+                    calibration_data: str | None = None, max_samples: int = 16):
+    """The error of every layer's output (each LayerNorm output, then the model outputs) against fp32 on the
+    first `max_samples` samples of inputs_npz (compiler/layer_errors.py). The library's integer graph is rebuilt
+    from the model with its calibration: the table it was compiled with (checked against the manifest's hash), or
+    the calibration data to make it again."""
+    from compiler.layer_errors import layer_errors
+    from compiler.npz import load_samples
+
+    manifest = load(library).manifest
+    if manifest.entries:
+        raise IntformerError(f"{library}: --per-layer reads single-graph encoder libraries; this one has entry "
+                             f"points {[e.name for e in manifest.entries]}")
+    if not calibration_table and not calibration_data:
+        raise IntformerError("--per-layer rebuilds the library's integer graph: pass --calibration-table FILE (the "
+                             "table the library was compiled with, from compile --save-calibration-table) or "
+                             "--calibration-data FILE.npz")
+    if calibration_table:
+        from compiler.calibrate.table import CalibrationTable
+
+        table = CalibrationTable.load(calibration_table)
+        digest = hashlib.sha256(json.dumps(table.to_json(), sort_keys=True).encode()).hexdigest()
+        if digest != manifest.calibration_table_sha256:
+            raise IntformerError(f"{calibration_table}: not the calibration table {library} was compiled with "
+                                 f"(sha256 {digest[:12]} != {manifest.calibration_table_sha256[:12]})")
+    options = CompileOptions(input_shapes=tuple((s.name, tuple(s.shape)) for s in manifest.inputs),
+                             calibration_table=calibration_table,
+                             calibration_data=None if calibration_table else calibration_data,
+                             calibration_method=manifest.calibration.get("method", "minmax"), integer_only=False)
+    samples = load_samples(inputs_npz, list(manifest.inputs))[:max_samples]
+    return layer_errors(model_path, options, samples)
 
 
 def print_inspect(library: str) -> None:

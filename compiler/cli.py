@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 
@@ -20,6 +21,7 @@ def _compile_options(a):
         calibration_method=a.calibration_method, calibration_samples=a.calibration_samples,
         smoothing_alpha=a.smoothing_alpha, dump_ir=a.dump_ir, integer_only=a.integer_only,
         allow_float=tuple(a.allow_float), tuning_db=getattr(a, "db", None),
+        length_augmentation=a.length_augmentation,
     )
 
 
@@ -120,6 +122,8 @@ def _eval(a) -> int:
 
     from compiler import api
 
+    if a.per_layer:
+        return _eval_layers(a)
     rows = api.evaluate(a.library, a.model, a.inputs)
     t = Table(title=f"{os.path.basename(a.library)} vs onnxruntime fp32 ({os.path.basename(a.model)})")
     for col in ("output", "cosine mean", "cosine min", "max abs error", "argmax agreement"):
@@ -128,6 +132,25 @@ def _eval(a) -> int:
         t.add_row(r.name, f"{r.cosine_mean:.5f}", f"{r.cosine_min:.5f}", f"{r.max_abs_error:.4g}",
                   f"{100 * r.argmax_agreement:.2f}%")
     Console().print(t)
+    return 0
+
+
+def _eval_layers(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from compiler import api
+
+    rows = api.evaluate_layers(a.library, a.model, a.inputs, a.calibration_table, a.calibration_data,
+                               max_samples=a.samples)
+    t = Table(title=f"{os.path.basename(a.library)}: every layer's output vs onnxruntime fp32 "
+                    f"(the NumPy reference, bit-exact with the library; padded positions left out)")
+    for col in ("#", "tensor", "cosine mean", "cosine min", "max abs error", "fp32 max |x|"):
+        t.add_column(col)
+    for k, r in enumerate(rows):
+        t.add_row(str(k), r.name, f"{r.cosine_mean:.5f}", f"{r.cosine_min:.5f}", f"{r.max_abs_error:.4g}",
+                  f"{r.fp32_absmax:.4g}")
+    Console(width=max(120, shutil.get_terminal_size().columns)).print(t)
     return 0
 
 
@@ -237,6 +260,9 @@ def _add_model_options(c) -> None:
     c.add_argument("--smoothing-alpha", type=float, default=None, metavar="A",
                    help="outlier smoothing strength in [0, 1] for every MatMul input; 0 disables it "
                         "(default: chosen per input on the calibration data)")
+    c.add_argument("--length-augmentation", action=argparse.BooleanOptionalAction, default=True,
+                   help="calibrate on short variants of the samples too (their first tokens and end marker), "
+                        "so that short inputs keep their accuracy (default: on)")
     c.add_argument("--integer-only", action=argparse.BooleanOptionalAction, default=True,
                    help="fail if an op would still compute in float (default: on)")
     c.add_argument("--allow-float", action="append", default=[], metavar="OPTYPE",
@@ -297,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("library", metavar="OUT.so")
     e.add_argument("--model", required=True, metavar="MODEL.onnx")
     e.add_argument("--inputs", required=True, metavar="IN.npz")
+    e.add_argument("--per-layer", action="store_true",
+                   help="the error of every layer's output (LayerNorm outputs, then the model outputs)")
+    e.add_argument("--calibration-table", metavar="TABLE.json",
+                   help="with --per-layer: the table the library was compiled with")
+    e.add_argument("--calibration-data", metavar="CALIB.npz",
+                   help="with --per-layer and no table: calibrate again on these samples")
+    e.add_argument("--samples", type=int, default=16, metavar="N", help="with --per-layer: samples used")
     e.set_defaults(func=_eval)
 
     b = sub.add_parser("bench", help="median latency; with --model also onnxruntime fp32 and int8")

@@ -30,6 +30,7 @@ class CompileState:
     table: Optional[CalibrationTable] = None
     table_sha256: str = ""
     relax_mod: Any = None  # the integer graph (what the report and the NumPy reference describe)
+    probes: tuple = ()  # (LayerNorm index in graph order, IntRepr of its integer output): `eval --per-layer`
     lowered_mod: Any = None  # the same graph with matmuls on scheduled kernels (what is built)
     report: dict = field(default_factory=dict)
     target_spec: Any = None  # targets.TargetSpec, resolved before the first stage
@@ -108,6 +109,14 @@ def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] 
     return _run(state, _stages(), until=until)
 
 
+def resume_pipeline(state: CompileState, after: str, until: Optional[str] = None) -> CompileState:
+    """Run the stages that follow `after` on a state run_pipeline(..., until=after) returned."""
+    stages = _stages()
+    names = [n for n, _ in stages]
+    return _run(state, stages[names.index(after) + 1:], first=names.index(after) + 1, total=len(stages),
+                until=until)
+
+
 def run_seq2seq_pipeline(bundle: str, options: CompileOptions, calibration_text: str) -> CompileState:
     """An encoder-decoder bundle -> one module with `encoder` and `decoder` entry points: the per-graph stages
     for each graph, calibrated on text (the decoder on the states of real fp32 decoding), one int8 scale agreed
@@ -149,4 +158,4 @@ def _dump(state: CompileState, index: int, name: str) -> None:
             f.write(onnx.helper.printable_graph(state.onnx_model.graph))
 
 
-__all__ = ["CompileState", "run_pipeline", "stage_names", "replace"]
+__all__ = ["CompileState", "run_pipeline", "resume_pipeline", "stage_names", "replace"]

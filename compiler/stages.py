@@ -93,9 +93,11 @@ def _calibrate_smoothed(st: CompileState, samples, source):
     alpha = st.options.smoothing_alpha  # None: chosen per activation
     factors = {}
     model = st.onnx_model
+    if st.options.length_augmentation:
+        samples = collect.augment_lengths(samples, list(st.inputs))
     if alpha is None or alpha > 0:
         cands = list(smoothing_candidates(model))
-        absmax, rows = collect.channel_stats(model, samples, cands)
+        absmax, rows = collect.channel_stats(model, samples, cands, mask_name=collect.mask_input(list(st.inputs)))
         factors = smoothing_factors(model, absmax, rows, alpha)
         model = onnx.ModelProto()
         model.CopyFrom(st.onnx_model)
@@ -191,9 +193,10 @@ def integerize(st: CompileState) -> CompileState:
     from compiler.tvm_compat import dead_code_elimination
 
     mod = st.relax_mod
-    for p in (IntegerizeMatmul(), FoldQDQ(), dead_code_elimination(), PropagateScales(), dead_code_elimination()):
+    propagate = PropagateScales()
+    for p in (IntegerizeMatmul(), FoldQDQ(), dead_code_elimination(), propagate, dead_code_elimination()):
         mod = p(mod)
-    return replace(st, relax_mod=mod)
+    return replace(st, relax_mod=mod, probes=propagate.probes)
 
 
 def verify(st: CompileState) -> CompileState:
