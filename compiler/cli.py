@@ -255,7 +255,7 @@ def _add_model_options(c) -> None:
     g.add_argument("--calibration-data", metavar="CALIB.npz", help="calibration inputs (.npz, leading sample axis)")
     g.add_argument("--calibration-table", metavar="TABLE.json", help="reuse a saved calibration table")
     c.add_argument("--calibration-method", default="minmax",
-                   help="minmax (default), percentile or entropy (KL divergence, TensorRT-style)")
+                   help="minmax (default), percentile, entropy (KL divergence, TensorRT-style) or mse")
     c.add_argument("--calibration-samples", type=int, default=0, metavar="N", help="use the first N samples only")
     c.add_argument("--smoothing-alpha", type=float, default=None, metavar="A",
                    help="outlier smoothing strength in [0, 1] for every MatMul input; 0 disables it "
