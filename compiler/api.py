@@ -56,11 +56,7 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
                   calibration_text: str | None = None) -> CompileResult:
     """ONNX file, seq2seq bundle folder or Bergamot/Marian folder -> integer library at `output`
     (+ `<output>.manifest.json`, + the report if asked). Encoder-decoders need `calibration_text`."""
-    from compiler.pipeline import run_pipeline, run_seq2seq_pipeline
-    from compiler.seq2seq.spec import is_bundle
-    from compiler.tvm_compat import export_library
-
-    check_options(options)
+    check_options(options)  # before the imports below (TVM takes seconds): a bad -o fails at once
     inputs = {"MODEL": model_path, "--calibration-data": options.calibration_data,
               "--calibration-table": options.calibration_table, "--calibration-text": calibration_text}
     check_output(output, "-o", inputs)
@@ -72,6 +68,10 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
         check_output(save_calibration_table, "--save-calibration-table", {"--report": report_path})
     if options.dump_ir:
         check_output(options.dump_ir, "--dump-ir", kind="folder")
+    from compiler.pipeline import run_pipeline, run_seq2seq_pipeline
+    from compiler.seq2seq.spec import is_bundle
+    from compiler.tvm_compat import export_library
+
     seq2seq = is_bundle(model_path) or is_marian_folder(model_path)
     if seq2seq and not calibration_text:
         raise IntformerError(f"{model_path}: an encoder-decoder needs --calibration-text FILE (one source sentence "
@@ -150,18 +150,17 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     spends ``tune_options.trials`` MetaSchedule measurements on them (XGBoost cost model). Records are written
     as they are measured: an interrupted run loses nothing, and running again resumes. ``remote``
     (targets.remote.RemoteSpec) measures candidates on that device instead of here."""
-    from compiler.pipeline import run_pipeline
+    if tune_options is not None:
+        check_range(tune_options.trials, "--trials", 1, float("inf"), "at least 1")
+        check_range(tune_options.trials_per_iter, "--trials-per-iter", 1, float("inf"), "at least 1")
+    check_options(options)
+    check_output(db_dir, "--db", {"MODEL": model_path}, kind="folder")  # before TVM's import (seconds)
+    from compiler.pipeline import resolve_target_spec, run_pipeline
     from compiler.progress import tuning_progress
     from schedules.database import TuningDatabase
     from schedules.tune import TuneOptions, extract_tasks, tune
 
-    from compiler.pipeline import resolve_target_spec
-
     tune_options = tune_options or TuneOptions()
-    check_range(tune_options.trials, "--trials", 1, float("inf"), "at least 1")
-    check_range(tune_options.trials_per_iter, "--trials-per-iter", 1, float("inf"), "at least 1")
-    check_options(options)
-    check_output(db_dir, "--db", {"MODEL": model_path}, kind="folder")
     spec = resolve_target_spec(options)
     os.makedirs(db_dir, exist_ok=True)
     db = TuningDatabase(db_dir, spec.tvm_target(), spec.name)  # a damaged database fails now, not after the
@@ -184,9 +183,12 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
         tune_options = replace(tune_options, builder_export=tuning_export(st.target_spec))
     status(f"tuning {len(tasks)} kernels for {st.target_spec.name}, {tune_options.trials} trials; "
            f"records in {db.path}")
-    with tuning_progress(tune_options.trials) as update, _interrupt_keeps(db.path):
-        progress = tune(tasks, target, db, tune_options,
-                        lambda name, prog: update(name, sum(prog.trials.values()), prog.best_us.get(name)))
+    with tuning_progress(tune_options.trials) as update, _interrupt_keeps(db.path) as stop_if_interrupted:
+        def on_update(name, prog):
+            stop_if_interrupted()
+            update(name, sum(prog.trials.values()), prog.best_us.get(name))
+
+        progress = tune(tasks, target, db, tune_options, on_update)
     rows = tuple(TunedTask(t.name, t.kind, t.weight, before[t.name], progress.trials.get(t.name, 0),
                            progress.errors.get(t.name, 0), progress.best_us.get(t.name)) for t in tasks)
     return TuneSummary(db.path, st.target_spec.name, rows, tuple(skipped))
@@ -194,8 +196,10 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
 
 @contextlib.contextmanager
 def _interrupt_keeps(db_path: str):
-    """Ctrl-C during tuning: MetaSchedule's C++ loop turns the KeyboardInterrupt into an empty RuntimeError;
-    remember the signal and report it as an interruption that kept the records."""
+    """Ctrl-C during tuning ends in one message saying the records are kept. MetaSchedule's C++ loop turns a
+    KeyboardInterrupt raised inside it into an empty RuntimeError, or its builder swallows it and tuning goes
+    on: the signal is remembered, and the yielded ``stop_if_interrupted()`` (called after every measurement)
+    raises it again."""
     import signal
 
     seen = []
@@ -205,11 +209,15 @@ def _interrupt_keeps(db_path: str):
         seen.append(signum)
         raise KeyboardInterrupt
 
+    def stop_if_interrupted():
+        if seen:
+            raise KeyboardInterrupt
+
     installed = threading.current_thread() is threading.main_thread()
     if installed:
         signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield
+        yield stop_if_interrupted
     except (KeyboardInterrupt, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not seen:
             raise

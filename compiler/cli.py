@@ -458,13 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     rc = _main(argv)
-    if any(t.name.startswith("intformer-rpc-") and t.is_alive() for t in threading.enumerate()):
-        # a remote step that timed out is still blocked inside TVM's RPC client; letting the interpreter tear
-        # down around it aborts the process (SIGABRT), so leave at once with the message already printed
+    if rc == 130 or any(t.name.startswith("intformer-rpc-") and t.is_alive() for t in threading.enumerate()):
+        # a remote step that timed out is still blocked inside TVM's RPC client, or an interrupted tuning run left
+        # MetaSchedule's worker pools mid-call; letting the interpreter tear down around them aborts (SIGABRT) or
+        # prints tracebacks from finalizers, so leave at once with the message already printed
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(rc)
     return rc
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a file descriptor
+        return False
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -479,6 +487,10 @@ def _main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `intformer inspect lib.so | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except SystemExit as e:  # rich meets a closed pipe by pointing stdout at /dev/null and exiting 1
+        if e.code == 1 and _stdout_is_devnull():
+            return 0
+        raise
     except (IntformerError, _UsageError) as e:
         if args.debug:
             raise

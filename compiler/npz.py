@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -19,8 +18,9 @@ def load_samples(path: str, specs: list[TensorSpec]) -> list[dict[str, np.ndarra
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise IntformerError(f"{path}: not a readable .npz file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, zlib.error, a SyntaxError in a damaged header...
+        raise IntformerError(f"{path}: not a readable .npz file ({e or type(e).__name__}); write it again with "
+                             "numpy.savez") from None
     expected = [s.name for s in specs]
     missing = [n for n in expected if n not in arrays]
     extra = [n for n in arrays if n not in expected]

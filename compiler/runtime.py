@@ -20,11 +20,12 @@ class CompiledModel:
     """A loaded library: `model(feed) -> list of output arrays`."""
 
     def __init__(self, path: str, device=None, module=None, entry: str = ""):
+        sidecar = None
+        if module is None:  # checked before mapping it (a truncated file would die with SIGBUS) and before
+            sidecar = check_library(path)  # importing TVM (seconds)
         import tvm.runtime as rt
 
-        sidecar = None
         if module is None:
-            sidecar = check_library(path)  # before mapping it: a truncated file would die with SIGBUS
             try:
                 module = rt.load_module(path)
             except Exception as e:
