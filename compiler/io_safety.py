@@ -73,10 +73,10 @@ def atomic_output(path: str, suffix: str = ".tmp"):
         yield tmp
         if os.path.exists(path):  # keep the permissions of the file being replaced
             os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        else:
+        else:  # mkstemp's 0600 widened as the umask allows (bits the writer set, e.g. a linker's x, stay)
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            os.chmod(tmp, (os.stat(tmp).st_mode | (0o666 & ~umask)) & 0o7777)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -199,6 +199,29 @@ def read_sidecar(path: str) -> dict | None:
     return d
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as Linux names them in /proc/cpuinfo (x86 `flags`, ARM `Features`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_cpu_features(path: str, target: dict) -> None:
+    """A library whose target needs instructions this CPU lacks (its `isa`, named as in /proc/cpuinfo) would die
+    with SIGILL in its first kernel: a ForeignLibrary error instead."""
+    flags = cpu_flags()
+    missing = [f for f in target.get("isa") or () if flags and f not in flags]
+    if missing:
+        raise ForeignLibrary(f"{path}: built for target {target.get('name')}, which needs {', '.join(missing)}; "
+                             "this CPU lacks them: compile it for this machine with --target host, or run it on "
+                             "a machine that has them")
+
+
 class ForeignLibrary(IntformerError):
     """A library built for another CPU than this machine's."""
 
@@ -222,6 +245,8 @@ def check_library(path: str, local: bool = True) -> dict | None:
         raise IntformerError(f"{path}.manifest.json: says target {name} ({triple}) but {path} is built for "
                              f"{arch}; the manifest belongs to another library: compile again")
     host = _HOST_MACHINE.get(platform.machine().lower())
+    if local and side is not None and elf["machine"] == host:
+        check_cpu_features(path, target)
     if local and host is not None and elf["machine"] != host:
         built = f"target {name}, {arch}" if side else arch
         raise ForeignLibrary(f"{path}: built for another CPU ({built}), this machine is {platform.machine()}; "

@@ -12,7 +12,7 @@ import numpy as np
 
 from compiler.artifact import MANIFEST_FUNC, Manifest
 from compiler.errors import IntformerError
-from compiler.io_safety import check_library
+from compiler.io_safety import check_cpu_features, check_library
 from compiler.progress import warn
 
 
@@ -20,7 +20,7 @@ class CompiledModel:
     """A loaded library: `model(feed) -> list of output arrays`."""
 
     def __init__(self, path: str, device=None, module=None, entry: str = ""):
-        sidecar = None
+        sidecar, module_given = None, module
         if module is None:  # checked before mapping it (a truncated file would die with SIGBUS) and before
             sidecar = check_library(path)  # importing TVM (seconds)
         import tvm.runtime as rt
@@ -41,6 +41,8 @@ class CompiledModel:
         except Exception:
             raise IntformerError(f"{path}: a shared library but not an intformer model (no embedded manifest); "
                                  "give the .so `intformer compile` wrote") from None
+        if module_given is None and sidecar is None:  # no manifest beside it: the embedded one names the target
+            check_cpu_features(path, self.manifest.target)
         if sidecar is not None and sidecar.get("model_sha256") != self.manifest.model_sha256:
             warn(f"{path}.manifest.json describes another build (model sha256 "
                    f"{str(sidecar.get('model_sha256'))[:12]}, the library's is {self.manifest.model_sha256[:12]}); "

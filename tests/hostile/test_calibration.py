@@ -82,8 +82,7 @@ def test_token_ids_beyond_the_vocabulary(work):
             inputs=[path, work["model"]])
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nan_or_inf_calibration_data_is_refused(tmp_path, bad):
+def test_nan_or_inf_calibration_data_is_refused(tmp_path):
     """A float-input model: non-finite calibration values would become a [-inf, inf] range."""
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
@@ -92,12 +91,12 @@ def test_nan_or_inf_calibration_data_is_refused(tmp_path, bad):
     model = tmp_path / "float model.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), model)
     x = np.ones((4, 1, 4), np.float32)
-    x[2, 0, 1] = bad
+    x[2, 0, 1], x[3, 0, 0], x[0, 0, 3] = np.nan, np.inf, -np.inf
     calib = tmp_path / "calib ñ.npz"
     np.savez(calib, x=x)
     table = tmp_path / "t.json"
     run_bad(["compile", model, "-o", tmp_path / "o.so", "--calibration-data", calib, "--save-calibration-table",
-             table], [str(calib), "'x'", "NaN or infinite"], inputs=[model, calib])
+             table], [str(calib), "'x'", "3 NaN or infinite"], inputs=[model, calib])
     assert not table.exists()
 
 
@@ -107,9 +106,6 @@ def test_damaged_npz_inputs(work, content):
     path.write_bytes(content)
     run_bad(["run", work["lib"], "--inputs", path, "-o", work["dir"] / "o.npz"], [str(path), "not a readable"],
             inputs=[path, work["lib"]])
-    if content:
-        run_bad(_compile(work, "--calibration-data", path), [str(path), "not a readable"],
-                inputs=[path, work["model"]])
 
 
 def test_truncated_npz(work):

@@ -109,6 +109,29 @@ def test_manifest_of_another_library_beside_it(work):
     run_bad(["inspect", lib], ["mixed.so.manifest.json", "not a readable manifest"], inputs=[lib, side])
 
 
+def test_library_for_cpu_features_this_machine_lacks(work):
+    """Same ELF machine, but the manifest's target needs an instruction set this CPU does not have: named before
+    a kernel could die with SIGILL."""
+    lib = damaged(work, "future cpu.so", work["lib"].read_bytes())
+    side = work["dir"] / "future cpu.so.manifest.json"
+    m = json.loads(side.read_text())
+    m["target"].update(name="future-x86", isa=[*m["target"].get("isa", []), "no_such_cpu_feature"])
+    side.write_text(json.dumps(m))
+    run_bad(["run", lib, "--inputs", work["test"], "-o", work["dir"] / "o.npz"],
+            [str(lib), "future-x86", "no_such_cpu_feature", "--target host"], inputs=[lib, side, work["test"]])
+
+
+def test_manifest_of_another_build_beside_it_is_a_warning(work):
+    lib = damaged(work, "rebuilt.so", work["lib"].read_bytes())
+    side = work["dir"] / "rebuilt.so.manifest.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "model_sha256": "f" * 64}))
+    with unchanged(lib, side, work["test"]):
+        p = intformer("run", lib, "--inputs", work["test"], "-o", work["dir"] / "rebuilt.npz")
+    assert p.returncode == 0, p.stderr
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("intformer: warning:")]
+    assert len(warnings) == 1 and "rebuilt.so.manifest.json" in warnings[0] and "ffffffffffff" in warnings[0]
+
+
 def test_library_that_is_a_folder(work):
     d = work["dir"] / "folder.so"
     d.mkdir(exist_ok=True)
