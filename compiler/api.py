@@ -448,7 +448,7 @@ def translate(model: str, lines, batch: int = 0, beam: int = 1, threads: int = 1
 
     if remote is None:
         check_threads(threads)
-    check_range(beam, "--beam", 1, 64, "a beam size from 1 to 64")
+    check_range(beam, "--beam", 1, float("inf"), "a beam size of at least 1")
     check_range(batch, "--batch", 0, float("inf"), "a batch of at least 1 (0: the compiled batch)")
     backend = open_backend(model, threads=threads, remote=remote)
     tokenizer = SentencePieceTokenizer.of_backend(backend)

@@ -102,7 +102,7 @@ def check_range(value, flag: str, lo, hi, what: str = "") -> None:
     """``lo <= value <= hi`` (a finite number), else a one-line error naming the flag."""
     if value is None:
         return
-    if isinstance(value, float) and not math.isfinite(value) or not lo <= value <= hi:
+    if (isinstance(value, float) and not math.isfinite(value)) or not lo <= value <= hi:
         raise IntformerError(f"{flag} {value}: must be {what or f'between {lo} and {hi}'}")
 
 
