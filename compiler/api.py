@@ -266,6 +266,7 @@ def package(library: str, out_dir: str):
     Returns a targets.bundle.Bundle."""
     from targets.bundle import package as make_bundle
 
+    check_output(out_dir, "-o", {"LIBRARY": library}, kind="folder")
     target = ""
     try:
         with open(manifest_path(library)) as f:

@@ -251,6 +251,6 @@ def check_library(path: str, local: bool = True) -> dict | None:
         built = f"target {name}, {arch}" if side else arch
         raise ForeignLibrary(f"{path}: built for another CPU ({built}), this machine is {platform.machine()}; "
                              "run it on the device with --rpc HOST:PORT (an emulated board: `intformer board "
-                             "start`), or copy the .so and its .manifest.json there and load them with "
-                             "tvm.runtime")
+                             f"start`), or make a runner bundle with `intformer package {path} -o DIR` and copy "
+                             "DIR there")
     return side

@@ -92,7 +92,7 @@ def _as_aarch64(work, name):
 def test_library_for_another_target_is_named_with_the_way_to_run_it(work):
     lib = _as_aarch64(work, "rpi5 lib.so")
     line = run_bad(["run", lib, "--inputs", work["test"], "-o", work["dir"] / "o.npz"],
-                   [str(lib), "another CPU", "rpi5", "aarch64", "--rpc"], inputs=[lib, work["test"]])
+                   [str(lib), "another CPU", "rpi5", "aarch64", "--rpc", "intformer package"], inputs=[lib, work["test"]])
     assert "No such file" not in line
     p = intformer("inspect", lib)  # the manifest beside it still shows what it is
     assert p.returncode == 0 and "rpi5" in p.stdout and "aarch64" in p.stdout, p.stderr
