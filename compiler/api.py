@@ -359,6 +359,7 @@ def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_
     from compiler.npz import load_samples
 
     manifest = load(library).manifest
+    warn_if_other_model(manifest, model_path)
     if manifest.entries:
         raise IntformerError(f"{library}: --per-layer reads single-graph encoder libraries; this one has entry "
                              f"points {[e.name for e in manifest.entries]}")
