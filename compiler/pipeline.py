@@ -83,7 +83,8 @@ def stage_names() -> list[str]:
     return [name for name, _ in _stages()]
 
 
-def _resolve(options: CompileOptions):
+def resolve_target_spec(options: CompileOptions):
+    """The TargetSpec of ``options.target``, its toolchain checked (what the stages will build for)."""
     from targets import resolve_target
     from targets.toolchain import require_toolchain
 
@@ -105,7 +106,7 @@ def _run(state: CompileState, stages: Stages, first: int = 0, total: int = 0, la
 
 def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] = None) -> CompileState:
     """Run the stages in order; ``until``: stop after that stage (e.g. "schedule": what `tune` tunes)."""
-    state = CompileState(model_path=model_path, options=options, target_spec=_resolve(options))
+    state = CompileState(model_path=model_path, options=options, target_spec=resolve_target_spec(options))
     return _run(state, _stages(), until=until)
 
 
@@ -126,7 +127,7 @@ def run_seq2seq_pipeline(bundle: str, options: CompileOptions, calibration_text:
     from compiler.seq2seq.spec import load_spec
 
     spec = load_spec(bundle)
-    target = _resolve(options)
+    target = resolve_target_spec(options)
     feeds = record_feeds(bundle, spec, calibration_text)
     front, back, module = _stage_groups()
     total = 2 * (len(front) + len(back)) + len(module)
