@@ -6,7 +6,7 @@ Everything else in intformer imports TVM names from here, so a TVM upgrade touch
 from __future__ import annotations
 
 import tvm  # noqa: F401  (the compiler needs the full TVM; the runtime loader does not import this module)
-from tvm import relax
+from tvm import relax, te  # noqa: F401  (te: compute definitions of small kernels)
 from tvm.ir.expr import GenericConst as _GenericConst  # relax.Constant before 0.2x
 from tvm.relax.frontend.onnx import from_onnx as _from_onnx
 

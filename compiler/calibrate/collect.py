@@ -60,18 +60,24 @@ def _run_observed(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], 
 
 
 def channel_stats(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], names: list[str],
-                  max_rows: int = 512, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                  max_rows: int = 512, seed: int = 0, positions=None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-channel (last axis) max |x| of the named tensors over all samples, and a random sample of
-    their rows (at most `max_rows` per tensor)."""
+    their rows (at most `max_rows` per tensor). ``positions`` (calibrate/padding.py): padded tokens are left out."""
     rng = np.random.default_rng(seed)
     absmax: dict[str, np.ndarray] = {}
     rows: dict[str, list] = {}
     per_sample = max(1, max_rows // max(1, len(samples)))
-    for _, values in _run_observed(model, samples, names, "calibrating (channels)"):
+    for feed, values in _run_observed(model, samples, names, "calibrating (channels)"):
         for n, v in values.items():
             if not v.size:
                 continue
             r = v.reshape(-1, v.shape[-1])
+            valid = positions.valid(n, v, feed) if positions is not None and v.ndim > 1 else None
+            if valid is not None and v.ndim - 1 not in dict(positions.axes)[n]:
+                r = r[valid[..., 0].reshape(-1)]
+                if not r.size:
+                    continue
             m = np.abs(r).max(axis=0)
             absmax[n] = m if n not in absmax else np.maximum(absmax[n], m)
             pick = rng.choice(r.shape[0], size=min(per_sample, r.shape[0]), replace=False)
@@ -81,8 +87,9 @@ def channel_stats(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], 
 
 def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_sha256: str,
             input_specs: list[TensorSpec], source: str = "data",
-            percentile: float = DEFAULT_PERCENTILE) -> CalibrationTable:
-    """Ranges of every float tensor of `model` (min/max and mean per-sample percentiles)."""
+            percentile: float = DEFAULT_PERCENTILE, positions=None) -> CalibrationTable:
+    """Ranges of every float tensor of `model` (min/max and mean per-sample percentiles). ``positions``
+    (calibrate/padding.py): values at padded tokens (attention mask 0) enter no statistic."""
     names = float_tensors(model)
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
@@ -97,7 +104,8 @@ def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_
             in_lo[s.name] = min(in_lo[s.name], float(np.min(feed[s.name])))
             in_hi[s.name] = max(in_hi[s.name], float(np.max(feed[s.name])))
         for n, v in values.items():
-            v = v.ravel()
+            valid = positions.valid(n, v, feed) if positions is not None else None
+            v = v[valid] if valid is not None else v.ravel()
             v = v[np.isfinite(v)]  # masked attention scores can reach -inf; ranges describe finite values
             if v.size == 0:
                 continue

@@ -1,0 +1,112 @@
+"""Ranged input dims: one library for every sequence length (compiler/ranged.py), on the tiny random BERT."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from compiler.api import compile_model, run
+from compiler.config import CompileOptions, DimRange
+from compiler.errors import IntformerError
+from compiler.frontend.shapes import parse_input_shape
+
+RANGE = (("input_ids", (1, DimRange(1, 16))),)
+
+
+@pytest.fixture(scope="module")
+def ranged_lib(tiny_bert, tmp_path_factory):
+    model, calib, _ = tiny_bert
+    d = tmp_path_factory.mktemp("ranged")
+    lib = str(d / "ranged.so")
+    res = compile_model(model, lib, CompileOptions(input_shapes=RANGE, calibration_data=calib,
+                                                   buckets=(("seq", (4, 8)),)))
+    return lib, res
+
+
+def _feed(n, seed, pad_to=None):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, 100, (1, n)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    if pad_to:
+        feed = {k: np.pad(v, [(0, 0), (0, pad_to - n)]) for k, v in feed.items()}
+    return feed
+
+
+def test_range_syntax_and_errors():
+    assert parse_input_shape("input_ids=1..8x1..256") == ("input_ids", (DimRange(1, 8), DimRange(1, 256)))
+    assert parse_input_shape("x=1x7..7") == ("x", (1, 7))
+    for text, words in (("x=1x9..4", "LO > HI"), ("x=1x0..4", "below 1"), ("x=1x..4", "LO..HI")):
+        with pytest.raises(IntformerError, match=words):
+            parse_input_shape(text)
+
+
+def test_range_on_a_dim_the_model_fixes_and_disagreeing_ranges(tiny_bert, tmp_path):
+    import onnx
+
+    m = onnx.load(tiny_bert[0])
+    for i in m.graph.input:
+        i.type.tensor_type.shape.dim[0].dim_value = 1  # a model exported with batch 1
+    onnx.save(m, str(tmp_path / "batch1.onnx"))
+    opts = CompileOptions(input_shapes=(("input_ids", (DimRange(1, 2), DimRange(1, 16))),))
+    with pytest.raises(IntformerError, match="input_ids: dim 0 is fixed to 1 by the model"):
+        compile_model(str(tmp_path / "batch1.onnx"), str(tmp_path / "x.so"), opts)
+    opts = CompileOptions(input_shapes=(("input_ids", (1, DimRange(1, 16))), ("attention_mask", (1, 16))))
+    with pytest.raises(IntformerError, match="is 1..16 for another input but 16 here"):
+        compile_model(tiny_bert[0], str(tmp_path / "x.so"), opts)
+
+
+def test_manifest_and_buckets(ranged_lib):
+    lib, res = ranged_lib
+    m = res.manifest
+    assert [s.ranges for s in m.inputs] == [((1, 1, 16, "seq"),)] * 3  # the named range binds every input
+    assert m.outputs[0].ranges == ((1, 1, 16, "seq"),) and m.outputs[0].shape == (1, 16, 32)
+    assert res.report["buckets"] == ["4", "8", "16"]
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 11, 16])
+def test_every_length_equals_the_reference_and_the_padded_text(ranged_lib, tiny_bert_lib, n):
+    """The VM's main at the text's own length: bit-exact with the NumPy reference, and equal at the real positions
+    to the fixed-shape library (same calibration data) run on the text padded to 16."""
+    from compiler.runtime import CompiledModel
+
+    lib, res = ranged_lib
+    own = CompiledModel(lib)(_feed(n, seed=n))[0]
+    assert own.shape == (1, n, 32)
+    ref = res.reference()(_feed(n, seed=n))[0]
+    assert np.array_equal(own, ref)
+    padded = CompiledModel(tiny_bert_lib[0])(_feed(n, seed=n, pad_to=16))[0]
+    assert np.array_equal(own, padded[:, :n])
+
+
+def test_vm_main_alone_in_a_fresh_process(ranged_lib, tmp_path):
+    lib, _ = ranged_lib
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import tvm.runtime as rt
+        vm = rt.vm.VirtualMachine(rt.load_module({lib!r}), rt.cpu())
+        for n in (1, 5, 16):
+            x = [rt.tensor(np.ones((1, n), dtype="int64")) for _ in range(3)]
+            assert vm["main"](*x).numpy().shape == (1, n, 32)
+        try:
+            vm["main"](*[rt.tensor(np.ones((1, 17), dtype="int64")) for _ in range(3)])
+            sys.exit("a length beyond the range was accepted")
+        except Exception as e:
+            assert "outside the compiled ranges" in str(e), e
+        assert not any(m == "compiler" or m.startswith("compiler.") for m in sys.modules)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
+
+
+def test_run_takes_npz_of_any_length_in_range(ranged_lib, tmp_path):
+    lib, res = ranged_lib
+    feed = {k: v[None] for k, v in _feed(5, seed=1).items()}
+    np.savez(tmp_path / "in5.npz", **feed)
+    out = run(lib, str(tmp_path / "in5.npz"))["last_hidden_state"]
+    assert out.shape == (1, 1, 5, 32)
+    np.savez(tmp_path / "in17.npz", **{k: np.ones((1, 1, 17), np.int64) for k in feed})
+    with pytest.raises(IntformerError, match="1x1..16"):
+        run(lib, str(tmp_path / "in17.npz"))
