@@ -124,8 +124,8 @@ def export_library(executable, path: str, cross_compiler=None) -> None:
         from tvm.support import cc  # tvm.contrib.cc before 0.2x
 
         executable.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
-    else:
-        executable.export_library(path)
+    else:  # without debug sections: a library with several length buckets carries one set per bucket
+        executable.export_library(path, options=["-Wl,--strip-debug"])
 
 
 def rpc_connect(host: str, port: int, session_timeout: float = 0):

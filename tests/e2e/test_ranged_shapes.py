@@ -22,7 +22,7 @@ def ranged_lib(tiny_bert, tmp_path_factory):
     d = tmp_path_factory.mktemp("ranged")
     lib = str(d / "ranged.so")
     res = compile_model(model, lib, CompileOptions(input_shapes=RANGE, calibration_data=calib,
-                                                   buckets=(("seq", (4, 8)),)))
+                                                   buckets=(("seq", (8,)),)))
     return lib, res
 
 
@@ -63,7 +63,7 @@ def test_manifest_and_buckets(ranged_lib):
     m = res.manifest
     assert [s.ranges for s in m.inputs] == [((1, 1, 16, "seq"),)] * 3  # the named range binds every input
     assert m.outputs[0].ranges == ((1, 1, 16, "seq"),) and m.outputs[0].shape == (1, 16, 32)
-    assert res.report["buckets"] == ["4", "8", "16"]
+    assert res.report["buckets"] == ["8", "16"]
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 7, 11, 16])
@@ -110,3 +110,52 @@ def test_run_takes_npz_of_any_length_in_range(ranged_lib, tmp_path):
     np.savez(tmp_path / "in17.npz", **{k: np.ones((1, 1, 17), np.int64) for k in feed})
     with pytest.raises(IntformerError, match="1x1..16"):
         run(lib, str(tmp_path / "in17.npz"))
+
+
+def _workload(path, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    n, top = len(lengths), max(lengths)
+    ids = rng.integers(3, 100, (n, 1, top)).astype(np.int64)
+    mask = np.zeros_like(ids)
+    for i, length in enumerate(lengths):
+        mask[i, 0, :length] = 1
+    ids *= mask
+    np.savez(path, input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+
+
+def test_workload_cuts_each_text_to_its_length_and_batches_by_length(tmp_path):
+    from compiler.workload import batches, load_workload
+
+    _workload(tmp_path / "w.npz", [3, 16, 7, 5])
+    samples = load_workload(str(tmp_path / "w.npz"))
+    assert [s["input_ids"].shape for s in samples] == [(1, 3), (1, 16), (1, 7), (1, 5)]
+    groups = batches(samples, 2)
+    assert [g["attention_mask"].shape for g in groups] == [(2, 5), (2, 16)]  # (3, 5) and (7, 16)
+    assert groups[0]["attention_mask"].sum() == 8
+
+
+def test_bench_workload_against_onnxruntime_int8(ranged_lib, tiny_bert, tmp_path):
+    from compiler.workload import run_workload
+
+    _workload(tmp_path / "w.npz", [3, 16, 7, 5, 11])
+    rep = run_workload(ranged_lib[0], str(tmp_path / "w.npz"), threads=1, model=tiny_bert[0],
+                       engines=("intformer", "onnxruntime int8"))
+    assert [r.engine for r in rep.rows] == ["intformer", "onnxruntime int8"]
+    assert all(r.total_ms > 0 and r.tokens == 42 and r.batches == 5 for r in rep.rows), rep
+
+
+def test_batch_range_pads_rows_and_equals_each_text_alone(tiny_bert, tmp_path):
+    """input_ids=1..2x16: a batch of two texts (each padded to 16, mask 0 beyond its length) gives each text's own
+    result, and a batch of one takes the batch-1 bucket."""
+    from compiler.runtime import CompiledModel
+
+    model, calib, _ = tiny_bert
+    lib = str(tmp_path / "batched.so")
+    res = compile_model(model, lib, CompileOptions(input_shapes=(("input_ids", (DimRange(1, 2), 16)),),
+                                                   calibration_data=calib))
+    assert res.report["buckets"] == ["1", "2"]
+    m = CompiledModel(lib)
+    a, b = _feed(5, seed=1, pad_to=16), _feed(11, seed=2, pad_to=16)
+    out = m({k: np.concatenate([a[k], b[k]]) for k in a})[0]
+    assert out.shape == (2, 16, 32)
+    assert np.array_equal(out[0, :5], m(a)[0][0, :5]) and np.array_equal(out[1, :11], m(b)[0][0, :11])
