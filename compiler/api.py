@@ -307,7 +307,7 @@ def print_inspect(library: str) -> None:
     t.add_column("dtype")
     for kind, specs in (("input", m.inputs), ("output", m.outputs)):
         for s in specs:
-            t.add_row(kind, s.name, "x".join(map(str, s.shape)), s.dtype)
+            t.add_row(kind, s.name, s.shape_text(), s.dtype)
     con.print(t)
     con.print(f"target: {m.target.get('name')} {m.target.get('llvm')}")
     ops = Table(title="operations of the compiled graph")

@@ -2,8 +2,9 @@
 onnxruntime int8 (quantize_dynamic) and OpenVINO int8 (nncf, when installed) on the same samples.
 
 A workload is an .npz in the input convention (leading sample axis, each sample a batch of one, padded to a
-common length) whose attention mask marks each sample's length. Every engine runs in its own process (a thread
-pool of one engine spins after its run and steals the other's core on 2 cores). Latency mode sends one text at
+common length) whose attention mask marks each sample's length. At 1 thread the engines take turns text by text
+in one process (a shared machine then slows them alike); at more threads every engine runs in its own process
+(a thread pool of one engine spins after its run and steals the other's core on 2 cores). Latency mode sends one text at
 a time at its own length; throughput mode sorts the texts by length and sends batches of similar length, each
 padded to its longest member.
 """
@@ -106,9 +107,9 @@ def _time_passes(fn, feeds) -> float:
     return statistics.median(totals) * 1e3
 
 
-def time_engine(engine: str, library: str, model: str | None, workload: str, threads: int, batch: int,
-                calibration: str | None = None) -> dict:
-    """One engine's total time on the workload, in this process (the caller sets the thread count first)."""
+def make_runner(engine: str, library: str, model: str | None, workload: str, threads: int, batch: int,
+                calibration: str | None = None):
+    """(feed -> outputs, the engine's feeds) for one engine, in this process (the caller sets the threads)."""
     feeds = batches(load_workload(workload), batch)
     if engine == "intformer":
         from compiler.runtime import CompiledModel
@@ -118,8 +119,8 @@ def time_engine(engine: str, library: str, model: str | None, workload: str, thr
         feeds = [_fit(lib.inputs, {n: f[n] for n in names}) for f in feeds]
         for f in feeds[:1]:
             lib.check(f)
-        ms = _time_passes(lib, feeds)
-    elif engine == "onnxruntime int8":
+        return lib, feeds
+    if engine == "onnxruntime int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         from compiler.api import _ort_session
@@ -129,13 +130,39 @@ def time_engine(engine: str, library: str, model: str | None, workload: str, thr
             quantize_dynamic(model, q, weight_type=QuantType.QInt8)
             sess = _ort_session(q, threads)
         names = [i.name for i in sess.get_inputs()]
-        ms = _time_passes(lambda f: sess.run(None, {n: f[n] for n in names}), feeds)
-    elif engine == "openvino int8":
-        run = openvino_int8(model, threads, load_workload(calibration or workload)[:64])
-        ms = _time_passes(run, feeds)
-    else:
-        raise IntformerError(f"unknown engine '{engine}'; known: {', '.join(ENGINES)}")
-    return {"engine": engine, "total_ms": ms, "batches": len(feeds)}
+        return (lambda f: sess.run(None, f)), [{n: f[n] for n in names} for f in feeds]
+    if engine == "openvino int8":
+        return openvino_int8(model, threads, load_workload(calibration or workload)[:64]), feeds
+    raise IntformerError(f"unknown engine '{engine}'; known: {', '.join(ENGINES)}")
+
+
+def time_engine(engine: str, library: str, model: str | None, workload: str, threads: int, batch: int,
+                calibration: str | None = None) -> dict:
+    """One engine's total time on the workload, in this process."""
+    fn, feeds = make_runner(engine, library, model, workload, threads, batch, calibration)
+    return {"engine": engine, "total_ms": _time_passes(fn, feeds), "batches": len(feeds)}
+
+
+def time_interleaved(engines, library: str, model: str | None, workload: str, batch: int,
+                     calibration: str | None = None) -> list[dict]:
+    """1 thread: every engine in this process, text by text in turn (each text's runs back to back, so a
+    machine shared with other jobs slows every engine alike); the median over passes of each total."""
+    runners = [(e, *make_runner(e, library, model, workload, 1, batch, calibration)) for e in engines]
+    for _, fn, feeds in runners:  # warm-up: every shape once
+        for f in feeds:
+            fn(f)
+    totals = {e: [] for e in engines}
+    for _ in range(PASSES):
+        acc = dict.fromkeys(engines, 0.0)
+        for k in range(len(runners[0][2])):
+            for e, fn, feeds in runners:
+                t0 = time.perf_counter()
+                fn(feeds[k])
+                acc[e] += time.perf_counter() - t0
+        for e in engines:
+            totals[e].append(acc[e])
+    return [{"engine": e, "total_ms": statistics.median(totals[e]) * 1e3, "batches": len(runners[0][2])}
+            for e in engines]
 
 
 def _fit(specs, feed: dict) -> dict:
@@ -178,32 +205,52 @@ def openvino_int8(model: str, threads: int, calibration: list[dict]):
 
 
 def run_workload(library: str, workload: str, threads: int = 1, model: str | None = None, batch: int = 1,
-                 engines=ENGINES, calibration: str | None = None) -> WorkloadReport:
-    """Every engine in its own process; engines that cannot run (no --model, OpenVINO missing) are noted."""
+                 engines=ENGINES, calibration: str | None = None, interleave: bool = True) -> WorkloadReport:
+    """At 1 thread the engines take turns text by text in one process (interleave); otherwise each engine runs
+    in its own process. Engines that cannot run (no --model, OpenVINO missing) are left out or noted."""
     from compiler.progress import status
 
     samples = load_workload(workload)
     tokens = _tokens(samples)
     rows = []
-    for engine in engines:
-        if engine != "intformer" and not model:
-            continue
-        status(f"timing {engine} on {len(samples)} samples ({threads} thread(s), batch {batch})")
-        code = ("import json, sys\nfrom compiler.workload import time_engine\n"
-                f"r = time_engine({engine!r}, {library!r}, {model!r}, {workload!r}, {threads}, {batch}, "
+    engines = [e for e in engines if e == "intformer" or model]
+    if not openvino_available() and "openvino int8" in engines:
+        engines.remove("openvino int8")
+        rows_missing = [WorkloadRow("openvino int8", float("nan"), tokens, 0,
+                                    note="not installed: pip install 'intformer[peers]'")]
+    else:
+        rows_missing = []
+    if threads == 1 and interleave:
+        status(f"timing {', '.join(engines)} on {len(samples)} samples, text by text in turn (1 thread)")
+        code = ("import json\nfrom compiler.workload import time_interleaved\n"
+                f"r = time_interleaved({tuple(engines)!r}, {library!r}, {model!r}, {workload!r}, {batch}, "
                 f"{calibration!r})\nprint('RESULT ' + json.dumps(r))\n")
-        env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), INTFORMER_QUIET="1")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not line:
-            err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            rows.append(WorkloadRow(engine, float("nan"), tokens, 0, note=err[:160]))
-            continue
-        r = json.loads(line[0][7:])
-        rows.append(WorkloadRow(engine, r["total_ms"], tokens, r["batches"]))
-    return WorkloadReport(workload, threads, len(samples), tokens / len(samples), batch, tuple(rows))
+        for r in _subprocess(code, threads):
+            rows.append(WorkloadRow(r["engine"], r["total_ms"], tokens, r["batches"]))
+        return WorkloadReport(workload, threads, len(samples), tokens / len(samples), batch,
+                              tuple(rows + rows_missing))
+    for engine in engines:
+        status(f"timing {engine} on {len(samples)} samples ({threads} thread(s), batch {batch})")
+        code = ("import json\nfrom compiler.workload import time_engine\n"
+                f"r = time_engine({engine!r}, {library!r}, {model!r}, {workload!r}, {threads}, {batch}, "
+                f"{calibration!r})\nprint('RESULT ' + json.dumps([r]))\n")
+        try:
+            (r,) = _subprocess(code, threads)
+            rows.append(WorkloadRow(engine, r["total_ms"], tokens, r["batches"]))
+        except IntformerError as e:
+            rows.append(WorkloadRow(engine, float("nan"), tokens, 0, note=str(e)[:160]))
+    return WorkloadReport(workload, threads, len(samples), tokens / len(samples), batch, tuple(rows + rows_missing))
+
+
+def _subprocess(code: str, threads: int) -> list[dict]:
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), INTFORMER_QUIET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise IntformerError((proc.stderr.strip().splitlines() or ["failed"])[-1])
+    return json.loads(line[0][7:])
 
 
 def print_workload(rep: WorkloadReport) -> None:
