@@ -61,7 +61,8 @@ def calibrate(st: CompileState) -> CompileState:
         table = CalibrationTable.load(opts.calibration_table)
         shapes = dict(table.input_shapes)
         want = {s.name: s.shape for s in st.inputs}
-        if shapes != want:
+        inside = all(s.ranges and s.name in shapes and s.accepts(shapes[s.name]) for s in st.inputs)
+        if shapes != want and not inside:  # a table made at a shape inside the ranges serves them (padding-free)
             raise IntformerError(f"{opts.calibration_table}: made for input shapes {shapes}, but this compile "
                                  f"uses {want}; recalibrate or pass matching --input-shape")
         if table.model_sha256 != st.model_sha256:

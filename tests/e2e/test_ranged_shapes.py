@@ -144,15 +144,16 @@ def test_bench_workload_against_onnxruntime_int8(ranged_lib, tiny_bert, tmp_path
     assert all(r.total_ms > 0 and r.tokens == 42 and r.batches == 5 for r in rep.rows), rep
 
 
-def test_batch_range_pads_rows_and_equals_each_text_alone(tiny_bert, tmp_path):
+def test_batch_range_pads_rows_and_equals_each_text_alone(tiny_bert, tiny_bert_lib, tmp_path):
     """input_ids=1..2x16: a batch of two texts (each padded to 16, mask 0 beyond its length) gives each text's own
-    result, and a batch of one takes the batch-1 bucket."""
+    result, and a batch of one takes the batch-1 bucket. The table saved by a 1x16 compile serves the range."""
     from compiler.runtime import CompiledModel
 
-    model, calib, _ = tiny_bert
+    model = tiny_bert[0]
+    table = os.path.join(os.path.dirname(tiny_bert_lib[0]), "table.json")
     lib = str(tmp_path / "batched.so")
     res = compile_model(model, lib, CompileOptions(input_shapes=(("input_ids", (DimRange(1, 2), 16)),),
-                                                   calibration_data=calib))
+                                                   calibration_table=table))
     assert res.report["buckets"] == ["1", "2"]
     m = CompiledModel(lib)
     a, b = _feed(5, seed=1, pad_to=16), _feed(11, seed=2, pad_to=16)
