@@ -160,3 +160,24 @@ def test_batch_range_pads_rows_and_equals_each_text_alone(tiny_bert, tiny_bert_l
     out = m({k: np.concatenate([a[k], b[k]]) for k in a})[0]
     assert out.shape == (2, 16, 32)
     assert np.array_equal(out[0, :5], m(a)[0][0, :5]) and np.array_equal(out[1, :11], m(b)[0][0, :11])
+
+
+def test_pooled_head_output_without_a_ranged_axis(tmp_path):
+    """A sentence-transformers export (masked mean + L2 norm): the output (1, 32) has no ranged axis and is not
+    sliced; at its own length a text gives the pooled result of the text padded to 16, bit for bit (the masked
+    mean's padded terms are exact zeros)."""
+    from compiler.runtime import CompiledModel
+    from tests.helpers.tiny_models import export_tiny, sample_inputs
+
+    model = export_tiny("bert", str(tmp_path / "pooled.onnx"), head="pooled")
+    np.savez(tmp_path / "calib.npz", **sample_inputs("bert", 12, seed=3))
+    lib = str(tmp_path / "pooled.so")
+    res = compile_model(model, lib, CompileOptions(input_shapes=RANGE, calibration_data=str(tmp_path / "calib.npz"),
+                                                   buckets=(("seq", (8,)),)))
+    assert res.manifest.outputs[0].shape == (1, 32) and res.manifest.outputs[0].ranges == ()
+    m = CompiledModel(lib)
+    for n in (3, 9):
+        own = m(_feed(n, seed=n))[0]
+        padded = m(_feed(n, seed=n, pad_to=16))[0]
+        assert own.shape == (1, 32)
+        assert np.array_equal(own, padded), (n, np.abs(own - padded).max())
