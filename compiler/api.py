@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from compiler.artifact import MANIFEST_FUNC, manifest_path
 from compiler.config import CompileOptions
-from compiler.errors import IntformerError
-from compiler.progress import progress_bar, status
+from compiler.errors import IntformerError, Interrupted
+from compiler.io_safety import atomic_output, check_output, check_range, check_threads, write_text
+from compiler.progress import progress_bar, status, warn
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,22 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
                   calibration_text: str | None = None) -> CompileResult:
     """ONNX file, seq2seq bundle folder or Bergamot/Marian folder -> integer library at `output`
     (+ `<output>.manifest.json`, + the report if asked). Encoder-decoders need `calibration_text`."""
+    check_options(options)  # before the imports below (TVM takes seconds): a bad -o fails at once
+    inputs = {"MODEL": model_path, "--calibration-data": options.calibration_data,
+              "--calibration-table": options.calibration_table, "--calibration-text": calibration_text}
+    check_output(output, "-o", inputs)
+    check_output(manifest_path(output), "-o (its .manifest.json)", inputs)
+    for flag, path in (("--report", report_path), ("--save-calibration-table", save_calibration_table)):
+        if path:
+            check_output(path, flag, {**inputs, "-o": output})
+    if report_path and save_calibration_table:
+        check_output(save_calibration_table, "--save-calibration-table", {"--report": report_path})
+    if options.dump_ir:
+        check_output(options.dump_ir, "--dump-ir", kind="folder")
     from compiler.pipeline import run_pipeline, run_seq2seq_pipeline
     from compiler.seq2seq.spec import is_bundle
     from compiler.tvm_compat import export_library
 
-    out_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(out_dir):
-        raise IntformerError(f"-o {output}: directory {out_dir} does not exist")
     seq2seq = is_bundle(model_path) or is_marian_folder(model_path)
     if seq2seq and not calibration_text:
         raise IntformerError(f"{model_path}: an encoder-decoder needs --calibration-text FILE (one source sentence "
@@ -97,29 +110,34 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
                              "Bergamot/Marian model (.bin, .spm, .yml)")
     else:
         st = run_pipeline(model_path, options)
-    # write to a temporary name first: an interrupted compile never leaves a half-written library
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir, prefix=".intformer-")
-    os.close(fd)
-    try:
+    # through a temporary name: an interrupted compile never leaves a half-written library
+    with atomic_output(output, suffix=".so") as tmp:  # the suffix tells TVM to link a shared library
         export_library(st.executable, tmp, st.target_spec.cross_compiler)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    with open(manifest_path(output), "w") as f:
-        f.write(st.manifest.dumps())
+    write_text(manifest_path(output), st.manifest.dumps())
     report = dict(st.report)
     report["model"] = os.path.abspath(model_path)
     report["target"] = st.target_spec.to_json()
     report["calibration"] = st.manifest.calibration
     if report_path:
-        with open(report_path, "w") as f:
-            json.dump(report, f, indent=1)
+        write_text(report_path, json.dumps(report, indent=1))
     if save_calibration_table:
         st.table.save(save_calibration_table)
     mm = report["matmuls"]
     status(f"wrote {output}: {mm['int8']}/{mm['total']} matmuls int8, target {st.target_spec.name}")
     return CompileResult(output, st.manifest, report, st.relax_mod, st.buckets)
+
+
+def check_options(options: CompileOptions) -> None:
+    """The numbers and names in ``options`` that can be checked before any work starts."""
+    from compiler.calibrate.methods import METHODS
+
+    check_range(options.calibration_samples, "--calibration-samples", 0, float("inf"),
+                "a sample count of at least 1 (0: every sample)")
+    check_range(options.smoothing_alpha, "--smoothing-alpha", 0.0, 1.0,
+                "a number between 0 and 1 (0 turns smoothing off; leave it out to choose per input)")
+    if options.calibration_method not in METHODS:
+        raise IntformerError(f"--calibration-method {options.calibration_method}: unknown; "
+                             f"known: {', '.join(METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -149,18 +167,22 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     spends ``tune_options.trials`` MetaSchedule measurements on them (XGBoost cost model). Records are written
     as they are measured: an interrupted run loses nothing, and running again resumes. ``remote``
     (targets.remote.RemoteSpec) measures candidates on that device instead of here."""
-    from compiler.pipeline import run_pipeline
+    if tune_options is not None:
+        check_range(tune_options.trials, "--trials", 1, float("inf"), "at least 1")
+        check_range(tune_options.trials_per_iter, "--trials-per-iter", 1, float("inf"), "at least 1")
+    check_options(options)
+    check_output(db_dir, "--db", {"MODEL": model_path}, kind="folder")  # before TVM's import (seconds)
+    from compiler.pipeline import resolve_target_spec, run_pipeline
     from compiler.progress import tuning_progress
     from schedules.database import TuningDatabase
     from schedules.tune import TuneOptions, extract_tasks, tune
 
     tune_options = tune_options or TuneOptions()
-    if tune_options.trials < 1:
-        raise IntformerError(f"--trials must be at least 1, not {tune_options.trials}")
-    st = run_pipeline(model_path, options, until="schedule")
-    target = st.target_spec.tvm_target()
+    spec = resolve_target_spec(options)
     os.makedirs(db_dir, exist_ok=True)
-    db = TuningDatabase(db_dir, target, st.target_spec.name)
+    db = TuningDatabase(db_dir, spec.tvm_target(), spec.name)  # a damaged database fails now, not after the
+    st = run_pipeline(model_path, options, until="schedule")  # pipeline
+    target = st.target_spec.tvm_target()
     status("extracting kernels")
     skipped: list[str] = []
     tasks = extract_tasks(st.lowered_mod, target, skipped, tune_options.kernels)
@@ -178,12 +200,49 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
         tune_options = replace(tune_options, builder_export=tuning_export(st.target_spec))
     status(f"tuning {len(tasks)} kernels for {st.target_spec.name}, {tune_options.trials} trials; "
            f"records in {db.path}")
-    with tuning_progress(tune_options.trials) as update:
-        progress = tune(tasks, target, db, tune_options,
-                        lambda name, prog: update(name, sum(prog.trials.values()), prog.best_us.get(name)))
+    with tuning_progress(tune_options.trials) as update, _interrupt_keeps(db.path) as stop_if_interrupted:
+        def on_update(name, prog):
+            stop_if_interrupted()
+            update(name, sum(prog.trials.values()), prog.best_us.get(name))
+
+        progress = tune(tasks, target, db, tune_options, on_update)
     rows = tuple(TunedTask(t.name, t.kind, t.weight, before[t.name], progress.trials.get(t.name, 0),
                            progress.errors.get(t.name, 0), progress.best_us.get(t.name)) for t in tasks)
     return TuneSummary(db.path, st.target_spec.name, rows, tuple(skipped))
+
+
+@contextlib.contextmanager
+def _interrupt_keeps(db_path: str):
+    """Ctrl-C during tuning ends in one message saying the records are kept. MetaSchedule's C++ loop turns a
+    KeyboardInterrupt raised inside it into an empty RuntimeError, or its builder swallows it and tuning goes
+    on: the signal is remembered, and the yielded ``stop_if_interrupted()`` (called after every measurement)
+    raises it again."""
+    import signal
+
+    seen = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    def stop_if_interrupted():
+        if seen:
+            raise KeyboardInterrupt
+
+    installed = threading.current_thread() is threading.main_thread()
+    if installed:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop_if_interrupted
+    except (KeyboardInterrupt, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not seen:
+            raise
+        raise Interrupted(f"interrupted: every record measured so far is kept in {db_path}; run the same "
+                          "command again to resume") from None
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
 
 
 def load(library: str, remote=None, entry: str = ""):
@@ -201,8 +260,10 @@ def load(library: str, remote=None, entry: str = ""):
 def run(library: str, inputs_npz: str, output_npz: str | None = None, remote=None) -> dict[str, np.ndarray]:
     """Run every sample of an inputs .npz (on the device `remote` if given); returns (and saves) outputs
     stacked on a leading sample axis."""
-    from compiler.npz import load_samples
+    from compiler.npz import load_samples, save_arrays
 
+    if output_npz:
+        check_output(output_npz, "-o", {"--inputs": inputs_npz, "LIBRARY": library})
     model = load(library, remote)
     samples = load_samples(inputs_npz, list(model.inputs))
     outs = []
@@ -212,7 +273,7 @@ def run(library: str, inputs_npz: str, output_npz: str | None = None, remote=Non
             advance()
     result = {s.name: np.stack([o[i] for o in outs]) for i, s in enumerate(model.outputs)}
     if output_npz:
-        np.savez(output_npz, **result)
+        save_arrays(output_npz, result)
     return result
 
 
@@ -222,6 +283,7 @@ def package(library: str, out_dir: str):
     Returns a targets.bundle.Bundle."""
     from targets.bundle import package as make_bundle
 
+    check_output(out_dir, "-o", {"LIBRARY": library}, kind="folder")
     target = ""
     try:
         with open(manifest_path(library)) as f:
@@ -271,11 +333,22 @@ def compare_outputs(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCompar
                             float(np.max(np.abs(got.astype(np.float64) - ref))), agree)
 
 
+def warn_if_other_model(manifest, model_path: str) -> None:
+    """A warning when ``model_path`` is not the file the library was compiled from (its SHA-256 differs)."""
+    from compiler.frontend.load import file_sha256
+
+    if os.path.isfile(model_path) and manifest.model_sha256 and file_sha256(model_path) != manifest.model_sha256:
+        warn(f"{model_path} is not the model the library was compiled from (sha256 "
+               f"{file_sha256(model_path)[:12]}, the manifest says {manifest.model_sha256[:12]}); "
+               "so the figures below compare two different models")
+
+
 def evaluate(library: str, model_path: str, inputs_npz: str) -> list[OutputComparison]:
     """Compare the library's outputs with onnxruntime fp32 on the same inputs."""
     from compiler.npz import load_samples
 
     model = load(library)
+    warn_if_other_model(model.manifest, model_path)
     samples = load_samples(inputs_npz, list(model.inputs))
     sess = _ort_session(model_path)
     ort_names = [o.name for o in sess.get_outputs()]
@@ -293,13 +366,57 @@ def evaluate(library: str, model_path: str, inputs_npz: str) -> list[OutputCompa
             for i, s in enumerate(model.outputs)]
 
 
+def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_table: str | None = None,
+                    calibration_data: str | None = None, max_samples: int = 16):
+    """The error of every layer's output (each LayerNorm output, then the model outputs) against fp32 on the
+    first `max_samples` samples of inputs_npz (compiler/layer_errors.py). The library's integer graph is rebuilt
+    from the model with its calibration: the table it was compiled with (checked against the manifest's hash), or
+    the calibration data to make it again."""
+    from compiler.layer_errors import layer_errors
+    from compiler.npz import load_samples
+
+    manifest = load(library).manifest
+    warn_if_other_model(manifest, model_path)
+    if manifest.entries:
+        raise IntformerError(f"{library}: --per-layer reads single-graph encoder libraries; this one has entry "
+                             f"points {[e.name for e in manifest.entries]}")
+    if not calibration_table and not calibration_data:
+        raise IntformerError("--per-layer rebuilds the library's integer graph: pass --calibration-table FILE (the "
+                             "table the library was compiled with, from compile --save-calibration-table) or "
+                             "--calibration-data FILE.npz")
+    if calibration_table:
+        from compiler.calibrate.table import CalibrationTable
+
+        table = CalibrationTable.load(calibration_table)
+        digest = hashlib.sha256(json.dumps(table.to_json(), sort_keys=True).encode()).hexdigest()
+        if digest != manifest.calibration_table_sha256:
+            raise IntformerError(f"{calibration_table}: not the calibration table {library} was compiled with "
+                                 f"(sha256 {digest[:12]} != {manifest.calibration_table_sha256[:12]})")
+    options = CompileOptions(input_shapes=tuple((s.name, tuple(s.shape)) for s in manifest.inputs),
+                             calibration_table=calibration_table,
+                             calibration_data=None if calibration_table else calibration_data,
+                             calibration_method=manifest.calibration.get("method", "minmax"), integer_only=False)
+    samples = load_samples(inputs_npz, list(manifest.inputs))[:max_samples]
+    return layer_errors(model_path, options, samples)
+
+
 def print_inspect(library: str) -> None:
     """Print a library's manifest: inputs, outputs, target, matmul counts, float ops."""
     from rich.console import Console
     from rich.table import Table
 
-    m = load(library).manifest
+    from compiler.artifact import Manifest
+    from compiler.io_safety import ForeignLibrary, read_sidecar
+
     con = Console()
+    try:
+        m = load(library).manifest
+    except ForeignLibrary as e:  # cannot be mapped here: its manifest file says the same
+        side = read_sidecar(library)
+        if side is None:
+            raise
+        m = Manifest.from_json(side)
+        con.print(f"{e.args[0].split(';')[0]}; showing {library}.manifest.json", highlight=False, soft_wrap=True)
     t = Table(title=f"{library}")
     t.add_column("kind")
     t.add_column("name")
@@ -335,6 +452,7 @@ def import_marian(model_dir: str, out_dir: str, batch: int = 8, max_src_len: int
     """A Bergamot/Marian model folder -> a seq2seq bundle folder of fp32 ONNX graphs (returns its Seq2SeqSpec)."""
     from compiler.seq2seq.marian import import_marian as _import
 
+    check_output(out_dir, "-o", {"MODEL_DIR": model_dir}, kind="folder")
     spec = _import(model_dir, out_dir, batch=batch, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
     status(f"wrote {out_dir}: encoder + decoder step, batch {batch}, source <= {max_src_len} tokens, "
            f"target <= {max_tgt_len}")
@@ -347,6 +465,10 @@ def translate(model: str, lines, batch: int = 0, beam: int = 1, threads: int = 1
     from compiler.seq2seq.backends import open_backend
     from compiler.seq2seq.decode import DecodeOptions, SentencePieceTokenizer, translate_lines
 
+    if remote is None:
+        check_threads(threads)
+    check_range(beam, "--beam", 1, float("inf"), "a beam size of at least 1")
+    check_range(batch, "--batch", 0, float("inf"), "a batch of at least 1 (0: the compiled batch)")
     backend = open_backend(model, threads=threads, remote=remote)
     tokenizer = SentencePieceTokenizer.of_backend(backend)
     outs, stats = translate_lines(list(lines), backend, tokenizer, DecodeOptions(beam=beam, batch=batch), on_step)

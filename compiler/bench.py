@@ -68,6 +68,9 @@ def run_bench(library: str, threads: int = 1, model: str | None = None, repeats:
     """Median latency of a library, here or (with `remote`, a targets.remote.RemoteSpec) timed on the device."""
     if remote is not None:
         return _run_remote_bench(library, threads, model, repeats, remote)
+    from compiler.io_safety import check_threads
+
+    check_threads(threads)
     os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the runtime's thread pool starts
     from compiler.runtime import CompiledModel
 

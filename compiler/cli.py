@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shutil
 import sys
+import threading
 import time
 
 
@@ -21,6 +24,7 @@ def _compile_options(a):
         smoothing_alpha=a.smoothing_alpha, dump_ir=a.dump_ir, integer_only=a.integer_only,
         allow_float=tuple(a.allow_float), tuning_db=getattr(a, "db", None),
         buckets=tuple(_parse_buckets(b) for b in a.buckets),
+        length_augmentation=a.length_augmentation,
     )
 
 
@@ -68,6 +72,8 @@ def _tune(a) -> int:
     for why, n in sorted(reasons.items()):
         print(f"not tuned ({n} kernels, default schedule): {why}")
     print(f"use it with: intformer compile {a.model} -o OUT.so --target {a.target} --db {a.db}")
+    return 0
+
 
 def _import_marian(a) -> int:
     from compiler import api
@@ -78,8 +84,13 @@ def _import_marian(a) -> int:
 
 def _translate(a) -> int:
     from compiler import api
+    from compiler.io_safety import check_output, write_text
     from compiler.progress import status
 
+    if a.output:
+        check_output(a.output, "-o", {"-i": a.input, "MODEL": a.model})
+    if a.input and not os.path.isfile(a.input):
+        raise _usage(f"-i {a.input}: no such file")
     src = open(a.input, "rb") if a.input else sys.stdin.buffer
     with src:
         data = src.read()
@@ -89,8 +100,7 @@ def _translate(a) -> int:
     outs, st = api.translate(a.model, lines, batch=a.batch, beam=a.beam, threads=a.threads, remote=_remote(a))
     text = "".join(o + "\n" for o in outs)
     if a.output:
-        with open(a.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_text(a.output, text)
     else:
         sys.stdout.buffer.write(text.encode("utf-8"))
         sys.stdout.flush()
@@ -133,6 +143,8 @@ def _eval(a) -> int:
 
     from compiler import api
 
+    if a.per_layer:
+        return _eval_layers(a)
     rows = api.evaluate(a.library, a.model, a.inputs)
     t = Table(title=f"{os.path.basename(a.library)} vs onnxruntime fp32 ({os.path.basename(a.model)})")
     for col in ("output", "cosine mean", "cosine min", "max abs error", "argmax agreement"):
@@ -141,6 +153,25 @@ def _eval(a) -> int:
         t.add_row(r.name, f"{r.cosine_mean:.5f}", f"{r.cosine_min:.5f}", f"{r.max_abs_error:.4g}",
                   f"{100 * r.argmax_agreement:.2f}%")
     Console().print(t)
+    return 0
+
+
+def _eval_layers(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from compiler import api
+
+    rows = api.evaluate_layers(a.library, a.model, a.inputs, a.calibration_table, a.calibration_data,
+                               max_samples=a.samples)
+    t = Table(title=f"{os.path.basename(a.library)}: every layer's output vs onnxruntime fp32 "
+                    f"(the NumPy reference, bit-exact with the library; padded positions left out)")
+    for col in ("#", "tensor", "cosine mean", "cosine min", "max abs error", "fp32 max |x|"):
+        t.add_column(col)
+    for k, r in enumerate(rows):
+        t.add_row(str(k), r.name, f"{r.cosine_mean:.5f}", f"{r.cosine_min:.5f}", f"{r.max_abs_error:.4g}",
+                  f"{r.fp32_absmax:.4g}")
+    Console(width=max(120, shutil.get_terminal_size().columns)).print(t)
     return 0
 
 
@@ -236,12 +267,47 @@ def _add_remote_args(p) -> None:
     g.add_argument("--rpc", metavar="HOST:PORT", help="run on the RPC server at HOST:PORT")
     g.add_argument("--tracker", metavar="HOST:PORT", help="ask this RPC tracker for a device (with --key)")
     g.add_argument("--key", help="device key registered with the tracker")
-    g.add_argument("--timeout", type=float, default=300.0, metavar="S",
+    g.add_argument("--timeout", type=_float_in(0, math.inf), default=300.0, metavar="S",
                    help="seconds each remote step may take before it is an error (default 300)")
 
 
 class _UsageError(Exception):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the option and what is wrong with it) and where the full usage is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(lo: int):
+    """An argparse type: an integer >= lo (a bad value is a usage error before any work starts)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v}: must be at least {lo}")
+        return v
+    return parse
+
+
+def _float_in(lo: float, hi: float):
+    """An argparse type: a finite number in (lo, hi] (lo excluded when it is 0 and hi is infinite)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        ok = math.isfinite(v) and (lo < v if hi == math.inf else lo <= v <= hi)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text}: must be " + (f"a number above {lo}" if hi == math.inf
+                                                                  else f"a number from {lo} to {hi}"))
+        return v
+    return parse
 
 
 def _usage(msg: str) -> _UsageError:
@@ -262,11 +328,15 @@ def _add_model_options(c) -> None:
     g.add_argument("--calibration-data", metavar="CALIB.npz", help="calibration inputs (.npz, leading sample axis)")
     g.add_argument("--calibration-table", metavar="TABLE.json", help="reuse a saved calibration table")
     c.add_argument("--calibration-method", default="minmax",
-                   help="minmax (default), percentile or entropy (KL divergence, TensorRT-style)")
-    c.add_argument("--calibration-samples", type=int, default=0, metavar="N", help="use the first N samples only")
-    c.add_argument("--smoothing-alpha", type=float, default=None, metavar="A",
+                   help="minmax (default), percentile, entropy (KL divergence, TensorRT-style) or mse")
+    c.add_argument("--calibration-samples", type=_int_at_least(1), default=0, metavar="N",
+                   help="use the first N samples only")
+    c.add_argument("--smoothing-alpha", type=_float_in(0.0, 1.0), default=None, metavar="A",
                    help="outlier smoothing strength in [0, 1] for every MatMul input; 0 disables it "
                         "(default: chosen per input on the calibration data)")
+    c.add_argument("--length-augmentation", action=argparse.BooleanOptionalAction, default=True,
+                   help="calibrate on short variants of the samples too (their first tokens and end marker), "
+                        "so that short inputs keep their accuracy (default: on)")
     c.add_argument("--integer-only", action=argparse.BooleanOptionalAction, default=True,
                    help="fail if an op would still compute in float (default: on)")
     c.add_argument("--allow-float", action="append", default=[], metavar="OPTYPE",
@@ -275,10 +345,16 @@ def _add_model_options(c) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="intformer", description="Compile Transformers from ONNX into integer-only "
+    p = _Parser(prog="intformer", description="Compile Transformers from ONNX into integer-only "
                                 "TVM libraries for CPUs and ARM boards.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    # also accepted after the subcommand (`intformer compile --debug ...`); SUPPRESS keeps the top-level value
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[debug], **kw)
 
     c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
     c.add_argument("model", metavar="MODEL", help="an ONNX file, a seq2seq bundle folder (seq2seq.json) or a "
@@ -299,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "keeps them and the next run resumes; `compile --db DIR` applies them.")
     tu.add_argument("model", metavar="MODEL.onnx")
     tu.add_argument("--db", required=True, metavar="DIR", help="tuning database folder (created if missing)")
-    tu.add_argument("--trials", type=int, default=64, metavar="N", help="measured candidates in total (default 64)")
-    tu.add_argument("--trials-per-iter", type=int, default=16, metavar="N",
+    tu.add_argument("--trials", type=_int_at_least(1), default=64, metavar="N", help="measured candidates in total (default 64)")
+    tu.add_argument("--trials-per-iter", type=_int_at_least(1), default=16, metavar="N",
                     help="candidates measured per search round (default 16)")
     tu.add_argument("--kernels", choices=["matmul", "all"], default="matmul",
                     help="matmul (default): the GEMMs and attention matmuls; all: the fused integer kernels too")
@@ -327,13 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("library", metavar="OUT.so")
     e.add_argument("--model", required=True, metavar="MODEL.onnx")
     e.add_argument("--inputs", required=True, metavar="IN.npz")
+    e.add_argument("--per-layer", action="store_true",
+                   help="the error of every layer's output (LayerNorm outputs, then the model outputs)")
+    e.add_argument("--calibration-table", metavar="TABLE.json",
+                   help="with --per-layer: the table the library was compiled with")
+    e.add_argument("--calibration-data", metavar="CALIB.npz",
+                   help="with --per-layer and no table: calibrate again on these samples")
+    e.add_argument("--samples", type=int, default=16, metavar="N", help="with --per-layer: samples used")
     e.set_defaults(func=_eval)
 
     b = sub.add_parser("bench", help="median latency; with --model also onnxruntime fp32 and int8")
     b.add_argument("library", metavar="OUT.so")
-    b.add_argument("--threads", type=int, default=1, metavar="N")
+    b.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N",
+                   help="CPU threads (default 1; at most this machine's CPUs)")
     b.add_argument("--model", metavar="MODEL.onnx")
-    b.add_argument("--repeats", type=int, default=0, metavar="N",
+    b.add_argument("--repeats", type=_int_at_least(1), default=0, metavar="N",
                    help="timed runs (default: adaptive; 10 on a device)")
     b.add_argument("--per-op", action="store_true",
                    help="also print the time per kernel (VM instrument hook), grouped by kernel, with shares")
@@ -349,10 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("translate", help="translate lines of text (stdin -> stdout, one line out per line in)")
     tr.add_argument("model", metavar="OUT.so|BUNDLE_DIR",
                     help="a compiled translation library, or a seq2seq bundle folder (onnxruntime fp32)")
-    tr.add_argument("--batch", type=int, default=0, metavar="N",
+    tr.add_argument("--batch", type=_int_at_least(1), default=0, metavar="N",
                     help="sentences per batch (default and maximum: the compiled batch)")
-    tr.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (default 1: greedy)")
-    tr.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads (default 1)")
+    tr.add_argument("--beam", type=_int_at_least(1), default=1, metavar="K", help="beam size (default 1: greedy)")
+    tr.add_argument("--threads", type=_int_at_least(1), default=1, metavar="N", help="CPU threads (default 1)")
     tr.add_argument("-i", "--input", metavar="IN.txt", help="read this file instead of stdin")
     tr.add_argument("-o", "--output", metavar="OUT.txt", help="write this file instead of stdout")
     _add_remote_args(tr)
@@ -361,10 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     im = sub.add_parser("import-marian", help="a Bergamot/Marian model folder -> a seq2seq bundle of ONNX graphs")
     im.add_argument("model_dir", metavar="MODEL_DIR", help="folder with the model .bin, vocabulary .spm, config .yml")
     im.add_argument("-o", "--output", required=True, metavar="BUNDLE_DIR")
-    im.add_argument("--batch", type=int, default=8, metavar="B", help="compiled batch (default 8)")
-    im.add_argument("--max-src-len", type=int, default=64, metavar="S",
+    im.add_argument("--batch", type=_int_at_least(1), default=8, metavar="B", help="compiled batch (default 8)")
+    im.add_argument("--max-src-len", type=_int_at_least(2), default=64, metavar="S",
                     help="source tokens at most, end of sentence included (default 64; longer lines are split)")
-    im.add_argument("--max-tgt-len", type=int, default=128, metavar="T", help="target tokens at most (default 128)")
+    im.add_argument("--max-tgt-len", type=_int_at_least(2), default=128, metavar="T", help="target tokens at most (default 128)")
     im.set_defaults(func=_import_marian)
 
     i = sub.add_parser("inspect", help="print a compiled library's manifest")
@@ -384,17 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     bd = sub.add_parser("board", help="an emulated aarch64 board (qemu-user + TVM RPC server on 127.0.0.1)")
     bsub = bd.add_subparsers(dest="board_command", required=True, metavar="ACTION")
+    _add_board = bsub.add_parser
+    bsub.add_parser = lambda *args, **kw: _add_board(*args, parents=[debug], **kw)
     cache_help = "board files (default: ~/.cache/intformer/board)"
     bs = bsub.add_parser("start", help="set up on first use, start, print the RPC address")
     bs.add_argument("--cpu", default="cortex-a76", help="qemu CPU: cortex-a76 runs SDOT (rpi5), cortex-a72 does "
                     "not (rpi4), max has everything; default cortex-a76")
-    bs.add_argument("--port", type=int, default=9090, help="RPC port on 127.0.0.1 (default 9090)")
+    bs.add_argument("--port", type=_int_at_least(1), default=9090, help="RPC port on 127.0.0.1 (default 9090)")
     bs.add_argument("--tracker", metavar="HOST:PORT", help="also register with this RPC tracker")
     bs.add_argument("--key", help="device key to register with the tracker")
     bs.add_argument("--cache-dir", help=cache_help)
     bs.set_defaults(func=_board_start)
     bt = bsub.add_parser("stop", help="stop the board on --port (default: every board)")
-    bt.add_argument("--port", type=int)
+    bt.add_argument("--port", type=_int_at_least(1))
     bt.add_argument("--cache-dir", help=cache_help)
     bt.set_defaults(func=_board_stop)
     bu = bsub.add_parser("status", help="list running boards")
@@ -407,17 +493,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compiler.errors import IntformerError
+    rc = _main(argv)
+    if rc == 130 or any(t.name.startswith("intformer-rpc-") and t.is_alive() for t in threading.enumerate()):
+        # a remote step that timed out is still blocked inside TVM's RPC client, or an interrupted tuning run left
+        # MetaSchedule's worker pools mid-call; letting the interpreter tear down around them aborts (SIGABRT) or
+        # prints tracebacks from finalizers, so leave at once with the message already printed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a file descriptor
+        return False
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from compiler.errors import IntformerError, Interrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return rc
+    except BrokenPipeError:  # `intformer inspect lib.so | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except SystemExit as e:  # rich meets a closed pipe by pointing stdout at /dev/null and exiting 1
+        if e.code == 1 and _stdout_is_devnull():
+            return 0
+        raise
     except (IntformerError, _UsageError) as e:
         if args.debug:
             raise
-        print(f"intformer: error: {e}", file=sys.stderr)
-        return 2
+        print(f"intformer: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        return 130 if isinstance(e, Interrupted) else 2
     except KeyboardInterrupt:
         print("intformer: interrupted", file=sys.stderr)
         return 130

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
+from compiler.io_safety import atomic_output
 
 
 def load_samples(path: str, specs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
@@ -18,8 +18,9 @@ def load_samples(path: str, specs: list[TensorSpec]) -> list[dict[str, np.ndarra
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise IntformerError(f"{path}: not a readable .npz file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, zlib.error, a SyntaxError in a damaged header...
+        raise IntformerError(f"{path}: not a readable .npz file ({e or type(e).__name__}); write it again with "
+                             "numpy.savez") from None
     expected = [s.name for s in specs]
     missing = [n for n in expected if n not in arrays]
     extra = [n for n in arrays if n not in expected]
@@ -43,7 +44,11 @@ def load_samples(path: str, specs: list[TensorSpec]) -> list[dict[str, np.ndarra
             want = s.shape_text().replace("x", ", ")
             raise IntformerError(f"{path}: array '{s.name}' has shape {tuple(a.shape)}, expected (samples, "
                                  f"{want}) for input shape {s.shape_text()}")
-        arrays[s.name] = _cast(path, s, a)
+        arrays[s.name] = a = _cast(path, s, a)
+        if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):
+            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            raise IntformerError(f"{path}: array '{s.name}' holds {bad} NaN or infinite values; give finite "
+                                 "numbers")
         counts.add(a.shape[0])
     if len(counts) != 1:
         raise IntformerError(f"{path}: arrays disagree on the number of samples: "
@@ -52,6 +57,19 @@ def load_samples(path: str, specs: list[TensorSpec]) -> list[dict[str, np.ndarra
     if n == 0:
         raise IntformerError(f"{path}: holds zero samples")
     return [{s.name: arrays[s.name][i] for s in specs} for i in range(n)]
+
+
+def check_index_bounds(path: str, samples: list[dict[str, np.ndarray]], rows: dict[str, int]) -> None:
+    """Ids that index an embedding table of ``rows[name]`` rows must lie in [0, rows): an error naming the file,
+    array and table size otherwise."""
+    for name, n in rows.items():
+        values = [f[name] for f in samples if name in f and np.size(f[name])]
+        if not values:
+            continue
+        lo, hi = min(int(np.min(v)) for v in values), max(int(np.max(v)) for v in values)
+        if lo < 0 or hi >= n:
+            raise IntformerError(f"{path}: array '{name}' has values in [{lo}, {hi}], but the model's table has "
+                                 f"{n} rows (valid ids 0 to {n - 1}); was it tokenized for another model?")
 
 
 def _cast(path: str, spec: TensorSpec, a: np.ndarray) -> np.ndarray:
@@ -69,6 +87,8 @@ def _cast(path: str, spec: TensorSpec, a: np.ndarray) -> np.ndarray:
     raise IntformerError(f"{path}: array '{spec.name}' has dtype {a.dtype}, expected {want}")
 
 
-def save_outputs(path: str, names: list[str], per_sample: list[list[np.ndarray]]) -> None:
-    stacked = {n: np.stack([s[i] for s in per_sample]) for i, n in enumerate(names)}
-    np.savez(path, **stacked)
+def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz at exactly ``path`` (np.savez would append .npz to another name), written atomically."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)

@@ -30,6 +30,7 @@ class CompileState:
     table: Optional[CalibrationTable] = None
     table_sha256: str = ""
     relax_mod: Any = None  # the integer graph (what the report and the NumPy reference describe)
+    probes: tuple = ()  # (LayerNorm index in graph order, IntRepr of its integer output): `eval --per-layer`
     lowered_mod: Any = None  # the same graph with matmuls on scheduled kernels (what is built)
     report: dict = field(default_factory=dict)
     target_spec: Any = None  # targets.TargetSpec, resolved before the first stage
@@ -83,7 +84,8 @@ def stage_names() -> list[str]:
     return [name for name, _ in _stages()]
 
 
-def _resolve(options: CompileOptions):
+def resolve_target_spec(options: CompileOptions):
+    """The TargetSpec of ``options.target``, its toolchain checked (what the stages will build for)."""
     from targets import resolve_target
     from targets.toolchain import require_toolchain
 
@@ -109,7 +111,7 @@ def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] 
 
     if has_ranges(options.input_shapes):
         return run_ranged_pipeline(model_path, options, until)
-    state = CompileState(model_path=model_path, options=options, target_spec=_resolve(options))
+    state = CompileState(model_path=model_path, options=options, target_spec=resolve_target_spec(options))
     return _run(state, _stages(), until=until)
 
 
@@ -120,7 +122,7 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
     from compiler import ranged
     from compiler import stages as s
 
-    target = _resolve(options)
+    target = resolve_target_spec(options)
     front, back, module = _stage_groups()
     top = CompileState(model_path=model_path, options=options, target_spec=target)
     top = _run(top, front, label="largest shape: ")
@@ -145,6 +147,14 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
     return _run(linked, stages, until=until)
 
 
+def resume_pipeline(state: CompileState, after: str, until: Optional[str] = None) -> CompileState:
+    """Run the stages that follow `after` on a state run_pipeline(..., until=after) returned."""
+    stages = _stages()
+    names = [n for n, _ in stages]
+    return _run(state, stages[names.index(after) + 1:], first=names.index(after) + 1, total=len(stages),
+                until=until)
+
+
 def run_seq2seq_pipeline(bundle: str, options: CompileOptions, calibration_text: str) -> CompileState:
     """An encoder-decoder bundle -> one module with `encoder` and `decoder` entry points: the per-graph stages
     for each graph, calibrated on text (the decoder on the states of real fp32 decoding), one int8 scale agreed
@@ -154,7 +164,7 @@ def run_seq2seq_pipeline(bundle: str, options: CompileOptions, calibration_text:
     from compiler.seq2seq.spec import load_spec
 
     spec = load_spec(bundle)
-    target = _resolve(options)
+    target = resolve_target_spec(options)
     feeds = record_feeds(bundle, spec, calibration_text)
     front, back, module = _stage_groups()
     total = 2 * (len(front) + len(back)) + len(module)
@@ -186,4 +196,4 @@ def _dump(state: CompileState, index: int, name: str) -> None:
             f.write(onnx.helper.printable_graph(state.onnx_model.graph))
 
 
-__all__ = ["CompileState", "run_pipeline", "stage_names", "replace"]
+__all__ = ["CompileState", "run_pipeline", "resume_pipeline", "stage_names", "replace"]

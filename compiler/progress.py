@@ -30,6 +30,11 @@ def status(message: str) -> None:
         print(f"intformer: {message}", file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr, printed even when progress messages are silenced (INTFORMER_QUIET)."""
+    print(f"intformer: warning: {message}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def tuning_progress(total: int):
     """Yield ``update(task_name, trials_done, best_us_of_task)``: one rich bar over all trials, naming the task

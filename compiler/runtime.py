@@ -1,28 +1,31 @@
 """Load and run a compiled intformer library with the TVM runtime alone (no compiler imports).
 
-This is all a deployment needs: `tvm.runtime`, NumPy and this file's imports (artifact, config, errors).
+This is all a deployment needs: `tvm.runtime`, NumPy and this file's imports (artifact, config, errors,
+io_safety, progress).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 from compiler.artifact import MANIFEST_FUNC, Manifest
 from compiler.errors import IntformerError
+from compiler.io_safety import check_cpu_features, check_library
+from compiler.progress import warn
 
 
 class CompiledModel:
     """A loaded library: `model(feed) -> list of output arrays`."""
 
     def __init__(self, path: str, device=None, module=None, entry: str = ""):
+        sidecar, module_given = None, module
+        if module is None:  # checked before mapping it (a truncated file would die with SIGBUS) and before
+            sidecar = check_library(path)  # importing TVM (seconds)
         import tvm.runtime as rt
 
         if module is None:
-            if not os.path.exists(path):
-                raise IntformerError(f"{path}: no such file")
             try:
                 module = rt.load_module(path)
             except Exception as e:
@@ -30,13 +33,20 @@ class CompiledModel:
                 raise IntformerError(f"{path}: not a loadable compiled library ({first})") from None
         self.path = path
         self.device = device if device is not None else rt.cpu()
-        self._vm = rt.vm.VirtualMachine(module, self.device)
         self._pinned: dict = {}  # input name -> (read-only array, its device tensor)
         try:
+            self._vm = rt.vm.VirtualMachine(module, self.device)
             text = str(self._vm[MANIFEST_FUNC]())
             self.manifest = Manifest.from_json(json.loads(text))
         except Exception:
-            raise IntformerError(f"{path}: not an intformer library (no embedded manifest)") from None
+            raise IntformerError(f"{path}: a shared library but not an intformer model (no embedded manifest); "
+                                 "give the .so `intformer compile` wrote") from None
+        if module_given is None and sidecar is None:  # no manifest beside it: the embedded one names the target
+            check_cpu_features(path, self.manifest.target)
+        if sidecar is not None and sidecar.get("model_sha256") != self.manifest.model_sha256:
+            warn(f"{path}.manifest.json describes another build (model sha256 "
+                   f"{str(sidecar.get('model_sha256'))[:12]}, the library's is {self.manifest.model_sha256[:12]}); "
+                   "the embedded manifest is used")
         self.entry = entry or self.manifest.entry
         if entry:  # one entry point of a library with several (a seq2seq library's encoder or decoder)
             try:

@@ -12,7 +12,7 @@ import onnx
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
 from compiler.pipeline import CompileState
-from compiler.progress import status
+from compiler.progress import status, warn
 
 
 def load(st: CompileState) -> CompileState:
@@ -23,8 +23,11 @@ def load(st: CompileState) -> CompileState:
 
 
 def pin_shapes(st: CompileState) -> CompileState:
-    from compiler.frontend.shapes import bind_input_shapes
+    from compiler.frontend.shapes import bind_input_shapes, graph_inputs
 
+    if not graph_inputs(st.onnx_model):
+        raise IntformerError(f"{st.model_path}: the model has no inputs (every value is a constant), so there is "
+                             "nothing to compile; export it with its inputs (e.g. input_ids) as graph inputs")
     specs = bind_input_shapes(st.onnx_model, st.options.shape_dict())
     return replace(st, inputs=tuple(specs))
 
@@ -54,7 +57,7 @@ def check_ops(st: CompileState) -> CompileState:
 def calibrate(st: CompileState) -> CompileState:
     from compiler.calibrate import collect
     from compiler.calibrate.table import CalibrationTable
-    from compiler.npz import load_samples
+    from compiler.npz import check_index_bounds, load_samples
 
     opts = st.options
     if opts.calibration_table:
@@ -66,13 +69,14 @@ def calibrate(st: CompileState) -> CompileState:
             raise IntformerError(f"{opts.calibration_table}: made for input shapes {shapes}, but this compile "
                                  f"uses {want}; recalibrate or pass matching --input-shape")
         if table.model_sha256 != st.model_sha256:
-            status(f"warning: {opts.calibration_table} was made from a different model file "
+            warn(f"{opts.calibration_table} was made from a different model file "
                    f"(sha256 {table.model_sha256[:12]} != {st.model_sha256[:12]})")
     elif st.samples:  # feeds given by the caller (seq2seq: text, and decoder states of real decoding)
         table = _calibrate_smoothed(st, list(st.samples), st.samples_source or "data")
     else:
         if opts.calibration_data:
             samples = load_samples(opts.calibration_data, list(st.inputs))
+            check_index_bounds(opts.calibration_data, samples, collect.index_bounds(st.onnx_model))
             source = "data"
         else:
             status("warning: no --calibration-data given: calibrating on synthetic inputs; accuracy on real "
@@ -98,9 +102,12 @@ def _calibrate_smoothed(st: CompileState, samples, source):
     model = st.onnx_model
     positions = padding.find_token_positions(model, list(st.inputs), st.model_path)  # padding stays out
     samples = [_pad_to_specs(f, st.inputs) for f in samples]
+    if st.options.length_augmentation:
+        samples = collect.augment_lengths(samples, list(st.inputs))
+    mask_name = collect.mask_input(list(st.inputs))
     if alpha is None or alpha > 0:
         cands = list(smoothing_candidates(model))
-        absmax, rows = collect.channel_stats(model, samples, cands, positions=positions)
+        absmax, rows = collect.channel_stats(model, samples, cands, mask_name=mask_name, positions=positions)
         factors = smoothing_factors(model, absmax, rows, alpha)
         model = onnx.ModelProto()
         model.CopyFrom(st.onnx_model)
@@ -130,9 +137,25 @@ def smooth(st: CompileState) -> CompileState:
     factors = st.table.smoothing_factors()
     if not factors:
         return st
+    _check_smoothing(st, factors)
     model = onnx.ModelProto()
     model.CopyFrom(st.onnx_model)
     return replace(st, onnx_model=apply_smoothing(model, factors))
+
+
+def _check_smoothing(st: CompileState, factors: dict) -> None:
+    """A saved table's smoothing factors fit this model: one per row of every weight the activation feeds."""
+    from compiler.smooth import smoothing_candidates
+
+    where = st.options.calibration_table or "the calibration table"
+    weights = {i.name: tuple(i.dims) for i in st.onnx_model.graph.initializer}
+    cands = smoothing_candidates(st.onnx_model)
+    for name, f in factors.items():
+        rows = {weights[w][0] for w in cands.get(name, ()) if weights[w]}
+        if name not in cands or rows != {len(f)}:
+            raise IntformerError(f"{where}: smoothing factors for '{name}' ({len(f)} channels) do not fit this "
+                                 f"model ({'no such MatMul input' if name not in cands else f'{sorted(rows)} rows'});"
+                                 " it was made for another model: recalibrate with --calibration-data")
 
 
 def annotate(st: CompileState) -> CompileState:
@@ -145,7 +168,12 @@ def annotate(st: CompileState) -> CompileState:
                              f"known: {', '.join(METHODS)}")
     model = onnx.ModelProto()
     model.CopyFrom(st.onnx_model)
-    model, _ = insert_qdq(model, st.table, method)
+    try:
+        model, _ = insert_qdq(model, st.table, method)
+    except IntformerError as e:  # a saved table that lacks this model's tensors: name the file
+        if not st.options.calibration_table:
+            raise
+        raise IntformerError(f"{st.options.calibration_table}: {e}") from None
     return replace(st, onnx_model=model)
 
 
@@ -210,9 +238,18 @@ def integerize(st: CompileState) -> CompileState:
     from compiler.tvm_compat import dead_code_elimination
 
     mod = st.relax_mod
-    for p in (IntegerizeMatmul(), FoldQDQ(), dead_code_elimination(), PropagateScales(), dead_code_elimination()):
-        mod = p(mod)
-    return replace(st, relax_mod=mod)
+    propagate = PropagateScales()
+    try:
+        for p in (IntegerizeMatmul(), FoldQDQ(), dead_code_elimination(), propagate, dead_code_elimination()):
+            mod = p(mod)
+    except ValueError as e:  # fixed_point.quantize_multiplier: a ratio of scales beyond int32 fixed point
+        if "requantization multiplier" not in str(e):
+            raise
+        where = st.options.calibration_table or st.options.calibration_data or "the calibration"
+        raise IntformerError(f"{where}: the calibrated ranges give a {str(e).splitlines()[0]}: some range is "
+                             "implausibly wide (e.g. 1e30); recalibrate on real inputs with --calibration-data"
+                             ) from None
+    return replace(st, relax_mod=mod, probes=propagate.probes)
 
 
 def verify(st: CompileState) -> CompileState:

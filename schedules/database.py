@@ -43,6 +43,25 @@ def _drop_partial_line(path: str) -> bool:
     return True
 
 
+def _check_records(path: str) -> None:
+    """Every line of a record file is a JSON list (MetaSchedule's parser fails without naming the file)."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise IntformerError(f"{path}: is not a file; move it away and tune again")
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ok = isinstance(json.loads(line), list)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise IntformerError(f"{path}: line {n} is not a tuning record ({line[:40]!r}); delete that line "
+                                     "(or the file, losing its records) and run again")
+
+
 class TuningDatabase:
     """The records of one target inside a database folder."""
 
@@ -63,9 +82,15 @@ class TuningDatabase:
                 from compiler.progress import status
 
                 status(f"{os.path.join(self.path, name)}: dropped an unfinished last record (interrupted run)")
-        self.ms_database = ms.database.JSONDatabase(
-            path_workload=os.path.join(self.path, FILES[0]), path_tuning_record=os.path.join(self.path, FILES[1]),
-            allow_missing=True)
+            _check_records(os.path.join(self.path, name))
+        try:
+            self.ms_database = ms.database.JSONDatabase(
+                path_workload=os.path.join(self.path, FILES[0]),
+                path_tuning_record=os.path.join(self.path, FILES[1]), allow_missing=True)
+        except Exception as e:  # noqa: BLE001 - TVM's parser names no file
+            last = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            raise IntformerError(f"{self.path}: the tuning records do not load ({last[-1] if last else e}); "
+                                 f"move {FILES[0]} and {FILES[1]} away and tune again") from None
 
     @staticmethod
     def keys_in(root: str) -> list[str]:

@@ -110,14 +110,9 @@ def amx_permitted() -> bool:
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    from compiler.io_safety import cpu_flags
+
+    return cpu_flags()
 
 
 def _arm64(name: str, desc: str, mcpu: str, isa: tuple[str, ...], qemu_cpu: str) -> TargetSpec:

@@ -15,6 +15,7 @@ from typing import Callable, Optional, TypeVar
 import numpy as np
 
 from compiler.errors import IntformerError
+from compiler.io_safety import check_library
 from compiler.runtime import CompiledModel
 
 T = TypeVar("T")
@@ -75,7 +76,7 @@ def call_with_timeout(fn: Callable[[], T], seconds: float, what: str, where: str
     t.start()
     t.join(seconds)
     if t.is_alive():
-        raise IntformerError(f"{where}: {what}: no answer within {seconds:.0f} s ({hint})")
+        raise IntformerError(f"{where}: {what}: no answer within {seconds:g} s ({hint})")
     if "error" in box:
         e = box["error"]
         if isinstance(e, IntformerError):
@@ -107,8 +108,7 @@ class RemoteModel(CompiledModel):
     """A library uploaded to a device and run there; the same interface as CompiledModel."""
 
     def __init__(self, path: str, spec: RemoteSpec, entry: str = ""):
-        if not os.path.exists(path):
-            raise IntformerError(f"{path}: no such file")
+        check_library(path, local=False)  # a truncated or foreign file fails here, not on the device
         self.spec = spec
         self.session = connect(spec)
         name = os.path.basename(path)

@@ -58,8 +58,36 @@ def _entropy(r: TensorRange) -> tuple[float, float]:
     return max(r.min, -t), min(r.max, t)
 
 
+def mse_threshold(hist: np.ndarray, top: float, levels: int = KL_LEVELS) -> float:
+    """The clipping threshold T over a histogram of |x| (equal bins over [0, top]) that minimizes the expected
+    squared error of int8 quantization: rounding noise step**2 / 12 (step = T / levels) for values inside,
+    (|x| - T)**2 for values clipped (bin centres)."""
+    hist = np.asarray(hist, dtype=np.float64)
+    n = hist.size
+    if n == 0 or hist.sum() == 0:
+        return top
+    centres = (np.arange(n) + 0.5) * top / n
+    best, best_t = np.inf, top
+    for i in range(1, n + 1):
+        t = top * i / n
+        inside = hist[:i].sum()
+        err = inside * (t / levels) ** 2 / 12 + float(np.sum(hist[i:] * (centres[i:] - t) ** 2))
+        if err < best:
+            best, best_t = err, t
+    return best_t
+
+
+def _mse(r: TensorRange) -> tuple[float, float]:
+    """Min/max clipped to the MSE-optimal threshold (min/max when the table has no histogram)."""
+    if not r.hist:
+        return r.min, r.max
+    t = mse_threshold(np.asarray(r.hist), r.hist_max)
+    return max(r.min, -t), min(r.max, t)
+
+
 METHODS: dict[str, Callable[[TensorRange], tuple[float, float]]] = {
     "minmax": _minmax,
     "percentile": _percentile,
     "entropy": _entropy,
+    "mse": _mse,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from compiler.errors import IntformerError
@@ -79,10 +80,6 @@ class CalibrationTable:
             smoothing=tuple((n, tuple(float(x) for x in f)) for n, f in d.get("smoothing", {}).items()),
         )
 
-    def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
-
     @staticmethod
     def load(path: str) -> "CalibrationTable":
         try:
@@ -93,11 +90,28 @@ class CalibrationTable:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise IntformerError(f"{path}: not a JSON calibration table ({e})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise IntformerError(f"{path}: not an intformer calibration table (written by `intformer calibrate` "
-                                 "or `compile --save-calibration-table`)")
+            raise IntformerError(f"{path}: not an intformer calibration table (write one with `intformer compile "
+                                 "... --calibration-data CALIB.npz --save-calibration-table TABLE.json`)")
         if d.get("version") != VERSION:
             raise IntformerError(f"{path}: calibration table version {d.get('version')}, this intformer reads {VERSION}")
         try:
-            return CalibrationTable.from_json(d)
-        except (KeyError, TypeError, ValueError) as e:
-            raise IntformerError(f"{path}: malformed calibration table ({e})") from None
+            table = CalibrationTable.from_json(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise IntformerError(f"{path}: malformed calibration table ({type(e).__name__}: {e}); write it again "
+                                 "with --save-calibration-table") from None
+        for name, r in table.tensors:
+            values = (r.min, r.max, r.pct_lo, r.pct_hi, r.hist_max)
+            if not all(math.isfinite(v) for v in values) or r.min > r.max:
+                raise IntformerError(f"{path}: tensor '{name}' has the range [{r.min}, {r.max}] (percentiles "
+                                     f"{r.pct_lo}, {r.pct_hi}); a range must be finite numbers, min <= max: "
+                                     "recalibrate with --calibration-data")
+        for name, f in table.smoothing:
+            if not all(math.isfinite(x) and x > 0 for x in f):
+                raise IntformerError(f"{path}: smoothing factors of '{name}' must be finite and positive; "
+                                     "recalibrate with --calibration-data")
+        return table
+
+    def save(self, path: str) -> None:
+        from compiler.io_safety import write_text
+
+        write_text(path, json.dumps(self.to_json(), indent=1))

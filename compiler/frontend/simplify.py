@@ -38,7 +38,8 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             first = str(e).strip().splitlines()[0]
-            raise IntformerError(f"onnxruntime cannot load the model to fold its constants: {first}") from None
+            raise IntformerError(_too_long(model) or
+                                 f"onnxruntime cannot load the model to fold its constants: {first}") from None
         folded = onnx.load(dst, load_external_data=True)
     return folded
 
@@ -156,3 +157,24 @@ def remove_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     return remove_unused_initializers(clip_to_max_min(gemm_to_matmul(fold_constants(model))))
+
+
+def _too_long(model: onnx.ModelProto) -> str:
+    """Why folding failed when an input is longer than the model's position table (e.g. BERT's 512
+    positions): its largest embedding table indexed by computed positions, not by an input's values.
+    '' if that is not it."""
+    inits = {i.name: i for i in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input}
+    tables = [(inits[n.input[0]].dims[0], n.input[0]) for n in model.graph.node
+              if n.op_type == "Gather" and len(n.input) > 1 and n.input[0] in inits and n.input[1] not in inputs]
+    if not tables:
+        return ""
+    rows, table = max(tables)
+    for inp in model.graph.input:
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        if inp.name not in inits and len(dims) > 1 and max(dims[1:]) > rows:
+            given = "x".join(map(str, dims))
+            fixed = "x".join(map(str, dims[:1] + [min(d, rows) for d in dims[1:]]))
+            return (f"--input-shape {inp.name}={given}: the model's position table {table} has {rows} rows, so "
+                    f"it takes at most {rows} tokens; use e.g. --input-shape {inp.name}={fixed}")
+    return ""

@@ -141,7 +141,8 @@ class Interpreter:
     def __init__(self, mod: tvm.IRModule, func_name: str = "main"):
         self.func = mod[func_name]
 
-    def __call__(self, *args: np.ndarray):
+    def __call__(self, *args: np.ndarray, trace: dict | None = None):
+        """The outputs; with `trace` (var -> None), also fills it with the value of each of those vars."""
         env = dict(zip(self.func.params, args))
 
         def value(e):
@@ -172,4 +173,7 @@ class Interpreter:
                 else:
                     env[b.var] = value(e)
         out = value(self.func.body.body)
+        if trace is not None:
+            for var in trace:
+                trace[var] = env.get(var)
         return out if isinstance(out, list) else [out]

@@ -41,6 +41,8 @@ class _Propagate(PyExprMutator):
         self.origin: dict = {}  # integer expr -> how a head rule built it (compiler/passes/head_rules.py)
         self.island_ends: set = set()  # float elementwise calls no island or quantize reads (e.g. an output)
         self.at_end = False  # the call being rewritten is one of them: no consumer will tabulate it
+        self.layer_norms: dict = {}  # the var of each LayerNorm of the float graph -> its index, in graph order
+        self.probes: dict = {}  # LayerNorm index -> the IntRepr of its integer output (`eval --per-layer`)
         self.rewritten = 0
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -142,7 +144,11 @@ def _dq_of_quantized(m: _Propagate, call, s: float, z: int):
             return None
         c = io.layernorm_constants(x.scale, shape[-1], x.bound, float(inner.attrs.epsilon), gamma, beta, s16, z16)
         y = intops.emit_layernorm(m.builder_, x.expr, c, "int16")
-        return IntRepr(y, s16, z16, "int16", 65536)
+        out = IntRepr(y, s16, z16, "int16", 65536)
+        k = m.layer_norms.get(q.args[0])
+        if k is not None and k not in m.probes:
+            m.probes[k] = out
+        return out
     table = _tabulate(m, q.args[0], s16, z16)
     if table is not None:
         x, tab = table
@@ -616,14 +622,23 @@ RULES: dict[str, Callable] = {
 
 @tvm.transform.module_pass(opt_level=0, name="IntformerPropagateScales")
 class PropagateScales:
+    """After the pass, `probes`: (LayerNorm index in graph order, IntRepr of its integer output), so that the
+    error of every layer's output can be read off the integer graph (compiler/layer_errors.py)."""
+
     def __init__(self):
         self.rewritten = 0
+        self.probes: tuple = ()
 
     def transform_module(self, mod, ctx):
         mutator = _Propagate(mod)
         mutator.island_ends = _island_ends(mod)
+        mutator.layer_norms = {b.var: k for k, b in enumerate(
+            b for f in mod.functions.values() if isinstance(f, relax.Function) and isinstance(f.body, relax.SeqExpr)
+            for block in f.body.blocks for b in block.bindings
+            if isinstance(b.value, relax.Call) and b.value.op == _op("relax.nn.layer_norm"))}
         mod = mutate_functions(mutator, mod)
         self.rewritten = mutator.rewritten
+        self.probes = tuple(sorted(mutator.probes.items(), key=lambda kv: kv[0]))
         return mod
 
 

@@ -56,7 +56,7 @@ def bert_calibration(seq: int, n: int = CALIB_SAMPLES) -> dict[str, np.ndarray]:
 
 
 def minilm_calibration(seq: int, n: int = CALIB_SAMPLES) -> dict[str, np.ndarray]:
-    from examples.minilm import data
+    from examples.minilm import minilm_data as data
     from examples.minilm.export import tokenizer
 
     calib, _ = data.split(data.bbc_news(), n, 0)

