@@ -25,12 +25,29 @@ class CompileResult:
     manifest: object
     report: dict
     module: object = None  # the integer Relax module the library was built from
+    buckets: tuple = ()  # ranged dims: the compiled sizes, ((variable, size), ...) per bucket function
 
     def reference(self, entry: str = ""):
         """The NumPy twin of the library (of its entry point `entry` when it has several):
-        `reference()(feed) -> list of outputs`, bit-exact."""
+        `reference()(feed) -> list of outputs`, bit-exact. With ranged dims it pads the feed to the bucket
+        the library picks, runs that bucket's integer function and slices the outputs back."""
         from compiler.intmath.interpreter import Interpreter
 
+        if self.buckets:
+            from compiler import ranged
+
+            m, bl = self.manifest, [dict(b) for b in self.buckets]
+            interps = {}
+
+            def run_ranged(feed):
+                b = ranged.pick_bucket(m.inputs, feed, bl)
+                name = ranged.bucket_name(b)
+                interp = interps.setdefault(name, Interpreter(self.module, name))
+                padded = ranged.pad_feed(m.inputs, feed, b)
+                outs = interp(*[padded[s.name] for s in m.inputs])
+                outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+                return ranged.slice_outputs(m.outputs, outs, ranged.input_sizes(m.inputs, feed))
+            return run_ranged
         if entry:
             interp, specs = Interpreter(self.module, entry), self.manifest.entry_spec(entry).inputs
         else:
@@ -107,7 +124,7 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
         st.table.save(save_calibration_table)
     mm = report["matmuls"]
     status(f"wrote {output}: {mm['int8']}/{mm['total']} matmuls int8, target {st.target_spec.name}")
-    return CompileResult(output, st.manifest, report, st.relax_mod)
+    return CompileResult(output, st.manifest, report, st.relax_mod, st.buckets)
 
 
 def check_options(options: CompileOptions) -> None:
@@ -407,7 +424,7 @@ def print_inspect(library: str) -> None:
     t.add_column("dtype")
     for kind, specs in (("input", m.inputs), ("output", m.outputs)):
         for s in specs:
-            t.add_row(kind, s.name, "x".join(map(str, s.shape)), s.dtype)
+            t.add_row(kind, s.name, s.shape_text(), s.dtype)
     con.print(t)
     con.print(f"target: {m.target.get('name')} {m.target.get('llvm')}")
     ops = Table(title="operations of the compiled graph")

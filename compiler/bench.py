@@ -1,4 +1,5 @@
-"""Latency benchmark: a compiled library against onnxruntime fp32 and int8 (quantize_dynamic), in one run.
+"""Latency benchmark: a compiled library against onnxruntime fp32 and int8 (quantize_dynamic) and, when it is
+installed, OpenVINO int8 (nncf), in one run.
 
 Medians of wall-clock time per batch; inputs are drawn from the ranges seen in calibration.
 """
@@ -98,6 +99,18 @@ def run_bench(library: str, threads: int = 1, model: str | None = None, repeats:
             status("timing onnxruntime int8")
             ms, n = time_fn(lambda: qsess.run(None, ort_feed), repeats)
             rows.append(BenchRow("onnxruntime int8 (quantize_dynamic)", ms, n))
+        from compiler.workload import openvino_available, openvino_int8
+
+        if openvino_available():  # optional peer: pip install 'intformer[peers]'
+            status("quantizing with OpenVINO nncf")
+            calib = [{k: v for k, v in bench_inputs(lib.manifest, seed=s).items() if k in ort_feed}
+                     for s in range(1, 9)]
+            ov = openvino_int8(model, threads, calib)
+            status("timing OpenVINO int8")
+            ms, n = time_fn(lambda: ov(ort_feed), repeats)
+            rows.append(BenchRow("OpenVINO int8 (nncf)", ms, n))
+        else:
+            status("OpenVINO not installed (pip install 'intformer[peers]'): not timed")
     return BenchReport(library, threads, {s.name: list(s.shape) for s in lib.inputs}, tuple(rows))
 
 

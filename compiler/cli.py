@@ -23,8 +23,21 @@ def _compile_options(a):
         calibration_method=a.calibration_method, calibration_samples=a.calibration_samples,
         smoothing_alpha=a.smoothing_alpha, dump_ir=a.dump_ir, integer_only=a.integer_only,
         allow_float=tuple(a.allow_float), tuning_db=getattr(a, "db", None),
+        buckets=tuple(_parse_buckets(b) for b in a.buckets),
         length_augmentation=a.length_augmentation,
     )
+
+
+def _parse_buckets(text: str) -> tuple[str, tuple[int, ...]]:
+    """'seq=16,32,64' -> ('seq', (16, 32, 64))."""
+    name, _, sizes = text.partition("=")
+    try:
+        values = tuple(int(v) for v in sizes.split(","))
+    except ValueError:
+        values = ()
+    if not name or not values or min(values) < 1:
+        raise _usage(f"--buckets '{text}': expected DIM=SIZE,SIZE,..., e.g. seq=16,32,64")
+    return name.strip(), values
 
 
 def _compile(a) -> int:
@@ -166,6 +179,19 @@ def _bench(a) -> int:
     from compiler import bench
 
     remote = _remote(a)
+    if a.workload:
+        from compiler import workload
+
+        if remote is not None or a.per_op:
+            raise _usage("--workload times engines on this machine; it cannot be combined with --rpc/--per-op")
+        rep = workload.run_workload(a.library, a.workload, threads=a.threads, model=a.model, batch=a.batch)
+        workload.print_workload(rep)
+        if a.json:
+            import json
+
+            with open(a.json, "w") as f:
+                json.dump(workload.to_json(rep), f, indent=1)
+        return 0
     if a.per_op and remote is not None:
         raise _usage("--per-op times kernels on this machine; it cannot be combined with --rpc/--tracker")
     bench.print_report(bench.run_bench(a.library, threads=a.threads, model=a.model, repeats=a.repeats,
@@ -293,7 +319,11 @@ def _add_model_options(c) -> None:
     c.add_argument("--target", default="host", help="target preset or user target (see `intformer targets`), "
                    "or a target JSON file; default: host")
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
-                   help="static shape of an input, e.g. input_ids=1x128 (repeat per input)")
+                   help="shape of an input, e.g. input_ids=1x128 (repeat per input); a dim may be a range LO..HI, "
+                        "e.g. input_ids=1x1..128: the library then takes every size in it")
+    c.add_argument("--buckets", action="append", default=[], metavar="DIM=SIZES",
+                   help="sizes compiled for a ranged dim, e.g. seq=16,32,64,128 (default: powers of two from 16 "
+                        "and the range's top); an input runs at the smallest that holds it")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--calibration-data", metavar="CALIB.npz", help="calibration inputs (.npz, leading sample axis)")
     g.add_argument("--calibration-table", metavar="TABLE.json", help="reuse a saved calibration table")
@@ -391,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed runs (default: adaptive; 10 on a device)")
     b.add_argument("--per-op", action="store_true",
                    help="also print the time per kernel (VM instrument hook), grouped by kernel, with shares")
+    b.add_argument("--workload", metavar="TEXTS.npz",
+                   help="many samples of different lengths (the attention mask marks each one's): total time and "
+                        "tokens/s of every sample at its own length, vs onnxruntime int8 and OpenVINO int8 (--model)")
+    b.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="with --workload: throughput mode, batches of up to N texts of similar length")
+    b.add_argument("--json", metavar="OUT.json", help="with --workload: also write the figures as JSON")
     _add_remote_args(b)
     b.set_defaults(func=_bench)
 

@@ -7,19 +7,51 @@ from typing import Optional
 
 
 @dataclass(frozen=True)
+class DimRange:
+    """A dim given as a range `LO..HI` in --input-shape: the library accepts every size in it. ``name``: the
+    range's variable (the model's dim_param, e.g. "seq", or "INPUT[AXIS]"); dims with one name take one value."""
+
+    lo: int
+    hi: int
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.lo}..{self.hi}"
+
+
+@dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor with a static shape, as it enters or leaves a compiled model."""
+    """A named tensor as it enters or leaves a compiled model. ``shape`` is static: with ``ranges`` it is the
+    largest shape accepted, and each (axis, lo, hi, variable) lets that axis take any size in [lo, hi]."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+    ranges: tuple[tuple[int, int, int, str], ...] = ()
+
+    def accepts(self, shape) -> bool:
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != len(self.shape):
+            return False
+        ranged = {a: (lo, hi) for a, lo, hi, _ in self.ranges}
+        return all(ranged[a][0] <= d <= ranged[a][1] if a in ranged else d == self.shape[a]
+                   for a, d in enumerate(shape))
+
+    def shape_text(self) -> str:
+        """"1x128", or with ranges "1x1..128"."""
+        ranged = {a: (lo, hi) for a, lo, hi, _ in self.ranges}
+        return "x".join(f"{ranged[a][0]}..{ranged[a][1]}" if a in ranged else str(d) for a, d in enumerate(self.shape))
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.ranges:
+            d["ranges"] = [[a, lo, hi, v] for a, lo, hi, v in self.ranges]
+        return d
 
     @staticmethod
     def from_json(d: dict) -> "TensorSpec":
-        return TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"])
+        return TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"],
+                          tuple((int(a), int(lo), int(hi), str(v)) for a, lo, hi, v in d.get("ranges", ())))
 
 
 @dataclass(frozen=True)
@@ -44,7 +76,7 @@ class CompileOptions:
     """Everything `compile` needs besides the model file."""
 
     target: str = "host"
-    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    input_shapes: tuple[tuple[str, tuple[int | DimRange, ...]], ...] = ()  # a dim may be a range
     calibration_data: Optional[str] = None
     calibration_table: Optional[str] = None
     calibration_method: str = "minmax"
@@ -56,6 +88,7 @@ class CompileOptions:
     dump_ir: Optional[str] = None
     tuning_db: Optional[str] = None  # `intformer tune` database folder: tuned kernels for this target
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    buckets: tuple[tuple[str, tuple[int, ...]], ...] = ()  # ranged dims: variable -> compiled sizes (default: auto)
 
     def shape_dict(self) -> dict[str, tuple[int, ...]]:
         return dict(self.input_shapes)

@@ -37,9 +37,13 @@ def load_samples(path: str, specs: list[TensorSpec]) -> list[dict[str, np.ndarra
         if a.shape == s.shape:  # a single sample without the leading axis
             a = a[None]
             arrays[s.name] = a
-        if tuple(a.shape[1:]) != s.shape:
+        if s.ranges and a.ndim == len(s.shape) and s.accepts(a.shape):  # one sample of a ranged library
+            a = a[None]
+            arrays[s.name] = a
+        if tuple(a.shape[1:]) != s.shape and not (s.ranges and s.accepts(a.shape[1:])):
+            want = s.shape_text().replace("x", ", ")
             raise IntformerError(f"{path}: array '{s.name}' has shape {tuple(a.shape)}, expected (samples, "
-                                 f"{', '.join(map(str, s.shape))}) for input shape {'x'.join(map(str, s.shape))}")
+                                 f"{want}) for input shape {s.shape_text()}")
         arrays[s.name] = a = _cast(path, s, a)
         if a.dtype.kind == "f" and a.size and not np.all(np.isfinite(a)):
             bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))

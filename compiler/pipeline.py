@@ -42,6 +42,7 @@ class CompileState:
     io_qparams: tuple = ()  # (name, scale, zero point): graph inputs/outputs that cross as int8
     entries: tuple = ()  # artifact.EntrySpec of each entry point of a linked module
     seq2seq: Any = None  # the bundle's spec JSON (+ vocabulary) for the manifest
+    buckets: tuple = ()  # ranged dims: the compiled sizes, ((variable, size), ...) per bucket function
 
 
 Stages = list[tuple[str, Callable[[CompileState], CompileState]]]
@@ -106,8 +107,44 @@ def _run(state: CompileState, stages: Stages, first: int = 0, total: int = 0, la
 
 def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] = None) -> CompileState:
     """Run the stages in order; ``until``: stop after that stage (e.g. "schedule": what `tune` tunes)."""
+    from compiler.ranged import has_ranges
+
+    if has_ranges(options.input_shapes):
+        return run_ranged_pipeline(model_path, options, until)
     state = CompileState(model_path=model_path, options=options, target_spec=resolve_target_spec(options))
     return _run(state, _stages(), until=until)
+
+
+def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optional[str] = None) -> CompileState:
+    """Ranged input dims (compiler/ranged.py): the front stages and calibration once at the largest shape, the
+    per-graph stages once per bucket (the same calibration table: equal int8 weights, stored once), the bucket
+    functions linked into one module, then a dispatching `main` and one build."""
+    from compiler import ranged
+    from compiler import stages as s
+
+    target = resolve_target_spec(options)
+    front, back, module = _stage_groups()
+    top = CompileState(model_path=model_path, options=options, target_spec=target)
+    top = _run(top, front, label="largest shape: ")
+    ranged.require_mask(top.inputs)
+    bucket_list = ranged.buckets(ranged.bucket_sizes(top.inputs, options.buckets))
+    status(f"compiling {len(bucket_list)} buckets: " + ", ".join(ranged.bucket_name(b)[5:] for b in bucket_list))
+    uncalibrated = [st for st in front if st[0] != "calibrate"]
+    done = []
+    for b in bucket_list:
+        label = f"{ranged.bucket_name(b)[5:]}: "
+        shapes = ranged.concrete_shapes(top.inputs, b)
+        if shapes == tuple((i.name, i.shape) for i in top.inputs):
+            st = top
+        else:
+            st = CompileState(model_path=model_path, options=replace(options, input_shapes=shapes),
+                              target_spec=target)
+            st = _run(st, uncalibrated, label=label)
+            st = replace(st, table=top.table, table_sha256=top.table_sha256)
+        done.append((b, _run(st, back, label=label)))
+    linked = s.link_buckets(top, done)
+    stages = [("schedule", s.schedule), ("dispatch", s.dispatch), ("build", s.build)]
+    return _run(linked, stages, until=until)
 
 
 def resume_pipeline(state: CompileState, after: str, until: Optional[str] = None) -> CompileState:

@@ -65,9 +65,9 @@ class CompiledModel:
             if s.name not in feed:
                 raise IntformerError(f"missing input '{s.name}'; the library takes {[i.name for i in self.inputs]}")
             a = feed[s.name]
-            if tuple(np.shape(a)) != s.shape:
+            if tuple(np.shape(a)) != s.shape and not (s.ranges and s.accepts(np.shape(a))):
                 raise IntformerError(f"input '{s.name}' has shape {tuple(np.shape(a))}, the library was compiled "
-                                     f"for {s.shape}")
+                                     f"for {s.shape_text() if s.ranges else s.shape}")
             bounds = self._io[2].get(s.name)
             if bounds and np.size(a) and (np.min(a) < bounds[0] or np.max(a) > bounds[1]):
                 raise IntformerError(f"input '{s.name}' has values out of range [{bounds[0]}, {bounds[1]}] "

@@ -64,7 +64,8 @@ def calibrate(st: CompileState) -> CompileState:
         table = CalibrationTable.load(opts.calibration_table)
         shapes = dict(table.input_shapes)
         want = {s.name: s.shape for s in st.inputs}
-        if shapes != want:
+        inside = all(s.ranges and s.name in shapes and s.accepts(shapes[s.name]) for s in st.inputs)
+        if shapes != want and not inside:  # a table made at a shape inside the ranges serves them (padding-free)
             raise IntformerError(f"{opts.calibration_table}: made for input shapes {shapes}, but this compile "
                                  f"uses {want}; recalibrate or pass matching --input-shape")
         if table.model_sha256 != st.model_sha256:
@@ -94,21 +95,40 @@ def _calibrate_smoothed(st: CompileState, samples, source):
     from compiler.calibrate import collect
     from compiler.smooth import apply_smoothing, smoothing_candidates, smoothing_factors
 
+    from compiler.calibrate import padding
+
     alpha = st.options.smoothing_alpha  # None: chosen per activation
     factors = {}
     model = st.onnx_model
+    positions = padding.find_token_positions(model, list(st.inputs), st.model_path)  # padding stays out
+    samples = [_pad_to_specs(f, st.inputs) for f in samples]
     if st.options.length_augmentation:
         samples = collect.augment_lengths(samples, list(st.inputs))
+    mask_name = collect.mask_input(list(st.inputs))
     if alpha is None or alpha > 0:
         cands = list(smoothing_candidates(model))
-        absmax, rows = collect.channel_stats(model, samples, cands, mask_name=collect.mask_input(list(st.inputs)))
+        absmax, rows = collect.channel_stats(model, samples, cands, mask_name=mask_name, positions=positions)
         factors = smoothing_factors(model, absmax, rows, alpha)
         model = onnx.ModelProto()
         model.CopyFrom(st.onnx_model)
         apply_smoothing(model, factors)
-    table = collect.collect(model, samples, st.model_sha256, list(st.inputs), source=source)
+        positions = padding.extend(positions, model)
+    table = collect.collect(model, samples, st.model_sha256, list(st.inputs), source=source, positions=positions)
     return replace(table, smoothing_alpha=-1.0 if alpha is None else alpha,
                    smoothing=tuple((n, tuple(float(x) for x in f)) for n, f in factors.items()))
+
+
+def _pad_to_specs(feed: dict, specs) -> dict:
+    """A sample shorter than the compiled shape (a ranged compile's largest) zero-padded to it: the mask's
+    zeros mark the padding, which calibration leaves out."""
+    import numpy as np
+
+    out = dict(feed)
+    for s in specs:
+        a = feed.get(s.name)
+        if a is not None and tuple(a.shape) != s.shape and len(a.shape) == len(s.shape):
+            out[s.name] = np.pad(a, [(0, t - n) for n, t in zip(a.shape, s.shape)])
+    return out
 
 
 def smooth(st: CompileState) -> CompileState:
@@ -272,3 +292,24 @@ def build(st: CompileState) -> CompileState:
     if st.options.tuning_db:
         status(f"applied {tuned} tuned kernels from {st.options.tuning_db}")
     return replace(st, executable=executable, manifest=manifest, report={**st.report, "tuned_kernels": tuned})
+
+
+def link_buckets(top: CompileState, done: list) -> CompileState:
+    """Ranged dims: each bucket's integer `main` becomes the function named after its sizes in one module (the
+    reference interpreter runs any of them); inputs/outputs carry their ranges."""
+    from compiler import ranged
+
+    mod = ranged.link({ranged.bucket_name(b): st.relax_mod for b, st in done})
+    outputs = ranged.with_input_lows(ranged.output_specs([(b, st.outputs) for b, st in done]), top.inputs)
+    largest = done[-1][1]
+    report = {**largest.report, "buckets": [ranged.bucket_name(b)[5:] for b, _ in done]}
+    return replace(largest, inputs=top.inputs, outputs=outputs, relax_mod=mod, lowered_mod=None, report=report,
+                   entries=(), buckets=tuple(tuple(b.items()) for b, _ in done))
+
+
+def dispatch(st: CompileState) -> CompileState:
+    """Ranged dims: `main` takes any shape in the ranges, pads to the smallest bucket that fits, slices back."""
+    from compiler.ranged import add_dispatch
+
+    buckets = [dict(b) for b in st.buckets]
+    return replace(st, lowered_mod=add_dispatch(st.lowered_mod, st.inputs, st.outputs, buckets))

@@ -6,7 +6,7 @@ Everything else in intformer imports TVM names from here, so a TVM upgrade touch
 from __future__ import annotations
 
 import tvm  # noqa: F401  (the compiler needs the full TVM; the runtime loader does not import this module)
-from tvm import relax
+from tvm import relax, te  # noqa: F401  (te: compute definitions of small kernels)
 from tvm.ir.expr import GenericConst as _GenericConst  # relax.Constant before 0.2x
 from tvm.relax.frontend.onnx import from_onnx as _from_onnx
 
@@ -124,8 +124,8 @@ def export_library(executable, path: str, cross_compiler=None) -> None:
         from tvm.support import cc  # tvm.contrib.cc before 0.2x
 
         executable.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
-    else:
-        executable.export_library(path)
+    else:  # without debug sections: a library with several length buckets carries one set per bucket
+        executable.export_library(path, options=["-Wl,--strip-debug"])
 
 
 def rpc_connect(host: str, port: int, session_timeout: float = 0):

@@ -115,11 +115,19 @@ def _real_positions(v: np.ndarray, mask) -> np.ndarray:
     return v
 
 
+def _real_values(name: str, v: np.ndarray, feed: dict, positions, mask) -> np.ndarray:
+    """The values of tensor `name` at real positions, flattened: by its token axes (positions) when they are
+    known, else by a leading (batch, seq) of the mask's shape."""
+    valid = positions.valid(name, v, feed) if positions is not None else None
+    return v[valid] if valid is not None else _real_positions(v, mask).ravel()
+
+
 def channel_stats(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], names: list[str],
-                  max_rows: int = 512, seed: int = 0, mask_name: str | None = None
+                  max_rows: int = 512, seed: int = 0, mask_name: str | None = None, positions=None
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-channel (last axis) max |x| of the named tensors over all samples (real positions only when the
-    attention-mask input `mask_name` is given), and a random sample of their rows (at most `max_rows`)."""
+    attention-mask input `mask_name` is given), and a random sample of their rows (at most `max_rows`).
+    ``positions`` (calibrate/padding.py): each tensor's own token axes, the attention scores' included."""
     rng = np.random.default_rng(seed)
     absmax: dict[str, np.ndarray] = {}
     rows: dict[str, list] = {}
@@ -127,10 +135,14 @@ def channel_stats(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], 
     for feed, values in _run_observed(model, samples, names, "calibrating (channels)"):
         mask = feed.get(mask_name) if mask_name else None
         for n, v in values.items():
-            v = _real_positions(v, mask)
-            if not v.size:
+            valid = positions.valid(n, v, feed) if positions is not None and v.ndim > 1 else None
+            if valid is not None and v.ndim - 1 not in dict(positions.axes)[n]:
+                r = v.reshape(-1, v.shape[-1])[valid[..., 0].reshape(-1)]
+            else:
+                v = _real_positions(v, mask)
+                r = v.reshape(-1, v.shape[-1]) if v.size else v
+            if not r.size:
                 continue
-            r = v.reshape(-1, v.shape[-1])
             m = np.abs(r).max(axis=0)
             absmax[n] = m if n not in absmax else np.maximum(absmax[n], m)
             pick = rng.choice(r.shape[0], size=min(per_sample, r.shape[0]), replace=False)
@@ -140,9 +152,10 @@ def channel_stats(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], 
 
 def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_sha256: str,
             input_specs: list[TensorSpec], source: str = "data",
-            percentile: float = DEFAULT_PERCENTILE) -> CalibrationTable:
+            percentile: float = DEFAULT_PERCENTILE, positions=None) -> CalibrationTable:
     """Ranges of every float tensor of `model` (min/max and mean per-sample percentiles), over the positions
-    the attention mask marks as real."""
+    the attention mask marks as real. ``positions`` (calibrate/padding.py): each tensor's own token axes (the
+    attention scores' queries and keys included); otherwise a leading (batch, seq) of the mask's shape."""
     names = float_tensors(model)
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
@@ -159,7 +172,7 @@ def collect(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], model_
             in_hi[s.name] = max(in_hi[s.name], float(np.max(feed[s.name])))
         mask = feed.get(mask_name) if mask_name else None
         for n, v in values.items():
-            v = _real_positions(v, mask).ravel()
+            v = _real_values(n, v, feed, positions, mask)
             v = v[np.isfinite(v)]  # masked attention scores can reach -inf; ranges describe finite values
             if v.size == 0:
                 continue

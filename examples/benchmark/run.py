@@ -2,7 +2,8 @@
 
 In one run, for BERT-base (random weights) at seq 128 and 32 and all-MiniLM-L6-v2 (real weights) at seq 128,
 batch 1, 1 and 2 threads: median latency of intformer int8 (tuned if --db holds records for this machine, else
-the default schedules), onnxruntime fp32 and onnxruntime int8 (quantize_dynamic), with ratios; the GEMM
+the default schedules), onnxruntime fp32, onnxruntime int8 (quantize_dynamic) and OpenVINO int8 (nncf, when
+`pip install '.[peers]'` installed it), with ratios; the GEMM
 microbenchmark against this CPU's measured VNNI peak; the per-kernel time breakdown of each compiled model; and
 how long a compile takes (from the warm database when there is one).
 
@@ -169,16 +170,18 @@ def report(results: dict, threads: list[int]) -> None:
 
     con = Console()
     t = Table(title="median latency, batch 1 (ms); ratio = engine / intformer")
-    for col in ("model", "threads", "intformer int8", "ORT fp32", "ORT int8", "fp32 / ours", "int8 / ours",
-                "ours 1T / this"):
+    for col in ("model", "threads", "intformer int8", "ORT fp32", "ORT int8", "OpenVINO int8", "fp32 / ours",
+                "int8 / ours", "OpenVINO / ours", "ours 1T / this"):
         t.add_column(col, justify="right")
     for name, e in results["models"].items():
         one = e.get("1T", {}).get("intformer int8")
         for th in threads:
             r = e[f"{th}T"]
             ours, fp, q = r["intformer int8"], r["onnxruntime fp32"], r["onnxruntime int8 (quantize_dynamic)"]
+            ov = r.get("OpenVINO int8 (nncf)")  # when OpenVINO is installed (pip install '.[peers]')
             t.add_row(name + (" (tuned)" if e["tuned"] else ""), str(th), f"{ours:.2f}", f"{fp:.2f}", f"{q:.2f}",
-                      f"{fp / ours:.2f}x", f"{q / ours:.2f}x", f"{one / ours:.2f}x" if one else "-")
+                      f"{ov:.2f}" if ov else "-", f"{fp / ours:.2f}x", f"{q / ours:.2f}x",
+                      f"{ov / ours:.2f}x" if ov else "-", f"{one / ours:.2f}x" if one else "-")
     con.print(t)
     for name, e in results["models"].items():
         extra = f", tuning {e['tune_s']:.0f} s" if "tune_s" in e else ""

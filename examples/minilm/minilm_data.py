@@ -31,3 +31,10 @@ def encode(tok, texts: list[str], seq: int) -> dict[str, np.ndarray]:
     """The .npz convention: one array per input, leading sample axis, each sample a batch of 1."""
     enc = tok(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
     return {k: enc[k][:, None, :].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def sentences(text: str, min_words: int = 3) -> list[str]:
+    """The sentences of a text (split after . ! ?), those of at least `min_words` words."""
+    import re
+
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= min_words]

@@ -1,0 +1,283 @@
+"""Ranged input dims (`--input-shape input_ids=1x1..128`): one library that takes every shape in the ranges.
+
+Design (length buckets): the model is compiled at a few sizes of each ranged dim (the buckets), each as a
+Relax function of ONE module, so the VM's constant pool keeps one copy of every weight (it deduplicates
+structurally equal constants across functions; the int8 weights of every bucket are equal because one
+calibration table serves them all). The library's `main` takes the inputs at any shape inside the ranges,
+picks the smallest bucket that holds them, pads every ranged axis with zeros up to the bucket (a zero attention
+mask hides the padded keys, so real positions are unchanged), calls the bucket and slices each output back.
+
+Expects: the inputs' TensorSpecs with `ranges` (compiler/frontend/shapes.py). Guarantees: bucket sizes that
+cover each range (the largest is HI), bucket function names, the outputs' ranged axes, and the dispatching
+`main` added to a scheduled module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import replace
+
+import numpy as np
+
+from compiler.config import DimRange, TensorSpec
+from compiler.errors import IntformerError
+
+# default sizes of a ranged dim: powers of two from 16, then HI (see README "Ranged shapes" for the measurement)
+DEFAULT_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def has_ranges(input_shapes) -> bool:
+    return any(isinstance(d, DimRange) for _, dims in input_shapes for d in dims)
+
+
+def range_vars(specs) -> dict[str, tuple[int, int]]:
+    """variable -> (lo, hi), in first-seen order."""
+    out: dict[str, tuple[int, int]] = {}
+    for s in specs:
+        for _, lo, hi, var in s.ranges:
+            out.setdefault(var, (lo, hi))
+    return out
+
+
+def default_sizes(lo: int, hi: int) -> tuple[int, ...]:
+    sizes = [s for s in DEFAULT_STEPS if lo <= s < hi]
+    if not sizes and lo < hi:
+        sizes = [lo] if hi <= 8 else [max(lo, hi // 2)]  # at least two sizes: the slice needs to see the axis move
+    return tuple(sizes) + (hi,)
+
+
+def bucket_sizes(specs, given=()) -> dict[str, tuple[int, ...]]:
+    """variable -> sorted sizes compiled (`given`: (variable, sizes) from --buckets; HI always included)."""
+    given = dict(given)
+    out = {}
+    for var, (lo, hi) in range_vars(specs).items():
+        if var in given:
+            bad = [s for s in given[var] if not lo <= s <= hi]
+            if bad:
+                raise IntformerError(f"--buckets {var}: sizes {bad} are outside its range {lo}..{hi}")
+            sizes = tuple(sorted(set(given[var]) | {hi}))
+            if len(sizes) < 2 and lo < hi:
+                sizes = default_sizes(lo, hi)
+        else:
+            sizes = default_sizes(lo, hi)
+        out[var] = sizes
+    unknown = [v for v in given if v not in out]
+    if unknown:
+        raise IntformerError(f"--buckets names {unknown}, but the ranged dims are {list(out)}")
+    return out
+
+
+def buckets(sizes: dict[str, tuple[int, ...]]) -> list[dict[str, int]]:
+    """Every combination of sizes, smallest volume first (the dispatch takes the first that fits)."""
+    names = list(sizes)
+    combos = [dict(zip(names, c)) for c in itertools.product(*(sizes[n] for n in names))]
+    vol = lambda b: (_prod(b.values()), tuple(b.values()))  # noqa: E731
+    return sorted(combos, key=vol)
+
+
+def _prod(xs) -> int:
+    p = 1
+    for x in xs:
+        p *= x
+    return p
+
+
+def bucket_name(bucket: dict[str, int]) -> str:
+    return "main_" + "x".join(str(v) for v in bucket.values())
+
+
+def concrete_shape(spec: TensorSpec, bucket: dict[str, int]) -> tuple[int, ...]:
+    shape = list(spec.shape)
+    for a, _, _, var in spec.ranges:
+        shape[a] = bucket[var]
+    return tuple(shape)
+
+
+def concrete_shapes(specs, bucket) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple((s.name, concrete_shape(s, bucket)) for s in specs)
+
+
+def output_specs(per_bucket: list[tuple[dict[str, int], tuple[TensorSpec, ...]]]) -> tuple[TensorSpec, ...]:
+    """The outputs with their ranged axes: an axis whose size follows one variable's size across every bucket.
+    The largest bucket's shape is the spec's shape."""
+    top_bucket, top = max(per_bucket, key=lambda bo: _prod(bo[0].values()))
+    lows = {}
+    for b, _ in per_bucket:
+        for v, n in b.items():
+            lows[v] = min(lows.get(v, n), n)
+    out = []
+    for i, spec in enumerate(top):
+        ranges = []
+        for a in range(len(spec.shape)):
+            sizes = [outs[i].shape[a] for _, outs in per_bucket]
+            if len(set(sizes)) == 1:
+                continue
+            match = [v for v in top_bucket if all(outs[i].shape[a] == b[v] for b, outs in per_bucket)]
+            if len(match) != 1:
+                raise IntformerError(f"output '{spec.name}' axis {a} changes with the ranged input dims in a way "
+                                     "intformer cannot slice (it is not one ranged dim); compile fixed shapes")
+            ranges.append((a, 1, top_bucket[match[0]], match[0]))
+        out.append(replace(spec, ranges=tuple(ranges)))
+    return tuple(out)
+
+
+def with_input_lows(outputs, inputs) -> tuple[TensorSpec, ...]:
+    """Output ranges start where the inputs' do."""
+    lo = {var: lo for var, (lo, _) in range_vars(inputs).items()}
+    return tuple(replace(o, ranges=tuple((a, lo.get(v, l0), hi, v) for a, l0, hi, v in o.ranges)) for o in outputs)
+
+
+def require_mask(specs) -> None:
+    """Padding a sequence is exact only where the model masks the padded keys: a ranged dim must be a dim of
+    an attention-mask input when it is not the batch (axis 0)."""
+    masks = [s for s in specs if "mask" in s.name.lower()]
+    masked = {var for s in masks for _, _, _, var in s.ranges}
+    for s in specs:
+        for a, lo, hi, var in s.ranges:
+            if a != 0 and var not in masked:
+                raise IntformerError(f"--input-shape {s.name}: dim {a} has the range {lo}..{hi}, but no attention "
+                                     "mask input shares it; the library pads that dim, which is exact only when a "
+                                     "mask hides the padding. Give the mask the same range (or a fixed shape)")
+
+
+def pick_bucket(specs, feed: dict, bucket_list) -> dict[str, int]:
+    """The smallest bucket holding the feed's shapes (what the library's `main` picks)."""
+    size = {}
+    for s in specs:
+        for a, lo, hi, var in s.ranges:
+            n = int(np.shape(feed[s.name])[a])
+            if not lo <= n <= hi:
+                raise IntformerError(f"input '{s.name}' dim {a} is {n}, outside the compiled range {lo}..{hi}")
+            size[var] = n
+    for b in bucket_list:
+        if all(size[v] <= n for v, n in b.items()):
+            return b
+    raise IntformerError(f"no compiled bucket holds {size}")
+
+
+def pad_feed(specs, feed: dict, bucket) -> dict:
+    """NumPy twin of the library's padding: zeros up to the bucket on every ranged axis."""
+    out = {}
+    for s in specs:
+        a = np.asarray(feed[s.name])
+        out[s.name] = np.pad(a, [(0, t - n) for n, t in zip(a.shape, concrete_shape(s, bucket))]) if s.ranges else a
+    return out
+
+
+def slice_outputs(outputs, values, sizes: dict[str, int]) -> list:
+    """NumPy twin of the library's slicing: each ranged output axis back to the input's size."""
+    out = []
+    for spec, v in zip(outputs, values):
+        idx = [slice(None)] * np.ndim(v)
+        for a, _, _, var in spec.ranges:
+            idx[a] = slice(0, sizes[var])
+        out.append(np.asarray(v)[tuple(idx)])
+    return out
+
+
+def input_sizes(specs, feed) -> dict[str, int]:
+    return {var: int(np.shape(feed[s.name])[a]) for s in specs for a, _, _, var in s.ranges}
+
+
+def link(mods: dict):
+    """One module holding each bucket's integer `main` under its bucket name (the functions' types recorded on
+    their global vars, so `main` can call them)."""
+    from compiler.tvm_compat import BlockBuilder
+
+    bb = BlockBuilder()
+    for name, mod in mods.items():
+        others = [gv.name_hint for gv in mod.functions if gv.name_hint != "main"]
+        if others:
+            raise IntformerError(f"{name}: cannot link a module with functions besides main: {others}")
+        bb.add_func(mod["main"].with_attr("global_symbol", name), name)
+    return bb.get()
+
+
+def _add_kernel(bb, func, name):
+    return bb.add_func(func.with_attr("global_symbol", name), name)
+
+
+# ---- the dispatching `main` -------------------------------------------------------------------------------
+def add_dispatch(mod, inputs, outputs, bucket_list):
+    """Add `main` to `mod` (which holds one function per bucket, named by bucket_name): any shape in the
+    ranges -> the smallest bucket that fits, inputs zero-padded to it, outputs sliced back."""
+    from compiler.tvm_compat import BlockBuilder, expr_type, relax, te, tirx
+
+    syms = {var: tirx.Var(re.sub(r"\W", "_", var), "int64") for var in range_vars(inputs)}
+
+    def sym_shape(spec):
+        ranged = {a: var for a, _, _, var in spec.ranges}
+        return [syms[ranged[a]] if a in ranged else d for a, d in enumerate(spec.shape)]
+
+    params = [relax.Var(s.name, relax.TensorType(sym_shape(s), s.dtype)) for s in inputs]
+    bb = BlockBuilder(mod)
+
+    def pad_func(spec, bucket):
+        src_shape = [tirx.Var(f"n{a}", "int64") if a in {r[0] for r in spec.ranges} else d
+                     for a, d in enumerate(spec.shape)]
+        dst_shape = concrete_shape(spec, bucket)
+        A = te.placeholder(src_shape, spec.dtype, name="src")
+
+        def body(*idx):
+            inside = tirx.all(*[i < n for i, n in zip(idx, src_shape)])
+            return tirx.if_then_else(inside, A(*idx), tirx.const(0, spec.dtype))
+
+        B = te.compute(dst_shape, body, name="padded")
+        return _add_kernel(bb, te.create_prim_func([A, B]), f"intformer_pad_{spec.dtype}_{bucket_name(bucket)[5:]}")
+
+    def slice_func(spec, bucket):
+        src_shape = concrete_shape(spec, bucket)
+        dst_shape = [tirx.Var(f"n{a}", "int64") if a in {r[0] for r in spec.ranges} else d
+                     for a, d in enumerate(spec.shape)]
+        A = te.placeholder(src_shape, spec.dtype, name="src")
+        B = te.compute(dst_shape, lambda *idx: A(*idx), name="sliced")
+        return _add_kernel(bb, te.create_prim_func([A, B]), f"intformer_slice_{spec.dtype}_{bucket_name(bucket)[5:]}")
+
+    def branch(bucket):
+        bindings = []
+
+        def bind(name, expr):
+            expr = bb.normalize(expr)
+            v = relax.Var(name, expr_type(expr))
+            bindings.append(relax.VarBinding(v, expr))
+            return v
+
+        args = []
+        for p, s in zip(params, inputs):
+            if s.ranges:
+                gv = pad_func(s, bucket)
+                out = relax.TensorType(concrete_shape(s, bucket), s.dtype)
+                args.append(bind(f"{s.name}_padded", relax.call_tir(gv, [p], out)))
+            else:
+                args.append(p)
+        res = bind("result", relax.Call(mod.get_global_var(bucket_name(bucket)), args))
+        outs = []
+        for i, s in enumerate(outputs):
+            o = bind(f"out{i}", relax.TupleGetItem(res, i)) if len(outputs) > 1 else res
+            if s.ranges:
+                gv = slice_func(s, bucket)
+                o = bind(f"{s.name}_sliced", relax.call_tir(gv, [o], relax.TensorType(sym_shape(s), s.dtype)))
+            outs.append(o)
+        ret = bind("ret", relax.Tuple(outs)) if len(outputs) > 1 else outs[0]
+        return relax.SeqExpr([relax.BindingBlock(bindings)], ret)
+
+    def fits(bucket):
+        return tirx.all(*[syms[v] <= n for v, n in bucket.items()])
+
+    body = branch(bucket_list[-1])
+    for k, bucket in enumerate(reversed(bucket_list[:-1])):
+        choice = bb.normalize(relax.If(relax.prim_value(fits(bucket)), branch(bucket), body))
+        v = relax.Var(f"chosen{k}", expr_type(choice))
+        body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(v, choice)])], v)
+    lo_hi = range_vars(inputs)
+    inside = tirx.all(*[tirx.all(syms[v] >= lo, syms[v] <= hi) for v, (lo, hi) in lo_hi.items()])
+    msg = "input shape outside the compiled ranges " + ", ".join(f"{v}={lo}..{hi}" for v, (lo, hi) in lo_hi.items())
+    check = relax.op.assert_op(relax.prim_value(inside), format=msg)
+    chk = relax.Var("in_range", expr_type(bb.normalize(check)))
+    final = bb.normalize(body)
+    ret_ty = expr_type(final)
+    fn = relax.Function(params, relax.SeqExpr([relax.BindingBlock([relax.VarBinding(chk, check)])], final),
+                        ret_ty).with_attr("global_symbol", "main")
+    bb.add_func(fn, "main")
+    return bb.get()
