@@ -375,6 +375,8 @@ def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_
     from compiler.layer_errors import layer_errors
     from compiler.npz import load_samples
 
+    if max_samples < 1:
+        raise IntformerError(f"--samples must be at least 1 (got {max_samples})")
     manifest = load(library).manifest
     warn_if_other_model(manifest, model_path)
     if manifest.entries:

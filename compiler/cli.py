@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --per-layer: the table the library was compiled with")
     e.add_argument("--calibration-data", metavar="CALIB.npz",
                    help="with --per-layer and no table: calibrate again on these samples")
-    e.add_argument("--samples", type=int, default=16, metavar="N", help="with --per-layer: samples used")
+    e.add_argument("--samples", type=_int_at_least(1), default=16, metavar="N",
+                   help="with --per-layer: samples used")
     e.set_defaults(func=_eval)
 
     b = sub.add_parser("bench", help="median latency; with --model also onnxruntime fp32 and int8")

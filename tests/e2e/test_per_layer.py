@@ -49,3 +49,16 @@ def test_cli_prints_a_row_per_layer(tiny_bert_lib, capsys):
                  "--samples", "1"]) == 0
     out = capsys.readouterr().out
     assert "last_hidden_state" in out and out.count("LayerNorm") >= 5
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "x"])
+def test_samples_below_one_is_a_usage_error(tiny_bert_lib, bad, capsys):
+    from compiler.cli import main
+
+    lib, _, model, test = tiny_bert_lib
+    with pytest.raises(SystemExit) as e:
+        main(["eval", lib, "--model", model, "--inputs", test, "--per-layer", "--samples", bad])
+    assert e.value.code == 2
+    assert "--samples" in capsys.readouterr().err
+    with pytest.raises(IntformerError, match="at least 1"):
+        evaluate_layers(lib, model, test, calibration_table="t.json", max_samples=0)
