@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -390,7 +389,7 @@ def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_
         from compiler.calibrate.table import CalibrationTable
 
         table = CalibrationTable.load(calibration_table)
-        digest = hashlib.sha256(json.dumps(table.to_json(), sort_keys=True).encode()).hexdigest()
+        digest = table.sha256()
         if digest != manifest.calibration_table_sha256:
             raise IntformerError(f"{calibration_table}: not the calibration table {library} was compiled with "
                                  f"(sha256 {digest[:12]} != {manifest.calibration_table_sha256[:12]})")

@@ -3,8 +3,6 @@ the module that does the work and records the result in a new CompileState."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import replace
 
 import onnx
@@ -86,7 +84,7 @@ def calibrate(st: CompileState) -> CompileState:
         if opts.calibration_samples:
             samples = samples[: opts.calibration_samples]
         table = _calibrate_smoothed(st, samples, source)
-    digest = hashlib.sha256(json.dumps(table.to_json(), sort_keys=True).encode()).hexdigest()
+    digest = table.sha256()
     return replace(st, table=table, table_sha256=digest)
 
 

@@ -57,6 +57,12 @@ class CalibrationTable:
     def ranges(self) -> dict[str, TensorRange]:
         return dict(self.tensors)
 
+    def sha256(self) -> str:
+        """The digest a library's manifest records for the table it was compiled with."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
     def to_json(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION, "model_sha256": self.model_sha256,

@@ -7,7 +7,8 @@ Guarantees: each such matmul becomes `matmul(int8, int8, out_dtype=int32)` with 
 into int32 constants (or exact runtime corrections when both operands vary), a constant bias vector added
 in int32 at the accumulator's scale, followed by a fixed-point
 requantization (int64 multiply by an int32 mantissa, rounding shift, clip) to int16 on the output range
-(16x wider where the function returns the result), then a dequantize for the float ops that follow (the integer-only issue removes those).
+(16x wider where the function returns the result), then a dequantize for the float ops that follow (the
+integer-only issue removes those).
 Constant weights are quantized symmetric int8 per output channel. Nothing else changes.
 """
 
@@ -18,6 +19,7 @@ import tvm
 from tvm import relax
 
 from compiler.passes.intops import emit_qmatmul, emit_requantize, quantize_weight
+from compiler.passes.intrepr import scalar as _scalar
 from compiler.tvm_compat import (PyExprMutator, const, constant_value, expr_functor_mutator, mutate_functions,
                                   tensor_info)
 
@@ -34,13 +36,6 @@ OUT_REFINE = 256
 OUTPUT_HEADROOM = 16  # a model output (logits) keeps 16x its calibrated range (steps still 16x finer than int8):
 # inputs unlike the calibration text must not saturate what the user reads
 _LAYOUT = {"relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.permute_dims", "relax.strided_slice"}
-
-
-def _scalar(expr) -> float | None:
-    v = constant_value(expr)
-    if v is None or v.size != 1:
-        return None
-    return v.reshape(()).item()
 
 
 @expr_functor_mutator
