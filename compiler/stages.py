@@ -238,7 +238,8 @@ def integerize(st: CompileState) -> CompileState:
     mod = st.relax_mod
     propagate = PropagateScales()
     try:
-        for p in (IntegerizeMatmul(), FoldQDQ(), dead_code_elimination(), propagate, dead_code_elimination()):
+        for p in (IntegerizeMatmul(st.options.token_scales), FoldQDQ(), dead_code_elimination(), propagate,
+                  dead_code_elimination()):
             mod = p(mod)
     except ValueError as e:  # fixed_point.quantize_multiplier: a ratio of scales beyond int32 fixed point
         if "requantization multiplier" not in str(e):

@@ -300,6 +300,79 @@ def rescale(x: np.ndarray, zp: int, m0: int, shift: int) -> np.ndarray:
     return (v + (np.int64(1) << (shift - 1))) >> shift
 
 
+# ---- per-token activation scales (dynamic rows) -------------------------------------------------------------
+# A matmul input is carried as int16 codes of one static, symmetric scale s16 (the calibrated range over 32767
+# levels) and quantized to int8 at run time row by row: each row (a token) gets the scale s16 * 2**k with the
+# smallest k that fits its largest |code| into [-127, 127] after rounding, so a token far inside the calibrated
+# range keeps up to 2**8 finer steps than the static int8 scale (I-LLM's dynamic integer matmul with
+# power-of-two row scales: the requantization after the matmul shifts by k less, no per-row multiplier).
+ROW_SHIFT_MAX = 9  # int16 codes: |x| <= 32768 fits 127 after 9 halvings
+# k is the number of thresholds a row's max |code| exceeds: with k halvings (rounding half up) max |x| rounds
+# to at most 127 exactly when max |x| <= 128 * 2**k - 2**(k - 1) - 1 (127 for k = 0)
+ROW_SHIFT_THRESHOLDS = tuple(127 if k == 0 else 128 * 2 ** k - 2 ** (k - 1) - 1 for k in range(ROW_SHIFT_MAX))
+
+
+def row_quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int16 codes (…, rows, K) -> (int8 codes, int32 shifts k (…, rows, 1)): q = clip((x + 2**k >> 1) >> k,
+    -127, 127), k the smallest shift that brings the row's max |x| into 127. Error: at most half a step of
+    s16 * 2**k per element, and the step is at most max|row| / 63.5 (never coarser than half a static int8 step
+    of the same range)."""
+    x = x.astype(np.int32)
+    m = np.max(np.abs(x), axis=-1, keepdims=True)
+    k = np.sum(m > np.array(ROW_SHIFT_THRESHOLDS, np.int32), axis=-1, keepdims=True).astype(np.int32)
+    half = np.left_shift(np.int32(1), k) >> 1
+    q = np.clip((x + half) >> k, -127, 127).astype(np.int8)
+    return q, k
+
+
+def row_multipliers(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fixed-point (m0, shift) per column for requantize_rows, or None when some shift is too small to be
+    reduced by every k (a multiplier above 2**(31 - ROW_SHIFT_MAX - 1): the input stays statically quantized).
+    A zero multiplier gets the smallest shift that stays valid (its products are 0 anyway)."""
+    pairs = [quantize_multiplier(float(m)) for m in np.asarray(multiplier, np.float64).ravel()]
+    m0 = np.array([p[0] for p in pairs], np.int64).reshape(np.shape(multiplier))
+    sh = np.array([p[1] if p[0] else ROW_SHIFT_MAX + 1 for p in pairs], np.int64).reshape(np.shape(multiplier))
+    return (m0, sh) if np.all(sh > ROW_SHIFT_MAX) else None
+
+
+def requantize_rows(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, k: np.ndarray, bias: np.ndarray,
+                    zero_point: int, out_dtype=np.int16) -> np.ndarray:
+    """int32 accumulators of row-quantized inputs (row i at scale s16 * 2**k_i, column j at the weight's scale)
+    -> output codes: (acc * m0_j + 2**(sh - 1)) >> sh with sh = shift_j - k_i, then + bias_j + zero_point (the
+    bias already at the output scale), clipped. |acc| < 2**31 and m0 < 2**31 keep the product below 2**62."""
+    x = acc.astype(np.int64) * m0.astype(np.int64)
+    sh = shift.astype(np.int64) - k.astype(np.int64)
+    x = (x + np.left_shift(np.int64(1), sh - 1)) >> sh
+    info = np.iinfo(out_dtype)
+    return np.clip(x + bias.astype(np.int64) + zero_point, info.min, info.max).astype(out_dtype)
+
+
+# ---- embedding tables with a scale per row ----------------------------------------------------------------
+# An embedding table's rows differ in magnitude by orders (rare tokens, position rows): one int8 scale for the
+# whole table leaves small rows a few levels. Each row r gets its own step M_r * s (M_r an integer multiplier of
+# one fine step s = max row step / 2**TABLE_ROW_BITS), its codes are quantized at exactly that step, and a gather
+# returns codes * M_r in int32 at scale s: the same int8 table plus one int16 per row.
+TABLE_ROW_BITS = 14  # M_r <= 2**14 fits int16; |codes * M_r| <= 127 * 2**14 < 2**21
+
+
+def row_scaled_table(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(int8 codes (V, ...), int16 multipliers (V, 1), fine scale s): table[r] ~= codes[r] * M_r * s, with
+    |error| <= M_r * s / 2 <= (max |table[r]| / 127 + s) / 2 per element."""
+    t = np.asarray(table, np.float64).reshape(table.shape[0], -1)
+    row_max = np.max(np.abs(t), axis=1)
+    top = float(np.max(row_max)) or 1.0
+    fine = top / 127.0 / 2 ** TABLE_ROW_BITS
+    mult = np.clip(np.ceil(row_max / 127.0 / fine), 1, 2 ** TABLE_ROW_BITS).astype(np.int64)
+    codes = np.clip(np.round(t / (mult[:, None] * fine)), -127, 127).astype(np.int8)
+    return codes.reshape(table.shape), mult.astype(np.int16).reshape(-1, 1), fine
+
+
+def gather_rows(codes: np.ndarray, mult: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """int32 codes * M_r of the rows ``idx`` (axis 0), at the table's fine scale."""
+    i = idx.astype(np.int64)
+    return codes[i].astype(np.int32) * mult[i].astype(np.int32).reshape(i.shape + (1,) * (codes.ndim - 1))
+
+
 # ---- lookup tables ---------------------------------------------------------------------------------------
 def lookup(x: np.ndarray, table: np.ndarray, offset: int) -> np.ndarray:
     """table[x + offset]: an elementwise function of an 8- or 16-bit integer tensor."""

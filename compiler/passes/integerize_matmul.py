@@ -9,7 +9,10 @@ in int32 at the accumulator's scale, followed by a fixed-point
 requantization (int64 multiply by an int32 mantissa, rounding shift, clip) to int16 on the output range
 (16x wider where the function returns the result), then a dequantize for the float ops that follow (the
 integer-only issue removes those).
-Constant weights are quantized symmetric int8 per output channel. Nothing else changes.
+Constant weights are quantized symmetric int8 per output channel. With ``row_scales`` (`--token-scales`), the
+activation of a constant-weight matmul is instead carried as int16 codes of its calibrated range and quantized to
+int8 per row (token) at run time with a power-of-two step (intmath.row_quantize); the requantization shifts each
+row by its own amount (intmath.requantize_rows), the bias added at the output scale. Nothing else changes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.passes.intops import emit_qmatmul, emit_requantize, quantize_weight
+from compiler.intmath.integer_ops import row_multipliers
+from compiler.passes.intops import (emit_qmatmul, emit_requantize, emit_requantize_rows, emit_row_quantize,
+                                    quantize_weight)
 from compiler.passes.intrepr import scalar as _scalar
 from compiler.tvm_compat import (PyExprMutator, const, constant_value, expr_functor_mutator, mutate_functions,
                                   tensor_info)
@@ -40,9 +45,11 @@ _LAYOUT = {"relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.permute
 
 @expr_functor_mutator
 class _Integerize(PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, row_scales: bool = False):
         super().__init__(mod)
         self.rewritten = 0
+        self.row_scaled = 0
+        self.row_scales = row_scales
         self.outputs = _output_calls(mod)
 
     def _producer(self, expr, op):
@@ -105,18 +112,48 @@ class _Integerize(PyExprMutator):
             if bias.size not in (1, n) or (bias.size == n and bias.shape[-1] != n):
                 return call  # not a per-output-channel vector: the matmul stays as it was
             bias = np.broadcast_to(bias.reshape(-1), (n,))
+        # The annotation's int8 grid, refined OUT_REFINE times: same range, finer steps (outlier-safe).
+        s_out = np.float64(np.float32(so)) / refine
+        z_out = int(zo) * refine
+        rows = self._row_scaled(mm.args[0], sa, za, sb, zb, b_val, bias, s_out, z_out, b_q)
+        if rows is not None:
+            self.rewritten += 1
+            self.row_scaled += 1
+            return relax.op.dequantize(rows, const(s_out, "float32"), const(z_out, OUT_DTYPE), axis=-1,
+                                       out_dtype="float32")
         acc = emit_qmatmul(bb, a_q, za, b_q, zb, b_val)
         if bias is not None:
             acc_scale = sa * np.asarray(sb, dtype=np.float64)
             q_bias = np.clip(np.round(bias.astype(np.float64) / acc_scale), -(2 ** 31), 2 ** 31 - 1)
             acc = bb.emit(relax.op.add(acc, const(q_bias.astype(np.int64), "int32")))
         self.rewritten += 1
-        # The annotation's int8 grid, refined OUT_REFINE times: same range, finer steps (outlier-safe).
-        s_out = np.float64(np.float32(so)) / refine
-        z_out = int(zo) * refine
         y = emit_requantize(bb, acc, sa * np.asarray(sb) / s_out, z_out, OUT_DTYPE)
         return relax.op.dequantize(y, const(s_out, "float32"), const(z_out, OUT_DTYPE), axis=-1,
                                    out_dtype="float32")
+
+
+    def _row_scaled(self, a_expr, sa, za, sb, zb, b_val, bias, s_out, z_out, b_q):
+        """Per-token activation scales: the activation of a constant-weight matmul as int16 codes of the
+        calibrated range (symmetric), quantized to int8 row by row at run time (intmath.row_quantize), the
+        accumulators requantized with each row's shift (intmath.requantize_rows). None if not applicable."""
+        if not self.row_scales or b_val is None or zb != 0:
+            return None
+        q = self._producer(self._producer(a_expr, _DEQUANTIZE).args[0], _QUANTIZE)
+        if q is None:
+            return None
+        s16 = max(abs(-128 - za), abs(127 - za)) * float(sa) / 32767.0
+        mults = row_multipliers(s16 * np.asarray(sb, np.float64) / s_out)
+        if mults is None:
+            return None
+        bb = self.builder_
+        x16 = bb.emit(relax.op.quantize(q.args[0], const(s16, "float32"), const(0, "int16"), axis=-1,
+                                        out_dtype="int16"))
+        a_q, k = emit_row_quantize(bb, x16)
+        acc = bb.emit(relax.op.matmul(a_q, b_q, out_dtype="int32"))
+        n = b_val.shape[-1]
+        b_out = np.zeros(n) if bias is None else np.round(bias.astype(np.float64) / s_out)
+        b_out = np.clip(b_out, -(2 ** 40), 2 ** 40).astype(np.int64)
+        return emit_requantize_rows(bb, acc, *mults, k, b_out, z_out, OUT_DTYPE)
 
 
 def _output_calls(mod) -> set:
@@ -141,11 +178,14 @@ def _output_calls(mod) -> set:
 
 @tvm.transform.module_pass(opt_level=0, name="IntformerIntegerizeMatmul")
 class IntegerizeMatmul:
-    def __init__(self):
+    def __init__(self, row_scales: bool = False):
         self.rewritten = 0
+        self.row_scaled = 0
+        self.row_scales = row_scales
 
     def transform_module(self, mod, ctx):
-        mutator = _Integerize(mod)
+        mutator = _Integerize(mod, self.row_scales)
         mod = mutate_functions(mutator, mod)
         self.rewritten = mutator.rewritten
+        self.row_scaled = mutator.row_scaled
         return mod

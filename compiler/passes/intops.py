@@ -69,6 +69,41 @@ def emit_requantize(bb, acc, multiplier: np.ndarray, zero_point: int, out_dtype:
     return bb.emit(R.astype(x, out_dtype))
 
 
+def emit_row_quantize(bb, x):
+    """int16 codes -> (int8 codes, int32 per-row shifts): intmath.row_quantize."""
+    from compiler.intmath import integer_ops as io
+
+    x = bb.emit(R.astype(x, "int32"))
+    m = bb.emit(R.max(bb.emit(R.abs(x)), axis=[-1], keepdims=True))
+    above = bb.emit(R.greater(m, const(np.array(io.ROW_SHIFT_THRESHOLDS, np.int32), "int32")))
+    k = bb.emit(R.sum(bb.emit(R.astype(above, "int32")), axis=[-1], keepdims=True))
+    half = bb.emit(R.right_shift(bb.emit(R.left_shift(const(1, "int32"), k)), const(1, "int32")))
+    q = bb.emit(R.right_shift(bb.emit(R.add(x, half)), k))
+    return bb.emit(R.astype(bb.emit(R.clip(q, -127, 127)), "int8")), k
+
+
+def emit_requantize_rows(bb, acc, m0: np.ndarray, shift: np.ndarray, k, bias: np.ndarray, zero_point: int,
+                         out_dtype: str = "int16"):
+    """int32 accumulators of row-quantized inputs -> int8/int16: intmath.requantize_rows, (m0, shift) from
+    intmath.row_multipliers (per column, for k = 0), ``bias`` at the output scale."""
+    x = bb.emit(R.multiply(_i64(bb, acc), const(m0, "int64")))
+    sh = bb.emit(R.subtract(const(shift, "int64"), bb.emit(R.astype(k, "int64"))))
+    one = const(1, "int64")
+    x = bb.emit(R.add(x, bb.emit(R.left_shift(one, bb.emit(R.subtract(sh, one))))))
+    x = bb.emit(R.right_shift(x, sh))
+    x = bb.emit(R.add(x, const(np.asarray(bias, np.int64) + np.int64(zero_point), "int64")))
+    info = np.iinfo(out_dtype)
+    return bb.emit(R.astype(bb.emit(R.clip(x, int(info.min), int(info.max))), out_dtype))
+
+
+def emit_gather_rows(bb, codes: np.ndarray, mult: np.ndarray, idx):
+    """int32 rows of a row-scaled table (intmath.row_scaled_table) at its fine scale: intmath.gather_rows."""
+    c = bb.emit(R.astype(bb.emit(R.take(const(codes, "int8"), idx, axis=0)), "int32"))
+    m = bb.emit(R.astype(bb.emit(R.take(const(mult.reshape(-1, *([1] * (codes.ndim - 1))), "int16"), idx,
+                                        axis=0)), "int32"))
+    return bb.emit(R.multiply(c, m))
+
+
 # ---- integer nonlinearities (NumPy twins in compiler/intmath/integer_ops.py) -----------------------------
 def _i64(bb, x):
     from compiler.tvm_compat import tensor_info

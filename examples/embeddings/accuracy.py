@@ -81,6 +81,7 @@ def main() -> int:
     ap.add_argument("--method", default="minmax")
     ap.add_argument("--alpha", type=float, default=None)
     ap.add_argument("--label", default="default")
+    ap.add_argument("--token-scales", action="store_true", help="per-token activation scales (compile option)")
     ap.add_argument("--allow-float", action="store_true", help="compile with --no-integer-only")
     ap.add_argument("--peers", action="store_true", help="also measure onnxruntime quantize_dynamic")
     args = ap.parse_args()
@@ -105,12 +106,14 @@ def main() -> int:
     t0 = time.time()
     opts = CompileOptions(input_shapes=(("input_ids", (1, args.seq)),), calibration_data=calib_npz,
                           calibration_method=args.method, smoothing_alpha=args.alpha,
-                          integer_only=not args.allow_float)
+                          integer_only=not args.allow_float, token_scales=args.token_scales)
     res = compile_model(onnx_path, lib, opts)
     print(f"compiled in {time.time() - t0:.0f} s; float ops: {res.report['float_ops']}; "
           f"matmuls {res.report['matmuls']}", flush=True)
     engines = {args.label: {}}
     for k, v in sets.items():
+        if k == "train":  # only the fp32 classifier needs the training reviews
+            continue
         path = os.path.join(args.out, f"{k}{args.seq}.npz")
         np.savez(path, **v)
         engines[args.label][k] = run(lib, path)[heads.output_name("pooled")].reshape(len(ref[k]), -1)
@@ -119,7 +122,7 @@ def main() -> int:
 
         q = os.path.join(args.out, "pooled.int8.onnx")
         quantize_dynamic(onnx_path, q, weight_type=QuantType.QInt8)
-        engines["onnxruntime int8"] = {k: ort_run(q, v) for k, v in sets.items()}
+        engines["onnxruntime int8"] = {k: ort_run(q, v) for k, v in sets.items() if k != "train"}
     w = logistic(ref["train"], np.array([y for _, y in train], np.float64))
     y_ref = predict(w, ref["reviews"])
     rows = []

@@ -225,3 +225,87 @@ def test_l2_normalize_matches_twin_and_float(rows, hidden, bound, seed):
         xf = x[1:].astype(np.float64)
         want = xf / np.linalg.norm(xf, axis=-1, keepdims=True)
         assert np.max(np.abs(ref[1:] / 2.0 ** io.L2_OUT_FRAC_BITS - want)) <= L2_MAX_ABS_ERROR
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([1, 3]), st.sampled_from([1, 8, 96]), st.integers(0, 15), st.integers(0, 2 ** 32 - 1))
+def test_row_quantize_matches_twin_and_bound(rows, k_dim, bits, seed):
+    """Each row gets the smallest power-of-two step that fits its max |code| into 127: the twin's error is at
+    most half that step, the step at most max|row| / 63.5, and the emitter equals the twin."""
+    rng = np.random.default_rng(seed)
+    lim = 2 ** bits
+    x = rng.integers(-lim, lim, size=(2, rows, k_dim)).clip(-32768, 32767).astype(np.int16)
+    x[0, 0, 0] = -32768 if bits == 15 else x[0, 0, 0]  # the extreme code
+    fq = _compiled(("rowq", rows, k_dim), lambda bb, v: intops.emit_row_quantize(bb, v)[0], (2, rows, k_dim),
+                   "int16")
+    fk = _compiled(("rowk", rows, k_dim), lambda bb, v: intops.emit_row_quantize(bb, v)[1], (2, rows, k_dim),
+                   "int16")
+    q, k = io.row_quantize(x)
+    assert np.array_equal(fq(x), q)
+    assert np.array_equal(fk(x), k)
+    step = 2.0 ** k
+    m = np.abs(x.astype(np.int64)).max(-1, keepdims=True)
+    assert np.all(np.abs(q * step - x) <= step / 2)
+    assert np.all(step <= np.maximum(m / 63.5, 1))
+    assert np.all(np.abs(q.astype(np.int64)) <= 127)
+    # k is the smallest such shift: one halving less would not fit
+    smaller = np.where(k > 0, (m + (2.0 ** (k - 1)) // 2) // 2.0 ** np.maximum(k - 1, 0), 0)
+    assert np.all((k == 0) | (smaller > 127))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([1, 5]), st.sampled_from([4, 64]), st.floats(1e-7, 1e-2), st.integers(-300, 300),
+       st.integers(0, 2 ** 32 - 1))
+def test_requantize_rows_matches_twin_and_float(rows, n, mult, zp, seed):
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-2 ** 24, 2 ** 24, size=(rows, n)).astype(np.int32)
+    k = rng.integers(0, io.ROW_SHIFT_MAX + 1, size=(rows, 1)).astype(np.int32)
+    multiplier = mult * rng.uniform(0.5, 2.0, n)
+    m0, sh = io.row_multipliers(multiplier)
+    bias = rng.integers(-1000, 1000, n).astype(np.int64)
+
+    def build(bb, a, kv):
+        return intops.emit_requantize_rows(bb, a, m0, sh, kv, bias, zp, "int16")
+
+    key = ("rq_rows", rows, n, mult, zp, seed)
+    if key not in _cache:
+        bb = relax.BlockBuilder()
+        a = relax.Var("a", relax.TensorType((rows, n), "int32"))
+        kv = relax.Var("k", relax.TensorType((rows, 1), "int32"))
+        with bb.function("main", [a, kv]):
+            with bb.dataflow():
+                out = bb.emit_output(build(bb, a, kv))
+            bb.emit_func_output(out)
+        ex = tvm.compile(bb.get(), tvm.target.Target({"kind": "llvm"}))
+        _cache[key] = relax.VirtualMachine(ex, tvm.cpu())
+    got = _cache[key]["main"](tvm.runtime.tensor(acc), tvm.runtime.tensor(k)).numpy()
+    ref = io.requantize_rows(acc, m0, sh, k, bias, zp)
+    assert np.array_equal(got, ref)
+    real = acc.astype(np.float64) * multiplier * 2.0 ** k + bias + zp
+    inside = np.abs(real) < 32000
+    assert np.all(np.abs(ref[inside] - real[inside]) <= 0.5 + 1e-6 * np.abs(real[inside]) + 1)
+
+
+def test_row_multipliers_refuse_large_ratios():
+    assert io.row_multipliers(np.array([1e-3, 0.0])) is not None
+    m0, sh = io.row_multipliers(np.array([1e-3, 0.0]))
+    assert m0[1] == 0 and sh[1] > io.ROW_SHIFT_MAX
+    assert io.row_multipliers(np.array([2.0 ** 21])) is None  # too few shift bits to give up per row
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from([2, 50]), st.sampled_from([1, 8]), st.floats(1e-3, 10.0), st.integers(0, 2 ** 32 - 1))
+def test_row_scaled_table_gather_matches_twin_and_bound(vocab, hidden, spread, seed):
+    """Embedding rows of very different magnitudes keep each their own int8 step: the error is at most half of
+    it plus half the fine step (max row / 127 / 2**14)."""
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(vocab, hidden)) * np.exp(rng.uniform(-np.log(1e4), 0, (vocab, 1))) * spread
+    codes, mult, fine = io.row_scaled_table(table.astype(np.float32))
+    idx = rng.integers(0, vocab, size=(1, 5)).astype(np.int64)
+    got = _compiled(("gather_rows", vocab, hidden, spread, seed),
+                    lambda bb, v: intops.emit_gather_rows(bb, codes, mult, v), (1, 5), "int64")(idx)
+    ref = io.gather_rows(codes, mult, idx)
+    assert np.array_equal(got, ref)
+    real = table[idx[0]]
+    row_step = np.abs(real).max(-1, keepdims=True) / 127
+    assert np.all(np.abs(ref[0] * fine - real) <= (row_step + fine) / 2 + 1e-12)
