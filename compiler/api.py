@@ -395,7 +395,7 @@ def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_
     options = CompileOptions(input_shapes=tuple((s.name, tuple(s.shape)) for s in manifest.inputs),
                              calibration_table=calibration_table,
                              calibration_data=None if calibration_table else calibration_data,
-                             calibration_method=manifest.calibration.get("method", "minmax"), integer_only=False)
+                             calibration_method=manifest.calibration.method, integer_only=False)
     samples = load_samples(inputs_npz, list(manifest.inputs))[:max_samples]
     return layer_errors(model_path, options, samples)
 
@@ -444,7 +444,7 @@ def print_inspect(library: str) -> None:
     con.print(f"matmuls: {mm.int8}/{mm.total} int8")
     con.print(f"requantize ops: {m.report.requantize_ops}")
     con.print(f"float ops: {', '.join(m.report.float_ops) or 'none'}")
-    con.print(f"calibration: {m.calibration}")
+    con.print(f"calibration: {m.calibration.to_json()}")
     con.print(f"tools: {m.tool_versions}")
 
 

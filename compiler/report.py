@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional
 
+from compiler.calibrate.table import CalibrationInfo
+
 _FLOAT = ("float16", "float32", "float64", "bfloat16")
 # ops that compute nothing in float even on float data
 DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.shape_of", "relax.shape_to_tensor",
@@ -137,7 +139,7 @@ class CompileReport(GraphReport):
     """What `compile --report` writes: the integer graph's report and what the build adds to it."""
 
     graphs: tuple[tuple[str, GraphReport], ...] = ()  # a library of several graphs (seq2seq): each one's own
-    calibration: Optional[dict] = None  # the manifest's: method, source, samples, percentile
+    calibration: Optional[CalibrationInfo] = None  # the manifest's: method, source, samples, percentile
     buckets: tuple[str, ...] = ()  # ranged dims: the compiled sizes
     tuned_kernels: Optional[int] = None  # kernels scheduled from the tuning database (set by the build)
     model: str = ""  # the model's absolute path
@@ -151,7 +153,7 @@ class CompileReport(GraphReport):
         g = super().to_json()
         if self.graphs:
             d = {"graphs": {n: r.to_json() for n, r in self.graphs}, **{k: g[k] for k in _MERGED_ORDER},
-                 "calibration": self.calibration}
+                 "calibration": None if self.calibration is None else self.calibration.to_json()}
         else:
             d = g
         if self.buckets:
@@ -163,7 +165,7 @@ class CompileReport(GraphReport):
         if self.target is not None:
             d["target"] = self.target
         if self.calibration is not None and not self.graphs:
-            d["calibration"] = self.calibration
+            d["calibration"] = self.calibration.to_json()
         return d
 
     @staticmethod
@@ -171,5 +173,6 @@ class CompileReport(GraphReport):
         return CompileReport.of(
             GraphReport.from_json(d),
             graphs=tuple((n, GraphReport.from_json(r)) for n, r in (d.get("graphs") or {}).items()),
-            calibration=d.get("calibration"), buckets=tuple(d.get("buckets") or ()),
+            calibration=None if d.get("calibration") is None else CalibrationInfo.from_json(d["calibration"]),
+            buckets=tuple(d.get("buckets") or ()),
             tuned_kernels=d.get("tuned_kernels"), model=d.get("model", ""), target=d.get("target"))

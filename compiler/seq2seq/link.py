@@ -18,6 +18,7 @@ from tvm import relax
 
 from compiler.artifact import EntrySpec
 from compiler.calibrate.collect import index_bounds
+from compiler.calibrate.table import CalibrationInfo
 from compiler.errors import IntformerError
 from compiler.report import CompileReport, GraphReport
 
@@ -48,9 +49,8 @@ def link_states(states: dict, spec, bundle: str):
             spec_json["vocab_base64"] = base64.b64encode(f.read()).decode("ascii")
     enc, dec = states["encoder"], states["decoder"]
     graphs = {n: states[n].report.summary() for n in ENTRIES}
-    calibration = {"method": enc.options.calibration_method, "source": dec.table.source,
-                   "encoder_samples": enc.table.num_samples, "decoder_samples": dec.table.num_samples,
-                   "percentile": dec.table.percentile}
+    calibration = CalibrationInfo(enc.options.calibration_method, dec.table.source, dec.table.percentile,
+                                  encoder_samples=enc.table.num_samples, decoder_samples=dec.table.num_samples)
     report = CompileReport.of(GraphReport.merge(graphs), graphs=tuple(graphs.items()), calibration=calibration)
     mod = link_modules({n: states[n].relax_mod for n in ENTRIES})
     return replace(enc, model_path=bundle, relax_mod=mod, lowered_mod=None, report=report, entries=tuple(entries),

@@ -96,11 +96,11 @@ def test_percentile_method_and_synthetic_calibration(tiny_bert, tmp_path):
     shape = (("input_ids", (1, 16)),)
     pct = compile_model(model, str(tmp_path / "pct.so"),
                         CompileOptions(input_shapes=shape, calibration_data=calib, calibration_method="percentile"))
-    assert pct.manifest.calibration["method"] == "percentile"
+    assert pct.manifest.calibration.method == "percentile"
     (cmp,) = evaluate(str(tmp_path / "pct.so"), model, test)
     assert cmp.cosine_mean >= MIN_COSINE - 0.01, cmp
     syn = compile_model(model, str(tmp_path / "syn.so"), CompileOptions(input_shapes=shape))
-    assert syn.manifest.calibration["source"] == "synthetic"
+    assert syn.manifest.calibration.source == "synthetic"
     assert syn.report.float_ops == []
 
 
