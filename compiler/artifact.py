@@ -79,7 +79,8 @@ class Manifest:
             "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
             "target": self.target, "tool_versions": self.tool_versions,
             "model_sha256": self.model_sha256, "calibration_table_sha256": self.calibration_table_sha256,
-            "calibration": self.calibration.to_json(), "input_ranges": self.input_ranges, "report": self.report.to_json(),
+            "calibration": self.calibration.to_json(), "input_ranges": self.input_ranges,
+            "report": self.report.to_json(),
             "input_bounds": self.input_bounds or {},
         }
 
@@ -94,7 +95,8 @@ class Manifest:
             inputs=tuple(TensorSpec.from_json(x) for x in d["inputs"]),
             outputs=tuple(TensorSpec.from_json(x) for x in d["outputs"]),
             target=d["target"], tool_versions=d["tool_versions"], model_sha256=d["model_sha256"],
-            calibration_table_sha256=d["calibration_table_sha256"], calibration=CalibrationInfo.from_json(d["calibration"]),
+            calibration_table_sha256=d["calibration_table_sha256"],
+            calibration=CalibrationInfo.from_json(d["calibration"]),
             input_ranges=d.get("input_ranges", {}), report=GraphReport.from_json(d.get("report") or {}),
             input_bounds=d.get("input_bounds", {}),
             entry=d.get("entry", ENTRY_FUNC),

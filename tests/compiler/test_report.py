@@ -43,7 +43,8 @@ def test_merged_report_of_several_graphs():
     merged = GraphReport.merge({"encoder": enc, "decoder": dec})
     assert merged.matmuls == MatmulCounts(1, 1) and merged.float_op_counts == (("relax.nn.softmax", 3),)
     assert [o.entry for o in merged.ops] == ["encoder"] * 3 + ["decoder"] * 4
-    rep = CompileReport.of(merged, graphs=(("encoder", enc), ("decoder", dec)), calibration=CalibrationInfo("entropy", "data", 99.99, encoder_samples=3, decoder_samples=40),
+    calibration = CalibrationInfo("entropy", "data", 99.99, encoder_samples=3, decoder_samples=40)
+    rep = CompileReport.of(merged, graphs=(("encoder", enc), ("decoder", dec)), calibration=calibration,
                            tuned_kernels=0, model="/b", target={})
     d = rep.to_json()
     assert list(d) == ["graphs", "matmuls", "float_ops", "float_op_counts", "requantize_ops", "ops", "calibration",

@@ -53,9 +53,6 @@ def test_a_row_chain_becomes_one_primitive_function():
 
     got, groups = fuse_rows(legal)
     assert groups == 1
-    for mod in (got, expected):
-        c = mod["main"].body.blocks[0].bindings[0].value
-        print("DBG", mod["fused_rows0"].script(show_meta=False))
     tvm.ir.assert_structural_equal(got, expected)
 
 
