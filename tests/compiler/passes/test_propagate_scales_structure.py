@@ -85,3 +85,36 @@ def test_head_rule_masked_sum_is_an_exact_integer_product_and_sum():
             return s
 
     tvm.ir.assert_structural_equal(_propagate(Before), Expected)
+
+
+def test_add_rescales_both_sides_to_the_finer_scale_in_int64():
+    s_fine = float(F32(S2))  # int16 operand at 0.01; the int8 one (0.05) is brought to it
+    m0, sh = quantize_multiplier(float(F32(S)) / s_fine)
+
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(a: R.Tensor((2, 8), "int8"), b: R.Tensor((2, 8), "int16")):
+            with R.dataflow():
+                da = R.dequantize(a, R.const(S, "float32"), R.const(Z, "int8"), axis=-1, out_dtype="float32")
+                db = R.dequantize(b, R.const(S2, "float32"), R.const(0, "int16"), axis=-1, out_dtype="float32")
+                y = R.add(da, db)
+                R.output(y)
+            return y
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(a: R.Tensor((2, 8), "int8"), b: R.Tensor((2, 8), "int16")):
+            with R.dataflow():
+                xa = R.subtract(R.astype(a, "int64"), R.const(Z, "int64"))
+                xa = R.add(R.multiply(xa, R.const(m0, "int64")), R.const(1 << (sh - 1), "int64"))
+                xa = R.right_shift(xa, R.const(sh, "int64"))
+                total = R.add(xa, R.astype(b, "int64"))  # b is at the finer scale already: multiplier 1
+                view = R.dequantize(R.astype(total, "int32"), R.const(s_fine, "float32"), R.const(0, "int32"),
+                                    axis=-1, out_dtype="float32")
+                y = view
+                R.output(y)
+            return y
+
+    tvm.ir.assert_structural_equal(_propagate(Before), Expected)
