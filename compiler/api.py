@@ -16,13 +16,14 @@ from compiler.config import CompileOptions
 from compiler.errors import IntformerError, Interrupted
 from compiler.io_safety import atomic_output, check_output, check_range, check_threads, write_text
 from compiler.progress import progress_bar, status, warn
+from compiler.report import CompileReport
 
 
 @dataclass(frozen=True)
 class CompileResult:
     library: str
     manifest: object
-    report: dict
+    report: CompileReport
     module: object = None  # the integer Relax module the library was built from
     buckets: tuple = ()  # ranged dims: the compiled sizes, ((variable, size), ...) per bucket function
 
@@ -113,16 +114,14 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
     with atomic_output(output, suffix=".so") as tmp:  # the suffix tells TVM to link a shared library
         export_library(st.executable, tmp, st.target_spec.cross_compiler)
     write_text(manifest_path(output), st.manifest.dumps())
-    report = dict(st.report)
-    report["model"] = os.path.abspath(model_path)
-    report["target"] = st.target_spec.to_json()
-    report["calibration"] = st.manifest.calibration
+    report = replace(st.report, model=os.path.abspath(model_path), target=st.target_spec.to_json(),
+                     calibration=st.manifest.calibration)
     if report_path:
-        write_text(report_path, json.dumps(report, indent=1))
+        write_text(report_path, json.dumps(report.to_json(), indent=1))
     if save_calibration_table:
         st.table.save(save_calibration_table)
-    mm = report["matmuls"]
-    status(f"wrote {output}: {mm['int8']}/{mm['total']} matmuls int8, target {st.target_spec.name}")
+    mm = report.matmuls
+    status(f"wrote {output}: {mm.int8}/{mm.total} matmuls int8, target {st.target_spec.name}")
     return CompileResult(output, st.manifest, report, st.relax_mod, st.buckets)
 
 
@@ -396,7 +395,7 @@ def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_
     options = CompileOptions(input_shapes=tuple((s.name, tuple(s.shape)) for s in manifest.inputs),
                              calibration_table=calibration_table,
                              calibration_data=None if calibration_table else calibration_data,
-                             calibration_method=manifest.calibration.get("method", "minmax"), integer_only=False)
+                             calibration_method=manifest.calibration.method, integer_only=False)
     samples = load_samples(inputs_npz, list(manifest.inputs))[:max_samples]
     return layer_errors(model_path, options, samples)
 
@@ -432,19 +431,20 @@ def print_inspect(library: str) -> None:
     for col in ("op", "input dtypes", "output dtype", "count", "float"):
         ops.add_column(col)
     seen: dict = {}
-    for o in m.report.get("ops") or []:
-        key = (o["op"], tuple(o["dtypes"]["inputs"]), o["dtypes"]["output"], o.get("edge", ""))
+    for o in m.report.ops:
+        key = (o.op, o.inputs, o.output, o.edge)
         seen[key] = seen.get(key, 0) + 1
+    float_ops = set(m.report.float_ops)
     for (op, ins, out, edge), n in seen.items():
         is_float = any(d.startswith(("float", "bfloat")) for d in ins + (out,))
-        flag = f"{edge} edge" if edge else ("FLOAT" if is_float and op in set(m.report.get("float_ops") or []) else "")
+        flag = f"{edge} edge" if edge else ("FLOAT" if is_float and op in float_ops else "")
         ops.add_row(op, ",".join(ins), out, str(n), flag)
     con.print(ops)
-    mm = m.report.get("matmuls", {})
-    con.print(f"matmuls: {mm.get('int8')}/{mm.get('total')} int8")
-    con.print(f"requantize ops: {m.report.get('requantize_ops')}")
-    con.print(f"float ops: {', '.join(m.report.get('float_ops') or []) or 'none'}")
-    con.print(f"calibration: {m.calibration}")
+    mm = m.report.matmuls
+    con.print(f"matmuls: {mm.int8}/{mm.total} int8")
+    con.print(f"requantize ops: {m.report.requantize_ops}")
+    con.print(f"float ops: {', '.join(m.report.float_ops) or 'none'}")
+    con.print(f"calibration: {m.calibration.to_json()}")
     con.print(f"tools: {m.tool_versions}")
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from compiler.calibrate.table import CalibrationInfo
 from compiler.config import TensorSpec
+from compiler.report import GraphReport
 
 FORMAT = "intformer-artifact"
 VERSION = 1
@@ -54,9 +56,9 @@ class Manifest:
     tool_versions: dict
     model_sha256: str
     calibration_table_sha256: str
-    calibration: dict  # method, source, samples
+    calibration: CalibrationInfo  # method, source, samples
     input_ranges: dict  # input name -> [lo, hi] seen in calibration (bench draws inputs from it)
-    report: dict  # summary of the compile report: matmul counts, float ops
+    report: GraphReport  # summary of the compile report: matmul counts, float ops, every op's dtypes
     input_bounds: dict = None  # input name -> [lo, hi] valid values (ids that index an embedding table)
     entry: str = ENTRY_FUNC
     entries: tuple[EntrySpec, ...] = ()  # several entry points (inputs/outputs/entry then describe the first)
@@ -77,7 +79,8 @@ class Manifest:
             "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
             "target": self.target, "tool_versions": self.tool_versions,
             "model_sha256": self.model_sha256, "calibration_table_sha256": self.calibration_table_sha256,
-            "calibration": self.calibration, "input_ranges": self.input_ranges, "report": self.report,
+            "calibration": self.calibration.to_json(), "input_ranges": self.input_ranges,
+            "report": self.report.to_json(),
             "input_bounds": self.input_bounds or {},
         }
 
@@ -92,8 +95,10 @@ class Manifest:
             inputs=tuple(TensorSpec.from_json(x) for x in d["inputs"]),
             outputs=tuple(TensorSpec.from_json(x) for x in d["outputs"]),
             target=d["target"], tool_versions=d["tool_versions"], model_sha256=d["model_sha256"],
-            calibration_table_sha256=d["calibration_table_sha256"], calibration=d["calibration"],
-            input_ranges=d.get("input_ranges", {}), report=d.get("report", {}), input_bounds=d.get("input_bounds", {}),
+            calibration_table_sha256=d["calibration_table_sha256"],
+            calibration=CalibrationInfo.from_json(d["calibration"]),
+            input_ranges=d.get("input_ranges", {}), report=GraphReport.from_json(d.get("report") or {}),
+            input_bounds=d.get("input_bounds", {}),
             entry=d.get("entry", ENTRY_FUNC),
             entries=tuple(EntrySpec.from_json(e) for e in d.get("entries", ())), seq2seq=d.get("seq2seq"),
         )

@@ -7,6 +7,7 @@ from importlib import metadata
 
 from compiler.artifact import MANIFEST_FUNC, Manifest
 from compiler.calibrate.collect import index_bounds
+from compiler.calibrate.table import CalibrationInfo
 
 
 def tool_versions() -> dict:
@@ -26,18 +27,16 @@ def make_manifest(st) -> Manifest:
         return Manifest(
             inputs=first.inputs, outputs=first.outputs, target=st.target_spec.to_json(),
             tool_versions=tool_versions(), model_sha256=st.model_sha256, calibration_table_sha256=st.table_sha256,
-            calibration=rep["calibration"], input_ranges={},
-            report={k: rep.get(k) for k in ("matmuls", "requantize_ops", "float_ops", "float_op_counts", "ops")},
+            calibration=rep.calibration, input_ranges={}, report=rep.summary(),
             input_bounds={n: [lo, hi] for n, lo, hi in first.input_bounds}, entry=first.name,
             entries=st.entries, seq2seq=st.seq2seq)
     return Manifest(
         inputs=st.inputs, outputs=st.outputs, target=st.target_spec.to_json(),
         tool_versions=tool_versions(), model_sha256=st.model_sha256,
         calibration_table_sha256=st.table_sha256,
-        calibration={"method": st.options.calibration_method, "source": st.table.source,
-                     "samples": st.table.num_samples, "percentile": st.table.percentile},
+        calibration=CalibrationInfo.of_table(st.options.calibration_method, st.table),
         input_ranges={n: list(r) for n, r in st.table.input_ranges},
-        report={k: rep.get(k) for k in ("matmuls", "requantize_ops", "float_ops", "float_op_counts", "ops")},
+        report=rep.summary(),
         input_bounds={n: [-rows, rows - 1] for n, rows in index_bounds(st.onnx_model).items()},
     )
 

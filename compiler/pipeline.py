@@ -8,7 +8,7 @@ stage by stage.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import onnx
@@ -16,6 +16,7 @@ import onnx
 from compiler.calibrate.table import CalibrationTable
 from compiler.config import CompileOptions, TensorSpec
 from compiler.progress import status
+from compiler.report import CompileReport
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class CompileState:
     relax_mod: Any = None  # the integer graph (what the report and the NumPy reference describe)
     probes: tuple = ()  # (LayerNorm index in graph order, IntRepr of its integer output): `eval --per-layer`
     lowered_mod: Any = None  # the same graph with matmuls on scheduled kernels (what is built)
-    report: dict = field(default_factory=dict)
+    report: Optional[CompileReport] = None  # set by `verify` (and `link`), extended by the later stages
     target_spec: Any = None  # targets.TargetSpec, resolved before the first stage
     executable: Any = None
     manifest: Any = None

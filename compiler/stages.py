@@ -253,16 +253,17 @@ def integerize(st: CompileState) -> CompileState:
 
 def verify(st: CompileState) -> CompileState:
     from compiler.passes.op_report import list_ops, summarize
+    from compiler.report import CompileReport
 
-    report = summarize(list_ops(st.relax_mod), st.onnx_matmuls)
-    mm = report["matmuls"]
-    if mm["int8"] < mm["total"]:
-        status(f"warning: {mm['total'] - mm['int8']} of {mm['total']} matmuls stay float")
+    report = CompileReport.of(summarize(list_ops(st.relax_mod), st.onnx_matmuls))
+    mm = report.matmuls
+    if mm.int8 < mm.total:
+        status(f"warning: {mm.total - mm.int8} of {mm.total} matmuls stay float")
     allowed = set(st.options.allow_float)
-    left = [op for op in report["float_ops"]
+    left = [op for op in report.float_ops
             if op not in allowed and op.split(".")[-1] not in allowed]
     if left and st.options.integer_only:
-        counts = report["float_op_counts"]
+        counts = dict(report.float_op_counts)
         raise IntformerError(
             f"{st.model_path}: {sum(counts[o] for o in left)} op(s) would still compute in float: "
             + ", ".join(f"{o} x{counts[o]}" for o in left)
@@ -290,7 +291,7 @@ def build(st: CompileState) -> CompileState:
     executable, manifest, tuned = build_executable(st)
     if st.options.tuning_db:
         status(f"applied {tuned} tuned kernels from {st.options.tuning_db}")
-    return replace(st, executable=executable, manifest=manifest, report={**st.report, "tuned_kernels": tuned})
+    return replace(st, executable=executable, manifest=manifest, report=replace(st.report, tuned_kernels=tuned))
 
 
 def link_buckets(top: CompileState, done: list) -> CompileState:
@@ -301,7 +302,7 @@ def link_buckets(top: CompileState, done: list) -> CompileState:
     mod = ranged.link({ranged.bucket_name(b): st.relax_mod for b, st in done})
     outputs = ranged.with_input_lows(ranged.output_specs([(b, st.outputs) for b, st in done]), top.inputs)
     largest = done[-1][1]
-    report = {**largest.report, "buckets": [ranged.bucket_name(b)[5:] for b, _ in done]}
+    report = replace(largest.report, buckets=tuple(ranged.bucket_name(b)[5:] for b, _ in done))
     return replace(largest, inputs=top.inputs, outputs=outputs, relax_mod=mod, lowered_mod=None, report=report,
                    entries=(), buckets=tuple(tuple(b.items()) for b, _ in done))
 

@@ -20,7 +20,7 @@ def tiny_bert(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_bert_lib(tiny_bert, tmp_path_factory):
-    """The tiny BERT compiled for the host: (library, report dict, model, test npz)."""
+    """The tiny BERT compiled for the host: (library, CompileReport, model, test npz)."""
     from compiler.api import compile_model
     from compiler.config import CompileOptions
 

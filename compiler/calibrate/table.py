@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from compiler.errors import IntformerError
 
@@ -33,6 +34,38 @@ class TensorRange:
     def from_json(d: dict) -> "TensorRange":
         return TensorRange(float(d["min"]), float(d["max"]), float(d["pct_lo"]), float(d["pct_hi"]),
                            tuple(int(c) for c in d.get("hist", ())), float(d.get("hist_max", 0.0)))
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """What a library's manifest (and the compile report) records of its calibration: the method, where the
+    samples came from, how many, the percentile. A library of several graphs (seq2seq) counts the encoder's and
+    the decoder's samples apart."""
+
+    method: str
+    source: str
+    percentile: float
+    samples: Optional[int] = None
+    encoder_samples: Optional[int] = None
+    decoder_samples: Optional[int] = None
+
+    def to_json(self) -> dict:
+        d = {"method": self.method, "source": self.source}
+        if self.samples is not None:
+            d["samples"] = self.samples
+        if self.encoder_samples is not None or self.decoder_samples is not None:
+            d.update(encoder_samples=self.encoder_samples, decoder_samples=self.decoder_samples)
+        d["percentile"] = self.percentile
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> "CalibrationInfo":
+        return CalibrationInfo(d.get("method", "minmax"), d.get("source", ""), d.get("percentile", 0.0),
+                               d.get("samples"), d.get("encoder_samples"), d.get("decoder_samples"))
+
+    @staticmethod
+    def of_table(method: str, table: "CalibrationTable") -> "CalibrationInfo":
+        return CalibrationInfo(method, table.source, table.percentile, samples=table.num_samples)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ same bits; tests/compiler/passes/test_integer_ops.py checks them against these t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +30,17 @@ SOFTMAX_FINE_LEVELS = 65535  # the fine form: int32 codes of p * 65535 (requanti
 INT32_MAX = (1 << 31) - 1
 
 
-def exp_constants(scale: float) -> dict:
+@dataclass(frozen=True)
+class ExpConstants:
+    """d -> t = ((min(d >> pre, d_cap)) * m) >> s: d * scale / ln 2 in Q14 (exp_constants)."""
+
+    pre: int
+    m: int
+    s: int
+    d_cap: int
+
+
+def exp_constants(scale: float) -> ExpConstants:
     """d -> t: d is shifted right by `pre` (fine scales), capped at `d_cap`, multiplied by `m` and shifted right
     by `s`, so that t = d * scale / ln 2 in Q14, with d_cap * m < 2**31 and t >= 16 in Q14 at the cap."""
     c = scale / math.log(2.0)
@@ -45,7 +56,7 @@ def exp_constants(scale: float) -> dict:
         raise ValueError(f"softmax input scale {scale} is out of the integer exp's range")
     d_cap = -(-(EXP_ZERO_SHIFT << (f + s)) // m)  # ceil: t >= 16 (exp 0) from the cap on
     assert d_cap * m < 1 << 31
-    return {"pre": pre, "m": m, "s": s, "d_cap": d_cap}
+    return ExpConstants(pre=pre, m=m, s=s, d_cap=d_cap)
 
 
 def horner(u: np.ndarray, coefs: tuple, frac_bits: int) -> np.ndarray:
@@ -62,10 +73,10 @@ def exp_poly(f: np.ndarray) -> np.ndarray:
     return horner(f, EXP_POLY_Q15, EXP_FRAC_BITS)
 
 
-def iexp_q15(d: np.ndarray, c: dict) -> np.ndarray:
+def iexp_q15(d: np.ndarray, c: ExpConstants) -> np.ndarray:
     """exp(-d * scale) in Q15 for integer d >= 0, c from exp_constants(scale); int64 out (values < 2**15)."""
-    d = np.minimum(d.astype(np.int64) >> c["pre"], c["d_cap"])
-    t = (d * c["m"]) >> c["s"]
+    d = np.minimum(d.astype(np.int64) >> c.pre, c.d_cap)
+    t = (d * c.m) >> c.s
     z = np.minimum(t >> EXP_FRAC_BITS, EXP_ZERO_SHIFT)
     return exp_poly(t & ((1 << EXP_FRAC_BITS) - 1)) >> z
 
@@ -77,7 +88,7 @@ def int32_input_ok(scale: float) -> bool:
     """Whether an int32 input of this scale may be clipped to +-INT32_INPUT_CLIP (and its differences taken in
     int32): differences of 2**29 and more already give exp 0 (the cap, at most 16 ln 2 / scale, is below)."""
     c = exp_constants(scale)
-    return (c["d_cap"] + 1) << c["pre"] <= 1 << 29
+    return (c.d_cap + 1) << c.pre <= 1 << 29
 
 
 def row_input(x: np.ndarray, scale: float) -> np.ndarray:
@@ -140,7 +151,16 @@ GELU_POLY_Q14 = (13747, -10251, -18765, 22203, -5377)  # g(u), u in [0, 1], lowe
 GELU_MAX_ABS_ERROR = 4.5e-4  # of the real GELU, per unit of |v| up to 4 (fixed-point evaluation included)
 
 
-def gelu_constants(scale: float) -> dict:
+@dataclass(frozen=True)
+class GeluConstants:
+    """t = |x - zp| -> u = (min(t >> pre, t_cap) * m) >> GELU_MUL_SHIFT: tau / 4 in Q14 (gelu_constants)."""
+
+    pre: int
+    m: int
+    t_cap: int
+
+
+def gelu_constants(scale: float) -> GeluConstants:
     """t = |x - zp| -> u = tau / 4 in Q14: t shifted right by `pre` (fine scales), capped at `t_cap` (tau = 4),
     multiplied by `m` and shifted right by GELU_MUL_SHIFT."""
     pre, s = 0, GELU_MUL_SHIFT
@@ -152,14 +172,14 @@ def gelu_constants(scale: float) -> dict:
     t_cap = int(math.ceil(GELU_TAU_MAX / (scale * 2.0 ** pre)))
     if t_cap * m >= 1 << 31:
         raise ValueError(f"GELU input scale {scale} is out of the integer GELU's range")
-    return {"pre": pre, "m": m, "t_cap": t_cap}
+    return GeluConstants(pre=pre, m=m, t_cap=t_cap)
 
 
-def igelu(x: np.ndarray, zp: int, c: dict) -> np.ndarray:
+def igelu(x: np.ndarray, zp: int, c: GeluConstants) -> np.ndarray:
     """int32 codes of GELU(scale * (x - zp)) in units of scale / 2**14 (x 8/16-bit, c from gelu_constants)."""
     a = x.astype(np.int64) - zp
     t = np.abs(a)
-    u = (np.minimum(t >> c["pre"], c["t_cap"]) * c["m"]) >> GELU_MUL_SHIFT
+    u = (np.minimum(t >> c.pre, c.t_cap) * c.m) >> GELU_MUL_SHIFT
     g = np.maximum(horner(u, GELU_POLY_Q14, GELU_FRAC_BITS), 0)
     g2 = (g * g) >> GELU_FRAC_BITS
     phi = (g2 * g2) >> GELU_FRAC_BITS  # Phi(-tau) in Q14
@@ -204,8 +224,22 @@ def isqrt(n: np.ndarray) -> np.ndarray:
     return r
 
 
+@dataclass(frozen=True, eq=False)
+class LayerNormConstants:
+    """The integer LayerNorm's compile-time constants (layernorm_constants): the pre-square shift (right if > 0),
+    eps as an integer, and per channel the signed fixed-point multiplier m0, its shift sh and beta as bias (at
+    the output scale times 2**sh), then the output zero point."""
+
+    shift: int
+    eps: int
+    m0: np.ndarray
+    sh: np.ndarray
+    bias: np.ndarray
+    zp: int
+
+
 def layernorm_constants(scale: float, hidden: int, bound: int, eps: float, gamma: np.ndarray, beta: np.ndarray,
-                        out_scale: float, out_zp: int) -> dict:
+                        out_scale: float, out_zp: int) -> LayerNormConstants:
     k = layernorm_shift(hidden, bound)
     eps_int = int(round(hidden * hidden * eps / (scale * scale) / 4.0 ** k))
     g = np.asarray(gamma, dtype=np.float64)
@@ -218,18 +252,18 @@ def layernorm_constants(scale: float, hidden: int, bound: int, eps: float, gamma
     sh = sh - over
     m0 = m0 * np.where(g < 0, -1, 1)
     bias = np.round(np.asarray(beta, dtype=np.float64) / out_scale * np.exp2(sh)).astype(np.int64)
-    return {"shift": k, "eps": eps_int, "m0": m0, "sh": sh, "bias": bias, "zp": int(out_zp)}
+    return LayerNormConstants(shift=k, eps=eps_int, m0=m0, sh=sh, bias=bias, zp=int(out_zp))
 
 
-def ilayernorm(x: np.ndarray, c: dict, qmin: int = -128, qmax: int = 127, out_dtype=np.int8) -> np.ndarray:
+def ilayernorm(x: np.ndarray, c: LayerNormConstants, qmin: int = -128, qmax: int = 127, out_dtype=np.int8) -> np.ndarray:
     """Integer LayerNorm over the last axis. The zero point and the scale of x cancel except in eps (folded
-    into c["eps"]); gamma, beta and the output scale are per-channel fixed-point constants (c from
+    into c.eps); gamma, beta and the output scale are per-channel fixed-point constants (c from
     layernorm_constants)."""
     x = x.astype(np.int64)
     h = x.shape[-1]
     y = h * x - np.sum(x, axis=-1, keepdims=True)
-    y = y >> c["shift"] if c["shift"] >= 0 else y << -c["shift"]
-    n = np.sum(y * y, axis=-1, keepdims=True) // h + c["eps"]
+    y = y >> c.shift if c.shift >= 0 else y << -c.shift
+    n = np.sum(y * y, axis=-1, keepdims=True) // h + c.eps
     std = isqrt(n)
     # (y << LN_FRAC_BITS) // std through one division per row: std < 2**e with e = ceil(bits(n) / 2), so the
     # reciprocal 2**(LN_RECIP_BITS + e) // std lies in [2**LN_RECIP_BITS, 2**(LN_RECIP_BITS + 2)) and
@@ -237,9 +271,9 @@ def ilayernorm(x: np.ndarray, c: dict, qmin: int = -128, qmax: int = 127, out_dt
     e = (bit_length(n) + 1) >> 1
     recip = np.left_shift(np.int64(1), LN_RECIP_BITS + e) // std
     u = (y * recip) >> (LN_RECIP_BITS + e - LN_FRAC_BITS)
-    sh = c["sh"]
-    out = (u * c["m0"] + c["bias"] + (np.int64(1) << (sh - 1))) >> sh
-    return np.clip(out + c["zp"], qmin, qmax).astype(out_dtype)
+    sh = c.sh
+    out = (u * c.m0 + c.bias + (np.int64(1) << (sh - 1))) >> sh
+    return np.clip(out + c.zp, qmin, qmax).astype(out_dtype)
 
 
 # ---- pooling heads: masked mean, L2 normalization ---------------------------------------------------------
@@ -390,13 +424,24 @@ def log2_table() -> np.ndarray:
     return np.round(np.log2(1.0 + (np.arange(n) + 0.5) / n) * (1 << LOG2_FRAC_BITS)).astype(np.int64)
 
 
-def log_softmax_constants(scale: float) -> dict:
+@dataclass(frozen=True, eq=False)
+class LogSoftmaxConstants:
+    """The softmax exp constants, the log2 table, and the fixed-point multiplier (m0, sh) from Q16 log2 to input
+    units (log_softmax_constants)."""
+
+    exp: ExpConstants
+    log2: np.ndarray
+    m0: int
+    sh: int
+
+
+def log_softmax_constants(scale: float) -> LogSoftmaxConstants:
     """Softmax exp constants, the log2 table, and ln 2 / (scale * 2**16) as a fixed-point multiplier (Q16 log2
     -> input units)."""
     from compiler.intmath.fixed_point import quantize_multiplier
 
     m0, sh = quantize_multiplier(math.log(2.0) / (scale * (1 << LOG2_FRAC_BITS)))
-    return {"exp": exp_constants(scale), "log2": log2_table(), "m0": m0, "sh": sh}
+    return LogSoftmaxConstants(exp=exp_constants(scale), log2=log2_table(), m0=m0, sh=sh)
 
 
 def log_softmax_bound(n: int, scale: float, d_max: int) -> int:
@@ -415,11 +460,11 @@ def ilog_softmax(x: np.ndarray, scale: float) -> np.ndarray:
     c = log_softmax_constants(scale)
     x = row_input(x, scale)
     d = np.max(x, axis=-1, keepdims=True) - x
-    s = np.sum(iexp_q15(d, c["exp"]), axis=-1, keepdims=True) << LOG2_FRAC_BITS  # Q31
+    s = np.sum(iexp_q15(d, c.exp), axis=-1, keepdims=True) << LOG2_FRAC_BITS  # Q31
     bits = bit_length(s, LOG_SUM_BITS)
     idx = (s >> (bits - 1 - LOG2_TABLE_BITS)) - (1 << LOG2_TABLE_BITS)
-    log2q = ((bits - 32) << LOG2_FRAC_BITS) + c["log2"][idx]  # log2(sum / 2**15) in Q16
-    lse = rescale(log2q, 0, c["m0"], c["sh"])
+    log2q = ((bits - 32) << LOG2_FRAC_BITS) + c.log2[idx]  # log2(sum / 2**15) in Q16
+    lse = rescale(log2q, 0, c.m0, c.sh)
     return -d - lse
 
 

@@ -5,11 +5,16 @@ Each emitter has its NumPy twin in :mod:`compiler.intmath` and produces the same
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from tvm import relax
 
 from compiler.intmath.fixed_point import quantize_multipliers
 from compiler.tvm_compat import const, tensor_info
+
+if TYPE_CHECKING:  # the constants' records (imported where used, as the emitters do)
+    from compiler.intmath import integer_ops as io
 
 R = relax.op
 
@@ -168,24 +173,24 @@ def emit_horner(bb, u, coefs: tuple, frac_bits: int):
     return h
 
 
-def emit_exp_q15(bb, d, c: dict):
+def emit_exp_q15(bb, d, c: io.ExpConstants):
     """exp(-d * scale) in Q15 as int32, for d >= 0 (int32 or int64) (intmath.iexp_q15; c from exp_constants)."""
     from compiler.intmath import integer_ops as io
 
     dtype = tensor_info(d)[0]
-    if c["pre"]:
-        d = bb.emit(R.right_shift(d, const(c["pre"], dtype)))
-    d = bb.emit(R.minimum(d, const(c["d_cap"], dtype)))
+    if c.pre:
+        d = bb.emit(R.right_shift(d, const(c.pre, dtype)))
+    d = bb.emit(R.minimum(d, const(c.d_cap, dtype)))
     if dtype != "int32":
         d = bb.emit(R.astype(d, "int32"))
     i32 = lambda v: const(v, "int32")  # noqa: E731
-    t = bb.emit(R.right_shift(bb.emit(R.multiply(d, i32(c["m"]))), i32(c["s"])))
+    t = bb.emit(R.right_shift(bb.emit(R.multiply(d, i32(c.m))), i32(c.s)))
     z = bb.emit(R.minimum(bb.emit(R.right_shift(t, i32(io.EXP_FRAC_BITS))), i32(io.EXP_ZERO_SHIFT)))
     f = bb.emit(R.bitwise_and(t, i32((1 << io.EXP_FRAC_BITS) - 1)))
     return bb.emit(R.right_shift(emit_horner(bb, f, io.EXP_POLY_Q15, io.EXP_FRAC_BITS), z))
 
 
-def emit_gelu(bb, x, zp: int, c: dict):
+def emit_gelu(bb, x, zp: int, c: io.GeluConstants):
     """int32 codes of GELU in units of scale / 2**14 for an 8/16-bit x (intmath.igelu; c from gelu_constants)."""
     from compiler.intmath import integer_ops as io
 
@@ -194,9 +199,9 @@ def emit_gelu(bb, x, zp: int, c: dict):
     if zp:
         a = bb.emit(R.subtract(a, i32(zp)))
     t = bb.emit(R.maximum(a, bb.emit(R.negative(a))))  # |a| (topi's abs compares in int64)
-    w = bb.emit(R.right_shift(t, i32(c["pre"]))) if c["pre"] else t
-    w = bb.emit(R.minimum(w, i32(c["t_cap"])))
-    u = bb.emit(R.right_shift(bb.emit(R.multiply(w, i32(c["m"]))), i32(io.GELU_MUL_SHIFT)))
+    w = bb.emit(R.right_shift(t, i32(c.pre))) if c.pre else t
+    w = bb.emit(R.minimum(w, i32(c.t_cap)))
+    u = bb.emit(R.right_shift(bb.emit(R.multiply(w, i32(c.m))), i32(io.GELU_MUL_SHIFT)))
     g = bb.emit(R.maximum(emit_horner(bb, u, io.GELU_POLY_Q14, io.GELU_FRAC_BITS), i32(0)))
     g2 = bb.emit(R.right_shift(bb.emit(R.multiply(g, g)), i32(io.GELU_FRAC_BITS)))
     phi = bb.emit(R.right_shift(bb.emit(R.multiply(g2, g2)), i32(io.GELU_FRAC_BITS)))
@@ -225,14 +230,14 @@ def emit_log_softmax(bb, x, scale: float):
     i64 = lambda v: const(v, "int64")  # noqa: E731
     n = tensor_info(x)[1][-1]
     d = _wide_difference(bb, x, scale)
-    s = bb.emit(R.left_shift(_exp_row_sum(bb, emit_exp_q15(bb, d, c["exp"])), i64(io.LOG2_FRAC_BITS)))
+    s = bb.emit(R.left_shift(_exp_row_sum(bb, emit_exp_q15(bb, d, c.exp)), i64(io.LOG2_FRAC_BITS)))
     bits = emit_bit_length(bb, s, io.LOG_SUM_BITS)
     idx = bb.emit(R.right_shift(s, bb.emit(R.subtract(bits, i64(1 + io.LOG2_TABLE_BITS)))))
     idx = bb.emit(R.subtract(idx, i64(1 << io.LOG2_TABLE_BITS)))
     log2q = bb.emit(R.left_shift(bb.emit(R.subtract(bits, i64(32))), i64(io.LOG2_FRAC_BITS)))
-    log2q = bb.emit(R.add(log2q, bb.emit(R.take(const(c["log2"], "int64"), idx, axis=0))))
-    lse = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(log2q, i64(c["m0"]))), i64(1 << (c["sh"] - 1)))),
-                                i64(c["sh"])))
+    log2q = bb.emit(R.add(log2q, bb.emit(R.take(const(c.log2, "int64"), idx, axis=0))))
+    lse = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(log2q, i64(c.m0))), i64(1 << (c.sh - 1)))),
+                                i64(c.sh)))
     dtype = tensor_info(d)[0]
     if dtype == "int32" and io.log_softmax_bound(n, scale, difference_bound(x, scale)) > io.INT32_MAX:
         d, dtype = bb.emit(R.astype(d, "int64")), "int64"
@@ -322,7 +327,7 @@ def emit_l2_normalize(bb, x, zp: int, bound: int, eps_code: int, axis: int):
     return bb.emit(R.astype(emit_divide_round(bb, x, norm, io.L2_OUT_FRAC_BITS), "int32"))
 
 
-def emit_layernorm(bb, x, c: dict, out_dtype: str):
+def emit_layernorm(bb, x, c: io.LayerNormConstants, out_dtype: str):
     """Integer LayerNorm over the last axis (constants from intmath.layernorm_constants)."""
     from compiler.intmath import integer_ops as io
 
@@ -330,25 +335,25 @@ def emit_layernorm(bb, x, c: dict, out_dtype: str):
     h = tensor_info(x)[1][-1]
     hx = bb.emit(R.multiply(x, const(h, "int64")))
     y = bb.emit(R.subtract(hx, bb.emit(R.sum(x, axis=[-1], keepdims=True))))
-    if c["shift"] > 0:
-        y = bb.emit(R.right_shift(y, const(c["shift"], "int64")))
-    elif c["shift"] < 0:
-        y = bb.emit(R.left_shift(y, const(-c["shift"], "int64")))
+    if c.shift > 0:
+        y = bb.emit(R.right_shift(y, const(c.shift, "int64")))
+    elif c.shift < 0:
+        y = bb.emit(R.left_shift(y, const(-c.shift, "int64")))
     n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)),
                                const(h, "int64")))
-    n = bb.emit(R.add(n, const(c["eps"], "int64")))
+    n = bb.emit(R.add(n, const(c.eps, "int64")))
     one = const(1, "int64")
     r, e = emit_isqrt(bb, n)
     recip = bb.emit(R.floor_divide(bb.emit(R.left_shift(bb.emit(R.full_like(n, one)),
                                                          bb.emit(R.add(e, const(io.LN_RECIP_BITS, "int64"))))), r))
     u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),
                               bb.emit(R.add(e, const(io.LN_RECIP_BITS - io.LN_FRAC_BITS, "int64")))))
-    sh = c["sh"]
-    v = bb.emit(R.add(bb.emit(R.multiply(u, const(c["m0"], "int64"))),
-                      const(c["bias"] + (np.int64(1) << (sh - 1)), "int64")))
+    sh = c.sh
+    v = bb.emit(R.add(bb.emit(R.multiply(u, const(c.m0, "int64"))),
+                      const(c.bias + (np.int64(1) << (sh - 1)), "int64")))
     v = bb.emit(R.right_shift(v, const(sh, "int64")))
-    if c["zp"]:
-        v = bb.emit(R.add(v, const(c["zp"], "int64")))
+    if c.zp:
+        v = bb.emit(R.add(v, const(c.zp, "int64")))
     info = np.iinfo(out_dtype)
     return bb.emit(R.astype(bb.emit(R.clip(v, int(info.min), int(info.max))), out_dtype))
 

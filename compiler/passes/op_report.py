@@ -7,42 +7,11 @@ int8 matmuls, and the float ops (any op that computes in a floating-point dtype)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tvm
 from tvm import relax
 
+from compiler.report import DATA_MOVEMENT, GraphReport, OpRecord  # noqa: F401  (DATA_MOVEMENT: re-exported)
 from compiler.tvm_compat import tensor_info
-
-_FLOAT = ("float16", "float32", "float64", "bfloat16")
-_MATMUL = "relax.matmul"
-# ops that compute nothing in float even on float data
-DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.shape_of", "relax.shape_to_tensor",
-                  "relax.expand_dims", "relax.squeeze", "relax.take", "relax.concat", "relax.split",
-                  "relax.strided_slice", "relax.broadcast_to", "relax.flatten"}
-
-
-@dataclass(frozen=True)
-class OpRecord:
-    op: str
-    inputs: tuple[str, ...]
-    output: str
-    edge: str = ""  # "output": a dequantize that produces a model output; "input": a quantize of a model input
-
-    def to_json(self) -> dict:
-        d = {"op": self.op, "dtypes": {"inputs": list(self.inputs), "output": self.output}}
-        if self.edge:
-            d["edge"] = self.edge
-        return d
-
-    @property
-    def computes_in_float(self) -> bool:
-        """Float arithmetic between the model's inputs and outputs (edge conversions excluded)."""
-        if self.op in DATA_MOVEMENT or self.edge:
-            return False
-        if self.op == "relax.quantize":
-            return True  # float -> int8: divides and rounds in float
-        return self.output in _FLOAT or any(d in _FLOAT for d in self.inputs)
 
 
 def _dtype(expr) -> str:
@@ -92,19 +61,5 @@ def list_ops(mod: tvm.IRModule, func_name: str = "main") -> list[OpRecord]:
     return records
 
 
-def summarize(records: list[OpRecord], onnx_matmuls: int) -> dict:
-    mm = [r for r in records if r.op == _MATMUL]
-    int8 = [r for r in mm if r.inputs and all(d in ("int8", "uint8") for d in r.inputs)]
-    float_ops: dict[str, int] = {}
-    for r in records:
-        if r.computes_in_float:
-            float_ops[r.op] = float_ops.get(r.op, 0) + 1
-    return {
-        "matmuls": {"total": max(onnx_matmuls, len(mm)), "int8": len(int8)},
-        # every return to 8 or 16 bits ends in a narrowing cast of an int64 intermediate
-        "requantize_ops": sum(1 for r in records if r.op == "relax.astype" and r.inputs == ("int64",)
-                              and r.output in ("int8", "int16")),
-        "float_ops": sorted(float_ops),
-        "float_op_counts": float_ops,
-        "ops": [r.to_json() for r in records],
-    }
+def summarize(records: list[OpRecord], onnx_matmuls: int) -> GraphReport:
+    return GraphReport.of_ops(records, onnx_matmuls)

@@ -18,7 +18,9 @@ from tvm import relax
 
 from compiler.artifact import EntrySpec
 from compiler.calibrate.collect import index_bounds
+from compiler.calibrate.table import CalibrationInfo
 from compiler.errors import IntformerError
+from compiler.report import CompileReport, GraphReport
 
 ENTRIES = ("encoder", "decoder")
 
@@ -31,21 +33,6 @@ def link_modules(mods: dict) -> tvm.IRModule:
             raise IntformerError(f"{name}: cannot link a module with functions besides main: {others}")
         funcs[relax.GlobalVar(name)] = mod["main"].with_attr("global_symbol", name)
     return tvm.IRModule(funcs)
-
-
-def _merge_reports(reports: dict) -> dict:
-    out = {"graphs": reports}
-    mm = [r["matmuls"] for r in reports.values()]
-    out["matmuls"] = {k: sum(m.get(k, 0) for m in mm) for k in mm[0]}
-    out["float_ops"] = sorted({op for r in reports.values() for op in r.get("float_ops", [])})
-    counts: dict = {}
-    for r in reports.values():
-        for op, n in (r.get("float_op_counts") or {}).items():
-            counts[op] = counts.get(op, 0) + n
-    out["float_op_counts"] = counts
-    out["requantize_ops"] = sum(r.get("requantize_ops") or 0 for r in reports.values())
-    out["ops"] = [dict(o, entry=name) for name, r in reports.items() for o in (r.get("ops") or [])]
-    return out
 
 
 def link_states(states: dict, spec, bundle: str):
@@ -61,10 +48,10 @@ def link_states(states: dict, spec, bundle: str):
         with open(os.path.join(bundle, spec.vocab), "rb") as f:
             spec_json["vocab_base64"] = base64.b64encode(f.read()).decode("ascii")
     enc, dec = states["encoder"], states["decoder"]
-    report = _merge_reports({n: states[n].report for n in ENTRIES})
-    report["calibration"] = {"method": enc.options.calibration_method, "source": dec.table.source,
-                             "encoder_samples": enc.table.num_samples, "decoder_samples": dec.table.num_samples,
-                             "percentile": dec.table.percentile}
+    graphs = {n: states[n].report.summary() for n in ENTRIES}
+    calibration = CalibrationInfo(enc.options.calibration_method, dec.table.source, dec.table.percentile,
+                                  encoder_samples=enc.table.num_samples, decoder_samples=dec.table.num_samples)
+    report = CompileReport.of(GraphReport.merge(graphs), graphs=tuple(graphs.items()), calibration=calibration)
     mod = link_modules({n: states[n].relax_mod for n in ENTRIES})
     return replace(enc, model_path=bundle, relax_mod=mod, lowered_mod=None, report=report, entries=tuple(entries),
                    seq2seq=spec_json, model_sha256=enc.model_sha256 + "+" + dec.model_sha256,

@@ -108,8 +108,8 @@ def main() -> int:
                           calibration_method=args.method, smoothing_alpha=args.alpha,
                           integer_only=not args.allow_float, token_scales=args.token_scales)
     res = compile_model(onnx_path, lib, opts)
-    print(f"compiled in {time.time() - t0:.0f} s; float ops: {res.report['float_ops']}; "
-          f"matmuls {res.report['matmuls']}", flush=True)
+    print(f"compiled in {time.time() - t0:.0f} s; float ops: {res.report.float_ops}; "
+          f"matmuls {res.report.matmuls.to_json()}", flush=True)
     engines = {args.label: {}}
     for k, v in sets.items():
         if k == "train":  # only the fp32 classifier needs the training reviews

@@ -100,7 +100,7 @@ def main() -> int:
     from rich.table import Table
 
     con = Console()
-    mm = res.report["matmuls"]
+    mm = res.report.matmuls
     t = Table(title=f"all-MiniLM-L6-v2, sentence embeddings vs fp32, {len(test)} held-out BBC News articles, "
                     f"seq {args.seq}")
     for col in ("engine", "mean cosine", "min cosine", "nearest-neighbour agreement"):
@@ -108,9 +108,9 @@ def main() -> int:
     for name, mean, mn, nn in rows:
         t.add_row(name, f"{mean:.5f}", f"{mn:.5f}", f"{100 * nn:.1f}%")
     con.print(t)
-    con.print(f"compiled in {compile_s:.0f} s: {mm['int8']}/{mm['total']} matmuls int8 x int8 -> int32 "
+    con.print(f"compiled in {compile_s:.0f} s: {mm.int8}/{mm.total} matmuls int8 x int8 -> int32 "
               f"(attention products included); float ops between inputs and outputs: "
-              f"{', '.join(res.report['float_ops']) or 'none'}")
+              f"{', '.join(res.report.float_ops) or 'none'}")
 
     from schedules.int8_matmul import select_kernel
     from targets import resolve_target

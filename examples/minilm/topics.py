@@ -103,7 +103,7 @@ def main() -> int:
         print(f"{name}: top-1 agreement with fp32 {np.mean(predict(w, e) == p32):.4f}, accuracy "
               f"{np.mean(predict(w, e) == y_test):.4f}, embedding cosine mean {cos.mean():.5f} min {cos.min():.5f}")
     print(f"bit-exact against the NumPy reference: {exact}/{len(test)} inputs; float ops: "
-          f"{res.report['float_ops'] or 'none'}; matmuls int8 {res.report['matmuls']}")
+          f"{res.report.float_ops or 'none'}; matmuls int8 {res.report.matmuls.to_json()}")
     return 0 if exact == len(test) else 1
 
 

@@ -28,9 +28,9 @@ def _integer_graph(tmp_path, kind, head, dynamo, opset):
     ("bert", "classifier_softmax", True, 18), ("bert", "classifier_sigmoid", False, 17)])
 def test_head_is_integer_only_and_close_to_fp32(kind, head, dynamo, opset, tmp_path):
     model, _, st = _integer_graph(tmp_path, kind, head, dynamo, opset)
-    assert st.report["float_ops"] == [], st.report["float_ops"]
-    mm = st.report["matmuls"]
-    assert mm["int8"] == mm["total"] > 0
+    assert st.report.float_ops == [], st.report.float_ops
+    mm = st.report.matmuls
+    assert mm.int8 == mm.total > 0
     from compiler.intmath.interpreter import Interpreter
 
     ref = Interpreter(st.relax_mod)
@@ -54,7 +54,7 @@ def test_pooled_library_is_bit_exact_with_reference(tmp_path):
     model, opts, _ = _integer_graph(tmp_path, "bert", "pooled", False, 17)
     lib = str(tmp_path / "pooled.so")
     res = compile_model(model, lib, opts)
-    assert res.report["float_ops"] == []
+    assert res.report.float_ops == []
     compiled, ref = load(lib), res.reference()
     feeds = sample_inputs("bert", 6, seed=5)
     feeds["attention_mask"][0, 0, :] = 0  # nothing unmasked: a zero embedding, as fp32 gives (0 / 1e-9)

@@ -19,15 +19,14 @@ def compiled(tiny_bert, tmp_path_factory):
 
 def test_float_free_certificate(compiled):
     res, _ = compiled
-    assert res.report["float_ops"] == []
+    assert res.report.float_ops == []
     from compiler.passes.op_report import DATA_MOVEMENT
 
-    floats = [o for o in res.report["ops"] if "float32" in o["dtypes"]["inputs"] + [o["dtypes"]["output"]]
-              and o["op"] not in DATA_MOVEMENT]
-    assert floats and all(o.get("edge") == "output" and o["op"] == "relax.dequantize" for o in floats)
-    ops = {o["op"] for o in res.report["ops"]}
+    floats = [o for o in res.report.ops if "float32" in o.inputs + (o.output,) and o.op not in DATA_MOVEMENT]
+    assert floats and all(o.edge == "output" and o.op == "relax.dequantize" for o in floats)
+    ops = {o.op for o in res.report.ops}
     assert not ops & {"relax.nn.softmax", "relax.nn.layer_norm", "relax.erf", "relax.quantize"}
-    assert res.report["requantize_ops"] > 0
+    assert res.report.requantize_ops > 0
 
 
 def test_bit_exact_against_numpy_reference(compiled):
@@ -55,4 +54,4 @@ def test_integer_only_fails_naming_the_float_op(tiny_bert, tmp_path, monkeypatch
     allowed = CompileOptions(input_shapes=(("input_ids", (1, 16)),), calibration_data=calib,
                              allow_float=("softmax", "quantize", "dequantize"))
     res = compile_model(model, str(tmp_path / "y.so"), allowed)
-    assert "relax.nn.softmax" in res.report["float_ops"]
+    assert "relax.nn.softmax" in res.report.float_ops

@@ -63,7 +63,7 @@ def test_manifest_and_buckets(ranged_lib):
     m = res.manifest
     assert [s.ranges for s in m.inputs] == [((1, 1, 16, "seq"),)] * 3  # the named range binds every input
     assert m.outputs[0].ranges == ((1, 1, 16, "seq"),) and m.outputs[0].shape == (1, 16, 32)
-    assert res.report["buckets"] == ["8", "16"]
+    assert res.report.buckets == ("8", "16")
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 7, 11, 16])
@@ -154,7 +154,7 @@ def test_batch_range_pads_rows_and_equals_each_text_alone(tiny_bert, tiny_bert_l
     lib = str(tmp_path / "batched.so")
     res = compile_model(model, lib, CompileOptions(input_shapes=(("input_ids", (DimRange(1, 2), 16)),),
                                                    calibration_table=table))
-    assert res.report["buckets"] == ["1", "2"]
+    assert res.report.buckets == ("1", "2")
     m = CompiledModel(lib)
     a, b = _feed(5, seed=1, pad_to=16), _feed(11, seed=2, pad_to=16)
     out = m({k: np.concatenate([a[k], b[k]]) for k in a})[0]

@@ -18,10 +18,10 @@ MIN_COSINE = 0.99  # random weights; real MiniLM is measured by the example (REA
 
 def test_every_matmul_is_int8(tiny_bert_lib):
     lib, report, model, test = tiny_bert_lib
-    assert report["matmuls"]["total"] == 16  # 2 layers x (Q, K, V, QK^T, PV, out, FFN1, FFN2)
-    assert report["matmuls"]["int8"] == 16
-    int_mm = [o for o in report["ops"] if o["op"] == "relax.matmul"]
-    assert all(o["dtypes"] == {"inputs": ["int8", "int8"], "output": "int32"} for o in int_mm)
+    assert report.matmuls.total == 16  # 2 layers x (Q, K, V, QK^T, PV, out, FFN1, FFN2)
+    assert report.matmuls.int8 == 16
+    int_mm = [o for o in report.ops if o.op == "relax.matmul"]
+    assert all((o.inputs, o.output) == (("int8", "int8"), "int32") for o in int_mm)
 
 
 def test_accuracy_against_onnxruntime(tiny_bert_lib):
@@ -85,8 +85,8 @@ def test_family_and_exporters(kind, dynamo, opset, tmp_path):
     lib = str(tmp_path / f"{kind}.so")
     res = compile_model(model, lib, CompileOptions(input_shapes=(("input_ids", (1, 16)),),
                                                    calibration_data=str(tmp_path / "calib.npz")))
-    assert res.report["matmuls"]["int8"] == res.report["matmuls"]["total"] > 0
-    assert res.report["float_ops"] == []  # integer-only for every member of the family (tanh GELU included)
+    assert res.report.matmuls.int8 == res.report.matmuls.total > 0
+    assert res.report.float_ops == []  # integer-only for every member of the family (tanh GELU included)
     (cmp,) = evaluate(lib, model, str(tmp_path / "test.npz"))
     assert cmp.cosine_mean >= MIN_COSINE, cmp
 
@@ -96,12 +96,12 @@ def test_percentile_method_and_synthetic_calibration(tiny_bert, tmp_path):
     shape = (("input_ids", (1, 16)),)
     pct = compile_model(model, str(tmp_path / "pct.so"),
                         CompileOptions(input_shapes=shape, calibration_data=calib, calibration_method="percentile"))
-    assert pct.manifest.calibration["method"] == "percentile"
+    assert pct.manifest.calibration.method == "percentile"
     (cmp,) = evaluate(str(tmp_path / "pct.so"), model, test)
     assert cmp.cosine_mean >= MIN_COSINE - 0.01, cmp
     syn = compile_model(model, str(tmp_path / "syn.so"), CompileOptions(input_shapes=shape))
-    assert syn.manifest.calibration["source"] == "synthetic"
-    assert syn.report["float_ops"] == []
+    assert syn.manifest.calibration.source == "synthetic"
+    assert syn.report.float_ops == []
 
 
 def test_read_only_inputs_are_uploaded_once_and_writable_ones_every_call(tiny_bert_lib):

@@ -7,8 +7,9 @@ import pytest
 from onnx import helper
 
 from compiler.artifact import EntrySpec, Manifest
-from compiler.calibrate.table import CalibrationTable, TensorRange
+from compiler.calibrate.table import CalibrationInfo, CalibrationTable, TensorRange
 from compiler.config import TensorSpec
+from compiler.report import GraphReport
 from compiler.seq2seq.boundaries import crossing_qparams, quantize_io
 from compiler.seq2seq.spec import Seq2SeqSpec, StateSpec
 
@@ -73,13 +74,17 @@ def test_crossing_scales_are_shared_and_symmetric():
     assert np.isclose(qp["enc_out"][0], 0.05) and qp["enc_out"][1] == 0
 
 
+NO_OPS = GraphReport.from_json({})
+CALIBRATION = CalibrationInfo("minmax", "data", 99.99, samples=1)
+
+
 def test_manifest_entries_round_trip_and_old_manifests_load():
     e = EntrySpec("decoder", (TensorSpec("c", (2, 4), "int8"),), (TensorSpec("logprobs", (2, 10), "float32"),),
                   (("c", 0.01, 0),), (("prev_ids", -10, 9),), "abc")
-    m = Manifest((), (), {}, {}, "", "", {}, {}, {}, entries=(e,), seq2seq={"format": "intformer-seq2seq"})
+    m = Manifest((), (), {}, {}, "", "", CALIBRATION, {}, NO_OPS, entries=(e,), seq2seq={"format": "intformer-seq2seq"})
     back = Manifest.from_json(m.to_json())
     assert back.entry_spec("decoder") == e and back.seq2seq == m.seq2seq
-    old = {k: v for k, v in Manifest((TensorSpec("x", (1,), "int64"),), (), {}, {}, "", "", {}, {}, {}).to_json()
+    old = {k: v for k, v in Manifest((TensorSpec("x", (1,), "int64"),), (), {}, {}, "", "", CALIBRATION, {}, NO_OPS).to_json()
            .items() if k not in ("entries", "seq2seq")}
     assert Manifest.from_json(old).entries == () and Manifest.from_json(old).entry == "main"
     with pytest.raises(KeyError):

@@ -1,0 +1,75 @@
+"""fuse_rows, Before/Expected: on the legalized module (LegalizeOps + AnnotateTIROpPattern, as the build runs it),
+a connected chain of row ops over the same rows (elementwise, a last-axis reduction with keepdims) becomes one
+private `Primitive` function called from main; the kernels are untouched, only the grouping changes."""
+
+import tvm
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from compiler.passes.fuse_rows import fuse_rows
+from compiler.tvm_compat import BlockBuilder, tensor_type
+
+
+def _legalized(mod):
+    return tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
+
+
+def test_a_row_chain_becomes_one_primitive_function():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((4, 8), "int32")):
+            with R.dataflow():
+                m = R.max(x, axis=[-1], keepdims=True)
+                d = R.subtract(m, x)
+                s = R.sum(d, axis=[-1], keepdims=True)
+                y = R.add(d, s)
+                R.output(y)
+            return y
+
+    legal = _legalized(Before)
+    kernel = {name: legal.get_global_var(name) for name in ("max", "subtract", "sum", "add")}
+    rows, row = tensor_type((4, 8), "int32"), tensor_type((4, 1), "int32")
+    bb = BlockBuilder(legal)
+    x0 = relax.Var("x0", rows)
+    with bb.function("fused_rows0", [x0], attrs={"Primitive": True}, private=True):
+        with bb.dataflow():
+            m = bb.emit(relax.call_tir(kernel["max"], [x0], row))
+            d = bb.emit(relax.call_tir(kernel["subtract"], [m, x0], rows))
+            s = bb.emit(relax.call_tir(kernel["sum"], [d], row))
+            y = bb.emit(relax.call_tir(kernel["add"], [d, s], rows))
+            out = bb.emit_output(y)  # the group's result, bound once more as the dataflow's output
+        bb.emit_func_output(out)
+    group = bb.get().get_global_var("fused_rows0")
+    x = relax.Var("x", rows)
+    main = BlockBuilder()
+    with main.function("main", [x]):
+        with main.dataflow():
+            y = main.emit_output(relax.Call(group, [x]))
+        main.emit_func_output(y)
+    bb.update_func(legal.get_global_var("main"), main.get()["main"])
+    expected = relax.transform.Normalize()(bb.get())
+
+    got, groups = fuse_rows(legal)
+    assert groups == 1
+    tvm.ir.assert_structural_equal(got, expected)
+
+
+def test_a_reshape_ends_the_rows_and_a_lone_op_is_left_to_fuse_ops():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((4, 8), "int32")):
+            with R.dataflow():
+                a = R.add(x, x)
+                r = R.reshape(a, (8, 4))
+                y = R.multiply(r, r)
+                R.output(y)
+            return y
+
+    legal = _legalized(Before)
+    got, groups = fuse_rows(legal)
+    assert groups == 0
+    tvm.ir.assert_structural_equal(got, legal)
+
