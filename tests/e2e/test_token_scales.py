@@ -31,8 +31,8 @@ def test_token_scales_float_free_and_bit_exact(builds):
 
     _, out = builds
     res, lib = out["tokens"]
-    assert res.report["float_ops"] == []
-    ops = {o["op"] for o in res.report["ops"]}
+    assert res.report.float_ops == []
+    ops = {o.op for o in res.report.ops}
     assert "relax.right_shift" in ops and "relax.greater" in ops  # the per-row shift was built
     model, ref = load(lib), res.reference()
     feeds = sample_inputs("bert", 12, seed=3)
