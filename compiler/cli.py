@@ -166,11 +166,14 @@ def _eval_layers(a) -> int:
                                max_samples=a.samples)
     t = Table(title=f"{os.path.basename(a.library)}: every layer's output vs onnxruntime fp32 "
                     f"(the NumPy reference, bit-exact with the library; padded positions left out)")
-    for col in ("#", "tensor", "cosine mean", "cosine min", "max abs error", "fp32 max |x|"):
-        t.add_column(col)
+    for col in ("#", "tensor", "cosine mean", "cosine min", "max abs error", "fp32 max |x|", "local mean",
+                "local min"):
+        t.add_column(col, overflow="fold")
     for k, r in enumerate(rows):
         t.add_row(str(k), r.name, f"{r.cosine_mean:.5f}", f"{r.cosine_min:.5f}", f"{r.max_abs_error:.4g}",
-                  f"{r.fp32_absmax:.4g}")
+                  f"{r.fp32_absmax:.4g}", f"{r.local_cosine_mean:.5f}", f"{r.local_cosine_min:.5f}")
+    t.caption = ("local: the cosine of the layer alone, every earlier layer's output replaced by fp32's (in its "
+                 "integer codes): the error the layer adds itself")
     Console(width=max(120, shutil.get_terminal_size().columns)).print(t)
     return 0
 

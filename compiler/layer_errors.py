@@ -5,6 +5,10 @@ graph is the library's: the NumPy reference equals the library bit for bit); the
 every LayerNorm output (the output of each attention and feed-forward block, and of the embeddings), and
 onnxruntime runs the fp32 model with the same tensors added as outputs. Positions the attention mask marks as
 padding are left out of every figure.
+
+Two figures per layer: the error that shows at its output (everything before it quantized), and the error the
+layer adds itself ("local"): a second run of the reference continues after every recorded output from the fp32
+value in its integer codes, so each layer starts from exact inputs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class LayerError:
     cosine_min: float
     max_abs_error: float
     fp32_absmax: float  # the largest |value| of the fp32 tensor, for scale
+    local_cosine_mean: float = float("nan")  # the layer alone: every earlier recorded output replaced by fp32's
+    local_cosine_min: float = float("nan")
 
 
 def layer_errors(model_path: str, options: CompileOptions, samples: list[dict],
@@ -52,6 +58,7 @@ def layer_errors(model_path: str, options: CompileOptions, samples: list[dict],
     ref = Interpreter(st.relax_mod)
     reps = [r for _, r in st.probes]
     stats: dict[str, list] = {n: [] for n in names + outputs}
+    local: dict[str, list] = {n: [] for n in names + outputs}
     with progress_bar("per-layer errors", total=len(samples)) as advance:
         for feed in samples:
             want = sess.run(names + outputs, {k: feed[k] for k in feed_names})
@@ -62,12 +69,27 @@ def layer_errors(model_path: str, options: CompileOptions, samples: list[dict],
             mask = feed.get(mask_input)
             for n, g, w in zip(names + outputs, got, want):
                 stats[n].append(_compare(g, np.asarray(w, np.float64), mask))
+            exact = {r.expr: _codes(r, w) for r, w in zip(reps, want)}
+            trace = {r.expr: None for r in reps}
+            local_out = ref(*[feed[s.name] for s in st.inputs], trace=trace, override=exact)
+            got = [(trace[r.expr].astype(np.float64) - r.zp) * float(np.float32(r.scale)) for r in reps]
+            got += [np.asarray(g, np.float64) for g in local_out]
+            for n, g, w in zip(names + outputs, got, want):
+                local[n].append(_compare(g, np.asarray(w, np.float64), mask)[0])
             advance()
     rows = []
     for n in names + outputs:
         cos, err, top = zip(*stats[n])
-        rows.append(LayerError(n, float(np.mean(cos)), float(np.min(cos)), float(np.max(err)), float(np.max(top))))
+        rows.append(LayerError(n, float(np.mean(cos)), float(np.min(cos)), float(np.max(err)), float(np.max(top)),
+                               float(np.mean(local[n])), float(np.min(local[n]))))
     return rows
+
+
+def _codes(r, value: np.ndarray) -> np.ndarray:
+    """The fp32 value in the integer codes of r (rounded, clipped to r's type)."""
+    info = np.iinfo(r.dtype)
+    q = np.round(np.asarray(value, np.float64) / float(np.float32(r.scale))) + r.zp
+    return np.clip(q, info.min, info.max).astype(r.dtype)
 
 
 def _compare(got: np.ndarray, want: np.ndarray, mask) -> tuple[float, float, float]:

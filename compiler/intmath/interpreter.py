@@ -141,9 +141,11 @@ class Interpreter:
     def __init__(self, mod: tvm.IRModule, func_name: str = "main"):
         self.func = mod[func_name]
 
-    def __call__(self, *args: np.ndarray, trace: dict | None = None):
-        """The outputs; with `trace` (var -> None), also fills it with the value of each of those vars."""
+    def __call__(self, *args: np.ndarray, trace: dict | None = None, override: dict | None = None):
+        """The outputs; with `trace` (var -> None), also fills it with the value of each of those vars (as
+        computed); with `override` (var -> array), the graph continues from those values instead."""
         env = dict(zip(self.func.params, args))
+        computed = {}
 
         def value(e):
             if isinstance(e, relax.Var):
@@ -172,8 +174,11 @@ class Interpreter:
                     env[b.var] = value(e.tuple_value)[e.index]
                 else:
                     env[b.var] = value(e)
+                if override is not None and b.var in override:
+                    computed[b.var] = env[b.var]
+                    env[b.var] = np.asarray(override[b.var]).astype(env[b.var].dtype).reshape(env[b.var].shape)
         out = value(self.func.body.body)
         if trace is not None:
             for var in trace:
-                trace[var] = env.get(var)
+                trace[var] = computed.get(var, env.get(var))
         return out if isinstance(out, list) else [out]

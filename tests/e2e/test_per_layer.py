@@ -20,6 +20,12 @@ def test_every_layer_norm_and_the_output_against_fp32(tiny_bert_lib):
     assert all("LayerNorm" in r.name for r in rows[:-1])
     for r in rows:
         assert 0.9 < r.cosine_min <= r.cosine_mean <= 1.0 + 1e-9 and r.max_abs_error >= 0
+    # local figures: the embeddings have nothing before them (same as the global figure); later layers start from
+    # fp32 inputs, so none adds more error than shows at its output after every layer before it
+    assert rows[0].local_cosine_mean == rows[0].cosine_mean
+    for r in rows[1:]:
+        assert 0.9 < r.local_cosine_min <= r.local_cosine_mean <= 1.0 + 1e-9
+    assert sum(r.local_cosine_mean for r in rows[1:]) >= sum(r.cosine_mean for r in rows[1:])
     # the reference interpreter is the library: its output error is the library's
     (lib_cmp,) = evaluate(lib, model, test)
     assert rows[-1].max_abs_error <= lib_cmp.max_abs_error + 1e-6
