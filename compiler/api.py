@@ -171,6 +171,7 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
         check_range(tune_options.trials_per_iter, "--trials-per-iter", 1, float("inf"), "at least 1")
     check_options(options)
     check_output(db_dir, "--db", {"MODEL": model_path}, kind="folder")  # before TVM's import (seconds)
+    from compiler.build import fuse_kernels
     from compiler.pipeline import resolve_target_spec, run_pipeline
     from compiler.progress import tuning_progress
     from schedules.database import TuningDatabase
@@ -184,7 +185,7 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     target = st.target_spec.tvm_target()
     status("extracting kernels")
     skipped: list[str] = []
-    tasks = extract_tasks(st.lowered_mod, target, skipped, tune_options.kernels)
+    tasks = extract_tasks(fuse_kernels(st.lowered_mod, target), target, skipped, tune_options.kernels)
     before = {t.name: db.records_for(t.workload) for t in tasks}
     if remote is not None:
         from targets.remote import tuning_runner
@@ -247,13 +248,9 @@ def _interrupt_keeps(db_path: str):
 def load(library: str, remote=None, entry: str = ""):
     """A loaded library (its entry point `entry` when it has several): here, or uploaded to the device `remote`
     (targets.remote.RemoteSpec) over RPC."""
-    if remote is not None:
-        from targets.remote import RemoteModel
+    from compiler.device import load_model
 
-        return RemoteModel(library, remote, entry=entry)
-    from compiler.runtime import CompiledModel
-
-    return CompiledModel(library, entry=entry)
+    return load_model(library, remote, entry)
 
 
 def run(library: str, inputs_npz: str, output_npz: str | None = None, remote=None) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import onnx
 
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
-from compiler.pipeline import CompileState
+from compiler.state import CompileState
 from compiler.progress import status, warn
 
 

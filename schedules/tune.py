@@ -1,11 +1,12 @@
 """MetaSchedule tuning of a compiled model's integer kernels, with the XGBoost cost model.
 
-Expects: the Relax module the build compiles (integer matmuls already on the kernels of int8_matmul.py, which
-carry a ``intformer.kernel`` attribute naming their shape), and a TVM target.
+Expects: the fused Relax module the build schedules (compiler/build.py's ``fuse_kernels``: integer matmuls
+already on the kernels of int8_matmul.py, which carry a ``intformer.kernel`` attribute naming their shape), and
+a TVM target.
 
 Guarantees:
-- ``extract_tasks`` fuses the module as the build does and returns one ``TuneTask`` per distinct kernel, weighted
-  by how often the model calls it:
+- ``extract_tasks`` returns one ``TuneTask`` per distinct kernel of that module, weighted by how often the model
+  calls it:
   - GEMM / batched-matmul kernels are tuned over a small, always-buildable space: the register tile
     (rows x weight blocks) and whether threads split rows or weight panels, applied by the very schedule of
     int8_matmul.py (tensorized with the project's intrinsics), so every candidate is exact and builds;
@@ -170,14 +171,13 @@ def _iterations(block) -> int:
     return n
 
 
-def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None, kernels: str = "all") -> list[TuneTask]:
-    """One TuneTask per distinct kernel of the fused module (see the module docstring) among the kinds of
-    ``KERNEL_SETS[kernels]``; the names of kernels left out, with why, are appended to ``skipped``."""
+def extract_tasks(fused: IRModule, target, skipped: Optional[list] = None, kernels: str = "all") -> list[TuneTask]:
+    """One TuneTask per distinct kernel of the fused module (the kernels the build makes; see the module
+    docstring) among the kinds of ``KERNEL_SETS[kernels]``; the names of kernels left out, with why, are appended
+    to ``skipped``."""
     kinds = KERNEL_SETS[kernels]
-    from compiler.build import fuse_kernels
     from compiler.tvm_compat import structural_equal
 
-    fused = fuse_kernels(mod, target)  # the kernels the build makes
     groups: dict[int, list] = {}  # hash -> [(workload, name, kind, gemm_info)], deduplicated structurally
     for gv, func in fused.functions.items():
         if not isinstance(func, PrimFunc):

@@ -80,6 +80,8 @@ def _host() -> TargetSpec:
 
     cpu = host_cpu_name()
     flags = _cpu_flags()
+    from compiler.io_safety import amx_permitted
+
     if not ({"amx_tile", "amx_int8"} <= flags and amx_permitted()):
         flags.discard("amx_int8")
     isa = tuple(f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
@@ -92,21 +94,6 @@ def _host() -> TargetSpec:
     else:
         llvm["mtriple"] = "x86_64-linux-gnu"
     return TargetSpec("host", f"this machine ({cpu})", llvm, isa)
-
-
-def amx_permitted() -> bool:
-    """True if Linux grants this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA): kernel
-    5.16 or newer, and a hypervisor that exposes it. The AMX kernels ask the same at each call."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    import ctypes
-
-    from schedules.amx_gemm import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _cpu_flags() -> set[str]:

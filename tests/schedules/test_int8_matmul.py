@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 from compiler.tvm_compat import tensor_type
-from targets.presets import amx_permitted
+from compiler.io_safety import amx_permitted
 from schedules.int8_matmul import (
     INTRINSICS,
     emit_int8_batch_matmul,
