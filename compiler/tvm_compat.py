@@ -158,6 +158,19 @@ from tvm.s_tir import Schedule, TensorIntrin  # noqa: E402  (tvm.tir.Schedule / 
 from tvm.script import tirx as tir_script  # noqa: E402  (tvm.script.tir before 0.2x; use @T.prim_func(s_tir=True))
 
 
+def normalize_prim_func(sch):
+    """The blocks of a schedule's PrimFunc, each with its iteration kinds (dlight's analysis; tvm.dlight before
+    0.2x), or None when the function is not a plain loop nest."""
+    from tvm.s_tir.dlight.analysis import normalize_prim_func as _normalize
+
+    return _normalize(sch)
+
+
+def build_tir(func, target):
+    """A TIR PrimFunc or module -> a runtime Module (tvm.build before 0.2x): for kernel benchmarks and tests."""
+    return tvm.tirx.build(func, target)
+
+
 def llvm_triple(target) -> str:
     """The target's LLVM triple (``mtriple``, else the host's), e.g. "aarch64-linux-gnu"."""
     from tvm.target import codegen
@@ -176,7 +189,8 @@ def llvm_cpu_has_features(features, target) -> bool:
 from tvm.ir import IRModule  # noqa: E402
 from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 from tvm.s_tir import meta_schedule  # noqa: E402
-from tvm.tirx import PrimFunc  # noqa: E402  (tvm.tir.PrimFunc before 0.2x)
+from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
+from tvm.ir.utils import derived_object  # noqa: E402  (tvm.meta_schedule.utils.derived_object before 0.2x)
 from tvm import tirx  # noqa: E402  (tvm.tir before 0.2x: TIR expressions, buffers, loops)
 from tvm.s_tir import SBlock, SBlockRealize  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x)
 

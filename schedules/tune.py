@@ -227,7 +227,7 @@ def extract_tasks(fused: IRModule, target, skipped: Optional[list] = None, kerne
 
 
 def _progress_callback(tasks: list[TuneTask], progress: TuneProgress, on_update: Optional[Callable]):
-    from tvm.ir.utils import derived_object
+    from compiler.tvm_compat import derived_object
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):

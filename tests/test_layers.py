@@ -6,6 +6,8 @@
   schedules/; the leaves import nothing of the project but each other.
 - The runtime loader (compiler/runtime.py) reaches only the modules a deployment ships (RUNTIME), not the
   compiler (TVM's compiler half is not on a board).
+- compiler/tvm_compat.py alone names the TVM paths that moved in 0.2x (tvm.tirx, tvm.s_tir, tvm.script.tirx)
+  or constructs a relax TensorType, so a TVM upgrade touches one file; tests and examples included.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from __future__ import annotations
 import ast
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("compiler", "schedules", "targets")
 LEAVES = {"compiler.errors", "compiler.tvm_compat", "compiler.progress", "compiler.io_safety"}
 RUNTIME = {"compiler.runtime", "compiler.artifact", "compiler.config", "compiler.errors", "compiler.io_safety",
            "compiler.progress"}
+TVM_COMPAT = "compiler.tvm_compat"
+MOVED = ("tvm.tirx", "tvm.s_tir", "tvm.script.tirx")  # and anything below them
 
 
 def _python_files(folders):
@@ -150,3 +156,50 @@ def test_runtime_loader_reaches_only_what_a_deployment_ships():
             seen.add(m)
             todo.extend(graph[m])
     assert seen <= RUNTIME, f"compiler/runtime.py reaches {sorted(seen - RUNTIME)}"
+
+
+def _moved_names(tree: ast.Module):
+    """(line, what) of every use of a TVM path that moved in 0.2x, and of every TensorType construction."""
+    def dotted(node):
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Name):
+            return ".".join([node.id, *reversed(parts)])
+        return None
+
+    def moved(name):
+        return any(name == m or name.startswith(m + ".") for m in MOVED)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
+        elif isinstance(node, ast.Attribute):
+            names = [dotted(node) or ""]
+        else:
+            names = []
+        for name in names:
+            if moved(name):
+                yield node.lineno, name
+        if isinstance(node, ast.Call):
+            func = node.func
+            fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if fname == "TensorType":
+                yield node.lineno, "TensorType(...)"
+
+
+@pytest.mark.parametrize("folder", [*PACKAGES, "tests", "examples"])
+def test_one_module_names_what_moves_between_tvm_releases(folder):
+    found = []
+    for path in _python_files([folder]):
+        if _module_name(path) == TVM_COMPAT:
+            continue
+        by_line = {}
+        for line, what in _moved_names(_parse(path)):
+            by_line.setdefault(line, what)
+        found += [f"{os.path.relpath(path, ROOT)}:{line}: {what}" for line, what in sorted(by_line.items())]
+    assert not found, (f"TVM names that moved in 0.2x, outside {TVM_COMPAT} (import them from there):\n"
+                       + "\n".join(found))

@@ -21,7 +21,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import export_library, tensor_type
+from compiler.tvm_compat import build_tir, export_library, tensor_type
 from schedules.int8_matmul import (INTRINSICS, emit_int8_batch_matmul, emit_int8_matmul, select_batch_kernel,
                                    select_kernel)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, UDOT_4x4
@@ -215,7 +215,7 @@ def intrin_libs(tmp_path_factory):
     m, k, n = 5, 32, 8
     for name, (intrin, dtype, preset, _) in INTRIN_CASES.items():
         spec = resolve_target(preset)
-        lib = tvm.tirx.build(tensorized_gemm(m, k, n, intrin, dtype, dtype), spec.tvm_target())
+        lib = build_tir(tensorized_gemm(m, k, n, intrin, dtype, dtype), spec.tvm_target())
         path = str(d / f"{name}.so")
         export_library(lib, path, spec.cross_compiler)
         lo, hi = (0, 256) if dtype == "uint8" else (-128, 128)

@@ -31,8 +31,8 @@ def _graph():
     c = _layernorm_constants()
     table = np.clip(np.arange(-128, 128) // 2 + 5, -128, 127).astype(np.int8)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((ROWS, HIDDEN), "int8"))
-    s = relax.Var("s", relax.TensorType((HEADS, SEQ, SEQ), "int16"))
+    x = relax.Var("x", C.tensor_type((ROWS, HIDDEN), "int8"))
+    s = relax.Var("s", C.tensor_type((HEADS, SEQ, SEQ), "int16"))
     with bb.function("main", [x, s]):
         with bb.dataflow():
             ln = intops.emit_layernorm(bb, x, c, "int8")
@@ -87,7 +87,7 @@ def test_scheduled_build_is_bit_exact(rows):
 
 
 def _kernels(mod):
-    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, C.PrimFunc)}
 
 
 @pytest.mark.parametrize("rows", [False, True], ids=["fuse_ops", "row_groups"])

@@ -12,6 +12,7 @@ from tvm import relax
 
 from compiler.intmath import integer_ops as io
 from compiler.passes import intops
+from compiler.tvm_compat import tensor_type
 
 R = relax.op
 
@@ -26,7 +27,7 @@ _cache = {}
 def _compiled(key, build_fn, shape, dtype):
     if key not in _cache:
         bb = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorType(shape, dtype))
+        x = relax.Var("x", tensor_type(shape, dtype))
         with bb.function("main", [x]):
             with bb.dataflow():
                 out = bb.emit_output(build_fn(bb, x))
@@ -138,7 +139,7 @@ def test_product_and_relu_match_twins(dtype, za, zb, seed):
     bound = int(info.max) - int(info.min) + 200
     k = io.product_shift(bound, bound)
     bb = relax.BlockBuilder()
-    va, vb = (relax.Var(n, relax.TensorType((3, 17), dtype)) for n in "ab")
+    va, vb = (relax.Var(n, tensor_type((3, 17), dtype)) for n in "ab")
     with bb.function("main", [va, vb]):
         with bb.dataflow():
             p = intops.emit_mul(bb, va, za, vb, zb, k)
@@ -178,7 +179,7 @@ L2_MAX_ABS_ERROR = 2e-4  # of x / ||x|| per element, for inputs using at least 2
 def _compiled2(key, build_fn, shapes, dtypes):
     if key not in _cache:
         bb = relax.BlockBuilder()
-        xs = [relax.Var(f"x{i}", relax.TensorType(s, d)) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+        xs = [relax.Var(f"x{i}", tensor_type(s, d)) for i, (s, d) in enumerate(zip(shapes, dtypes))]
         with bb.function("main", xs):
             with bb.dataflow():
                 out = bb.emit_output(build_fn(bb, *xs))
