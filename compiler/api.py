@@ -13,7 +13,7 @@ import numpy as np
 
 from compiler.artifact import MANIFEST_FUNC, manifest_path
 from compiler.config import CompileOptions
-from compiler.errors import IntformerError, Interrupted
+from compiler.errors import Interrupted, IntformerError
 from compiler.io_safety import atomic_output, check_output, check_range, check_threads, write_text
 from compiler.progress import progress_bar, status, warn
 

@@ -118,8 +118,8 @@ REMOTE_RUNS = 10  # timed runs on a device when --repeats is not given
 
 
 def _run_remote_bench(library: str, threads: int, model, repeats: int, remote) -> BenchReport:
-    from compiler.errors import IntformerError
     from compiler.device import RemoteModel
+    from compiler.errors import IntformerError
 
     if model:
         raise IntformerError("--model times onnxruntime on this machine; it cannot be combined with --rpc/--tracker")

@@ -49,7 +49,7 @@ class TensorSpec:
         return d
 
     @staticmethod
-    def from_json(d: dict) -> "TensorSpec":
+    def from_json(d: dict) -> TensorSpec:
         return TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"],
                           tuple((int(a), int(lo), int(hi), str(v)) for a, lo, hi, v in d.get("ranges", ())))
 

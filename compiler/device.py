@@ -4,7 +4,8 @@ RPC (RemoteModel, the same interface; the connection and its time-outs are targe
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 

@@ -8,15 +8,15 @@ stage by stage.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Optional
 
 import onnx
 
 from compiler.config import CompileOptions
 from compiler.progress import status
 from compiler.state import CompileState
-
 
 Stages = list[tuple[str, Callable[[CompileState], CompileState]]]
 
@@ -92,8 +92,7 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
     """Ranged input dims (compiler/ranged.py): the front stages and calibration once at the largest shape, the
     per-graph stages once per bucket (the same calibration table: equal int8 weights, stored once), the bucket
     functions linked into one module, then a dispatching `main` and one build."""
-    from compiler import ranged
-    from compiler import stages as s
+    from compiler import ranged, stages as s
 
     target = resolve_target_spec(options)
     front, back, module = _stage_groups()

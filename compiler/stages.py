@@ -9,8 +9,8 @@ import onnx
 
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
-from compiler.state import CompileState
 from compiler.progress import status, warn
+from compiler.state import CompileState
 
 
 def load(st: CompileState) -> CompileState:
@@ -90,10 +90,8 @@ def calibrate(st: CompileState) -> CompileState:
 
 def _calibrate_smoothed(st: CompileState, samples, source):
     """Two observer passes: channel maxima -> smoothing factors; then ranges of the smoothed graph."""
-    from compiler.calibrate import collect
+    from compiler.calibrate import collect, padding
     from compiler.smooth import apply_smoothing, smoothing_candidates, smoothing_factors
-
-    from compiler.calibrate import padding
 
     alpha = st.options.smoothing_alpha  # None: chosen per activation
     factors = {}

@@ -186,16 +186,18 @@ def llvm_cpu_has_features(features, target) -> bool:
 
 
 # --- Tuning names (schedules/tune.py, schedules/database.py); tvm.meta_schedule before 0.2x. ---
-from tvm.ir import IRModule  # noqa: E402
-from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
-from tvm.s_tir import meta_schedule  # noqa: E402
-from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
-from tvm.ir.utils import derived_object  # noqa: E402  (tvm.meta_schedule.utils.derived_object before 0.2x)
 from tvm import tirx  # noqa: E402  (tvm.tir before 0.2x: TIR expressions, buffers, loops)
-from tvm.s_tir import SBlock, SBlockRealize  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x)
-
+from tvm.ir import IRModule  # noqa: E402
 from tvm.ir.expr import TensorLoad  # noqa: E402  (tvm.tir.BufferLoad before 0.27)
 from tvm.ir.prim.expr import Cast  # noqa: E402  (tvm.tir.Cast before 0.27)
+from tvm.ir.utils import derived_object  # noqa: E402  (tvm.meta_schedule.utils.derived_object before 0.2x)
+from tvm.s_tir import (  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x)
+    SBlock,
+    SBlockRealize,
+    meta_schedule,  # noqa: E402
+)
+from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
+from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 
 
 def walk_ir(node, visit) -> None:
@@ -211,3 +213,15 @@ def walk_ir(node, visit) -> None:
             visitor.default_visit(value)
 
     tvm_ffi.structural_visit(node, descend)
+
+
+# What the rest of intformer imports from here (the re-exported TVM names included: they are this module's point).
+__all__ = [
+    "tvm", "relax", "te", "BlockBuilder", "PyExprMutator", "expr_functor_mutator", "mutate_functions", "make_target",
+    "host_cpu_name", "onnx_supported_ops", "import_onnx", "tensor_type", "const", "tensor_info", "expr_type",
+    "constant_value", "fuse", "fuse_for", "compile_module", "export_library", "rpc_connect", "rpc_connect_tracker",
+    "dead_code_elimination", "string_const", "Schedule", "TensorIntrin", "tir_script", "normalize_prim_func",
+    "build_tir", "llvm_triple", "llvm_cpu_has_features", "IRModule", "structural_equal", "structural_hash",
+    "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",
+    "walk_ir",
+]

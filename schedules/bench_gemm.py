@@ -159,8 +159,9 @@ def _measure(kernel: str, args, root: str) -> None:
         for r in rows:
             m, k, n = r["shape"]
             macs = m * k * n * 1e-6
-            print(f"  {f'{m} x {k} x {n}':>18} {r['ms']:10.4f} {macs / r['ms']:8.1f} {100 * macs / r['ms'] / peak:6.1f}%"
-                  f" {r['min_ms']:8.4f} {macs / r['min_ms']:8.1f} {100 * macs / r['min_ms'] / peak:6.1f}%"
+            print(f"  {f'{m} x {k} x {n}':>18} {r['ms']:10.4f} {macs / r['ms']:8.1f}"
+                  f" {100 * macs / r['ms'] / peak:6.1f}% {r['min_ms']:8.4f} {macs / r['min_ms']:8.1f}"
+                  f" {100 * macs / r['min_ms'] / peak:6.1f}%"
                   f" {r['cpu_ms']:8.4f} {r['exact']!s:>6}")
     if 1 in results and len(results) > 1:
         print(f"{kernel}: speed-up over 1 thread:")

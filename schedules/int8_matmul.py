@@ -38,16 +38,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from tvm import relax
 
-from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_triple, make_target, tensor_info,
-                                 tensor_type, tir_script as T)
-from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
+from compiler.tvm_compat import (
+    Schedule,
+    const,
+    llvm_cpu_has_features,
+    llvm_triple,
+    make_target,
+    tensor_info,
+    tensor_type,
+    tir_script as T,
+)
 from schedules import amx_gemm
 from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
+from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
 from schedules.intrinsics.dot import DotIntrin, packed_word
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
@@ -146,7 +154,7 @@ def _matches(isa: str, target) -> bool:
     return (arch is None or llvm_triple(target).startswith(arch)) and _has(target, _REQUIRES.get(isa, (isa,)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _select(target_json: str, target, batch: bool = False) -> GemmKernel:
     for isa, kernel in INTRINSICS.items():
         if isa == "generic":

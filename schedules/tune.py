@@ -25,8 +25,9 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from compiler.tvm_compat import IRModule, PrimFunc, meta_schedule as ms, structural_hash
 from schedules import int8_matmul as im

@@ -7,11 +7,13 @@ or registered once with ``intformer targets --add FILE`` (kept in ``user_targets
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from compiler.errors import IntformerError
 
@@ -39,7 +41,7 @@ class TargetSpec:
                 "qemu_cpu": self.qemu_cpu}
 
     @staticmethod
-    def from_json(d: dict, origin: str = "target") -> "TargetSpec":
+    def from_json(d: dict, origin: str = "target") -> TargetSpec:
         """A spec from its JSON form; ``origin`` (a file name) prefixes errors."""
         if not isinstance(d, dict):
             raise IntformerError(f"{origin}: a target is a JSON object with at least \"name\" and \"llvm\"")
@@ -159,7 +161,7 @@ def _user_targets() -> dict[str, Callable[[], TargetSpec]]:
     d = user_targets_dir()
     if not os.path.isdir(d):
         return {}
-    return {f[:-len(".json")]: (lambda p=os.path.join(d, f): load_target_file(p))
+    return {f[:-len(".json")]: functools.partial(load_target_file, os.path.join(d, f))
             for f in sorted(os.listdir(d)) if f.endswith(".json")}
 
 
@@ -199,7 +201,7 @@ def targets_table() -> list[dict]:
     from targets.toolchain import toolchain_for
 
     rows = []
-    for name, factory in all_targets().items():
+    for factory in all_targets().values():
         spec = factory()
         tc = toolchain_for(spec)
         row = spec.to_json()

@@ -9,8 +9,9 @@ and a step that overruns is a one-line IntformerError that names the address.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Optional, TypeVar
 
 from compiler.errors import IntformerError
 

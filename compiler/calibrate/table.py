@@ -30,7 +30,7 @@ class TensorRange:
         return d
 
     @staticmethod
-    def from_json(d: dict) -> "TensorRange":
+    def from_json(d: dict) -> TensorRange:
         return TensorRange(float(d["min"]), float(d["max"]), float(d["pct_lo"]), float(d["pct_hi"]),
                            tuple(int(c) for c in d.get("hist", ())), float(d.get("hist_max", 0.0)))
 
@@ -75,7 +75,7 @@ class CalibrationTable:
         }
 
     @staticmethod
-    def from_json(d: dict) -> "CalibrationTable":
+    def from_json(d: dict) -> CalibrationTable:
         return CalibrationTable(
             model_sha256=d["model_sha256"],
             input_shapes=tuple((n, tuple(s)) for n, s in d["input_shapes"].items()),
@@ -87,7 +87,7 @@ class CalibrationTable:
         )
 
     @staticmethod
-    def load(path: str) -> "CalibrationTable":
+    def load(path: str) -> CalibrationTable:
         try:
             with open(path) as f:
                 d = json.load(f)
@@ -99,7 +99,8 @@ class CalibrationTable:
             raise IntformerError(f"{path}: not an intformer calibration table (write one with `intformer compile "
                                  "... --calibration-data CALIB.npz --save-calibration-table TABLE.json`)")
         if d.get("version") != VERSION:
-            raise IntformerError(f"{path}: calibration table version {d.get('version')}, this intformer reads {VERSION}")
+            raise IntformerError(f"{path}: calibration table version {d.get('version')}, "
+                                 f"this intformer reads {VERSION}")
         try:
             table = CalibrationTable.from_json(d)
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -13,8 +13,9 @@ Guarantees: every maximal group of bindings that
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
 A group never has a path that leaves it and comes back (so the graph stays acyclic) and has one result read
-outside it (a group with a result mid-way is split there); groups of one binding are left to FuseOps. Only the grouping changes: each op computes what it computed before, bit for bit, and
-compiler/passes/default_schedule.py then computes every stage of a row under one row loop.
+outside it (a group with a result mid-way is split there); groups of one binding are left to FuseOps. Only the
+grouping changes: each op computes what it computed before, bit for bit, and compiler/passes/default_schedule.py
+then computes every stage of a row under one row loop.
 """
 
 from __future__ import annotations

@@ -20,8 +20,14 @@ from tvm import relax
 
 from compiler.passes.intops import emit_qmatmul, emit_requantize, quantize_weight
 from compiler.passes.intrepr import scalar as _scalar
-from compiler.tvm_compat import (PyExprMutator, const, constant_value, expr_functor_mutator, mutate_functions,
-                                  tensor_info)
+from compiler.tvm_compat import (
+    PyExprMutator,
+    const,
+    constant_value,
+    expr_functor_mutator,
+    mutate_functions,
+    tensor_info,
+)
 
 _QUANTIZE = tvm.ir.Op.get("relax.quantize")
 _DEQUANTIZE = tvm.ir.Op.get("relax.dequantize")

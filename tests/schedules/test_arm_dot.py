@@ -22,8 +22,13 @@ import tvm
 from tvm import relax
 
 from compiler.tvm_compat import build_tir, export_library, tensor_type
-from schedules.int8_matmul import (INTRINSICS, emit_int8_batch_matmul, emit_int8_matmul, select_batch_kernel,
-                                   select_kernel)
+from schedules.int8_matmul import (
+    INTRINSICS,
+    emit_int8_batch_matmul,
+    emit_int8_matmul,
+    select_batch_kernel,
+    select_kernel,
+)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, UDOT_4x4
 from targets import resolve_target
 from tests.helpers.gemm_epilogue import apply_epilogue, requantize
@@ -264,7 +269,7 @@ def test_kernels_bit_exact_on_board(arm_libs, boards, preset):
     vm = relax.VirtualMachine(_upload(sess, arm_libs[preset]), dev)
     for name, (inputs, expected, _, _) in CASES.items():
         args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
-        got = call_with_timeout(lambda: vm[name](*args).numpy(), 120, f"running {name}", preset)
+        got = call_with_timeout(lambda name=name, args=args: vm[name](*args).numpy(), 120, f"running {name}", preset)
         assert got.dtype == expected.dtype and got.shape == expected.shape, name
         np.testing.assert_array_equal(got, expected, err_msg=f"{preset} {name}")
 

@@ -12,8 +12,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import PrimFunc, tensor_type
 from compiler.io_safety import amx_permitted
+from compiler.tvm_compat import PrimFunc, tensor_type
 from schedules.int8_matmul import (
     INTRINSICS,
     emit_int8_batch_matmul,

@@ -7,13 +7,12 @@ import pytest
 import tvm
 from tvm.ir import IRModule
 
-from schedules import int8_matmul as im
-from schedules import tune as tn
-from schedules.database import TuningDatabase, target_key
 from compiler.tvm_compat import structural_equal
+from schedules import int8_matmul as im, tune as tn
+from schedules.database import TuningDatabase, target_key
 from schedules.gemm_epilogue import EPILOGUE_ATTR
-from tests.helpers.gemm_epilogue import apply_epilogue, requantize
 from targets import resolve_target
+from tests.helpers.gemm_epilogue import apply_epilogue, requantize
 
 M, K, N = 32, 64, 64
 

@@ -9,8 +9,7 @@ from tvm.script import relax as R
 
 from compiler import tvm_compat as C
 from compiler.intmath import integer_ops as io
-from compiler.passes import default_schedule as ds
-from compiler.passes import intops
+from compiler.passes import default_schedule as ds, intops
 
 ROWS, HIDDEN, HEADS, SEQ = 32, 64, 2, 32
 SOFTMAX_SCALE = 0.05
@@ -140,9 +139,12 @@ def test_params_from_target():
     assert (p.vector_bits, p.cores) == (128, 1)
 
 
-@pytest.mark.parametrize("name,fam", [("fused_add9_cast6_multiply3", "fused_add_cast_multiply"),
-                                      ("intformer_qgemm_avx512vnni_128x384x384", "intformer_qgemm_avx512vnni_128x384x384"),
-                                      ("take4", "take"), ("fused_minimum1_minimum2_left_shift", "fused_minimum_left_shift")])
+@pytest.mark.parametrize("name,fam", [
+    ("fused_add9_cast6_multiply3", "fused_add_cast_multiply"),
+    ("intformer_qgemm_avx512vnni_128x384x384", "intformer_qgemm_avx512vnni_128x384x384"),
+    ("take4", "take"),
+    ("fused_minimum1_minimum2_left_shift", "fused_minimum_left_shift"),
+])
 def test_op_profile_families(name, fam):
     from compiler.op_profile import family
 

@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 import tvm
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from tvm import relax
 
 from compiler.intmath import integer_ops as io
