@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 
@@ -66,10 +66,6 @@ class QParams:
     axis: Optional[int] = None
     dtype: str = "int8"
 
-    @property
-    def per_tensor(self) -> bool:
-        return self.axis is None
-
 
 @dataclass(frozen=True)
 class CompileOptions:
@@ -87,7 +83,6 @@ class CompileOptions:
     allow_float: tuple[str, ...] = ()  # op types allowed to stay float, e.g. ("softmax",) or ("relax.nn.softmax",)
     dump_ir: Optional[str] = None
     tuning_db: Optional[str] = None  # `intformer tune` database folder: tuned kernels for this target
-    extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     buckets: tuple[tuple[str, tuple[int, ...]], ...] = ()  # ranged dims: variable -> compiled sizes (default: auto)
 
     def shape_dict(self) -> dict[str, tuple[int, ...]]:

@@ -28,9 +28,9 @@ def _stage_groups() -> tuple[Stages, Stages, Stages]:
     front = [
         ("load", s.load),                  # read + check the ONNX file
         ("pin_shapes", s.pin_shapes),      # static input shapes from the model or --input-shape
-        ("check_ops", s.check_ops_before_folding),  # custom/unknown ops: one error listing all
+        ("check_ops", s.check_ops),        # custom/unknown ops: one error listing all
         ("simplify", s.simplify),          # fold shape arithmetic, Gemm -> MatMul
-        ("check_import", s.check_ops),     # every remaining op has a Relax converter
+        ("check_import", s.check_import),  # every remaining op has a Relax converter
         ("calibrate", s.calibrate),        # ranges from --calibration-data, a saved table, or synthetic inputs
     ]
     back = [

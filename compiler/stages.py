@@ -38,14 +38,16 @@ def simplify(st: CompileState) -> CompileState:
     return replace(st, onnx_model=model, onnx_matmuls=n)
 
 
-def check_ops_before_folding(st: CompileState) -> CompileState:
+def check_ops(st: CompileState) -> CompileState:
+    """Custom or unknown ops, before simplify folds anything: one error listing every op and node."""
     from compiler.frontend.op_support import check_supported_ops
 
     check_supported_ops(st.onnx_model, source=st.model_path, before_folding=True)
     return st
 
 
-def check_ops(st: CompileState) -> CompileState:
+def check_import(st: CompileState) -> CompileState:
+    """After simplify: every remaining op has a Relax converter."""
     from compiler.frontend.op_support import check_supported_ops
 
     check_supported_ops(st.onnx_model, source=st.model_path)

@@ -5,10 +5,12 @@ TVM's FuseOps cuts these chains apart: a reduction ends its group (softmax becam
 normalize), a table lookup (`take`) is opaque, and LayerNorm's per-row isqrt became a kernel of its own. Each cut
 writes a whole int64 tensor to memory and reads it back.
 
-Expects: a Relax module before legalization (high-level `relax.*` ops in dataflow blocks).
+Expects: a legalized Relax module before FuseOps (compiler/build.py's ``fuse_kernels`` runs it between
+LegalizeOps + AnnotateTIROpPattern and FuseOps): dataflow blocks of ``call_tir`` bindings whose PrimFuncs carry an
+``op_pattern``.
 Guarantees: every maximal group of bindings that
-  * are elementwise/broadcast ops, reductions over the last axis with keepdims, or lookups in a constant 1-D table
-    (`ROW_OPS`),
+  * call elementwise/broadcast/injective kernels, reductions over the last axis with keepdims, or lookups in a
+    constant 1-D table (``ROW_PATTERNS``),
   * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).

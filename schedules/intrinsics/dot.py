@@ -45,11 +45,6 @@ class DotIntrin:
         fused epilogue (the tensorize check compares buffer scopes)."""
         return f"{self.name}{LOCAL_SUFFIX}"
 
-    @property
-    def w32_name(self) -> str:
-        """``word_name`` of a 4-byte group (kept for callers written for VNNI)."""
-        return self.word_name
-
 
 def register_dot(intrin: DotIntrin, desc, impl) -> None:
     """Register ``desc(c_scope)`` / ``impl(c_scope)`` under ``intrin.name`` (C "global") and ``intrin.local_name``
