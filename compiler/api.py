@@ -162,7 +162,7 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
                remote=None) -> TuneSummary:
     """Tune the model's integer kernels for ``options.target`` into the database folder ``db_dir``.
 
-    Runs the compile pipeline up to the scheduled graph (same options as `compile`), extracts its kernels and
+    Runs the compile pipeline up to its `fuse` stage (same options as `compile`), extracts the kernels and
     spends ``tune_options.trials`` MetaSchedule measurements on them (XGBoost cost model). Records are written
     as they are measured: an interrupted run loses nothing, and running again resumes. ``remote``
     (targets.remote.RemoteSpec) measures candidates on that device instead of here."""
@@ -171,7 +171,6 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
         check_range(tune_options.trials_per_iter, "--trials-per-iter", 1, float("inf"), "at least 1")
     check_options(options)
     check_output(db_dir, "--db", {"MODEL": model_path}, kind="folder")  # before TVM's import (seconds)
-    from compiler.build import fuse_kernels
     from compiler.pipeline import resolve_target_spec, run_pipeline
     from compiler.progress import tuning_progress
     from schedules.database import TuningDatabase
@@ -181,11 +180,11 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     spec = resolve_target_spec(options)
     os.makedirs(db_dir, exist_ok=True)
     db = TuningDatabase(db_dir, spec.tvm_target(), spec.name)  # a damaged database fails now, not after the
-    st = run_pipeline(model_path, options, until="schedule")  # pipeline
+    st = run_pipeline(model_path, options, until="fuse")  # pipeline: the kernels the build makes
     target = st.target_spec.tvm_target()
     status("extracting kernels")
     skipped: list[str] = []
-    tasks = extract_tasks(fuse_kernels(st.lowered_mod, target), target, skipped, tune_options.kernels)
+    tasks = extract_tasks(st.lowered_mod, target, skipped, tune_options.kernels)
     before = {t.name: db.records_for(t.workload) for t in tasks}
     if remote is not None:
         from targets.remote import tuning_runner

@@ -91,20 +91,30 @@ def constant_value(expr):
     return None
 
 
-def fuse(mod, group=None):
-    """Legalize and fuse elementwise/reduction chains into single kernels (tvm.compile's default CPU pipeline
-    does not fuse in 0.27: MiniLM ran ~4,000 separate kernels). ``group``: a module -> module function run on
-    the legalized kernels before FuseOps, which outlines groups of its own as ``Primitive`` functions (FuseOps
-    leaves those alone; FuseTIR makes one kernel of each)."""
-    mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
-    if group is not None:
-        mod = group(mod)
-    seq = tvm.transform.Sequential([
+def legalize(mod):
+    """Relax ops -> TIR kernels called through ``call_tir`` (LegalizeOps), each kernel's op pattern annotated
+    for fusion. Run it under the target (``with target:``): legalization picks target-specific strategies."""
+    return tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
+
+
+def fuse_ops(mod):
+    """Fuse the legalized kernels' elementwise/reduction chains into single kernels (FuseOps, FuseTIR; functions
+    outlined before as ``Primitive`` are kept as one kernel each), then drop what is no longer called.
+    tvm.compile's default CPU pipeline does not fuse in 0.27: MiniLM ran ~4,000 separate kernels."""
+    return tvm.transform.Sequential([
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
-    ])
-    return seq(mod)
+    ])(mod)
+
+
+def fuse(mod, group=None):
+    """``legalize`` then ``fuse_ops``. ``group``: a module -> module function run on the legalized kernels
+    before FuseOps, which outlines groups of its own as ``Primitive`` functions."""
+    mod = legalize(mod)
+    if group is not None:
+        mod = group(mod)
+    return fuse_ops(mod)
 
 
 def fuse_for(mod, target, group=None):
@@ -114,8 +124,8 @@ def fuse_for(mod, target, group=None):
 
 
 def compile_module(mod, target):
-    """Compile a fused, scheduled Relax module into an executable: kernels, VM plan, constants. The build's
-    steps (compiler/build.py): fuse_for, tuned kernels from a database, default schedules, then this."""
+    """Compile a fused, scheduled Relax module into an executable: kernels, VM plan, constants (the last of the
+    build's stages: compiler/pipeline.py)."""
     return tvm.compile(mod, target)
 
 
@@ -219,7 +229,8 @@ def walk_ir(node, visit) -> None:
 __all__ = [
     "tvm", "relax", "te", "BlockBuilder", "PyExprMutator", "expr_functor_mutator", "mutate_functions", "make_target",
     "host_cpu_name", "onnx_supported_ops", "import_onnx", "tensor_type", "const", "tensor_info", "expr_type",
-    "constant_value", "fuse", "fuse_for", "compile_module", "export_library", "rpc_connect", "rpc_connect_tracker",
+    "constant_value", "legalize", "fuse_ops", "fuse", "fuse_for", "compile_module", "export_library", "rpc_connect",
+    "rpc_connect_tracker",
     "dead_code_elimination", "string_const", "Schedule", "TensorIntrin", "tir_script", "normalize_prim_func",
     "build_tir", "llvm_triple", "llvm_cpu_has_features", "IRModule", "structural_equal", "structural_hash",
     "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",

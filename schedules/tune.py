@@ -1,6 +1,6 @@
 """MetaSchedule tuning of a compiled model's integer kernels, with the XGBoost cost model.
 
-Expects: the fused Relax module the build schedules (compiler/build.py's ``fuse_kernels``: integer matmuls
+Expects: the fused Relax module the build schedules (the compile pipeline's ``fuse`` stage: integer matmuls
 already on the kernels of int8_matmul.py, which carry a ``intformer.kernel`` attribute naming their shape), and
 a TVM target.
 

@@ -5,9 +5,9 @@ TVM's FuseOps cuts these chains apart: a reduction ends its group (softmax becam
 normalize), a table lookup (`take`) is opaque, and LayerNorm's per-row isqrt became a kernel of its own. Each cut
 writes a whole int64 tensor to memory and reads it back.
 
-Expects: a legalized Relax module before FuseOps (compiler/build.py's ``fuse_kernels`` runs it between
-LegalizeOps + AnnotateTIROpPattern and FuseOps): dataflow blocks of ``call_tir`` bindings whose PrimFuncs carry an
-``op_pattern``.
+Expects: a legalized Relax module before FuseOps (the compile pipeline's ``fuse_rows`` stage, between ``legalize``:
+LegalizeOps + AnnotateTIROpPattern, and ``fuse``: FuseOps): dataflow blocks of ``call_tir`` bindings whose PrimFuncs
+carry an ``op_pattern``.
 Guarantees: every maximal group of bindings that
   * call elementwise/broadcast/injective kernels, reductions over the last axis with keepdims, or lookups in a
     constant 1-D table (``ROW_PATTERNS``),
