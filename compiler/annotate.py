@@ -12,7 +12,7 @@ function that the integer rewrite then makes exact in integer arithmetic.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

@@ -13,7 +13,7 @@ import numpy as np
 
 from compiler.artifact import MANIFEST_FUNC, manifest_path
 from compiler.config import CompileOptions
-from compiler.errors import IntformerError, Interrupted
+from compiler.errors import Interrupted, IntformerError
 from compiler.io_safety import atomic_output, check_output, check_range, check_threads, write_text
 from compiler.progress import progress_bar, status, warn
 from compiler.report import CompileReport
@@ -161,7 +161,7 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
                remote=None) -> TuneSummary:
     """Tune the model's integer kernels for ``options.target`` into the database folder ``db_dir``.
 
-    Runs the compile pipeline up to the scheduled graph (same options as `compile`), extracts its kernels and
+    Runs the compile pipeline up to its `fuse` stage (same options as `compile`), extracts the kernels and
     spends ``tune_options.trials`` MetaSchedule measurements on them (XGBoost cost model). Records are written
     as they are measured: an interrupted run loses nothing, and running again resumes. ``remote``
     (targets.remote.RemoteSpec) measures candidates on that device instead of here."""
@@ -179,7 +179,7 @@ def tune_model(model_path: str, db_dir: str, options: CompileOptions = CompileOp
     spec = resolve_target_spec(options)
     os.makedirs(db_dir, exist_ok=True)
     db = TuningDatabase(db_dir, spec.tvm_target(), spec.name)  # a damaged database fails now, not after the
-    st = run_pipeline(model_path, options, until="schedule")  # pipeline
+    st = run_pipeline(model_path, options, until="fuse")  # pipeline: the kernels the build makes
     target = st.target_spec.tvm_target()
     status("extracting kernels")
     skipped: list[str] = []
@@ -246,13 +246,9 @@ def _interrupt_keeps(db_path: str):
 def load(library: str, remote=None, entry: str = ""):
     """A loaded library (its entry point `entry` when it has several): here, or uploaded to the device `remote`
     (targets.remote.RemoteSpec) over RPC."""
-    if remote is not None:
-        from targets.remote import RemoteModel
+    from compiler.device import load_model
 
-        return RemoteModel(library, remote, entry=entry)
-    from compiler.runtime import CompiledModel
-
-    return CompiledModel(library, entry=entry)
+    return load_model(library, remote, entry)
 
 
 def run(library: str, inputs_npz: str, output_npz: str | None = None, remote=None) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ class EntrySpec:
                 "input_bounds": {n: [lo, hi] for n, lo, hi in self.input_bounds}, "model_sha256": self.model_sha256}
 
     @staticmethod
-    def from_json(d: dict) -> "EntrySpec":
+    def from_json(d: dict) -> EntrySpec:
         return EntrySpec(d["name"], tuple(TensorSpec.from_json(x) for x in d["inputs"]),
                          tuple(TensorSpec.from_json(x) for x in d["outputs"]),
                          tuple((n, float(v[0]), int(v[1])) for n, v in d.get("quant", {}).items()),
@@ -74,7 +74,7 @@ class Manifest:
         extra = {}
         if self.entries:
             extra = {"entries": [e.to_json() for e in self.entries], "seq2seq": self.seq2seq}
-        return {**extra, 
+        return {**extra,
             "format": FORMAT, "version": VERSION, "entry": self.entry,
             "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
             "target": self.target, "tool_versions": self.tool_versions,
@@ -88,7 +88,7 @@ class Manifest:
         return json.dumps(self.to_json(), indent=1, sort_keys=False)
 
     @staticmethod
-    def from_json(d: dict) -> "Manifest":
+    def from_json(d: dict) -> Manifest:
         if d.get("format") != FORMAT:
             raise ValueError("not an intformer manifest")
         return Manifest(

@@ -6,6 +6,7 @@ Medians of wall-clock time per batch; inputs are drawn from the ranges seen in c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -71,7 +72,27 @@ def run_bench(library: str, threads: int = 1, model: str | None = None, repeats:
     from compiler.io_safety import check_threads
 
     check_threads(threads)
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the runtime's thread pool starts
+    with tvm_threads(threads):
+        return _run_local_bench(library, threads, model, repeats)
+
+
+@contextlib.contextmanager
+def tvm_threads(threads: int):
+    """TVM_NUM_THREADS=threads while the block runs, the previous value (or its absence) restored after: TVM's
+    runtime reads it when its thread pool starts (the first parallel kernel of the process), and nothing after the
+    block (a subprocess, another library) inherits it."""
+    old = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = old
+
+
+def _run_local_bench(library: str, threads: int, model, repeats: int) -> BenchReport:
     from compiler.runtime import CompiledModel
 
     lib = CompiledModel(library)
@@ -118,8 +139,8 @@ REMOTE_RUNS = 10  # timed runs on a device when --repeats is not given
 
 
 def _run_remote_bench(library: str, threads: int, model, repeats: int, remote) -> BenchReport:
+    from compiler.device import RemoteModel
     from compiler.errors import IntformerError
-    from targets.remote import RemoteModel
 
     if model:
         raise IntformerError("--model times onnxruntime on this machine; it cannot be combined with --rpc/--tracker")

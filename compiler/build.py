@@ -1,4 +1,7 @@
-"""Build: a Relax module -> one library with kernels, the VM execution plan, int8 constants and the manifest."""
+"""The build's steps, from the scheduled Relax module to the executable: the manifest, legalization, row groups,
+fusion, tuned kernels, default schedules and code generation, each a function of the module. compiler/stages.py
+runs each as a stage of its own, in the order compiler/pipeline.py lists them (so `--dump-ir` shows every step, and
+`tune` stops after `fuse`)."""
 
 from __future__ import annotations
 
@@ -41,44 +44,66 @@ def make_manifest(st) -> Manifest:
     )
 
 
-def fuse_kernels(mod, target):
-    """Legalize, then fuse: row-wise chains first (compiler/passes/fuse_rows.py), the rest by TVM's FuseOps."""
+def add_manifest(mod, manifest: Manifest):
+    """The module with a function that returns the manifest JSON (what the runtime reads from the library)."""
+    from compiler.tvm_compat import BlockBuilder, string_const
+
+    bb = BlockBuilder(mod)
+    with bb.function(MANIFEST_FUNC, []):
+        bb.emit_func_output(string_const(manifest.dumps()))
+    return bb.get()
+
+
+def legalize(mod, target):
+    """Relax ops -> TIR kernels (LegalizeOps, under the target), each annotated with its op pattern."""
+    from compiler.tvm_compat import legalize as _legalize
+
+    with target:
+        return _legalize(mod)
+
+
+def group_rows(mod):
+    """Row-wise chains (softmax, LayerNorm with its isqrt, lookup chains) outlined as one kernel each
+    (compiler/passes/fuse_rows.py), before FuseOps would cut them apart."""
     from compiler.passes.fuse_rows import fuse_rows
-    from compiler.tvm_compat import fuse_for
 
-    return fuse_for(mod, target, group=lambda m: fuse_rows(m)[0])
+    return fuse_rows(mod)[0]
 
 
-def apply_tuning_records(mod, target, st) -> tuple[object, int]:
-    """Kernels with a record in ``--db`` (for this exact target) -> their tuned schedules; (mod, how many)."""
-    if not st.options.tuning_db:
+def fuse(mod, target):
+    """TVM's FuseOps + FuseTIR for the other kernels (under the target)."""
+    from compiler.tvm_compat import fuse_ops
+
+    with target:
+        return fuse_ops(mod)
+
+
+def fuse_kernels(mod, target):
+    """The build's three fusion stages in one call (legalize, group_rows, fuse): the kernels the build makes."""
+    return fuse(group_rows(legalize(mod, target)), target)
+
+
+def apply_tuning_records(mod, target, tuning_db, target_name: str) -> tuple[object, int]:
+    """Kernels with a record in ``tuning_db`` (for this exact target) -> their tuned schedules; (mod, how many)."""
+    if not tuning_db:
         return mod, 0
     from schedules.database import TuningDatabase
     from schedules.tune import apply_database
 
-    db = TuningDatabase(st.options.tuning_db, target, st.target_spec.name, create=False)
+    db = TuningDatabase(tuning_db, target, target_name, create=False)
     return apply_database(mod, target, db)
 
 
 def schedule_kernels(mod, target):
-    """The scheduling step of the build, on the fused kernels: every kernel not yet scheduled (the int8 GEMMs
-    of schedules/ are, and so are the kernels tuned from --db) gets the deterministic default schedule."""
+    """Every fused kernel not yet scheduled (the int8 GEMMs of schedules/ are, and so are the kernels tuned from
+    --db) gets the deterministic default schedule (compiler/passes/default_schedule.py)."""
     from compiler.passes.default_schedule import apply_default_schedules
 
     return apply_default_schedules(mod, target)
 
 
-def build_executable(st):
-    """(executable, manifest, tuned kernel count): fuse, tuned schedules from --db, then the build."""
-    from compiler.tvm_compat import BlockBuilder, compile_module, string_const
+def codegen(mod, target):
+    """The scheduled module -> an executable: kernels, VM plan, int8 constants."""
+    from compiler.tvm_compat import compile_module
 
-    manifest = make_manifest(st)
-    mod = st.lowered_mod if st.lowered_mod is not None else st.relax_mod
-    bb = BlockBuilder(mod)
-    with bb.function(MANIFEST_FUNC, []):
-        bb.emit_func_output(string_const(manifest.dumps()))
-    target = st.target_spec.tvm_target()
-    mod = fuse_kernels(bb.get(), target)
-    mod, tuned = apply_tuning_records(mod, target, st)
-    mod = schedule_kernels(mod, target)
-    return compile_module(mod, target), manifest, tuned
+    return compile_module(mod, target)

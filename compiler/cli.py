@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "keeps them and the next run resumes; `compile --db DIR` applies them.")
     tu.add_argument("model", metavar="MODEL.onnx")
     tu.add_argument("--db", required=True, metavar="DIR", help="tuning database folder (created if missing)")
-    tu.add_argument("--trials", type=_int_at_least(1), default=64, metavar="N", help="measured candidates in total (default 64)")
+    tu.add_argument("--trials", type=_int_at_least(1), default=64, metavar="N",
+                    help="measured candidates in total (default 64)")
     tu.add_argument("--trials-per-iter", type=_int_at_least(1), default=16, metavar="N",
                     help="candidates measured per search round (default 16)")
     tu.add_argument("--kernels", choices=["matmul", "all"], default="matmul",
@@ -456,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--batch", type=_int_at_least(1), default=8, metavar="B", help="compiled batch (default 8)")
     im.add_argument("--max-src-len", type=_int_at_least(2), default=64, metavar="S",
                     help="source tokens at most, end of sentence included (default 64; longer lines are split)")
-    im.add_argument("--max-tgt-len", type=_int_at_least(2), default=128, metavar="T", help="target tokens at most (default 128)")
+    im.add_argument("--max-tgt-len", type=_int_at_least(2), default=128, metavar="T",
+                    help="target tokens at most (default 128)")
     im.set_defaults(func=_import_marian)
 
     i = sub.add_parser("inspect", help="print a compiled library's manifest")
@@ -520,7 +522,7 @@ def _stdout_is_devnull() -> bool:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from compiler.errors import IntformerError, Interrupted
+    from compiler.errors import Interrupted, IntformerError
 
     parser = build_parser()
     args = parser.parse_args(argv)

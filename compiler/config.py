@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 
@@ -49,7 +49,7 @@ class TensorSpec:
         return d
 
     @staticmethod
-    def from_json(d: dict) -> "TensorSpec":
+    def from_json(d: dict) -> TensorSpec:
         return TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"],
                           tuple((int(a), int(lo), int(hi), str(v)) for a, lo, hi, v in d.get("ranges", ())))
 
@@ -65,10 +65,6 @@ class QParams:
     zero_point: int = 0
     axis: Optional[int] = None
     dtype: str = "int8"
-
-    @property
-    def per_tensor(self) -> bool:
-        return self.axis is None
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,6 @@ class CompileOptions:
     allow_float: tuple[str, ...] = ()  # op types allowed to stay float, e.g. ("softmax",) or ("relax.nn.softmax",)
     dump_ir: Optional[str] = None
     tuning_db: Optional[str] = None  # `intformer tune` database folder: tuned kernels for this target
-    extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     buckets: tuple[tuple[str, tuple[int, ...]], ...] = ()  # ranged dims: variable -> compiled sizes (default: auto)
 
     def shape_dict(self) -> dict[str, tuple[int, ...]]:

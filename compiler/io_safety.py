@@ -8,6 +8,8 @@
   every segment lies within the file, and that the manifest beside it agrees, before the library is mapped
   (a truncated library would otherwise die with SIGBUS); a library built for another CPU is named as such.
 - Thread counts: ``check_threads`` bounds them by the CPUs this process may use.
+- The CPU: ``cpu_flags`` (/proc/cpuinfo), ``check_cpu_features`` (a library for instructions this CPU lacks),
+  ``amx_permitted`` (whether Linux grants this process the AMX tiles).
 
 A leaf module: the standard library and compiler.errors only, so the runtime loader can use it on a board.
 """
@@ -209,6 +211,26 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+# Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) grants this process the AMX tile data state (asked
+# here by the host target, and by every AMX kernel at each call: schedules/amx_gemm.py).
+SYS_ARCH_PRCTL = 158
+ARCH_REQ_XCOMP_PERM = 0x1023
+XFEATURE_XTILEDATA = 18
+
+
+def amx_permitted() -> bool:
+    """True if Linux grants this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA): kernel
+    5.16 or newer, and a hypervisor that exposes it. The AMX kernels ask the same at each call."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def check_cpu_features(path: str, target: dict) -> None:

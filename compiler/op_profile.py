@@ -86,16 +86,16 @@ def profile_vm(vm, args, runs: int = 10, entry: str = "main") -> tuple[dict[str,
 
 def op_breakdown(library: str, threads: int = 1, runs: int = 10) -> OpProfile:
     """Per-kernel times of one compiled library on this machine, inputs drawn as `intformer bench` draws them."""
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # read when the runtime's thread pool starts
-    import tvm.runtime as rt
-
-    from compiler.bench import bench_inputs
+    from compiler.bench import bench_inputs, tvm_threads
     from compiler.runtime import CompiledModel
 
-    model = CompiledModel(library)
-    feed = bench_inputs(model.manifest)
-    args = [rt.tensor(np.ascontiguousarray(feed[s.name], dtype=s.dtype), model.device) for s in model.inputs]
-    times, wall = profile_vm(model._vm, args, runs, model.manifest.entry)
+    with tvm_threads(threads):  # set before TVM's runtime starts its thread pool
+        import tvm.runtime as rt
+
+        model = CompiledModel(library)
+        feed = bench_inputs(model.manifest)
+        args = [rt.tensor(np.ascontiguousarray(feed[s.name], dtype=s.dtype), model.device) for s in model.inputs]
+        times, wall = profile_vm(model._vm, args, runs, model.manifest.entry)
     return summarize(library, threads, runs, times, wall)
 
 

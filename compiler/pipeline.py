@@ -1,50 +1,24 @@
-"""The compile pipeline: one flat, named list of stages, read top to bottom.
+"""The compile pipeline: one flat, named list of stages from the ONNX file to the executable, read top to bottom.
 
-Each stage takes the frozen `CompileState` and returns a new one (dataclasses.replace). With
-`CompileOptions.dump_ir`, the state's graph is written after every stage, so a wrong number can be chased
-stage by stage.
+Each stage takes the frozen `CompileState` and returns a new one (dataclasses.replace). The build's steps
+(legalization, row groups, fusion, tuned kernels, default schedules, code generation) are stages like the others,
+so `tune` runs the same list up to `fuse`. With `CompileOptions.dump_ir`, the state's graph is written after every
+stage (the ONNX graph, then the Relax module, last the VM's instructions), so a wrong number can be chased stage by
+stage.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Optional
 
 import onnx
 
-from compiler.calibrate.table import CalibrationTable
-from compiler.config import CompileOptions, TensorSpec
+from compiler.config import CompileOptions
 from compiler.progress import status
-from compiler.report import CompileReport
-
-
-@dataclass(frozen=True)
-class CompileState:
-    model_path: str
-    options: CompileOptions
-    onnx_model: Optional[onnx.ModelProto] = None
-    model_sha256: str = ""
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
-    onnx_matmuls: int = 0
-    table: Optional[CalibrationTable] = None
-    table_sha256: str = ""
-    relax_mod: Any = None  # the integer graph (what the report and the NumPy reference describe)
-    probes: tuple = ()  # (LayerNorm index in graph order, IntRepr of its integer output): `eval --per-layer`
-    lowered_mod: Any = None  # the same graph with matmuls on scheduled kernels (what is built)
-    report: Optional[CompileReport] = None  # set by `verify` (and `link`), extended by the later stages
-    target_spec: Any = None  # targets.TargetSpec, resolved before the first stage
-    executable: Any = None
-    manifest: Any = None
-    # encoder-decoder bundles (compiler/seq2seq): per graph, then for the linked module
-    samples: tuple = ()  # calibration feeds given by the caller (e.g. recorded while decoding text)
-    samples_source: str = ""
-    io_qparams: tuple = ()  # (name, scale, zero point): graph inputs/outputs that cross as int8
-    entries: tuple = ()  # artifact.EntrySpec of each entry point of a linked module
-    seq2seq: Any = None  # the bundle's spec JSON (+ vocabulary) for the manifest
-    buckets: tuple = ()  # ranged dims: the compiled sizes, ((variable, size), ...) per bucket function
-
+from compiler.state import CompileState
 
 Stages = list[tuple[str, Callable[[CompileState], CompileState]]]
 
@@ -56,9 +30,9 @@ def _stage_groups() -> tuple[Stages, Stages, Stages]:
     front = [
         ("load", s.load),                  # read + check the ONNX file
         ("pin_shapes", s.pin_shapes),      # static input shapes from the model or --input-shape
-        ("check_ops", s.check_ops_before_folding),  # custom/unknown ops: one error listing all
+        ("check_ops", s.check_ops),        # custom/unknown ops: one error listing all
         ("simplify", s.simplify),          # fold shape arithmetic, Gemm -> MatMul
-        ("check_import", s.check_ops),     # every remaining op has a Relax converter
+        ("check_import", s.check_import),  # every remaining op has a Relax converter
         ("calibrate", s.calibrate),        # ranges from --calibration-data, a saved table, or synthetic inputs
     ]
     back = [
@@ -71,9 +45,24 @@ def _stage_groups() -> tuple[Stages, Stages, Stages]:
     ]
     module = [
         ("schedule", s.schedule),          # int8 matmuls -> scheduled kernels (VNNI where the target has it)
-        ("build", s.build),                # kernels + VM plan + int8 constants for the target
+        *_build_stages(),
     ]
     return front, back, module
+
+
+def _build_stages() -> Stages:
+    """The build, from the scheduled module to the executable (compiler/build.py)."""
+    from compiler import stages as s
+
+    return [
+        ("manifest", s.manifest),          # names, shapes, scales, target, versions, hashes: a function of the module
+        ("legalize", s.legalize),          # Relax ops -> TIR kernels (LegalizeOps), op patterns annotated
+        ("fuse_rows", s.fuse_rows),        # softmax, LayerNorm, lookup chains: one kernel per row group
+        ("fuse", s.fuse),                  # FuseOps + FuseTIR for the rest: the library's kernels (`tune` stops here)
+        ("apply_db", s.apply_db),          # kernels with a --db record -> their tuned schedules
+        ("default_schedule", s.default_schedule),  # every other kernel -> the deterministic default schedule
+        ("codegen", s.codegen),            # kernels + VM plan + int8 constants for the target
+    ]
 
 
 def _stages() -> Stages:
@@ -107,7 +96,7 @@ def _run(state: CompileState, stages: Stages, first: int = 0, total: int = 0, la
 
 
 def run_pipeline(model_path: str, options: CompileOptions, until: Optional[str] = None) -> CompileState:
-    """Run the stages in order; ``until``: stop after that stage (e.g. "schedule": what `tune` tunes)."""
+    """Run the stages in order; ``until``: stop after that stage (e.g. "fuse": the kernels `tune` tunes)."""
     from compiler.ranged import has_ranges
 
     if has_ranges(options.input_shapes):
@@ -120,8 +109,7 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
     """Ranged input dims (compiler/ranged.py): the front stages and calibration once at the largest shape, the
     per-graph stages once per bucket (the same calibration table: equal int8 weights, stored once), the bucket
     functions linked into one module, then a dispatching `main` and one build."""
-    from compiler import ranged
-    from compiler import stages as s
+    from compiler import ranged, stages as s
 
     target = resolve_target_spec(options)
     front, back, module = _stage_groups()
@@ -144,7 +132,7 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
             st = replace(st, table=top.table, table_sha256=top.table_sha256)
         done.append((b, _run(st, back, label=label)))
     linked = s.link_buckets(top, done)
-    stages = [("schedule", s.schedule), ("dispatch", s.dispatch), ("build", s.build)]
+    stages = [("schedule", s.schedule), ("dispatch", s.dispatch), *_build_stages()]
     return _run(linked, stages, until=until)
 
 
@@ -189,12 +177,16 @@ def _dump(state: CompileState, index: int, name: str) -> None:
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"{index:02d}_{name}")
     mod = state.lowered_mod if state.lowered_mod is not None else state.relax_mod
-    if mod is not None and name not in ("build",):
-        with open(base + ".relax.py", "w") as f:
-            f.write(mod.script(show_meta=False))
-    elif state.onnx_model is not None and state.relax_mod is None:
-        with open(base + ".onnx.txt", "w") as f:
-            f.write(onnx.helper.printable_graph(state.onnx_model.graph))
+    if state.executable is not None:  # codegen: the VM's instructions (the kernels are in the module dumped before)
+        text, ext = state.executable.as_text(), ".vm.txt"
+    elif mod is not None:
+        text, ext = mod.script(show_meta=False), ".relax.py"
+    elif state.onnx_model is not None:
+        text, ext = onnx.helper.printable_graph(state.onnx_model.graph), ".onnx.txt"
+    else:
+        return
+    with open(base + ext, "w") as f:
+        f.write(text)
 
 
 __all__ = ["CompileState", "run_pipeline", "resume_pipeline", "stage_names", "replace"]

@@ -1,4 +1,8 @@
-"""Progress bars for long work (rich, on stderr; silent when stderr is not a terminal and CI is set)."""
+"""Progress messages and bars for long work (rich, on stderr).
+
+INTFORMER_QUIET=1 silences them (the tests set it); warnings are printed all the same. When stderr is not a
+terminal (a log, CI), bars are not left behind and tuning prints one line per update instead of redrawing.
+"""
 
 from __future__ import annotations
 

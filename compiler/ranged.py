@@ -202,7 +202,7 @@ def _add_kernel(bb, func, name):
 def add_dispatch(mod, inputs, outputs, bucket_list):
     """Add `main` to `mod` (which holds one function per bucket, named by bucket_name): any shape in the
     ranges -> the smallest bucket that fits, inputs zero-padded to it, outputs sliced back."""
-    from compiler.tvm_compat import BlockBuilder, expr_type, relax, te, tirx
+    from compiler.tvm_compat import BlockBuilder, expr_type, relax, te, tensor_type, tirx
 
     syms = {var: tirx.Var(re.sub(r"\W", "_", var), "int64") for var in range_vars(inputs)}
 
@@ -210,7 +210,7 @@ def add_dispatch(mod, inputs, outputs, bucket_list):
         ranged = {a: var for a, _, _, var in spec.ranges}
         return [syms[ranged[a]] if a in ranged else d for a, d in enumerate(spec.shape)]
 
-    params = [relax.Var(s.name, relax.TensorType(sym_shape(s), s.dtype)) for s in inputs]
+    params = [relax.Var(s.name, tensor_type(sym_shape(s), s.dtype)) for s in inputs]
     bb = BlockBuilder(mod)
 
     def pad_func(spec, bucket):
@@ -247,7 +247,7 @@ def add_dispatch(mod, inputs, outputs, bucket_list):
         for p, s in zip(params, inputs):
             if s.ranges:
                 gv = pad_func(s, bucket)
-                out = relax.TensorType(concrete_shape(s, bucket), s.dtype)
+                out = tensor_type(concrete_shape(s, bucket), s.dtype)
                 args.append(bind(f"{s.name}_padded", relax.call_tir(gv, [p], out)))
             else:
                 args.append(p)
@@ -257,7 +257,7 @@ def add_dispatch(mod, inputs, outputs, bucket_list):
             o = bind(f"out{i}", relax.TupleGetItem(res, i)) if len(outputs) > 1 else res
             if s.ranges:
                 gv = slice_func(s, bucket)
-                o = bind(f"{s.name}_sliced", relax.call_tir(gv, [o], relax.TensorType(sym_shape(s), s.dtype)))
+                o = bind(f"{s.name}_sliced", relax.call_tir(gv, [o], tensor_type(sym_shape(s), s.dtype)))
             outs.append(o)
         ret = bind("ret", relax.Tuple(outs)) if len(outputs) > 1 else outs[0]
         return relax.SeqExpr([relax.BindingBlock(bindings)], ret)

@@ -39,7 +39,7 @@ class OpRecord:
         return d
 
     @staticmethod
-    def from_json(d: dict) -> "OpRecord":
+    def from_json(d: dict) -> OpRecord:
         return OpRecord(d["op"], tuple(d["dtypes"]["inputs"]), d["dtypes"]["output"], d.get("edge", ""),
                         d.get("entry", ""))
 
@@ -62,7 +62,7 @@ class MatmulCounts:
         return {"total": self.total, "int8": self.int8}
 
     @staticmethod
-    def from_json(d: dict) -> "MatmulCounts":
+    def from_json(d: dict) -> MatmulCounts:
         return MatmulCounts(int(d.get("total", 0)), int(d.get("int8", 0)))
 
 
@@ -81,7 +81,7 @@ class GraphReport:
         return sorted(op for op, _ in self.float_op_counts)
 
     @staticmethod
-    def of_ops(records, onnx_matmuls: int) -> "GraphReport":
+    def of_ops(records, onnx_matmuls: int) -> GraphReport:
         records = tuple(records)
         mm = [r for r in records if r.op == "relax.matmul"]
         int8 = [r for r in mm if r.inputs and all(d in ("int8", "uint8") for d in r.inputs)]
@@ -95,7 +95,7 @@ class GraphReport:
                            tuple(counts.items()), records)
 
     @staticmethod
-    def merge(named: dict) -> "GraphReport":
+    def merge(named: dict) -> GraphReport:
         """Several graphs' reports (name -> GraphReport) as one: counts summed, each op tagged with its graph."""
         counts: dict[str, int] = {}
         for r in named.values():
@@ -106,7 +106,7 @@ class GraphReport:
             sum(r.requantize_ops for r in named.values()), tuple(counts.items()),
             tuple(_with_entry(o, name) for name, r in named.items() for o in r.ops))
 
-    def summary(self) -> "GraphReport":
+    def summary(self) -> GraphReport:
         """This report without what a subclass adds (what the manifest keeps)."""
         return GraphReport(self.matmuls, self.requantize_ops, self.float_op_counts, self.ops)
 
@@ -120,7 +120,7 @@ class GraphReport:
         }
 
     @staticmethod
-    def from_json(d: dict) -> "GraphReport":
+    def from_json(d: dict) -> GraphReport:
         return GraphReport(MatmulCounts.from_json(d.get("matmuls") or {}), int(d.get("requantize_ops") or 0),
                            tuple((op, int(n)) for op, n in (d.get("float_op_counts") or {}).items()),
                            tuple(OpRecord.from_json(o) for o in d.get("ops") or ()))
@@ -146,7 +146,7 @@ class CompileReport(GraphReport):
     target: Optional[dict] = None  # the target preset (TargetSpec.to_json)
 
     @staticmethod
-    def of(graph: GraphReport, **extra) -> "CompileReport":
+    def of(graph: GraphReport, **extra) -> CompileReport:
         return CompileReport(**{f.name: getattr(graph, f.name) for f in fields(GraphReport)}, **extra)
 
     def to_json(self) -> dict:
@@ -169,7 +169,7 @@ class CompileReport(GraphReport):
         return d
 
     @staticmethod
-    def from_json(d: dict) -> "CompileReport":
+    def from_json(d: dict) -> CompileReport:
         return CompileReport.of(
             GraphReport.from_json(d),
             graphs=tuple((n, GraphReport.from_json(r)) for n, r in (d.get("graphs") or {}).items()),

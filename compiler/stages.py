@@ -9,8 +9,8 @@ import onnx
 
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
-from compiler.pipeline import CompileState
 from compiler.progress import status, warn
+from compiler.state import CompileState
 
 
 def load(st: CompileState) -> CompileState:
@@ -38,14 +38,16 @@ def simplify(st: CompileState) -> CompileState:
     return replace(st, onnx_model=model, onnx_matmuls=n)
 
 
-def check_ops_before_folding(st: CompileState) -> CompileState:
+def check_ops(st: CompileState) -> CompileState:
+    """Custom or unknown ops, before simplify folds anything: one error listing every op and node."""
     from compiler.frontend.op_support import check_supported_ops
 
     check_supported_ops(st.onnx_model, source=st.model_path, before_folding=True)
     return st
 
 
-def check_ops(st: CompileState) -> CompileState:
+def check_import(st: CompileState) -> CompileState:
+    """After simplify: every remaining op has a Relax converter."""
     from compiler.frontend.op_support import check_supported_ops
 
     check_supported_ops(st.onnx_model, source=st.model_path)
@@ -90,10 +92,8 @@ def calibrate(st: CompileState) -> CompileState:
 
 def _calibrate_smoothed(st: CompileState, samples, source):
     """Two observer passes: channel maxima -> smoothing factors; then ranges of the smoothed graph."""
-    from compiler.calibrate import collect
+    from compiler.calibrate import collect, padding
     from compiler.smooth import apply_smoothing, smoothing_candidates, smoothing_factors
-
-    from compiler.calibrate import padding
 
     alpha = st.options.smoothing_alpha  # None: chosen per activation
     factors = {}
@@ -285,13 +285,61 @@ def schedule(st: CompileState) -> CompileState:
     return replace(st, lowered_mod=mod)
 
 
-def build(st: CompileState) -> CompileState:
-    from compiler.build import build_executable
+# ---- the build (compiler/build.py): each step a stage on `lowered_mod`, then the executable ---------------------
 
-    executable, manifest, tuned = build_executable(st)
+def manifest(st: CompileState) -> CompileState:
+    """The manifest (names, shapes, scales, target, versions, hashes) made and added to the module as a function."""
+    from compiler.build import add_manifest, make_manifest
+
+    m = make_manifest(st)
+    mod = st.lowered_mod if st.lowered_mod is not None else st.relax_mod
+    return replace(st, manifest=m, lowered_mod=add_manifest(mod, m))
+
+
+def legalize(st: CompileState) -> CompileState:
+    """Relax ops -> TIR kernels called through call_tir, each with its op pattern."""
+    from compiler.build import legalize as _legalize
+
+    return replace(st, lowered_mod=_legalize(st.lowered_mod, st.target_spec.tvm_target()))
+
+
+def fuse_rows(st: CompileState) -> CompileState:
+    """Row-wise chains (softmax, LayerNorm with its isqrt, lookup chains) -> one kernel each."""
+    from compiler.build import group_rows
+
+    return replace(st, lowered_mod=group_rows(st.lowered_mod))
+
+
+def fuse(st: CompileState) -> CompileState:
+    """TVM's FuseOps + FuseTIR for the other kernels: the kernels the library will have (what `tune` tunes)."""
+    from compiler.build import fuse as _fuse
+
+    return replace(st, lowered_mod=_fuse(st.lowered_mod, st.target_spec.tvm_target()))
+
+
+def apply_db(st: CompileState) -> CompileState:
+    """Kernels with a record in --db (for this exact target) -> their tuned schedules."""
+    from compiler.build import apply_tuning_records
+
+    mod, tuned = apply_tuning_records(st.lowered_mod, st.target_spec.tvm_target(), st.options.tuning_db,
+                                      st.target_spec.name)
     if st.options.tuning_db:
         status(f"applied {tuned} tuned kernels from {st.options.tuning_db}")
-    return replace(st, executable=executable, manifest=manifest, report=replace(st.report, tuned_kernels=tuned))
+    return replace(st, lowered_mod=mod, report=replace(st.report, tuned_kernels=tuned))
+
+
+def default_schedule(st: CompileState) -> CompileState:
+    """Every kernel not scheduled yet -> the deterministic default schedule."""
+    from compiler.build import schedule_kernels
+
+    return replace(st, lowered_mod=schedule_kernels(st.lowered_mod, st.target_spec.tvm_target()))
+
+
+def codegen(st: CompileState) -> CompileState:
+    """The scheduled module -> the executable: kernels, VM plan, int8 constants for the target."""
+    from compiler.build import codegen as _codegen
+
+    return replace(st, executable=_codegen(st.lowered_mod, st.target_spec.tvm_target()))
 
 
 def link_buckets(top: CompileState, done: list) -> CompileState:

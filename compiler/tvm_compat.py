@@ -91,20 +91,30 @@ def constant_value(expr):
     return None
 
 
-def fuse(mod, group=None):
-    """Legalize and fuse elementwise/reduction chains into single kernels (tvm.compile's default CPU pipeline
-    does not fuse in 0.27: MiniLM ran ~4,000 separate kernels). ``group``: a module -> module function run on
-    the legalized kernels before FuseOps, which outlines groups of its own as ``Primitive`` functions (FuseOps
-    leaves those alone; FuseTIR makes one kernel of each)."""
-    mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
-    if group is not None:
-        mod = group(mod)
-    seq = tvm.transform.Sequential([
+def legalize(mod):
+    """Relax ops -> TIR kernels called through ``call_tir`` (LegalizeOps), each kernel's op pattern annotated
+    for fusion. Run it under the target (``with target:``): legalization picks target-specific strategies."""
+    return tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
+
+
+def fuse_ops(mod):
+    """Fuse the legalized kernels' elementwise/reduction chains into single kernels (FuseOps, FuseTIR; functions
+    outlined before as ``Primitive`` are kept as one kernel each), then drop what is no longer called.
+    tvm.compile's default CPU pipeline does not fuse in 0.27: MiniLM ran ~4,000 separate kernels."""
+    return tvm.transform.Sequential([
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
-    ])
-    return seq(mod)
+    ])(mod)
+
+
+def fuse(mod, group=None):
+    """``legalize`` then ``fuse_ops``. ``group``: a module -> module function run on the legalized kernels
+    before FuseOps, which outlines groups of its own as ``Primitive`` functions."""
+    mod = legalize(mod)
+    if group is not None:
+        mod = group(mod)
+    return fuse_ops(mod)
 
 
 def fuse_for(mod, target, group=None):
@@ -114,8 +124,8 @@ def fuse_for(mod, target, group=None):
 
 
 def compile_module(mod, target):
-    """Compile a fused, scheduled Relax module into an executable: kernels, VM plan, constants. The build's
-    steps (compiler/build.py): fuse_for, tuned kernels from a database, default schedules, then this."""
+    """Compile a fused, scheduled Relax module into an executable: kernels, VM plan, constants (the last of the
+    build's stages: compiler/pipeline.py)."""
     return tvm.compile(mod, target)
 
 
@@ -158,6 +168,19 @@ from tvm.s_tir import Schedule, TensorIntrin  # noqa: E402  (tvm.tir.Schedule / 
 from tvm.script import tirx as tir_script  # noqa: E402  (tvm.script.tir before 0.2x; use @T.prim_func(s_tir=True))
 
 
+def normalize_prim_func(sch):
+    """The blocks of a schedule's PrimFunc, each with its iteration kinds (dlight's analysis; tvm.dlight before
+    0.2x), or None when the function is not a plain loop nest."""
+    from tvm.s_tir.dlight.analysis import normalize_prim_func as _normalize
+
+    return _normalize(sch)
+
+
+def build_tir(func, target):
+    """A TIR PrimFunc or module -> a runtime Module (tvm.build before 0.2x): for kernel benchmarks and tests."""
+    return tvm.tirx.build(func, target)
+
+
 def llvm_triple(target) -> str:
     """The target's LLVM triple (``mtriple``, else the host's), e.g. "aarch64-linux-gnu"."""
     from tvm.target import codegen
@@ -173,15 +196,18 @@ def llvm_cpu_has_features(features, target) -> bool:
 
 
 # --- Tuning names (schedules/tune.py, schedules/database.py); tvm.meta_schedule before 0.2x. ---
-from tvm.ir import IRModule  # noqa: E402
-from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
-from tvm.s_tir import meta_schedule  # noqa: E402
-from tvm.tirx import PrimFunc  # noqa: E402  (tvm.tir.PrimFunc before 0.2x)
 from tvm import tirx  # noqa: E402  (tvm.tir before 0.2x: TIR expressions, buffers, loops)
-from tvm.s_tir import SBlock, SBlockRealize  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x)
-
+from tvm.ir import IRModule  # noqa: E402
 from tvm.ir.expr import TensorLoad  # noqa: E402  (tvm.tir.BufferLoad before 0.27)
 from tvm.ir.prim.expr import Cast  # noqa: E402  (tvm.tir.Cast before 0.27)
+from tvm.ir.utils import derived_object  # noqa: E402  (tvm.meta_schedule.utils.derived_object before 0.2x)
+from tvm.s_tir import (  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x)
+    SBlock,
+    SBlockRealize,
+    meta_schedule,  # noqa: E402
+)
+from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
+from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 
 
 def walk_ir(node, visit) -> None:
@@ -197,3 +223,16 @@ def walk_ir(node, visit) -> None:
             visitor.default_visit(value)
 
     tvm_ffi.structural_visit(node, descend)
+
+
+# What the rest of intformer imports from here (the re-exported TVM names included: they are this module's point).
+__all__ = [
+    "tvm", "relax", "te", "BlockBuilder", "PyExprMutator", "expr_functor_mutator", "mutate_functions", "make_target",
+    "host_cpu_name", "onnx_supported_ops", "import_onnx", "tensor_type", "const", "tensor_info", "expr_type",
+    "constant_value", "legalize", "fuse_ops", "fuse", "fuse_for", "compile_module", "export_library", "rpc_connect",
+    "rpc_connect_tracker",
+    "dead_code_elimination", "string_const", "Schedule", "TensorIntrin", "tir_script", "normalize_prim_func",
+    "build_tir", "llvm_triple", "llvm_cpu_has_features", "IRModule", "structural_equal", "structural_hash",
+    "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",
+    "walk_ir",
+]

@@ -24,6 +24,7 @@ Guarantees:
 
 from __future__ import annotations
 
+from compiler.io_safety import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
 from compiler.tvm_compat import tir_script as T, tirx
 from schedules.gemm_epilogue import Epilogue, epilogue_value, operand_buffers
 from schedules.intrinsics.dot import packed_word
@@ -38,10 +39,6 @@ K_STEP = 64  # k per tdpbssd: one 64-byte tile row of A
 # 0..7 (words 2 and 3 hold colsb[0..7] as uint16); rows 16 for tiles 0..7 (word 6 holds rows[0..7] as bytes).
 _CFG_WORDS = (1, 0, 0x0040004000400040, 0x0040004000400040, 0, 0, 0x1010101010101010, 0)
 
-# Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) grants this process the AMX tile data state.
-SYS_ARCH_PRCTL = 158
-ARCH_REQ_XCOMP_PERM = 0x1023
-XFEATURE_XTILEDATA = 18
 PERMISSION_ERROR = ("AMX tiles are not enabled for this process: Linux refused arch_prctl(ARCH_REQ_XCOMP_PERM, "
                     "XTILEDATA) (kernel older than 5.16, or the hypervisor hides AMX); compile for a target "
                     "without AMX (e.g. --target x86-avx512-vnni)")

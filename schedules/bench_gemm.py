@@ -87,16 +87,16 @@ def _worker(shapes, number: int, repeat: int, best_of: int, kernel: str) -> None
     import numpy as np
     import tvm
 
+    from compiler.tvm_compat import build_tir, host_cpu_name, make_target
     from schedules.int8_matmul import gemm_args, gemm_out_shape, gemm_primfunc, select_kernel
 
-    host = tvm.target.codegen.llvm_get_system_cpu()
-    target = tvm.target.Target({"kind": "llvm", "mcpu": host, "mtriple": "x86_64-linux-gnu",
-                                "num-cores": os.cpu_count(), **KERNELS[kernel]})
+    target = make_target({"kind": "llvm", "mcpu": host_cpu_name(), "mtriple": "x86_64-linux-gnu",
+                          "num-cores": os.cpu_count(), **KERNELS[kernel]})
     kern = select_kernel(target)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     for m, k, n in shapes:
-        lib = tvm.tirx.build(gemm_primfunc(m, k, n, kern), target)
+        lib = build_tir(gemm_primfunc(m, k, n, kern), target)
         a = rng.integers(-128, 128, (m, k)).astype(np.int8)
         w = rng.integers(-128, 128, (k, n)).astype(np.int8)
         out = tvm.runtime.tensor(np.zeros(gemm_out_shape(m, n, kern), np.int32), dev)
@@ -159,8 +159,9 @@ def _measure(kernel: str, args, root: str) -> None:
         for r in rows:
             m, k, n = r["shape"]
             macs = m * k * n * 1e-6
-            print(f"  {f'{m} x {k} x {n}':>18} {r['ms']:10.4f} {macs / r['ms']:8.1f} {100 * macs / r['ms'] / peak:6.1f}%"
-                  f" {r['min_ms']:8.4f} {macs / r['min_ms']:8.1f} {100 * macs / r['min_ms'] / peak:6.1f}%"
+            print(f"  {f'{m} x {k} x {n}':>18} {r['ms']:10.4f} {macs / r['ms']:8.1f}"
+                  f" {100 * macs / r['ms'] / peak:6.1f}% {r['min_ms']:8.4f} {macs / r['min_ms']:8.1f}"
+                  f" {100 * macs / r['min_ms'] / peak:6.1f}%"
                   f" {r['cpu_ms']:8.4f} {r['exact']!s:>6}")
     if 1 in results and len(results) > 1:
         print(f"{kernel}: speed-up over 1 thread:")

@@ -17,8 +17,8 @@ Guarantees:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import tvm
@@ -62,7 +62,7 @@ class Epilogue:
                            for st in self.steps])
 
     @staticmethod
-    def from_json(text: str) -> "Epilogue":
+    def from_json(text: str) -> Epilogue:
         import json
 
         return Epilogue(tuple(EpilogueStep(*row[:-2], attrs=tuple(row[-2]), table_size=row[-1])

@@ -38,16 +38,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from tvm import relax
 
-from compiler.tvm_compat import (Schedule, const, llvm_cpu_has_features, llvm_triple, make_target, tensor_info,
-                                 tir_script as T)
-from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
+from compiler.tvm_compat import (
+    Schedule,
+    const,
+    llvm_cpu_has_features,
+    llvm_triple,
+    make_target,
+    tensor_info,
+    tensor_type,
+    tir_script as T,
+)
 from schedules import amx_gemm
 from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
+from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, SMMLA_2x2x8
 from schedules.intrinsics.dot import DotIntrin, packed_word
 from schedules.intrinsics.x86_avx2 import PMADDWD_8x2
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
@@ -146,7 +154,7 @@ def _matches(isa: str, target) -> bool:
     return (arch is None or llvm_triple(target).startswith(arch)) and _has(target, _REQUIRES.get(isa, (isa,)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _select(target_json: str, target, batch: bool = False) -> GemmKernel:
     for isa, kernel in INTRINSICS.items():
         if isa == "generic":
@@ -636,10 +644,10 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
     args = [a2] + [const(v, str(v.dtype)) for v in [*consts, *operands]]
     if epilogue is not None:  # written unpadded, in the epilogue's type
-        out = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, n), epilogue.out_dtype)))
+        out = bb.emit(relax.call_tir(gv, args, tensor_type((rows, n), epilogue.out_dtype)))
         return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
     mp, np_ = gemm_out_shape(rows, n, kern)
-    out = bb.emit(relax.call_tir(gv, args, relax.TensorType((mp, np_), "int32")))
+    out = bb.emit(relax.call_tir(gv, args, tensor_type((mp, np_), "int32")))
     if (mp, np_) != (rows, n):  # padded tile rows / lanes: slice them off (a copy; rare for Transformer shapes)
         out = bb.emit(relax.op.strided_slice(out, axes=[0, 1], begin=[0, 0], end=[rows, n]))
     if len(shape) != 2:
@@ -669,7 +677,7 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
 
     a3, b3 = as_3d(a_q, a_shape, m, k), as_3d(b_q, b_shape, k, n)
     mp, np_ = batch_out_shape(m, n, kern)
-    out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((bt, mp, np_), "int32")))
+    out = bb.emit(relax.call_tir(gv, [a3, b3], tensor_type((bt, mp, np_), "int32")))
     if (mp, np_) != (m, n):
         out = bb.emit(relax.op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[m, n]))
     if len(batch) != 1:

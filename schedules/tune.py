@@ -1,11 +1,12 @@
 """MetaSchedule tuning of a compiled model's integer kernels, with the XGBoost cost model.
 
-Expects: the Relax module the build compiles (integer matmuls already on the kernels of int8_matmul.py, which
-carry a ``intformer.kernel`` attribute naming their shape), and a TVM target.
+Expects: the fused Relax module the build schedules (the compile pipeline's ``fuse`` stage: integer matmuls
+already on the kernels of int8_matmul.py, which carry a ``intformer.kernel`` attribute naming their shape), and
+a TVM target.
 
 Guarantees:
-- ``extract_tasks`` fuses the module as the build does and returns one ``TuneTask`` per distinct kernel, weighted
-  by how often the model calls it:
+- ``extract_tasks`` returns one ``TuneTask`` per distinct kernel of that module, weighted by how often the model
+  calls it:
   - GEMM / batched-matmul kernels are tuned over a small, always-buildable space: the register tile
     (rows x weight blocks) and whether threads split rows or weight panels, applied by the very schedule of
     int8_matmul.py (tensorized with the project's intrinsics), so every candidate is exact and builds;
@@ -24,8 +25,9 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from compiler.tvm_compat import IRModule, PrimFunc, meta_schedule as ms, structural_hash
 from schedules import int8_matmul as im
@@ -170,14 +172,13 @@ def _iterations(block) -> int:
     return n
 
 
-def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None, kernels: str = "all") -> list[TuneTask]:
-    """One TuneTask per distinct kernel of the fused module (see the module docstring) among the kinds of
-    ``KERNEL_SETS[kernels]``; the names of kernels left out, with why, are appended to ``skipped``."""
+def extract_tasks(fused: IRModule, target, skipped: Optional[list] = None, kernels: str = "all") -> list[TuneTask]:
+    """One TuneTask per distinct kernel of the fused module (the kernels the build makes; see the module
+    docstring) among the kinds of ``KERNEL_SETS[kernels]``; the names of kernels left out, with why, are appended
+    to ``skipped``."""
     kinds = KERNEL_SETS[kernels]
-    from compiler.build import fuse_kernels
     from compiler.tvm_compat import structural_equal
 
-    fused = fuse_kernels(mod, target)  # the kernels the build makes
     groups: dict[int, list] = {}  # hash -> [(workload, name, kind, gemm_info)], deduplicated structurally
     for gv, func in fused.functions.items():
         if not isinstance(func, PrimFunc):
@@ -227,7 +228,7 @@ def extract_tasks(mod: IRModule, target, skipped: Optional[list] = None, kernels
 
 
 def _progress_callback(tasks: list[TuneTask], progress: TuneProgress, on_update: Optional[Callable]):
-    from tvm.ir.utils import derived_object
+    from compiler.tvm_compat import derived_object
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):

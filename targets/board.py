@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from compiler.errors import IntformerError
-from targets.board_setup import (BoardPaths, default_cache_dir, ensure_set_up, require_host_tools,
-                                 write_python_wrapper)
+from targets.board_setup import BoardPaths, default_cache_dir, ensure_set_up, require_host_tools, write_python_wrapper
 
 HOST = "127.0.0.1"  # the board listens on the loopback interface only
 DEFAULT_PORT = 9090
@@ -268,7 +267,7 @@ class _Supervisor:
                 ready = True
                 self._set(state="ready")
             if any(m in line for m in DEAD_MARKS):
-                print(f"[intformer board] the RPC server's session crashed; restarting it", flush=True)
+                print("[intformer board] the RPC server's session crashed; restarting it", flush=True)
                 break
         self._kill_server()
         return ready

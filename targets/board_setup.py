@@ -133,7 +133,8 @@ def _make_sysroot(paths: BoardPaths) -> None:
         raise IntformerError("setting up the board runs debootstrap, which needs root: run `intformer board setup` "
                              "once as root, or install fakeroot (apt-get install -y fakeroot)")
     _run([*prefix, host_tool("debootstrap"), "--foreign", "--arch=arm64", "--variant=minbase",
-          f"--include={GUEST_PYTHON}", DEBIAN_SUITE, tmp, DEBIAN_MIRROR], paths, f"downloading Debian {DEBIAN_SUITE} arm64 (debootstrap)")
+          f"--include={GUEST_PYTHON}", DEBIAN_SUITE, tmp, DEBIAN_MIRROR], paths,
+         f"downloading Debian {DEBIAN_SUITE} arm64 (debootstrap)")
     debs = sorted(glob.glob(os.path.join(tmp, "var", "cache", "apt", "archives", "*.deb")))
     for deb in debs:
         _run(["dpkg-deb", "-x", deb, tmp], paths, f"unpacking {os.path.basename(deb)}")

@@ -7,11 +7,13 @@ or registered once with ``intformer targets --add FILE`` (kept in ``user_targets
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from compiler.errors import IntformerError
 
@@ -39,7 +41,7 @@ class TargetSpec:
                 "qemu_cpu": self.qemu_cpu}
 
     @staticmethod
-    def from_json(d: dict, origin: str = "target") -> "TargetSpec":
+    def from_json(d: dict, origin: str = "target") -> TargetSpec:
         """A spec from its JSON form; ``origin`` (a file name) prefixes errors."""
         if not isinstance(d, dict):
             raise IntformerError(f"{origin}: a target is a JSON object with at least \"name\" and \"llvm\"")
@@ -80,6 +82,8 @@ def _host() -> TargetSpec:
 
     cpu = host_cpu_name()
     flags = _cpu_flags()
+    from compiler.io_safety import amx_permitted
+
     if not ({"amx_tile", "amx_int8"} <= flags and amx_permitted()):
         flags.discard("amx_int8")
     isa = tuple(f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
@@ -92,21 +96,6 @@ def _host() -> TargetSpec:
     else:
         llvm["mtriple"] = "x86_64-linux-gnu"
     return TargetSpec("host", f"this machine ({cpu})", llvm, isa)
-
-
-def amx_permitted() -> bool:
-    """True if Linux grants this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA): kernel
-    5.16 or newer, and a hypervisor that exposes it. The AMX kernels ask the same at each call."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    import ctypes
-
-    from schedules.amx_gemm import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _cpu_flags() -> set[str]:
@@ -172,7 +161,7 @@ def _user_targets() -> dict[str, Callable[[], TargetSpec]]:
     d = user_targets_dir()
     if not os.path.isdir(d):
         return {}
-    return {f[:-len(".json")]: (lambda p=os.path.join(d, f): load_target_file(p))
+    return {f[:-len(".json")]: functools.partial(load_target_file, os.path.join(d, f))
             for f in sorted(os.listdir(d)) if f.endswith(".json")}
 
 
@@ -212,7 +201,7 @@ def targets_table() -> list[dict]:
     from targets.toolchain import toolchain_for
 
     rows = []
-    for name, factory in all_targets().items():
+    for factory in all_targets().values():
         spec = factory()
         tc = toolchain_for(spec)
         row = spec.to_json()

@@ -1,4 +1,5 @@
-"""Run a compiled library on a device over TVM RPC: a board's RPC server, direct or through a tracker.
+"""TVM RPC to a device: a board's RPC server, direct or through a tracker (compiler/device.py runs a compiled
+library over it; tuning_runner measures tuning candidates over it).
 
 Every remote step has a time-out: TVM's RPC client blocks forever on a server that stopped answering
 (a crashed emulated session leaves the server accepting and silent), so each step runs in a worker thread
@@ -7,16 +8,12 @@ and a step that overruns is a one-line IntformerError that names the address.
 
 from __future__ import annotations
 
-import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
-
-import numpy as np
+from typing import Optional, TypeVar
 
 from compiler.errors import IntformerError
-from compiler.io_safety import check_library
-from compiler.runtime import CompiledModel
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 300.0  # seconds per remote step (upload, load, one inference, one timing batch)
@@ -102,57 +99,6 @@ def connect(spec: RemoteSpec):
             f"`python -m tvm.exec.query_rpc_tracker --host {host} --port {port}` lists them")
     return call_with_timeout(lambda: rpc_connect_tracker(host, port).request(spec.key, max_retry=1),
                              spec.timeout, "requesting a device", spec.where, hint)
-
-
-class RemoteModel(CompiledModel):
-    """A library uploaded to a device and run there; the same interface as CompiledModel."""
-
-    def __init__(self, path: str, spec: RemoteSpec, entry: str = ""):
-        check_library(path, local=False)  # a truncated or foreign file fails here, not on the device
-        self.spec = spec
-        self.session = connect(spec)
-        name = os.path.basename(path)
-        module = self._remote(lambda: (self.session.upload(path), self.session.load_module(name))[1],
-                              f"uploading and loading {name}")
-        self._remote(lambda: CompiledModel.__init__(self, path, device=self.session.cpu(), module=module, entry=entry),
-                     "starting the VM")
-
-    def _remote(self, fn: Callable[[], T], what: str) -> T:
-        return call_with_timeout(fn, self.spec.timeout, what, self.spec.where)
-
-    def set_threads(self, threads: int) -> None:
-        """Size the device's thread pool (0: all its cores)."""
-        f = self.session.get_function("runtime.config_threadpool")
-        self._remote(lambda: f(0, threads), "setting the thread count")
-
-    def _set_inputs(self, feed: dict[str, np.ndarray]) -> None:
-        import tvm.runtime as rt
-
-        self.check(feed)
-        args = [rt.tensor(np.ascontiguousarray(feed[s.name], dtype=s.dtype), self.device) for s in self.inputs]
-        # the stateful calls move tensors one by one: RPC cannot return a tuple of remote tensors
-        self._vm.set_input(self.entry, *args)
-
-    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        def run():
-            self._set_inputs(feed)
-            self._vm.invoke_stateful(self.entry)
-            entry, get = self.entry, self._vm["get_output"]
-            arity = self._vm["get_output_arity"](entry)
-            if arity == -1:  # a single tensor
-                return [get(entry).numpy()]
-            return [get(entry, i).numpy() for i in range(arity)]
-
-        return self._remote(run, "running the model")
-
-    def time(self, feed: dict[str, np.ndarray], repeats: int) -> list[float]:
-        """Seconds per inference, `repeats` samples, timed on the device (one warm-up run first)."""
-        def timed():
-            self._set_inputs(feed)
-            f = self._vm.time_evaluator("invoke_stateful", self.device, number=1, repeat=repeats)
-            return list(f(self.entry).results)
-
-        return self._remote(timed, "timing the model")
 
 
 # --- Tuning on a device: MetaSchedule's RPC runner, connected directly or through a tracker. ---

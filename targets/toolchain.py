@@ -58,16 +58,6 @@ def require_toolchain(spec) -> None:
                          f"is not installed; {fix}")
 
 
-def toolchain_status(spec) -> str:
-    """One cell for `intformer targets`: 'native', '<compiler> (installed)' or '<compiler> (missing: apt-get ...)'."""
-    tc = toolchain_for(spec)
-    if tc is None:
-        return "native"
-    if tc.installed():
-        return f"{tc.compiler} (installed)"
-    return f"{tc.compiler} (missing: {tc.install_command})" if tc.packages else f"{tc.compiler} (missing)"
-
-
 def _export_with(mod, cross_compiler: str) -> str:
     """f_export of MetaSchedule's builder for a cross target: the candidate as a .so the device can load."""
     import os

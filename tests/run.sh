@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up intformer with its test dependencies and run the default (fast) test suite.
+# Set up intformer with its test dependencies, lint it (ruff) and run the default (fast) test suite.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -m slow` for the slow tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +34,6 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
 fi
 
 "$PY" -m pip install --disable-pip-version-check -q -e '.[test]'
+# the lint first: seconds, and a finding fails the run before the long tests start (rules: pyproject.toml)
+"$PY" -m ruff check .
 exec "$PY" -m pytest "$@"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+
 import numpy as np
 import onnx
 from onnx import helper

@@ -5,7 +5,7 @@ A registry (name -> function); `compile --calibration-method NAME` picks one.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

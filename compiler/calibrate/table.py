@@ -31,7 +31,7 @@ class TensorRange:
         return d
 
     @staticmethod
-    def from_json(d: dict) -> "TensorRange":
+    def from_json(d: dict) -> TensorRange:
         return TensorRange(float(d["min"]), float(d["max"]), float(d["pct_lo"]), float(d["pct_hi"]),
                            tuple(int(c) for c in d.get("hist", ())), float(d.get("hist_max", 0.0)))
 
@@ -59,12 +59,12 @@ class CalibrationInfo:
         return d
 
     @staticmethod
-    def from_json(d: dict) -> "CalibrationInfo":
+    def from_json(d: dict) -> CalibrationInfo:
         return CalibrationInfo(d.get("method", "minmax"), d.get("source", ""), d.get("percentile", 0.0),
                                d.get("samples"), d.get("encoder_samples"), d.get("decoder_samples"))
 
     @staticmethod
-    def of_table(method: str, table: "CalibrationTable") -> "CalibrationInfo":
+    def of_table(method: str, table: CalibrationTable) -> CalibrationInfo:
         return CalibrationInfo(method, table.source, table.percentile, samples=table.num_samples)
 
 
@@ -108,7 +108,7 @@ class CalibrationTable:
         }
 
     @staticmethod
-    def from_json(d: dict) -> "CalibrationTable":
+    def from_json(d: dict) -> CalibrationTable:
         return CalibrationTable(
             model_sha256=d["model_sha256"],
             input_shapes=tuple((n, tuple(s)) for n, s in d["input_shapes"].items()),
@@ -120,7 +120,7 @@ class CalibrationTable:
         )
 
     @staticmethod
-    def load(path: str) -> "CalibrationTable":
+    def load(path: str) -> CalibrationTable:
         try:
             with open(path) as f:
                 d = json.load(f)
@@ -132,7 +132,8 @@ class CalibrationTable:
             raise IntformerError(f"{path}: not an intformer calibration table (write one with `intformer compile "
                                  "... --calibration-data CALIB.npz --save-calibration-table TABLE.json`)")
         if d.get("version") != VERSION:
-            raise IntformerError(f"{path}: calibration table version {d.get('version')}, this intformer reads {VERSION}")
+            raise IntformerError(f"{path}: calibration table version {d.get('version')}, "
+                                 f"this intformer reads {VERSION}")
         try:
             table = CalibrationTable.from_json(d)
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -191,9 +191,9 @@ LN_FRAC_BITS = 12  # the normalized value (x - mean) / std in Q12
 LN_SQRT_ITERS = 6  # Newton steps from 2**ceil(bits(n) / 2) (within 2x of sqrt(n)): relative error 1, .25, .031,
 # 5e-4, 1.2e-7, then under one unit for n < 2**54; the sixth settles the floor
 LN_SQRT_MAX_BITS = 54
-LN_SQUARE_BITS = 25
+LN_SQUARE_BITS = 25  # |H * (x - mean)| is shifted below 2**25 before squaring
 LN_RECIP_BITS = 30  # per-row reciprocal of std: the normalization is a multiply and a shift per element
-LN_MAX_SHIFT = 40  # per-channel output shift cap: |beta / out_scale| * 2**40 stays far inside int64  # |H * (x - mean)| is shifted below 2**25 before squaring
+LN_MAX_SHIFT = 40  # per-channel output shift cap: |beta / out_scale| * 2**40 stays far inside int64
 
 
 def layernorm_shift(hidden: int, bound: int) -> int:
@@ -255,7 +255,8 @@ def layernorm_constants(scale: float, hidden: int, bound: int, eps: float, gamma
     return LayerNormConstants(shift=k, eps=eps_int, m0=m0, sh=sh, bias=bias, zp=int(out_zp))
 
 
-def ilayernorm(x: np.ndarray, c: LayerNormConstants, qmin: int = -128, qmax: int = 127, out_dtype=np.int8) -> np.ndarray:
+def ilayernorm(x: np.ndarray, c: LayerNormConstants, qmin: int = -128, qmax: int = 127,
+               out_dtype=np.int8) -> np.ndarray:
     """Integer LayerNorm over the last axis. The zero point and the scale of x cancel except in eps (folded
     into c.eps); gamma, beta and the output scale are per-channel fixed-point constants (c from
     layernorm_constants)."""

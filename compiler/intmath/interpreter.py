@@ -7,7 +7,7 @@ float operations at the edges are single multiplies. Every op it knows is in OPS
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tvm

@@ -21,10 +21,13 @@ fails because of this pass.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import tvm
+
+from compiler.tvm_compat import IntImm, PrimFunc, Schedule, normalize_prim_func
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def cpu_params(target) -> CpuParams:
 
 def _extent(sch, loop) -> Optional[int]:
     ext = sch.get(loop).extent
-    return int(ext) if isinstance(ext, tvm.tirx.IntImm) else None
+    return int(ext) if isinstance(ext, IntImm) else None
 
 
 def _region_buffer(region):
@@ -335,10 +338,6 @@ RULES: dict[str, Callable] = {"elementwise": _elementwise, "columns": _columns, 
 
 def schedule_primfunc(func, p: CpuParams):
     """(scheduled PrimFunc, rule name), or (None, reason) when no rule applies."""
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-
-    from compiler.tvm_compat import Schedule
-
     failed = None
     for name, rule in RULES.items():  # each rule on a fresh schedule: one that raises hands over to the next
         sch = Schedule(func)
@@ -362,7 +361,7 @@ def apply_default_schedules(mod, target, params: Optional[CpuParams] = None):
     out = mod.clone()  # attributes and global infos kept; functions replaced below
     counts: dict[str, int] = {}
     for gv, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is not None and func.attrs.get("tir.is_scheduled"):
+        if not isinstance(func, PrimFunc) or func.attrs is not None and func.attrs.get("tir.is_scheduled"):
             continue
         try:
             new, why = schedule_primfunc(func, p)

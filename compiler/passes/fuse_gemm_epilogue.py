@@ -30,8 +30,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import (PyExprMutator, constant_value, dead_code_elimination, expr_functor_mutator,
-                                 mutate_functions, tensor_info)
+from compiler.tvm_compat import (
+    PyExprMutator,
+    constant_value,
+    dead_code_elimination,
+    expr_functor_mutator,
+    mutate_functions,
+    tensor_info,
+)
 from schedules.gemm_epilogue import OPS, TAKE_MODES, Epilogue, EpilogueStep
 from schedules.int8_matmul import emit_int8_matmul, select_kernel
 

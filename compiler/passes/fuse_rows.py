@@ -5,16 +5,19 @@ TVM's FuseOps cuts these chains apart: a reduction ends its group (softmax becam
 normalize), a table lookup (`take`) is opaque, and LayerNorm's per-row isqrt became a kernel of its own. Each cut
 writes a whole int64 tensor to memory and reads it back.
 
-Expects: a Relax module before legalization (high-level `relax.*` ops in dataflow blocks).
+Expects: a legalized Relax module before FuseOps (the compile pipeline's ``fuse_rows`` stage, between ``legalize``:
+LegalizeOps + AnnotateTIROpPattern, and ``fuse``: FuseOps): dataflow blocks of ``call_tir`` bindings whose PrimFuncs
+carry an ``op_pattern``.
 Guarantees: every maximal group of bindings that
-  * are elementwise/broadcast ops, reductions over the last axis with keepdims, or lookups in a constant 1-D table
-    (`ROW_OPS`),
+  * call elementwise/broadcast/injective kernels, reductions over the last axis with keepdims, or lookups in a
+    constant 1-D table (``ROW_PATTERNS``),
   * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
 A group never has a path that leaves it and comes back (so the graph stays acyclic) and has one result read
-outside it (a group with a result mid-way is split there); groups of one binding are left to FuseOps. Only the grouping changes: each op computes what it computed before, bit for bit, and
-compiler/passes/default_schedule.py then computes every stage of a row under one row loop.
+outside it (a group with a result mid-way is split there); groups of one binding are left to FuseOps. Only the
+grouping changes: each op computes what it computed before, bit for bit, and compiler/passes/default_schedule.py
+then computes every stage of a row under one row loop.
 """
 
 from __future__ import annotations

@@ -24,8 +24,7 @@ def _dtype(expr) -> str:
 
 def _bindings(func):
     for block in func.body.blocks:
-        for b in block.bindings:
-            yield b
+        yield from block.bindings
 
 
 def _edge_vars(func) -> tuple[set, set]:

@@ -14,7 +14,8 @@ An op without a rule keeps computing in float on a dequantized input (the verify
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 import tvm
@@ -23,8 +24,14 @@ from tvm import relax
 from compiler.intmath import integer_ops as io
 from compiler.passes import head_rules, intops
 from compiler.passes.intrepr import INT_RANGE, IntRepr, op as _op, scalar as _scalar
-from compiler.tvm_compat import (PyExprMutator, const, constant_value, expr_functor_mutator, mutate_functions,
-                                  tensor_info)
+from compiler.tvm_compat import (
+    PyExprMutator,
+    const,
+    constant_value,
+    expr_functor_mutator,
+    mutate_functions,
+    tensor_info,
+)
 
 R = relax.op
 TABLE_DTYPE = "int8"  # 1-D tables; 2-D (embedding) tables get a scale per row (intmath.row_scaled_table)

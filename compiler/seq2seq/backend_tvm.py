@@ -16,14 +16,14 @@ class CompiledBackend:
     """`encode(src_ids, src_mask) -> {encoder output: int8}`, `initial_states(batch)`, `step(inputs) -> dict`."""
 
     def __init__(self, library: str, remote=None):
-        from compiler.api import load
+        from compiler.device import load_model
 
-        self.encoder = load(library, remote, entry="encoder")
+        self.encoder = load_model(library, remote, entry="encoder")
         m = self.encoder.manifest
         if not m.seq2seq:
             raise IntformerError(f"{library}: not an encoder-decoder library (compile a seq2seq bundle or a "
                                  "Marian folder with --calibration-text)")
-        self.decoder = load(library, remote, entry="decoder")
+        self.decoder = load_model(library, remote, entry="decoder")
         self.spec = Seq2SeqSpec.from_json(m.seq2seq)
         self.batch = self.encoder.inputs[0].shape[0]
 

@@ -7,7 +7,8 @@ compiled library registers its own entry (the integer encoder and decoder step i
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 

@@ -10,7 +10,7 @@ annotated ONNX graph so that those inputs are int8 (followed by DequantizeLinear
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class SentencePieceTokenizer:
                                  f"vocabulary ({e})") from None
 
     @staticmethod
-    def of_backend(backend) -> "SentencePieceTokenizer":
+    def of_backend(backend) -> SentencePieceTokenizer:
         """The vocabulary of a backend: ``vocab_path`` (a bundle) or ``vocabulary()`` bytes (a library)."""
         if getattr(backend, "vocab_path", None):
             return SentencePieceTokenizer(backend.vocab_path)

@@ -67,7 +67,7 @@ class Seq2SeqSpec:
         }
 
     @staticmethod
-    def from_json(d: dict) -> "Seq2SeqSpec":
+    def from_json(d: dict) -> Seq2SeqSpec:
         if d.get("format") != FORMAT:
             raise ValueError(f"not an intformer seq2seq spec (format {d.get('format')!r}, expected {FORMAT!r})")
         return Seq2SeqSpec(

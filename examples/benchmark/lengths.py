@@ -12,6 +12,7 @@ and the ratio ORT int8 / intformer of each round's pair (robust on a shared mach
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -64,15 +65,16 @@ def main() -> int:
             ids = rng.integers(1000, 20000, (1, n)).astype(np.int64)
             feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
             args = [rt.tensor(feed[k]) for k in names]
-            ours = _median_ms(lambda: vm["main"](*args))
-            theirs = _median_ms(lambda: sess.run(None, {k: feed[k] for k in names}))
+            ours = _median_ms(functools.partial(vm["main"], *args))
+            theirs = _median_ms(functools.partial(sess.run, None, {k: feed[k] for k in names}))
             rows[n]["ours"].append(ours)
             rows[n]["ort"].append(theirs)
             rows[n]["ratio"].append(theirs / ours)
             if fixed is not None:
                 pad = [rt.tensor(np.pad(feed[k], [(0, 0), (0, top - n)])) for k in names]
-                rows[n]["fixed"].append(_median_ms(lambda: fixed["main"](*pad)))
-    print(f"{'tokens':>6} {'intformer ms':>12} {'ORT int8 ms':>11} {'ours/ORT':>8}" + ("  fixed-shape padded ms" if fixed else ""))
+                rows[n]["fixed"].append(_median_ms(functools.partial(fixed["main"], *pad)))
+    print(f"{'tokens':>6} {'intformer ms':>12} {'ORT int8 ms':>11} {'ours/ORT':>8}"
+          + ("  fixed-shape padded ms" if fixed else ""))
     for n in a.lengths:
         r = rows[n]
         line = (f"{n:6d} {statistics.median(r['ours']):12.3f} {statistics.median(r['ort']):11.3f} "

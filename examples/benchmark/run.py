@@ -92,14 +92,14 @@ def _cli(*args: str) -> float:
 
 
 def _worker(library: str, model: str, threads: int, per_op: bool) -> dict:
-    code = ("import json,sys; sys.path.insert(0, %r)\n"
+    code = (f"import json,sys; sys.path.insert(0, {ROOT!r})\n"
             "from compiler.bench import run_bench\n"
-            "rep = run_bench(%r, threads=%d, model=%r)\n"
-            "out = {r.name: r.median_ms for r in rep.rows}\n" % (ROOT, library, threads, model))
+            f"rep = run_bench({library!r}, threads={threads:d}, model={model!r})\n"
+            "out = {r.name: r.median_ms for r in rep.rows}\n")
     if per_op:
         code += ("from compiler.op_profile import op_breakdown\n"
-                 "prof = op_breakdown(%r, threads=%d)\n"
-                 "out['per_op'] = [(k.name, k.ms, k.share) for k in prof.families[:12]]\n" % (library, threads))
+                 f"prof = op_breakdown({library!r}, threads={threads:d})\n"
+                 "out['per_op'] = [(k.name, k.ms, k.share) for k in prof.families[:12]]\n")
     code += "print('RESULT ' + json.dumps(out))\n"
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), INTFORMER_QUIET="1")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)

@@ -86,10 +86,10 @@ def main() -> int:
     ap.add_argument("--peers", action="store_true", help="also measure onnxruntime quantize_dynamic")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    import minilm_data as bbc
+
     from compiler.api import compile_model, run
     from compiler.config import CompileOptions
-
-    import minilm_data as bbc
     tok = heads.tokenizer()
     onnx_path = os.path.join(args.out, "pooled.onnx")
     if not os.path.exists(onnx_path):

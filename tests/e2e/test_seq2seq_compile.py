@@ -79,7 +79,7 @@ def test_both_entry_points_bit_exact_with_reference(compiled):
         a, b = lib.encode(ids, mask), ref.encode(ids, mask)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         steps = []
-        toks = greedy_batch(lib, seqs, on_step=lambda t, inputs, outputs: steps.append(inputs))
+        toks = greedy_batch(lib, seqs, on_step=lambda t, inputs, outputs, steps=steps: steps.append(inputs))
         assert steps
         for x in steps:
             o1, o2 = lib.step(x), ref.step(x)

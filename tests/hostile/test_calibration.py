@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.errors import IntformerError
-
 from tests.hostile.conftest import intformer, run_bad, unchanged
 
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -14,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from compiler.errors import IntformerError
 from compiler.io_safety import check_library, read_elf
-from tests.hostile.conftest import assert_error, damaged, intformer, run_bad, unchanged
+from tests.hostile.conftest import damaged, intformer, run_bad, unchanged
 
 
 @pytest.mark.parametrize("command", ["inspect", "run", "eval", "bench"])
@@ -92,7 +91,8 @@ def _as_aarch64(work, name):
 def test_library_for_another_target_is_named_with_the_way_to_run_it(work):
     lib = _as_aarch64(work, "rpi5 lib.so")
     line = run_bad(["run", lib, "--inputs", work["test"], "-o", work["dir"] / "o.npz"],
-                   [str(lib), "another CPU", "rpi5", "aarch64", "--rpc", "intformer package"], inputs=[lib, work["test"]])
+                   [str(lib), "another CPU", "rpi5", "aarch64", "--rpc", "intformer package"],
+                   inputs=[lib, work["test"]])
     assert "No such file" not in line
     p = intformer("inspect", lib)  # the manifest beside it still shows what it is
     assert p.returncode == 0 and "rpi5" in p.stdout and "aarch64" in p.stdout, p.stderr

@@ -64,7 +64,8 @@ def test_interrupted_tune_says_what_it_kept(work, tmp_path):
     bare `RuntimeError: ` or carried on tuning)."""
     db = tmp_path / "db"
     env = dict(os.environ, INTFORMER_QUIET="1", PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, "-m", "compiler.cli", *map(str, _tune(work, db, "--trials", "64", "--trials-per-iter", "2"))],
+    args = _tune(work, db, "--trials", "64", "--trials-per-iter", "2")
+    p = subprocess.Popen([sys.executable, "-m", "compiler.cli", *map(str, args)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120

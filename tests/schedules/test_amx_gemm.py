@@ -37,9 +37,9 @@ def test_kernel_compiles_to_tile_instructions_and_a_vector_epilogue():
     assert func.attrs["tir.is_scheduled"] and int(func.attrs["op_pattern"]) == 8
     assert tuple(func.params[-1].shape) == (64, 64) and func.params[-1].dtype == epi.out_dtype
     import tvm
+    from tvm import relax
 
     from compiler.tvm_compat import tensor_type
-    from tvm import relax
 
     bb = relax.BlockBuilder()
     x = relax.Var("a", tensor_type(a.shape, "int8"))

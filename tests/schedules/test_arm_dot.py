@@ -21,9 +21,14 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import export_library, tensor_type
-from schedules.int8_matmul import (INTRINSICS, emit_int8_batch_matmul, emit_int8_matmul, select_batch_kernel,
-                                   select_kernel)
+from compiler.tvm_compat import build_tir, export_library, tensor_type
+from schedules.int8_matmul import (
+    INTRINSICS,
+    emit_int8_batch_matmul,
+    emit_int8_matmul,
+    select_batch_kernel,
+    select_kernel,
+)
 from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, UDOT_4x4
 from targets import resolve_target
 from tests.helpers.gemm_epilogue import apply_epilogue, requantize
@@ -215,7 +220,7 @@ def intrin_libs(tmp_path_factory):
     m, k, n = 5, 32, 8
     for name, (intrin, dtype, preset, _) in INTRIN_CASES.items():
         spec = resolve_target(preset)
-        lib = tvm.tirx.build(tensorized_gemm(m, k, n, intrin, dtype, dtype), spec.tvm_target())
+        lib = build_tir(tensorized_gemm(m, k, n, intrin, dtype, dtype), spec.tvm_target())
         path = str(d / f"{name}.so")
         export_library(lib, path, spec.cross_compiler)
         lo, hi = (0, 256) if dtype == "uint8" else (-128, 128)
@@ -264,7 +269,7 @@ def test_kernels_bit_exact_on_board(arm_libs, boards, preset):
     vm = relax.VirtualMachine(_upload(sess, arm_libs[preset]), dev)
     for name, (inputs, expected, _, _) in CASES.items():
         args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
-        got = call_with_timeout(lambda: vm[name](*args).numpy(), 120, f"running {name}", preset)
+        got = call_with_timeout(lambda name=name, args=args: vm[name](*args).numpy(), 120, f"running {name}", preset)
         assert got.dtype == expected.dtype and got.shape == expected.shape, name
         np.testing.assert_array_equal(got, expected, err_msg=f"{preset} {name}")
 

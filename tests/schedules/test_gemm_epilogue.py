@@ -51,13 +51,17 @@ def test_take_modes_and_swapped_operands():
     a, w = _rand_int8(rng, (9, 24)), _rand_int8(rng, (24, 16))
     table = rng.integers(-100, 100, 50).astype(np.int32)
     for mode in ("clip", "wrap"):
-        epi = Epilogue((S("subtract", "int32", "vector", "int32", swap=True), S("floor_divide", "int32", "scalar", "int32"),
+        epi = Epilogue((S("subtract", "int32", "vector", "int32", swap=True),
+                        S("floor_divide", "int32", "scalar", "int32"),
                         S("take", "int32", "table", "int32", attrs=(mode,), table_size=50),
                         S("maximum", "int32", "scalar", "int32"), S("astype", "int16")))
         ops = (rng.integers(-10, 10, 16).astype(np.int32), np.array([97], np.int32), table, np.array([-7], np.int32))
         want = apply_epilogue(epi, ops, a.astype(np.int32) @ w.astype(np.int32))
         target = TARGETS[-2].values[0]  # AVX2: any x86-64 host
-        got, _ = _build_and_run(lambda bb, x: emit_int8_matmul(bb, x, w, target, epi, ops), {"a": a}, target)
+        def emit(bb, x, target=target, epi=epi, ops=ops):
+            return emit_int8_matmul(bb, x, w, target, epi, ops)
+
+        got, _ = _build_and_run(emit, {"a": a}, target)
         np.testing.assert_array_equal(got, want)
 
 

@@ -12,8 +12,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import tensor_type
-from targets.presets import amx_permitted
+from compiler.io_safety import amx_permitted
+from compiler.tvm_compat import PrimFunc, tensor_type
 from schedules.int8_matmul import (
     INTRINSICS,
     emit_int8_batch_matmul,
@@ -183,5 +183,5 @@ def test_same_shape_weights_share_one_kernel():
             z = emit_int8_matmul(bb, x, w2, VNNI)
             out = bb.emit_output(relax.op.add(y, z))
         bb.emit_func_output(out)
-    prim = [gv.name_hint for gv, f in bb.get().functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    prim = [gv.name_hint for gv, f in bb.get().functions.items() if isinstance(f, PrimFunc)]
     assert len(prim) == 1, prim

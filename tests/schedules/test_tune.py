@@ -7,13 +7,12 @@ import pytest
 import tvm
 from tvm.ir import IRModule
 
-from schedules import int8_matmul as im
-from schedules import tune as tn
-from schedules.database import TuningDatabase, target_key
 from compiler.tvm_compat import structural_equal
+from schedules import int8_matmul as im, tune as tn
+from schedules.database import TuningDatabase, target_key
 from schedules.gemm_epilogue import EPILOGUE_ATTR
-from tests.helpers.gemm_epilogue import apply_epilogue, requantize
 from targets import resolve_target
+from tests.helpers.gemm_epilogue import apply_epilogue, requantize
 
 M, K, N = 32, 64, 64
 
@@ -158,13 +157,13 @@ def test_fused_kernel_tuned_with_metaschedule_rules(host, tmp_path):
                 R.output(out)
             return out
 
-    tasks = tn.extract_tasks(Mod, host)
+    fused = fuse_for(Mod, host)  # the build's fusion (extract_tasks takes the fused module)
+    tasks = tn.extract_tasks(fused, host)
     assert [t.kind for t in tasks] == ["fused"]
     db = TuningDatabase(str(tmp_path), host, "host")
     prog = tn.tune(tasks, host, db, tn.TuneOptions(trials=2, trials_per_iter=2))
     assert prog.trials[tasks[0].name] >= 1 and not prog.errors  # the search may find fewer distinct candidates
-    fused = fuse_for(Mod, host)
-    tuned, replaced = tn.apply_database(fused, host, db)
+    tuned, replaced = tn.apply_database(fuse_for(Mod, host), host, db)  # a copy: `fused` stays untuned
     assert replaced == 1
     x = np.random.default_rng(1).integers(-(1 << 20), 1 << 20, (64, 256)).astype("int32")
     dev = tvm.cpu()

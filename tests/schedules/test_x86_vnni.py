@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tvm
 
-from compiler.tvm_compat import TensorIntrin
+from compiler.tvm_compat import TensorIntrin, build_tir
 from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
 from tests.helpers.packed_gemm import pack, tensorized_gemm
 
@@ -36,7 +36,7 @@ def test_intrinsic_matches_numpy(intrin, mcpu, features):
     m, k, n, lanes = 5, 32, 2 * intrin.lanes, intrin.lanes
     mod = tensorized_gemm(m, k, n, intrin, "uint8", "int8")
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
-    lib = tvm.tirx.build(mod, target)
+    lib = build_tir(mod, target)
     reg = "zmm" if lanes == 16 else "ymm"
     assert any("vpdpbusd" in ln and reg in ln for ln in lib.inspect_source("asm").splitlines())
 

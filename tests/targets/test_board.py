@@ -33,7 +33,8 @@ def _host_outputs(tiny_bert_lib):
 
 
 def _remote(lib, port, timeout=120.0):
-    from targets.remote import RemoteModel, RemoteSpec
+    from compiler.device import RemoteModel
+    from targets.remote import RemoteSpec
 
     return RemoteModel(lib, RemoteSpec(rpc=f"127.0.0.1:{port}", timeout=timeout))
 

@@ -65,7 +65,8 @@ def test_minilm_on_board_bit_exact(minilm, minilm_libs, boards):
     _, _, test, _ = minilm
     host = api.run(minilm_libs["host"].library, test)
     ref = minilm_libs["host"].reference()
-    for i, feed in enumerate(load_samples(test, list(minilm_libs["host"].manifest.inputs))):  # the host build is its NumPy reference, bit for bit
+    # the host build is its NumPy reference, bit for bit
+    for i, feed in enumerate(load_samples(test, list(minilm_libs["host"].manifest.inputs))):
         np.testing.assert_array_equal(host["last_hidden_state"][i], ref(feed)[0])
     for target, cpu in (("rpi5", "cortex-a76"), ("rpi4", "cortex-a72")):
         got = api.run(minilm_libs[target].library, test,

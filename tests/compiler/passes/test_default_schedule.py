@@ -9,8 +9,7 @@ from tvm.script import relax as R
 
 from compiler import tvm_compat as C
 from compiler.intmath import integer_ops as io
-from compiler.passes import default_schedule as ds
-from compiler.passes import intops
+from compiler.passes import default_schedule as ds, intops
 
 ROWS, HIDDEN, HEADS, SEQ = 32, 64, 2, 32
 SOFTMAX_SCALE = 0.05
@@ -31,8 +30,8 @@ def _graph():
     c = _layernorm_constants()
     table = np.clip(np.arange(-128, 128) // 2 + 5, -128, 127).astype(np.int8)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((ROWS, HIDDEN), "int8"))
-    s = relax.Var("s", relax.TensorType((HEADS, SEQ, SEQ), "int16"))
+    x = relax.Var("x", C.tensor_type((ROWS, HIDDEN), "int8"))
+    s = relax.Var("s", C.tensor_type((HEADS, SEQ, SEQ), "int16"))
     with bb.function("main", [x, s]):
         with bb.dataflow():
             ln = intops.emit_layernorm(bb, x, c, "int8")
@@ -87,7 +86,7 @@ def test_scheduled_build_is_bit_exact(rows):
 
 
 def _kernels(mod):
-    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, C.PrimFunc)}
 
 
 @pytest.mark.parametrize("rows", [False, True], ids=["fuse_ops", "row_groups"])
@@ -140,9 +139,12 @@ def test_params_from_target():
     assert (p.vector_bits, p.cores) == (128, 1)
 
 
-@pytest.mark.parametrize("name,fam", [("fused_add9_cast6_multiply3", "fused_add_cast_multiply"),
-                                      ("intformer_qgemm_avx512vnni_128x384x384", "intformer_qgemm_avx512vnni_128x384x384"),
-                                      ("take4", "take"), ("fused_minimum1_minimum2_left_shift", "fused_minimum_left_shift")])
+@pytest.mark.parametrize("name,fam", [
+    ("fused_add9_cast6_multiply3", "fused_add_cast_multiply"),
+    ("intformer_qgemm_avx512vnni_128x384x384", "intformer_qgemm_avx512vnni_128x384x384"),
+    ("take4", "take"),
+    ("fused_minimum1_minimum2_left_shift", "fused_minimum_left_shift"),
+])
 def test_op_profile_families(name, fam):
     from compiler.op_profile import family
 

@@ -3,14 +3,14 @@ from tvm import relax
 
 from compiler.passes.fold_qdq import FoldQDQ
 from compiler.passes.op_report import list_ops
-from compiler.tvm_compat import const, dead_code_elimination
+from compiler.tvm_compat import const, dead_code_elimination, tensor_type
 
 R = relax.op
 
 
 def _mod(s2, z2):
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((4,), "int8"))
+    x = relax.Var("x", tensor_type((4,), "int8"))
     with bb.function("main", [x]):
         with bb.dataflow():
             d = bb.emit(R.dequantize(x, const(0.5, "float32"), const(3, "int8"), out_dtype="float32"))

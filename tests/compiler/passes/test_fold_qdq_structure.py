@@ -4,8 +4,7 @@ The pass replaces the quantize by x and leaves the dequantize for dead-code elim
 so the Expected modules keep it."""
 
 import tvm
-from tvm.script import ir as I
-from tvm.script import relax as R
+from tvm.script import ir as I, relax as R
 
 from compiler.passes.fold_qdq import FoldQDQ
 

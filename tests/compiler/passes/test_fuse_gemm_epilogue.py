@@ -31,7 +31,7 @@ def _graph():
     b1 = rng.integers(-3000, 3000, (FFN,)).astype(np.int32)
     table = rng.integers(-32768, 32768, 1 << 16).astype(np.int16)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, SEQ, HID), "int8"))
+    x = relax.Var("x", C.tensor_type((1, SEQ, HID), "int8"))
     with bb.function("main", [x]):
         with bb.dataflow():
             acc = intops.emit_qmatmul(bb, x, 5, C.const(w1, "int8"), 0, w1)
@@ -129,7 +129,7 @@ def test_chain_through_a_head_transpose(host):
     heads = 4
     w = rng.integers(-127, 128, (HID, HID)).astype(np.int8)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, SEQ, HID), "int8"))
+    x = relax.Var("x", C.tensor_type((1, SEQ, HID), "int8"))
     with bb.function("main", [x]):
         with bb.dataflow():
             acc = intops.emit_qmatmul(bb, x, 3, C.const(w, "int8"), 0, w)

@@ -35,8 +35,8 @@ def test_softmax_and_layernorm_become_one_kernel_each():
     with tvm.target.Target(TARGET):
         ops_only = C.fuse(mod)
     fused = C.fuse(plain, group=lambda m: fuse_rows(m)[0])
-    kernels = [gv.name_hint for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-    before = [gv.name_hint for gv, f in ops_only.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    kernels = [gv.name_hint for gv, f in fused.functions.items() if isinstance(f, C.PrimFunc)]
+    before = [gv.name_hint for gv, f in ops_only.functions.items() if isinstance(f, C.PrimFunc)]
     assert len(kernels) < len(before), (kernels, before)
     target = tvm.target.Target(TARGET)
     for a, b in zip(_run(fused, target, _inputs()), _run(ops_only, target, _inputs())):
@@ -47,7 +47,7 @@ def test_a_group_never_closes_a_cycle():
     """h = requantize(x); y = int8 matmul(h); out = h + requantize(y): h and out have the same rows, but a group
     holding both would depend on itself through the matmul."""
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((16, 32), "int32"))
+    x = relax.Var("x", C.tensor_type((16, 32), "int32"))
     w = np.random.default_rng(0).integers(-127, 128, (32, 32)).astype(np.int8)
     with bb.function("main", [x]):
         with bb.dataflow():

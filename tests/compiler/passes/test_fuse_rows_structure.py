@@ -4,8 +4,7 @@ private `Primitive` function called from main; the kernels are untouched, only t
 
 import tvm
 from tvm import relax
-from tvm.script import ir as I
-from tvm.script import relax as R
+from tvm.script import ir as I, relax as R
 
 from compiler.passes.fuse_rows import fuse_rows
 from compiler.tvm_compat import BlockBuilder, tensor_type

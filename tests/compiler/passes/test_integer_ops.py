@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 import tvm
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from tvm import relax
 
 from compiler.intmath import integer_ops as io
 from compiler.passes import intops
+from compiler.tvm_compat import tensor_type
 
 R = relax.op
 
@@ -26,7 +26,7 @@ _cache = {}
 def _compiled(key, build_fn, shape, dtype):
     if key not in _cache:
         bb = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorType(shape, dtype))
+        x = relax.Var("x", tensor_type(shape, dtype))
         with bb.function("main", [x]):
             with bb.dataflow():
                 out = bb.emit_output(build_fn(bb, x))
@@ -138,7 +138,7 @@ def test_product_and_relu_match_twins(dtype, za, zb, seed):
     bound = int(info.max) - int(info.min) + 200
     k = io.product_shift(bound, bound)
     bb = relax.BlockBuilder()
-    va, vb = (relax.Var(n, relax.TensorType((3, 17), dtype)) for n in "ab")
+    va, vb = (relax.Var(n, tensor_type((3, 17), dtype)) for n in "ab")
     with bb.function("main", [va, vb]):
         with bb.dataflow():
             p = intops.emit_mul(bb, va, za, vb, zb, k)
@@ -178,7 +178,7 @@ L2_MAX_ABS_ERROR = 2e-4  # of x / ||x|| per element, for inputs using at least 2
 def _compiled2(key, build_fn, shapes, dtypes):
     if key not in _cache:
         bb = relax.BlockBuilder()
-        xs = [relax.Var(f"x{i}", relax.TensorType(s, d)) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+        xs = [relax.Var(f"x{i}", tensor_type(s, d)) for i, (s, d) in enumerate(zip(shapes, dtypes))]
         with bb.function("main", xs):
             with bb.dataflow():
                 out = bb.emit_output(build_fn(bb, *xs))
@@ -270,8 +270,8 @@ def test_requantize_rows_matches_twin_and_float(rows, n, mult, zp, seed):
     key = ("rq_rows", rows, n, mult, zp, seed)
     if key not in _cache:
         bb = relax.BlockBuilder()
-        a = relax.Var("a", relax.TensorType((rows, n), "int32"))
-        kv = relax.Var("k", relax.TensorType((rows, 1), "int32"))
+        a = relax.Var("a", tensor_type((rows, n), "int32"))
+        kv = relax.Var("k", tensor_type((rows, 1), "int32"))
         with bb.function("main", [a, kv]):
             with bb.dataflow():
                 out = bb.emit_output(build(bb, a, kv))

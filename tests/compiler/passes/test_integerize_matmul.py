@@ -11,7 +11,7 @@ from compiler.passes.fold_qdq import FoldQDQ
 from compiler.passes.integerize_matmul import OUT_DTYPE, OUT_REFINE, OUTPUT_HEADROOM, IntegerizeMatmul
 from compiler.passes.intops import quantize_weight
 from compiler.passes.op_report import list_ops
-from compiler.tvm_compat import const, dead_code_elimination
+from compiler.tvm_compat import const, dead_code_elimination, tensor_type
 
 R = relax.op
 SA, ZA, SB, ZB, SO, ZO = 0.05, -7, 0.02, 0, 0.3, 11
@@ -23,10 +23,10 @@ def _dq(bb, x, s, z):
 
 def _module(b_is_weight: bool, w: np.ndarray, shape_a, shape_b):
     bb = relax.BlockBuilder()
-    a = relax.Var("a", relax.TensorType(shape_a, "int8"))
+    a = relax.Var("a", tensor_type(shape_a, "int8"))
     params = [a]
     if not b_is_weight:
-        b = relax.Var("b", relax.TensorType(shape_b, "int8"))
+        b = relax.Var("b", tensor_type(shape_b, "int8"))
         params.append(b)
     with bb.function("main", params):
         with bb.dataflow():
@@ -93,7 +93,7 @@ def test_activation_matmul_with_runtime_zero_point_terms(zb):
 
 def test_matmul_without_quantized_output_is_left_alone():
     bb = relax.BlockBuilder()
-    a = relax.Var("a", relax.TensorType((4, 8), "float32"))
+    a = relax.Var("a", tensor_type((4, 8), "float32"))
     with bb.function("main", [a]):
         out = bb.emit(R.matmul(a, relax.const(np.ones((8, 3), np.float32))))
         bb.emit_func_output(out)

@@ -7,8 +7,7 @@ float bindings are left for it."""
 
 import numpy as np
 import tvm
-from tvm.script import ir as I
-from tvm.script import relax as R
+from tvm.script import ir as I, relax as R
 
 from compiler.intmath.fixed_point import quantize_multiplier, quantize_multipliers
 from compiler.passes.integerize_matmul import OUT_REFINE, OUTPUT_HEADROOM, IntegerizeMatmul

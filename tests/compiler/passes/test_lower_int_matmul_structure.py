@@ -7,8 +7,7 @@ The target is fixed (an AVX-512 VNNI CPU by name), so the test does not depend o
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.script import ir as I
-from tvm.script import relax as R
+from tvm.script import ir as I, relax as R
 
 from compiler.passes.fuse_gemm_epilogue import FuseGemmEpilogue
 from compiler.passes.lower_int_matmul import LowerIntMatmul

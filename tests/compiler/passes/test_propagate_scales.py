@@ -6,13 +6,12 @@ import math
 import numpy as np
 import pytest
 import tvm
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from tvm import relax
 
 from compiler.passes.op_report import list_ops
 from compiler.passes.propagate_scales import PropagateScales
-from compiler.tvm_compat import const, dead_code_elimination
+from compiler.tvm_compat import const, dead_code_elimination, tensor_type
 
 R = relax.op
 TABLE_MAX_ERROR_STEPS = 1  # round-to-nearest of the exact function, plus float32 rounding at ties
@@ -31,7 +30,7 @@ FUNCS = {
 
 def _build(name, dtype, s_in, z_in, s_out, z_out):
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((4, 64), dtype))
+    x = relax.Var("x", tensor_type((4, 64), dtype))
     with bb.function("main", [x]):
         with bb.dataflow():
             f = bb.emit(R.dequantize(x, const(s_in, "float32"), const(z_in, dtype), axis=-1, out_dtype="float32"))
@@ -75,7 +74,7 @@ SSRU_MAX_ERROR_STEPS = 2  # sigmoid table (int16) and the products' rounding, th
 def _ssru_cell(s, z):
     """c = f * c_prev + (1 - f) * wx with f = sigmoid(fx); out = quantize(relu(c)): the SSRU of Marian's decoder."""
     bb = relax.BlockBuilder()
-    xs = [relax.Var(n, relax.TensorType((2, 3, 16), "int8")) for n in ("fx", "c_prev", "wx")]
+    xs = [relax.Var(n, tensor_type((2, 3, 16), "int8")) for n in ("fx", "c_prev", "wx")]
     with bb.function("main", xs):
         with bb.dataflow():
             fx, cp, wx = (bb.emit(R.dequantize(v, const(s[i], "float32"), const(z[i], "int8"), axis=-1,
@@ -115,7 +114,7 @@ def test_smoothed_relu_is_a_max_and_a_per_channel_requantization():
     s_in, z_in, s_out, z_out = 6.0 / 65535, -300, 0.02, -7
     vec = rng.uniform(0.5, 2.0, size=64).astype(np.float32)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((4, 64), "int16"))
+    x = relax.Var("x", tensor_type((4, 64), "int16"))
     with bb.function("main", [x]):
         with bb.dataflow():
             f = bb.emit(R.dequantize(x, const(s_in, "float32"), const(z_in, "int16"), axis=-1, out_dtype="float32"))
@@ -143,7 +142,7 @@ def test_softmax_quantized_by_its_consumer_is_one_integer_softmax(scale):
     rng = np.random.default_rng(5)
     s_out, z_out = 0.7 / 255, -128
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((3, 2, 40), "int32"))
+    x = relax.Var("x", tensor_type((3, 2, 40), "int32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             f = bb.emit(R.dequantize(x, const(scale, "float32"), const(0, "int32"), axis=-1, out_dtype="float32"))
@@ -173,8 +172,8 @@ def test_masked_softmax_stays_in_int32_and_masked_keys_vanish(mask_value):
     rng = np.random.default_rng(7)
     s_in, s_out, z_out = 12.0 / 65535, 1 / 255, -128
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((2, 3, 16), "int16"))
-    keep = relax.Var("keep", relax.TensorType((2, 1, 16), "bool"))
+    x = relax.Var("x", tensor_type((2, 3, 16), "int16"))
+    keep = relax.Var("keep", tensor_type((2, 1, 16), "bool"))
     with bb.function("main", [x, keep]):
         with bb.dataflow():
             f = bb.emit(R.dequantize(x, const(s_in, "float32"), const(0, "int16"), axis=-1, out_dtype="float32"))

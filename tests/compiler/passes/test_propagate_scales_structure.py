@@ -6,8 +6,7 @@ ones, so it runs after the pass here."""
 
 import numpy as np
 import tvm
-from tvm.script import ir as I
-from tvm.script import relax as R
+from tvm.script import ir as I, relax as R
 
 from compiler.intmath.fixed_point import quantize_multiplier
 from compiler.passes.propagate_scales import PropagateScales

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from compiler.errors import IntformerError
-from compiler.seq2seq.decode import (DecodeOptions, as_text, decode_ids, pack_batches, padding_waste,
-                                     split_to_fit, translate_lines)
+from compiler.seq2seq.decode import (
+    DecodeOptions,
+    as_text,
+    decode_ids,
+    pack_batches,
+    padding_waste,
+    split_to_fit,
+    translate_lines,
+)
 from compiler.seq2seq.spec import Seq2SeqSpec, StateSpec
 
 V = 400

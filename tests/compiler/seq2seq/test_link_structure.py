@@ -4,8 +4,7 @@ the functions themselves are unchanged. A module with other functions is refused
 
 import pytest
 import tvm
-from tvm.script import ir as I
-from tvm.script import relax as R
+from tvm.script import ir as I, relax as R
 
 from compiler import ranged
 from compiler.errors import IntformerError

@@ -84,8 +84,8 @@ def test_manifest_entries_round_trip_and_old_manifests_load():
     m = Manifest((), (), {}, {}, "", "", CALIBRATION, {}, NO_OPS, entries=(e,), seq2seq={"format": "intformer-seq2seq"})
     back = Manifest.from_json(m.to_json())
     assert back.entry_spec("decoder") == e and back.seq2seq == m.seq2seq
-    old = {k: v for k, v in Manifest((TensorSpec("x", (1,), "int64"),), (), {}, {}, "", "", CALIBRATION, {}, NO_OPS).to_json()
-           .items() if k not in ("entries", "seq2seq")}
+    plain = Manifest((TensorSpec("x", (1,), "int64"),), (), {}, {}, "", "", CALIBRATION, {}, NO_OPS)
+    old = {k: v for k, v in plain.to_json().items() if k not in ("entries", "seq2seq")}
     assert Manifest.from_json(old).entries == () and Manifest.from_json(old).entry == "main"
     with pytest.raises(KeyError):
         back.entry_spec("encoder")

@@ -1,0 +1,35 @@
+"""The stage list is the whole compiler: `--dump-ir` writes one file per stage of compiler/pipeline.py, named
+after it and in its order, the build's steps (legalize, fuse_rows, fuse, apply_db, default_schedule, codegen)
+included."""
+
+import os
+
+from compiler.api import compile_model
+from compiler.config import CompileOptions
+from compiler.pipeline import stage_names
+
+
+def test_dump_ir_writes_one_file_per_stage(tiny_bert, tmp_path):
+    model, calib, _ = tiny_bert
+    dump = tmp_path / "ir"
+    compile_model(model, str(tmp_path / "bert.so"), CompileOptions(
+        input_shapes=(("input_ids", (1, 16)),), calibration_data=calib, dump_ir=str(dump)))
+    names = stage_names()
+    assert {"legalize", "fuse_rows", "fuse", "apply_db", "default_schedule", "codegen"} <= set(names)
+    files = sorted(os.listdir(dump))
+    assert [f.split(".")[0] for f in files] == [f"{i:02d}_{n}" for i, n in enumerate(names)]
+    kinds = [f.split(".", 1)[1] for f in files]
+    first_relax = names.index("import")
+    assert set(kinds[:first_relax]) == {"onnx.txt"}
+    assert set(kinds[first_relax:-1]) == {"relax.py"} and kinds[-1] == "vm.txt"
+
+    def dumped(stage):
+        with open(dump / files[names.index(stage)]) as f:
+            return f.read()
+
+    # the build's steps show: the int8 GEMM kernels only before legalize, every op a kernel after it, fewer
+    # kernels after fusing
+    def kernels(stage):
+        return dumped(stage).count("@T.prim_func")
+
+    assert 0 < kernels("manifest") < kernels("legalize") and kernels("fuse") < kernels("fuse_rows")
