@@ -1,6 +1,7 @@
 """The fp32 reference forward of a LLaMA-family decoder in NumPy, with a key/value cache: prefill of a chunk
 and decode of one token are the same call (`forward(ids, positions)`). A `record(name, layer, array)` hook sees
-every tensor the integer model quantizes (calibration), under the names the integer model uses."""
+every tensor the integer model quantizes (calibration), under the names the integer model uses; a hook that
+returns an array replaces the tensor with it (error analysis: quantize one tensor kind at a time)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,14 @@ class Fp32Llama:
     """forward(ids, positions) appends the chunk's keys and values to the cache and returns its logits."""
 
     def __init__(self, w: LlamaWeights, max_len: int, record=None):
-        self.w, self.record = w, record or (lambda name, layer, x: None)
+        self.w, self._record = w, record or (lambda name, layer, x: None)
         s = w.shape
         self.k = np.zeros((s.layers, s.kv_heads, max_len, s.head_dim), np.float32)
         self.v = np.zeros_like(self.k)
+
+    def record(self, name: str, layer: int, x: np.ndarray) -> np.ndarray:
+        y = self._record(name, layer, x)
+        return x if y is None else y
 
     def reset(self) -> None:
         self.k[:] = 0
@@ -48,18 +53,18 @@ class Fp32Llama:
         key_len = int(positions.max()) + 1
         allowed = np.arange(key_len)[None, :] <= positions[:, None]
         for i, lw in enumerate(w.layers):
-            rec("resid", i, x)
+            x = rec("resid", i, x)
             a = rmsnorm(x, lw.attn_norm, s.eps)
-            rec("attn_in", i, a)
+            a = rec("attn_in", i, a)
             q, k, v = a @ lw.wq, a @ lw.wk, a @ lw.wv
             if lw.bq is not None:
                 q, k, v = q + lw.bq, k + lw.bk, v + lw.bv
             q = q.reshape(seq, s.heads, s.head_dim).transpose(1, 0, 2)
             k = k.reshape(seq, s.kv_heads, s.head_dim).transpose(1, 0, 2)
             v = v.reshape(seq, s.kv_heads, s.head_dim).transpose(1, 0, 2)
-            rec("q", i, q), rec("k", i, k), rec("v", i, v)
+            q, k, v = rec("q", i, q), rec("k", i, k), rec("v", i, v)
             q, k = rope(q, positions, s.rope_theta), rope(k, positions, s.rope_theta)
-            rec("q_rot", i, q), rec("k_rot", i, k)
+            q, k = rec("q_rot", i, q), rec("k_rot", i, k)
             self.k[i][:, positions], self.v[i][:, positions] = k, v
             out = np.empty((seq, s.heads, s.head_dim), np.float32)
             for h in range(s.heads):
@@ -67,21 +72,22 @@ class Fp32Llama:
                 sc = q[h] @ self.k[i, g, :key_len].T / np.float32(np.sqrt(s.head_dim))
                 sc = np.where(allowed, sc, -np.inf)
                 p = np.exp(sc - sc.max(-1, keepdims=True))
-                out[:, h] = (p / p.sum(-1, keepdims=True)) @ self.v[i, g, :key_len]
+                p = rec("probs", i, p / p.sum(-1, keepdims=True))
+                out[:, h] = p @ self.v[i, g, :key_len]
             o = out.reshape(seq, s.heads * s.head_dim)
-            rec("attn_out", i, o)
+            o = rec("attn_out", i, o)
             x = x + o @ lw.wo
-            rec("resid_mid", i, x)
+            x = rec("resid_mid", i, x)
             f = rmsnorm(x, lw.ffn_norm, s.eps)
-            rec("ffn_in", i, f)
+            f = rec("ffn_in", i, f)
             gate, up = f @ lw.w_gate, f @ lw.w_up
-            rec("gate", i, gate), rec("up", i, up)
+            gate, up = rec("gate", i, gate), rec("up", i, up)
             hmid = silu(gate) * up
-            rec("ffn_mid", i, hmid)
+            hmid = rec("ffn_mid", i, hmid)
             x = x + hmid @ lw.w_down
-        rec("resid", s.layers, x)
+        x = rec("resid", s.layers, x)
         xf = rmsnorm(x, w.norm, s.eps)
-        rec("final", 0, xf)
+        xf = rec("final", 0, xf)
         logits = xf @ w.lm_head.T
-        rec("logits", 0, logits)
+        logits = rec("logits", 0, logits)
         return logits

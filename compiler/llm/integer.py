@@ -14,8 +14,11 @@ Numerics (scales are compile-time constants from calibration; every tensor is in
   onto the residual scale (int32), so the residual adds are exact; gate and up to int16;
 - attention: igqa_attention over the int8 cache (causal mask from the positions, the integer softmax, P.V);
   the o projection's input smoothing is folded into v (grouped: one factor per KV-head channel);
-- FFN: isilu_gate(gate, up) -> int8 (the down projection's input smoothing folded into up);
-- output: final RMSNorm -> int8, times the int8 embedding table -> int32 logits on one scale.
+- FFN: silu(gate) * up as dynamic per-row int8 (isilu_gate_dynamic: a static base scale times 2**k per token,
+  k from the row's integer max), since a few tokens carry "massive activations" there; the down projection
+  folds 2**k into its requantization shift (requantize_rows); its input smoothing is folded into up;
+- output: final RMSNorm -> int8, times an int8 output table -> int32 logits on one scale. With smoothing the
+  output table is the (tied) embedding times the final norm's smoothing factors: a second int8 table.
 """
 
 from __future__ import annotations
@@ -103,8 +106,8 @@ class IntLayer:
     gate: QLinear
     up: QLinear
     gate_scale: float
-    gated: tuple[int, int]
-    ffn_mid: tuple[float, int]
+    gated: tuple[int, int]  # silu(gate) * up -> the static base scale of the dynamic int8 rows
+    ffn_base: float
     down: QLinear
 
 
@@ -151,8 +154,8 @@ class IntLlama:
             f = il.irmsnorm(x, ly.ffn_norm)
             g = ly.gate(f, -32768, 32767, np.int16)
             u = ly.up(f, -32768, 32767, np.int16)
-            h = il.isilu_gate(g, ly.gate_scale, u, 0, *ly.gated, out_zp=ly.ffn_mid[1])
-            x = np.clip(x + ly.down(h, INT32_MIN, INT32_MAX, np.int64), INT32_MIN, INT32_MAX)
+            h, kexp = il.isilu_gate_dynamic(g, ly.gate_scale, u, 0, *ly.gated)
+            x = np.clip(x + il.requantize_rows(ly.down.acc(h), ly.down.m0, ly.down.sh, kexp), INT32_MIN, INT32_MAX)
         cache.advance(positions)
         xf = il.irmsnorm(x, self.final_norm)
         return self.head(xf, INT32_MIN, INT32_MAX, np.int32)
@@ -201,7 +204,7 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha: f
     s_f = smoothing(r.absmax("ffn_in", i), np.abs(wgu).max(axis=1), alpha)
     ffn_in = _smoothed_asym(r, "ffn_in", i, s_f)
     s_m = smoothing(r.absmax("ffn_mid", i), np.abs(lw.w_down).max(axis=1), alpha)
-    ffn_mid = _smoothed_asym(r, "ffn_mid", i, s_m)
+    ffn_base = float((r.absmax("ffn_mid", i) / s_m).max()) / il.DYN_BASE_CODE
     gate16 = float(r.absmax("gate", i).max()) / 32767
     up16 = float((r.absmax("up", i) / s_m).max()) / 32767
     rep = lambda per_head, n: np.repeat(per_head, n)  # noqa: E731  per head -> per channel
@@ -216,8 +219,8 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha: f
         ffn_norm=_norm(lw.ffn_norm / s_f, resid_scale, sh.eps, ffn_in), ffn_in=ffn_in,
         gate=QLinear.make(lw.w_gate * s_f[:, None], ffn_in[0], ffn_in[1], gate16),
         up=QLinear.make(lw.w_up * s_f[:, None] / s_m[None, :], ffn_in[0], ffn_in[1], up16),
-        gate_scale=gate16, gated=il.gated_constants(gate16, up16, ffn_mid[0]), ffn_mid=ffn_mid,
-        down=QLinear.make(lw.w_down * s_m[:, None], ffn_mid[0], ffn_mid[1], resid_scale))
+        gate_scale=gate16, gated=il.gated_constants(gate16, up16, ffn_base), ffn_base=ffn_base,
+        down=QLinear.make(lw.w_down * s_m[:, None], ffn_base, 0, resid_scale))
 
 
 def build_integer_llama(w: LlamaWeights, r: Ranges, alpha: float | None = 0.5,
@@ -229,17 +232,17 @@ def build_integer_llama(w: LlamaWeights, r: Ranges, alpha: float | None = 0.5,
     eq, es = quantize_weight(w.embed.T)  # per vocabulary row
     em0, esh = quantize_multipliers(es / resid_scale)
     layers = tuple(build_layer(w, r, i, resid_scale, alpha) for i in range(sh.layers))
-    final = asym_int8(r.lo[("final", 0)].min(), r.hi[("final", 0)].max())
+    s_fin = smoothing(r.absmax("final", 0), np.abs(w.lm_head).max(axis=0), alpha)
+    final = _smoothed_asym(r, "final", 0, s_fin)
     logit_scale = float(r.absmax("logits", 0).max()) / LOGIT_CODE
-    head_w = eq.T if w.lm_head is w.embed else None
-    if head_w is None:
-        head = QLinear.make(w.lm_head.T, final[0], final[1], logit_scale)
-    else:  # tied: the embedding's own int8 table and row scales
+    if w.lm_head is not w.embed or alpha is not None:
+        head = QLinear.make((w.lm_head * s_fin[None, :]).T, final[0], final[1], logit_scale)
+    else:  # tied, no smoothing: the embedding's own int8 table and row scales
         m0, shf = quantize_multipliers(final[0] * es / logit_scale)
         head = QLinear(eq, es, None, final[1], m0, shf, eq.astype(np.float64))
     npos = max_positions or sh.max_positions
     return IntLlama(
         shape=sh, resid_scale=resid_scale, embed=eq.T.copy(), embed_scale=es, embed_m0=em0, embed_sh=esh,
-        layers=layers, final_norm=_norm(w.norm, resid_scale, sh.eps, final), final=final, head=head,
+        layers=layers, final_norm=_norm(w.norm / s_fin, resid_scale, sh.eps, final), final=final, head=head,
         logit_scale=logit_scale, rope_tables=il.rope_tables(sh.head_dim, npos, sh.rope_theta),
         k_scale=np.stack([ly.attn.k_scale for ly in layers]), v_scale=np.stack([ly.attn.v_scale for ly in layers]))
