@@ -135,10 +135,10 @@ def test_rope_position_zero_is_identity_and_bad_positions_refused():
 
 
 # ---- attention and the cache -------------------------------------------------------------------------------
-def _constants(rng, heads, kv_heads, d, out_scale=0.02):
+def _constants(rng, heads, kv_heads, d, out_scale=0.02, fine=True):
     return il.AttentionConstants(q_scale=rng.uniform(0.01, 0.05, heads), k_scale=rng.uniform(0.01, 0.05, kv_heads),
                                  v_scale=rng.uniform(0.005, 0.02, kv_heads), out_scale=out_scale, out_zp=3,
-                                 head_dim=d)
+                                 head_dim=d, fine_probs=fine)
 
 
 def _float_attention(q, keys, values, positions, c):
@@ -158,8 +158,8 @@ def _float_attention(q, keys, values, positions, c):
 
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from([(4, 2), (9, 3), (6, 1), (2, 2)]), st.sampled_from([1, 8, 64]), st.integers(1, 9),
-       st.integers(0, 40), SEEDS)
-def test_gqa_attention_within_bound(heads_kv, d, seq, past, seed):
+       st.integers(0, 40), st.booleans(), SEEDS)
+def test_gqa_attention_within_bound(heads_kv, d, seq, past, fine, seed):
     heads, kv_heads = heads_kv
     rng = np.random.default_rng(seed)
     key_len = past + seq + int(rng.integers(0, 5))  # a cache longer than what is written
@@ -167,14 +167,15 @@ def test_gqa_attention_within_bound(heads_kv, d, seq, past, seed):
     keys = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
     values = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
     positions = np.arange(past, past + seq, dtype=np.int32)
-    c = _constants(rng, heads, kv_heads, d)
+    c = _constants(rng, heads, kv_heads, d, fine=fine)
     got = il.igqa_attention(q, keys, values, positions, c)
     assert got.shape == (seq, heads * d) and got.dtype == np.int8
     want = _float_attention(q.astype(np.float64), keys.astype(np.float64), values.astype(np.float64), positions, c)
     q_want = want / c.out_scale + c.out_zp
     n_seen = (positions + 1)[:, None]  # keys each query sees
     vmax = np.repeat(c.v_scale, heads // kv_heads) * 127  # per head
-    slack = 0.5 + np.repeat(vmax, d)[None, :] * n_seen * il.ATTN_PROB_L1_ERROR / c.out_scale
+    per_key = il.ATTN_FINE_ERROR if fine else il.ATTN_PROB_L1_ERROR
+    slack = 0.5 + np.repeat(vmax, d)[None, :] * n_seen * per_key / c.out_scale
     inside = np.abs(q_want) < 127  # unclipped outputs
     assert np.all((np.abs(got - q_want) <= slack)[inside])
 
@@ -197,13 +198,28 @@ def test_attention_is_causal_and_decode_equals_prefill():
         assert np.array_equal(one[0], full[t])
 
 
-def test_masked_row_of_one_key_copies_the_value():
-    c = il.AttentionConstants(np.array([0.1]), np.array([0.1]), np.array([0.01]), 0.01, 0, 4)
+@pytest.mark.parametrize("fine", [True, False])
+def test_masked_row_of_one_key_copies_the_value(fine):
+    c = il.AttentionConstants(np.array([0.1]), np.array([0.1]), np.array([0.01]), 0.01, 0, 4, fine)
     q = np.full((1, 1, 4), 50, np.int8)
     keys = np.full((1, 3, 4), 100, np.int8)
     values = np.array([[[10, -20, 30, -40], [1, 1, 1, 1], [2, 2, 2, 2]]], np.int8)
     out = il.igqa_attention(q, keys, values, np.array([0], np.int32), c)
-    assert out.tolist() == [[10, -20, 30, -40]]  # p = 1 exactly (255 / 255), scales equal
+    assert out.tolist() == [[10, -20, 30, -40]]  # p = 1 exactly, scales equal
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 300), st.floats(1e-3, 0.2), SEEDS)
+def test_fine_probabilities_within_bound_per_key(n, scale, seed):
+    from compiler.intmath import integer_ops as io
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-20000, 20000, size=(3, n)).astype(np.int32)
+    p = io.isoftmax(x, scale, fine=True) * il.ATTN_FINE_SCALE
+    z = x * scale
+    want = np.exp(z - z.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    assert np.max(np.abs(p - want)) <= il.ATTN_FINE_ERROR
 
 
 def test_kv_cache_writes_at_runtime_positions_on_static_scales():
