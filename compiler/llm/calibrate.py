@@ -12,6 +12,8 @@ import numpy as np
 from compiler.llm.fp32 import Fp32Llama
 from compiler.llm.weights import LlamaWeights
 
+SAMPLED = ("attn_in", "attn_out", "ffn_in", "ffn_mid", "final")  # the inputs of smoothed matmuls
+SAMPLE_ROWS = 512  # rows kept per sampled tensor (a deterministic subsample of every recorded row)
 UNRECORDED = ("probs",)  # attention probabilities: fixed scale (1/255), rows of varying length
 DECODE_STEPS = 8  # per document: the last tokens go through the cache one at a time, the rest as one prefill
 
@@ -24,6 +26,7 @@ class Ranges:
     lo: dict = field(default_factory=dict)
     hi: dict = field(default_factory=dict)
     tokens: int = 0
+    rows: dict = field(default_factory=dict)  # (name, layer) -> list of float32 row blocks (SAMPLED names)
 
     def record(self, name: str, layer: int, x: np.ndarray) -> None:
         if name in UNRECORDED:
@@ -35,6 +38,22 @@ class Ranges:
         if key in self.lo:
             lo, hi = np.minimum(lo, self.lo[key]), np.maximum(hi, self.hi[key])
         self.lo[key], self.hi[key] = lo, hi
+        if name in SAMPLED:
+            self.rows.setdefault(key, []).append(x.astype(np.float32))
+
+    def samples(self, name: str, layer: int, n: int = SAMPLE_ROWS) -> np.ndarray | None:
+        """Up to n recorded rows of a SAMPLED tensor, evenly spread over all of them, always with the row of the
+        largest magnitude (the rare tokens with massive activations decide the ranges)."""
+        blocks = self.rows.get((name, layer))
+        if not blocks:
+            return None
+        x = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+        self.rows[(name, layer)] = [x]
+        if len(x) <= n:
+            return x
+        keep = set(np.linspace(0, len(x) - 1, n - 1).round().astype(int).tolist())
+        keep.add(int(np.abs(x).max(axis=1).argmax()))
+        return x[sorted(keep)]
 
     def absmax(self, name: str, layer: int) -> np.ndarray:
         """Per channel."""

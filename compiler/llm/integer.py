@@ -29,13 +29,17 @@ import numpy as np
 
 from compiler.intmath import llama as il
 from compiler.intmath.fixed_point import quantize_multipliers, requantize
+from compiler.llm import smoothing as sm
 from compiler.llm.calibrate import Ranges
 from compiler.llm.weights import LlamaWeights
+
+AUTO = "auto"  # choose each site's smoothing strength on the calibration rows (compiler/llm/smoothing.py)
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 RESID_CODE = 1 << 28  # the calibrated residual max lands here: 8x headroom below the int32 clip
 LOGIT_CODE = 1 << 20  # the calibrated logit max lands here (int32 logits)
 SMOOTH_CLIP = 1e4  # smoothing factors are kept within [1 / 1e4, 1e4]
+HEAD_SEARCH_STRIDE = 8  # the output head's alpha is ranked on every 8th vocabulary row (per-row weight scales)
 
 
 # ---- quantization helpers ------------------------------------------------------------------------------
@@ -178,18 +182,41 @@ def _smoothed_asym(r: Ranges, name: str, layer: int, s: np.ndarray) -> tuple[flo
     return asym_int8((r.lo[(name, layer)] / s).min(), (r.hi[(name, layer)] / s).max())
 
 
-def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha: float | None) -> IntLayer:
+def _site_factors(r: Ranges, name: str, i: int, w: np.ndarray, alpha, expand=None, dynamic: bool = False):
+    """Smoothing factors of one matmul input (per channel of the activation), alpha fixed or chosen (AUTO).
+    expand maps factors of w's grouping onto the activation's channels (the grouped o projection)."""
+    xabs = r.absmax(name, i)
+    wrows = np.abs(w).max(axis=1)
+    if expand is not None:
+        xabs, wrows = expand[0](xabs), expand[0](wrows)
+    grow = expand[1] if expand is not None else (lambda f: f)
+
+    def factors(a):
+        f = grow(smoothing(xabs, wrows, a))
+        return f, f
+
+    def round_trip(f):
+        if dynamic:
+            return sm.dynamic_round_trip(float((r.absmax(name, i) / f).max()) / il.DYN_BASE_CODE)
+        return sm.static_round_trip(float((r.lo[(name, i)] / f).min()), float((r.hi[(name, i)] / f).max()))
+
+    if alpha == AUTO:
+        alpha = sm.choose_alpha(r.samples(name, i), w, factors, round_trip)
+    return factors(alpha)[0]
+
+
+def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha) -> IntLayer:
     sh, lw = w.shape, w.layers[i]
     H, D, G = sh.heads, sh.head_dim, sh.groups
     # attention input: smoothing folded into the norm weight and the q/k/v rows
     wqkv = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)
-    s_a = smoothing(r.absmax("attn_in", i), np.abs(wqkv).max(axis=1), alpha)
+    s_a = _site_factors(r, "attn_in", i, wqkv, alpha)
     attn_in = _smoothed_asym(r, "attn_in", i, s_a)
     # o-projection input smoothing, one factor per (KV head, channel): folded into v's columns
-    xo = r.absmax("attn_out", i).reshape(sh.kv_heads, G, D).max(axis=1)
-    wo_rows = np.abs(lw.wo).max(axis=1).reshape(sh.kv_heads, G, D).max(axis=1)
-    s_o = smoothing(xo.ravel(), wo_rows.ravel(), alpha)  # (kv_heads * D,)
-    s_o_q = np.tile(s_o.reshape(sh.kv_heads, 1, D), (1, G, 1)).ravel()  # per query-head channel
+    group_max = lambda v: v.reshape(sh.kv_heads, G, D).max(axis=1).ravel()  # noqa: E731
+    per_q_head = lambda f: np.tile(f.reshape(sh.kv_heads, 1, D), (1, G, 1)).ravel()  # noqa: E731
+    s_o_q = _site_factors(r, "attn_out", i, lw.wo, alpha, expand=(group_max, per_q_head))
+    s_o = s_o_q.reshape(sh.kv_heads, G, D)[:, 0].ravel()  # (kv_heads * D,)
     wv, bv = lw.wv / s_o[None, :], (None if lw.bv is None else lw.bv / s_o)
     wo = lw.wo * s_o_q[:, None]
     # scales
@@ -201,9 +228,9 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha: f
     attn_out = _smoothed_asym(r, "attn_out", i, s_o_q)
     # feed-forward: input smoothing into the norm weight and gate/up rows; down's input smoothing into up
     wgu = np.concatenate([lw.w_gate, lw.w_up], axis=1)
-    s_f = smoothing(r.absmax("ffn_in", i), np.abs(wgu).max(axis=1), alpha)
+    s_f = _site_factors(r, "ffn_in", i, wgu, alpha)
     ffn_in = _smoothed_asym(r, "ffn_in", i, s_f)
-    s_m = smoothing(r.absmax("ffn_mid", i), np.abs(lw.w_down).max(axis=1), alpha)
+    s_m = _site_factors(r, "ffn_mid", i, lw.w_down, alpha, dynamic=True)
     ffn_base = float((r.absmax("ffn_mid", i) / s_m).max()) / il.DYN_BASE_CODE
     gate16 = float(r.absmax("gate", i).max()) / 32767
     up16 = float((r.absmax("up", i) / s_m).max()) / 32767
@@ -223,19 +250,19 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha: f
         down=QLinear.make(lw.w_down * s_m[:, None], ffn_base, 0, resid_scale))
 
 
-def build_integer_llama(w: LlamaWeights, r: Ranges, alpha: float | None = 0.5,
-                        max_positions: int | None = None) -> IntLlama:
-    """The integer model from fp32 weights and calibrated ranges; alpha is the smoothing strength (None: off)."""
+def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: int | None = None) -> IntLlama:
+    """The integer model from fp32 weights and calibrated ranges; alpha is the smoothing strength: AUTO (chosen
+    per site on the calibration rows), a number for every site, or None (off)."""
     sh = w.shape
     resid_max = max(float(r.absmax(n, i).max()) for n, i in r.names("resid") + r.names("resid_mid"))
     resid_scale = resid_max / RESID_CODE
     eq, es = quantize_weight(w.embed.T)  # per vocabulary row
     em0, esh = quantize_multipliers(es / resid_scale)
     layers = tuple(build_layer(w, r, i, resid_scale, alpha) for i in range(sh.layers))
-    s_fin = smoothing(r.absmax("final", 0), np.abs(w.lm_head).max(axis=0), alpha)
+    s_fin = _site_factors(r, "final", 0, w.lm_head[:: HEAD_SEARCH_STRIDE].T, alpha)
     final = _smoothed_asym(r, "final", 0, s_fin)
     logit_scale = float(r.absmax("logits", 0).max()) / LOGIT_CODE
-    if w.lm_head is not w.embed or alpha is not None:
+    if w.lm_head is not w.embed or not np.all(s_fin == 1.0):
         head = QLinear.make((w.lm_head * s_fin[None, :]).T, final[0], final[1], logit_scale)
     else:  # tied, no smoothing: the embedding's own int8 table and row scales
         m0, shf = quantize_multipliers(final[0] * es / logit_scale)
