@@ -282,6 +282,7 @@ ATTN_PROB_L1_ERROR = 0.004  # per key: |p_int - p| <= 0.004 (the integer softmax
 # (p >> 8).V * 256 + (p & 255).V, which is p.V exactly; |p.V| <= (65535 + keys / 2) * 127 fits int32.
 # At 1/255 every probability below 1/510 is 0: over 128 keys that lost 0.34% perplexity on SmolLM2-135M.
 ATTN_FINE_SCALE = 1.0 / io.SOFTMAX_FINE_LEVELS
+ATTN_FINE_MAX = (1 << 16) - 1
 ATTN_FINE_ERROR = 3.0e-4  # per key: |p_int - p| <= 3e-4 (tested)
 
 
@@ -343,7 +344,8 @@ def igqa_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, q_positi
         scores = np.matmul(q[h].astype(np.int32), keys[g].astype(np.int32).T)
         scores = np.where(allowed, scores, MASKED_SCORE).astype(np.int32)
         if c.fine_probs:
-            p = io.isoftmax(scores, c.score_scale(h), fine=True).astype(np.int64)  # round(p * 65535)
+            # round(p * 65535), which reaches 65536 for a certain key: capped so that p >> 8 fits u8
+            p = np.minimum(io.isoftmax(scores, c.score_scale(h), fine=True).astype(np.int64), ATTN_FINE_MAX)
             vg = values[g].astype(np.int64)
             acc = ((p >> 8) @ vg << 8) + (p & 255) @ vg  # the two u8 x s8 matmuls; equals p @ vg
         else:

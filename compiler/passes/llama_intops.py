@@ -139,3 +139,39 @@ def emit_rope(bb, x, positions, tables, m0, shift, out_zp: int = 0, qmin: int = 
     m0 = np.asarray(m0, np.int64).reshape(-1, 1, 1)
     shift = np.asarray(shift, np.int64).reshape(-1, 1, 1)
     return emit_fixed_requantize(bb, acc, m0, shift, out_zp, out_dtype, qmin, qmax)
+
+
+def emit_causal_scores(bb, q_h, keys_g, positions):
+    """int32 q.k^T (seq, key_len) of one head, masked (key j > the query's position) to il.MASKED_SCORE."""
+    key_len = tensor_info(keys_g)[1][0]
+    scores = bb.emit(R.matmul(q_h, bb.emit(R.permute_dims(keys_g, [1, 0])), out_dtype="int32"))
+    allowed = bb.emit(R.less_equal(const(np.arange(key_len)[None, :], "int32"),
+                                   bb.emit(R.expand_dims(positions, axis=[1]))))
+    return bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
+
+
+def emit_gqa_attention(bb, q, keys, values, positions, c: il.AttentionConstants):
+    """il.igqa_attention with 16-bit probabilities: q int8 (heads, seq, d), keys/values int8 (kv_heads, key_len,
+    d), positions int32 (seq,) -> int8 (seq, heads * d). Per head: the masked int8 scores matmul, the integer
+    softmax's fine codes p, and P.V as two u8 x s8 matmuls ((p >> 8).V << 8) + (p & 255).V."""
+    from compiler.passes.intops import emit_softmax
+
+    if not c.fine_probs:
+        raise NotImplementedError("the emitter implements the 16-bit probabilities (the decoder's default)")
+    heads, seq, d = tensor_info(q)[1]
+    kv_heads = tensor_info(keys)[1][0]
+    outs = []
+    for h in range(heads):
+        g = h // (heads // kv_heads)
+        q_h = bb.emit(R.squeeze(bb.emit(R.strided_slice(q, axes=[0], begin=[h], end=[h + 1])), axis=[0]))
+        k_g = bb.emit(R.squeeze(bb.emit(R.strided_slice(keys, axes=[0], begin=[g], end=[g + 1])), axis=[0]))
+        v_g = bb.emit(R.squeeze(bb.emit(R.strided_slice(values, axes=[0], begin=[g], end=[g + 1])), axis=[0]))
+        p = emit_softmax(bb, emit_causal_scores(bb, q_h, k_g, positions), c.score_scale(h), fine=True)
+        p = bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX)))  # 65536 for a certain key: p >> 8 must fit u8
+        hi = bb.emit(R.astype(bb.emit(R.right_shift(p, _i32(8))), "uint8"))
+        lo = bb.emit(R.astype(bb.emit(R.bitwise_and(p, _i32(255))), "uint8"))
+        acc_hi = bb.emit(R.matmul(hi, v_g, out_dtype="int32"))
+        acc = bb.emit(R.add(bb.emit(R.left_shift(acc_hi, _i32(8))), bb.emit(R.matmul(lo, v_g, out_dtype="int32"))))
+        m0, sh = c.out_multiplier(h)
+        outs.append(emit_fixed_requantize(bb, acc, m0, sh, c.out_zp, "int8"))
+    return bb.emit(R.concat(outs, axis=-1))

@@ -63,3 +63,18 @@ def test_rope_emitter_equals_twin(dtype):
     m0, sh = il.rope_constants(np.array([1e-3, 2e-3, 5e-4]), np.array([0.02, 0.03, 0.01]))
     got = _run(lambda bb, a, p: li.emit_rope(bb, a, p, tables, m0, sh), [x, positions])
     assert np.array_equal(got, il.irope(x, positions, tables, m0, sh))
+
+
+def test_gqa_attention_emitter_equals_twin():
+    rng = np.random.default_rng(2)
+    heads, kv_heads, d, seq, key_len = 4, 2, 8, 3, 7
+    q = rng.integers(-127, 128, size=(heads, seq, d)).astype(np.int8)
+    keys = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
+    values = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
+    positions = np.array([4, 5, 6], np.int32)  # a chunk after 4 cached tokens
+    q[3, 1] = 127  # a row where one key takes all the probability (fine code 65536 before the cap)
+    keys[1, 0] = 127
+    c = il.AttentionConstants(rng.uniform(0.01, 0.05, heads), rng.uniform(0.01, 0.05, kv_heads),
+                              rng.uniform(0.005, 0.02, kv_heads), 0.02, 3, d)
+    got = _run(lambda bb, a, k, v, p: li.emit_gqa_attention(bb, a, k, v, p, c), [q, keys, values, positions])
+    assert np.array_equal(got, il.igqa_attention(q, keys, values, positions, c))
