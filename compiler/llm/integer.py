@@ -90,14 +90,17 @@ class QLinear:
         acc = np.matmul(a.astype(np.float64) - self.in_zp, self.wf).astype(np.int64)
         return acc if self.bias is None else acc + self.bias
 
-    def __call__(self, a: np.ndarray, qmin: int, qmax: int, dtype, zp: int = 0) -> np.ndarray:
+    def __call__(self, a: np.ndarray, qmin: int, qmax: int, dtype, zp: int = 0, rows_k=None) -> np.ndarray:
+        """Requantized outputs; rows_k: the per-row exponents of a dynamic int8 input (idynamic_int8)."""
+        if rows_k is not None:
+            return il.requantize_rows(self.acc(a), self.m0, self.sh, rows_k, zp, qmin, qmax, dtype)
         return requantize(self.acc(a), self.m0, self.sh, zp, qmin, qmax, dtype)
 
 
 @dataclass(frozen=True)
 class IntLayer:
     attn_norm: dict
-    attn_in: tuple[float, int]
+    attn_in: tuple[float, int]  # (scale, zero point); with dynamic_norms the base scale of the dynamic rows, 0
     q: QLinear
     k: QLinear
     v: QLinear
@@ -131,6 +134,13 @@ class IntLlama:
     rope_tables: tuple[np.ndarray, np.ndarray]
     k_scale: np.ndarray  # (layers, kv_heads): the cache's static scales
     v_scale: np.ndarray
+    dynamic_norms: bool = False  # the layers' RMSNorm outputs as dynamic per-row int8 (else static per tensor)
+
+    def _norm_rows(self, x, c):
+        """An RMSNorm output as the projections' int8 input: (codes, per-row exponents or None)."""
+        if not self.dynamic_norms:
+            return il.irmsnorm(x, c), None
+        return il.idynamic_int8(il.irmsnorm(x, c, INT32_MIN, INT32_MAX, np.int64))
 
     def new_cache(self, max_len: int) -> il.Int8KVCache:
         s = self.shape
@@ -146,18 +156,18 @@ class IntLlama:
                        INT32_MIN, INT32_MAX, np.int64)
         key_len = int(positions.max()) + 1
         for i, ly in enumerate(self.layers):
-            a = il.irmsnorm(x, ly.attn_norm)
-            q = ly.q(a, -32768, 32767, np.int16).reshape(seq, s.heads, s.head_dim).transpose(1, 0, 2)
-            k = ly.k(a, -32768, 32767, np.int16).reshape(seq, s.kv_heads, s.head_dim).transpose(1, 0, 2)
-            v = ly.v(a, -127, 127, np.int8).reshape(seq, s.kv_heads, s.head_dim).transpose(1, 0, 2)
+            a, ka = self._norm_rows(x, ly.attn_norm)
+            q = ly.q(a, -32768, 32767, np.int16, rows_k=ka).reshape(seq, s.heads, s.head_dim).transpose(1, 0, 2)
+            k = ly.k(a, -32768, 32767, np.int16, rows_k=ka).reshape(seq, s.kv_heads, s.head_dim).transpose(1, 0, 2)
+            v = ly.v(a, -127, 127, np.int8, rows_k=ka).reshape(seq, s.kv_heads, s.head_dim).transpose(1, 0, 2)
             q8 = il.irope(q, positions, self.rope_tables, *ly.q_rope)
             k8 = il.irope(k, positions, self.rope_tables, *ly.k_rope, qmin=-127)
             cache.write(i, positions, k8, v)
             o = il.igqa_attention(q8, cache.keys[i, :, :key_len], cache.values[i, :, :key_len], positions, ly.attn)
             x = np.clip(x + ly.o(o, INT32_MIN, INT32_MAX, np.int64), INT32_MIN, INT32_MAX)
-            f = il.irmsnorm(x, ly.ffn_norm)
-            g = ly.gate(f, -32768, 32767, np.int16)
-            u = ly.up(f, -32768, 32767, np.int16)
+            f, kf = self._norm_rows(x, ly.ffn_norm)
+            g = ly.gate(f, -32768, 32767, np.int16, rows_k=kf)
+            u = ly.up(f, -32768, 32767, np.int16, rows_k=kf)
             h, kexp = il.isilu_gate_dynamic(g, ly.gate_scale, u, 0, *ly.gated)
             x = np.clip(x + il.requantize_rows(ly.down.acc(h), ly.down.m0, ly.down.sh, kexp), INT32_MIN, INT32_MAX)
         cache.advance(positions)
@@ -205,13 +215,21 @@ def _site_factors(r: Ranges, name: str, i: int, w: np.ndarray, alpha, expand=Non
     return factors(alpha)[0]
 
 
-def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha) -> IntLayer:
+def _norm_out(r: Ranges, name: str, i: int, s: np.ndarray, dynamic: bool) -> tuple[float, int]:
+    """(scale, zero point) of an RMSNorm output: static asymmetric int8, or the base of dynamic rows."""
+    if dynamic:
+        return float((r.absmax(name, i) / s).max()) / il.DYN_BASE_CODE, 0
+    return _smoothed_asym(r, name, i, s)
+
+
+def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, dynamic_norms: bool = False
+                ) -> IntLayer:
     sh, lw = w.shape, w.layers[i]
     H, D, G = sh.heads, sh.head_dim, sh.groups
     # attention input: smoothing folded into the norm weight and the q/k/v rows
     wqkv = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)
-    s_a = _site_factors(r, "attn_in", i, wqkv, alpha)
-    attn_in = _smoothed_asym(r, "attn_in", i, s_a)
+    s_a = _site_factors(r, "attn_in", i, wqkv, alpha, dynamic=dynamic_norms)
+    attn_in = _norm_out(r, "attn_in", i, s_a, dynamic_norms)
     # o-projection input smoothing, one factor per (KV head, channel): folded into v's columns
     group_max = lambda v: v.reshape(sh.kv_heads, G, D).max(axis=1).ravel()  # noqa: E731
     per_q_head = lambda f: np.tile(f.reshape(sh.kv_heads, 1, D), (1, G, 1)).ravel()  # noqa: E731
@@ -228,8 +246,8 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha) -
     attn_out = _smoothed_asym(r, "attn_out", i, s_o_q)
     # feed-forward: input smoothing into the norm weight and gate/up rows; down's input smoothing into up
     wgu = np.concatenate([lw.w_gate, lw.w_up], axis=1)
-    s_f = _site_factors(r, "ffn_in", i, wgu, alpha)
-    ffn_in = _smoothed_asym(r, "ffn_in", i, s_f)
+    s_f = _site_factors(r, "ffn_in", i, wgu, alpha, dynamic=dynamic_norms)
+    ffn_in = _norm_out(r, "ffn_in", i, s_f, dynamic_norms)
     s_m = _site_factors(r, "ffn_mid", i, lw.w_down, alpha, dynamic=True)
     ffn_base = float((r.absmax("ffn_mid", i) / s_m).max()) / il.DYN_BASE_CODE
     gate16 = float(r.absmax("gate", i).max()) / 32767
@@ -250,15 +268,17 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha) -
         down=QLinear.make(lw.w_down * s_m[:, None], ffn_base, 0, resid_scale))
 
 
-def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: int | None = None) -> IntLlama:
+def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: int | None = None,
+                        dynamic_norms: bool = False) -> IntLlama:
     """The integer model from fp32 weights and calibrated ranges; alpha is the smoothing strength: AUTO (chosen
-    per site on the calibration rows), a number for every site, or None (off)."""
+    per site on the calibration rows), a number for every site, or None (off); dynamic_norms: the layers'
+    RMSNorm outputs as dynamic per-row int8 (like the down projection's input) instead of static."""
     sh = w.shape
     resid_max = max(float(r.absmax(n, i).max()) for n, i in r.names("resid") + r.names("resid_mid"))
     resid_scale = resid_max / RESID_CODE
     eq, es = quantize_weight(w.embed.T)  # per vocabulary row
     em0, esh = quantize_multipliers(es / resid_scale)
-    layers = tuple(build_layer(w, r, i, resid_scale, alpha) for i in range(sh.layers))
+    layers = tuple(build_layer(w, r, i, resid_scale, alpha, dynamic_norms) for i in range(sh.layers))
     s_fin = _site_factors(r, "final", 0, w.lm_head[:: HEAD_SEARCH_STRIDE].T, alpha)
     final = _smoothed_asym(r, "final", 0, s_fin)
     logit_scale = float(r.absmax("logits", 0).max()) / LOGIT_CODE
@@ -272,4 +292,5 @@ def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: i
         shape=sh, resid_scale=resid_scale, embed=eq.T.copy(), embed_scale=es, embed_m0=em0, embed_sh=esh,
         layers=layers, final_norm=_norm(w.norm / s_fin, resid_scale, sh.eps, final), final=final, head=head,
         logit_scale=logit_scale, rope_tables=il.rope_tables(sh.head_dim, npos, sh.rope_theta),
-        k_scale=np.stack([ly.attn.k_scale for ly in layers]), v_scale=np.stack([ly.attn.v_scale for ly in layers]))
+        k_scale=np.stack([ly.attn.k_scale for ly in layers]), v_scale=np.stack([ly.attn.v_scale for ly in layers]),
+        dynamic_norms=dynamic_norms)

@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--alpha", nargs="+", default=["auto"],
                     help="smoothing strength: auto (per site), a number, or off (several: one line each)")
+    ap.add_argument("--dynamic-norms", action="store_true", help="RMSNorm outputs as dynamic per-row int8")
     args = ap.parse_args()
 
     import torch
@@ -72,7 +73,8 @@ def main() -> None:
 
     fp = perplexity(held_out, tok, fp32_logits, args.max_len)
     for alpha in args.alpha:
-        im = build_integer_llama(w, ranges, alpha if alpha == "auto" else None if alpha == "off" else float(alpha))
+        im = build_integer_llama(w, ranges, alpha if alpha == "auto" else None if alpha == "off" else float(alpha),
+                                 dynamic_norms=args.dynamic_norms)
 
         def int_logits(ids):
             return im.logits(im.forward(ids, np.arange(len(ids), dtype=np.int32), im.new_cache(len(ids))))
@@ -87,7 +89,8 @@ def report(args, alpha, fp, ip, ranges, n_calib, n_held, seconds) -> None:
     print(json.dumps({"fp32_ppl": round(fp.ppl, 4), "int_ppl": round(ip.ppl, 4),
                       "gap_pct": round(100 * (ip.ppl / fp.ppl - 1), 3), "tokens": ip.tokens,
                       "calib_articles": n_calib, "held_out_articles": n_held, "calib_tokens": ranges.tokens,
-                      "alpha": alpha, "max_len": args.max_len, "seconds": seconds}), flush=True)
+                      "alpha": alpha, "dynamic_norms": args.dynamic_norms, "max_len": args.max_len,
+                      "seconds": seconds}), flush=True)
 
 
 if __name__ == "__main__":

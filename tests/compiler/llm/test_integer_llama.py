@@ -76,3 +76,21 @@ def test_integer_perplexity_near_fp32_on_held_out_text(tiny_int):
     ids = np.array(document_tokens(tok, held_out[0]), np.int32)
     a, b = int_logits(ids).ravel(), fp_logits(ids).ravel()
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= TINY_LOGIT_COSINE
+
+
+def test_dynamic_norm_rows_keep_decode_exact_and_perplexity_near_fp32(tiny_int):
+    tok, w, ranges, _ = tiny_int
+    im = build_integer_llama(w, ranges, dynamic_norms=True)
+    assert im.layers[0].attn_in[1] == 0  # symmetric dynamic rows
+    ids = np.array(document_tokens(tok, sentences(1, seed=6, lo=10, hi=11)[0]), np.int32)
+    n = len(ids)
+    whole = im.forward(ids, np.arange(n, dtype=np.int32), im.new_cache(n))
+    cache = im.new_cache(n)
+    parts = [im.forward(ids[: n - 2], np.arange(n - 2, dtype=np.int32), cache)]
+    parts += [im.forward(ids[t:t + 1], np.array([t], np.int32), cache) for t in (n - 2, n - 1)]
+    assert np.array_equal(np.concatenate(parts), whole)
+    held_out = sentences(10, seed=99, lo=4, hi=30)
+    fp = perplexity(held_out, tok, lambda x: Fp32Llama(w, len(x)).forward(x, np.arange(len(x))))
+    ip = perplexity(held_out, tok, lambda x: im.logits(im.forward(x, np.arange(len(x), dtype=np.int32),
+                                                                   im.new_cache(len(x)))))
+    assert abs(ip.ppl / fp.ppl - 1) <= TINY_PPL_GAP

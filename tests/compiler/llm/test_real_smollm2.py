@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REAL_PPL_GAP = float(os.environ.get("INTFORMER_SMOLLM2_PPL_GAP", "0.25"))  # see the README for the measured gap
+REAL_PPL_GAP = 0.03  # the goal; measured +0.86% on these 10 articles (README)
 
 
 @pytest.fixture(scope="module")
