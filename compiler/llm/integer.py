@@ -37,6 +37,8 @@ AUTO = "auto"  # choose each site's smoothing strength on the calibration rows (
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 RESID_CODE = 1 << 28  # the calibrated residual max lands here: 8x headroom below the int32 clip
+INT16_HEADROOM = 2.0  # int16 tensors (q, k, gate, up) put the calibrated max at half their range: one bit of 15
+# buys room for text louder than the calibration's
 LOGIT_CODE = 1 << 20  # the calibrated logit max lands here (int32 logits)
 SMOOTH_CLIP = 1e4  # smoothing factors are kept within [1 / 1e4, 1e4]
 HEAD_SEARCH_STRIDE = 8  # the output head's alpha is ranked on every 8th vocabulary row (per-row weight scales)
@@ -238,8 +240,8 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, d
     wv, bv = lw.wv / s_o[None, :], (None if lw.bv is None else lw.bv / s_o)
     wo = lw.wo * s_o_q[:, None]
     # scales
-    q16 = _heads_absmax(r.absmax("q", i), H) / 32767
-    k16 = _heads_absmax(r.absmax("k", i), sh.kv_heads) / 32767
+    q16 = _heads_absmax(r.absmax("q", i), H) * INT16_HEADROOM / 32767
+    k16 = _heads_absmax(r.absmax("k", i), sh.kv_heads) * INT16_HEADROOM / 32767
     q8 = _heads_absmax(r.absmax("q_rot", i), H) / 127
     k8 = _heads_absmax(r.absmax("k_rot", i), sh.kv_heads) / 127
     v8 = _heads_absmax(r.absmax("v", i) / s_o, sh.kv_heads) / 127
@@ -250,8 +252,8 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, d
     ffn_in = _norm_out(r, "ffn_in", i, s_f, dynamic_norms)
     s_m = _site_factors(r, "ffn_mid", i, lw.w_down, alpha, dynamic=True)
     ffn_base = float((r.absmax("ffn_mid", i) / s_m).max()) / il.DYN_BASE_CODE
-    gate16 = float(r.absmax("gate", i).max()) / 32767
-    up16 = float((r.absmax("up", i) / s_m).max()) / 32767
+    gate16 = float(r.absmax("gate", i).max()) * INT16_HEADROOM / 32767
+    up16 = float((r.absmax("up", i) / s_m).max()) * INT16_HEADROOM / 32767
     rep = lambda per_head, n: np.repeat(per_head, n)  # noqa: E731  per head -> per channel
     return IntLayer(
         attn_norm=_norm(lw.attn_norm / s_a, resid_scale, sh.eps, attn_in), attn_in=attn_in,

