@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+STORY = "Once upon a time, there was a little girl who"
 TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 
 
@@ -49,11 +50,17 @@ def main() -> None:
                     help="smoothing strength: auto (per site), a number, or off (several: one line each)")
     ap.add_argument("--norms", nargs="+", choices=("static", "dynamic"), default=["static"],
                     help="RMSNorm outputs as static int8 or dynamic per-row int8 (several: one line each)")
+    ap.add_argument("--greedy", type=int, default=0,
+                    help="also decode N greedy tokens (int8 KV cache) after the story prompt and the first 16 tokens "
+                         "of 5 held-out articles, and count how many leading tokens equal fp32's")
+    ap.add_argument("--skip-ppl", action="store_true")
     args = ap.parse_args()
 
     import torch
 
     from compiler.llm.calibrate import calibrate
+    from compiler.llm.fp32 import Fp32Llama
+    from compiler.llm.generate import agreement, greedy
     from compiler.llm.integer import build_integer_llama
     from compiler.llm.perplexity import document_tokens, perplexity
     from compiler.llm.weights import from_transformers, load_causal_lm
@@ -68,11 +75,15 @@ def main() -> None:
     t0 = time.time()
     ranges = calibrate(w, [np.array(document_tokens(tok, d, args.max_len)) for d in calib_docs])
     t_calib = time.time() - t0
+
     def fp32_logits(ids):
         with torch.no_grad():
             return model(torch.tensor(ids[None], dtype=torch.long)).logits[0].numpy()
 
-    fp = perplexity(held_out, tok, fp32_logits, args.max_len)
+    prompts = [document_tokens(tok, STORY)] + [document_tokens(tok, d, 16) for d in held_out[:5]]
+    fp_greedy = [greedy(Fp32Llama(w, len(p) + args.greedy).forward, p, args.greedy) for p in prompts] \
+        if args.greedy else []
+    fp = None if args.skip_ppl else perplexity(held_out, tok, fp32_logits, args.max_len)
     for alpha, norms in [(a, n) for a in args.alpha for n in args.norms]:
         im = build_integer_llama(w, ranges, alpha if alpha == "auto" else None if alpha == "off" else float(alpha),
                                  dynamic_norms=norms == "dynamic")
@@ -81,14 +92,20 @@ def main() -> None:
             return im.logits(im.forward(ids, np.arange(len(ids), dtype=np.int32), im.new_cache(len(ids))))
 
         t0 = time.time()
-        ip = perplexity(held_out, tok, int_logits, args.max_len)
-        report(args, alpha, norms, fp, ip, ranges, len(calib_docs), len(held_out),
-               {"load": round(t_load, 1), "calibrate": round(t_calib, 1), "int_ppl": round(time.time() - t0, 1)})
+        ip = None if args.skip_ppl else perplexity(held_out, tok, int_logits, args.max_len)
+        agree = []
+        for p, want in zip(prompts, fp_greedy):
+            cache = im.new_cache(len(p) + args.greedy)
+            got = greedy(lambda ids, pos, c=cache: im.forward(ids, pos, c), p, args.greedy)
+            agree.append(agreement(got, want))
+        report(args, alpha, norms, fp, ip, ranges, len(calib_docs), len(held_out), agree,
+               {"load": round(t_load, 1), "calibrate": round(t_calib, 1), "int": round(time.time() - t0, 1)})
 
 
-def report(args, alpha, norms, fp, ip, ranges, n_calib, n_held, seconds) -> None:
-    print(json.dumps({"fp32_ppl": round(fp.ppl, 4), "int_ppl": round(ip.ppl, 4),
-                      "gap_pct": round(100 * (ip.ppl / fp.ppl - 1), 3), "tokens": ip.tokens,
+def report(args, alpha, norms, fp, ip, ranges, n_calib, n_held, agree, seconds) -> None:
+    ppl = {} if ip is None else {"fp32_ppl": round(fp.ppl, 4), "int_ppl": round(ip.ppl, 4),
+                                 "gap_pct": round(100 * (ip.ppl / fp.ppl - 1), 3), "tokens": ip.tokens}
+    print(json.dumps({**ppl, "greedy_agree": agree, "greedy_tokens": args.greedy,
                       "calib_articles": n_calib, "held_out_articles": n_held, "calib_tokens": ranges.tokens,
                       "alpha": alpha, "norms": norms, "max_len": args.max_len,
                       "seconds": seconds}), flush=True)
