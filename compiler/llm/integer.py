@@ -6,8 +6,9 @@ Numerics (scales are compile-time constants from calibration; every tensor is in
 - residual stream: int32, one scale for the whole model (the calibrated max at 2**28, 8x headroom before the
   clip at int32); the embedding is an int8 table with one scale per row (shared with the tied output head),
   brought onto the residual scale by a per-row fixed-point multiply;
-- RMSNorm (irmsnorm) -> int8, asymmetric per tensor; its weight carries the smoothing factors of the
-  projections it feeds (SmoothQuant: x / s into the norm, W * s into the weights; alpha per model);
+- RMSNorm (irmsnorm) -> dynamic per-row int8 (base * 2**k, the exponent folded into the projections'
+  requantization shifts; or static asymmetric int8 per tensor); its weight carries the smoothing factors of
+  the projections it feeds (SmoothQuant: x / s into the norm, W * s into the weights; alpha chosen per site);
 - every matmul int8 x int8 -> int32 (weights symmetric per output channel), requantized by a fixed-point
   multiply: q and k to int16 per head, then the rotary embedding (irope, positions at run time) to int8 per
   head (k straight onto the cache's scale); v straight onto the cache's int8 scale; the o and down projections
@@ -136,7 +137,7 @@ class IntLlama:
     rope_tables: tuple[np.ndarray, np.ndarray]
     k_scale: np.ndarray  # (layers, kv_heads): the cache's static scales
     v_scale: np.ndarray
-    dynamic_norms: bool = False  # the layers' RMSNorm outputs as dynamic per-row int8 (else static per tensor)
+    dynamic_norms: bool = True  # the layers' RMSNorm outputs as dynamic per-row int8 (else static per tensor)
 
     def _norm_rows(self, x, c):
         """An RMSNorm output as the projections' int8 input: (codes, per-row exponents or None)."""
@@ -271,10 +272,11 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, d
 
 
 def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: int | None = None,
-                        dynamic_norms: bool = False) -> IntLlama:
+                        dynamic_norms: bool = True) -> IntLlama:
     """The integer model from fp32 weights and calibrated ranges; alpha is the smoothing strength: AUTO (chosen
     per site on the calibration rows), a number for every site, or None (off); dynamic_norms: the layers'
-    RMSNorm outputs as dynamic per-row int8 (like the down projection's input) instead of static."""
+    RMSNorm outputs as dynamic per-row int8 (like the down projection's input; the default: SmolLM2-135M +2.8%
+    against +3.7% static on 50 held-out articles) instead of static per tensor."""
     sh = w.shape
     resid_max = max(float(r.absmax(n, i).max()) for n, i in r.names("resid") + r.names("resid_mid"))
     resid_scale = resid_max / RESID_CODE

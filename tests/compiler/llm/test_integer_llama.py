@@ -78,10 +78,10 @@ def test_integer_perplexity_near_fp32_on_held_out_text(tiny_int):
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= TINY_LOGIT_COSINE
 
 
-def test_dynamic_norm_rows_keep_decode_exact_and_perplexity_near_fp32(tiny_int):
-    tok, w, ranges, _ = tiny_int
-    im = build_integer_llama(w, ranges, dynamic_norms=True)
-    assert im.layers[0].attn_in[1] == 0  # symmetric dynamic rows
+def test_static_norm_outputs_keep_decode_exact_and_perplexity_near_fp32(tiny_int):
+    tok, w, ranges, default = tiny_int
+    assert default.dynamic_norms and default.layers[0].attn_in[1] == 0  # symmetric dynamic rows by default
+    im = build_integer_llama(w, ranges, dynamic_norms=False)
     ids = np.array(document_tokens(tok, sentences(1, seed=6, lo=10, hi=11)[0]), np.int32)
     n = len(ids)
     whole = im.forward(ids, np.arange(n, dtype=np.int32), im.new_cache(n))
