@@ -1,0 +1,101 @@
+"""The integer LLaMA decoder as a Relax function, from the integer reference's constants (compiler/llm/integer.py):
+token ids -> int32 logits, built from the emitters of compiler/passes/llama_intops.py so that it computes the
+reference's integers (tests/compiler/llm/test_llama_frontend.py checks the prefill bit for bit).
+
+First slice (issue 15, in progress): the prefill of one chunk of a fixed length into an empty cache, positions
+given at run time; it returns the chunk's int8 keys and values (the cache contents) beside the logits. Not yet:
+prefill after cached tokens, the decode entry, the cache as state in the library, the int8 matmul schedules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from compiler.llm.integer import INT32_MAX, INT32_MIN, IntLlama, QLinear
+from compiler.passes import llama_intops as li
+from compiler.tvm_compat import const
+
+R = relax.op
+
+
+def _linear(bb, a, lin: QLinear, rows_k, qmin: int, qmax: int, dtype: str):
+    """int8 activation (zero point lin.in_zp) x the constant int8 weight -> int32, plus the integer bias, then
+    the requantization (with the rows' exponents of a dynamic input)."""
+    acc = bb.emit(R.matmul(a, const(lin.w, "int8"), out_dtype="int32"))
+    if lin.in_zp:
+        colsum = lin.w.astype(np.int64).sum(axis=0, keepdims=True) * lin.in_zp
+        acc = bb.emit(R.subtract(acc, const(colsum, "int32")))
+    if lin.bias is not None:
+        acc = bb.emit(R.add(acc, const(lin.bias, "int32")))
+    if rows_k is not None:
+        return li.emit_requantize_rows(bb, acc, lin.m0, lin.sh, rows_k, qmin, qmax, dtype)
+    return li.emit_fixed_requantize(bb, acc, lin.m0, lin.sh, 0, dtype, qmin, qmax)
+
+
+def _norm_rows(bb, x, c: dict, dynamic: bool):
+    if not dynamic:
+        return li.emit_rmsnorm(bb, x, c, "int8"), None
+    return li.emit_dynamic_int8(bb, li.emit_rmsnorm(bb, x, c, "int64"))
+
+
+def _heads(bb, t, seq: int, heads: int, d: int):
+    """(seq, heads * d) -> (heads, seq, d)."""
+    return bb.emit(R.permute_dims(bb.emit(R.reshape(t, (seq, heads, d))), [1, 0, 2]))
+
+
+def _residual_add(bb, x, y):
+    return bb.emit(R.clip(bb.emit(R.add(x, y)), INT32_MIN, INT32_MAX))
+
+
+def _embed(bb, m: IntLlama, ids):
+    """The int8 embedding rows, onto the residual scale by each row's own multiplier (gathered with the row)."""
+    e = bb.emit(R.astype(bb.emit(R.take(const(m.embed, "int8"), ids, axis=0)), "int64"))
+    m0 = bb.emit(R.expand_dims(bb.emit(R.take(const(m.embed_m0, "int64"), ids, axis=0)), axis=[1]))
+    sh = bb.emit(R.expand_dims(bb.emit(R.take(const(m.embed_sh, "int64"), ids, axis=0)), axis=[1]))
+    one = const(1, "int64")
+    rnd = bb.emit(R.left_shift(bb.emit(R.full_like(sh, one)), bb.emit(R.subtract(sh, one))))
+    x = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(e, m0)), rnd)), sh))
+    return bb.emit(R.clip(x, INT32_MIN, INT32_MAX))
+
+
+def _layer(bb, m: IntLlama, i: int, x, positions, seq: int):
+    s, ly = m.shape, m.layers[i]
+    a, ka = _norm_rows(bb, x, ly.attn_norm, m.dynamic_norms)
+    q = _heads(bb, _linear(bb, a, ly.q, ka, -32768, 32767, "int16"), seq, s.heads, s.head_dim)
+    k = _heads(bb, _linear(bb, a, ly.k, ka, -32768, 32767, "int16"), seq, s.kv_heads, s.head_dim)
+    v = _heads(bb, _linear(bb, a, ly.v, ka, -127, 127, "int8"), seq, s.kv_heads, s.head_dim)
+    q8 = li.emit_rope(bb, q, positions, m.rope_tables, *ly.q_rope)
+    k8 = li.emit_rope(bb, k, positions, m.rope_tables, *ly.k_rope, qmin=-127)
+    o = li.emit_gqa_attention(bb, q8, k8, v, positions, ly.attn)
+    x = _residual_add(bb, x, _linear(bb, o, ly.o, None, INT32_MIN, INT32_MAX, "int64"))
+    f, kf = _norm_rows(bb, x, ly.ffn_norm, m.dynamic_norms)
+    g = _linear(bb, f, ly.gate, kf, -32768, 32767, "int16")
+    u = _linear(bb, f, ly.up, kf, -32768, 32767, "int16")
+    h, kh = li.emit_silu_gate_dynamic(bb, g, ly.gate_scale, u, 0, *ly.gated)
+    x = _residual_add(bb, x, _linear(bb, h, ly.down, kh, INT32_MIN, INT32_MAX, "int64"))
+    return x, k8, v
+
+
+def prefill_module(m: IntLlama, seq: int) -> "tvm.IRModule":  # noqa: F821
+    """`prefill(ids int32 (seq,), positions int32 (seq,)) -> (logits int32 (seq, vocab), keys int8 (layers,
+    kv_heads, seq, head_dim), values int8 (same))`: the chunk attends to itself under the causal mask of its
+    positions (an empty cache before it)."""
+    ids = relax.Var("ids", relax.TensorType((seq,), "int32"))
+    positions = relax.Var("positions", relax.TensorType((seq,), "int32"))
+    bb = relax.BlockBuilder()
+    with bb.function("prefill", [ids, positions]):
+        with bb.dataflow():
+            x = _embed(bb, m, ids)
+            keys, values = [], []
+            for i in range(m.shape.layers):
+                x, k8, v = _layer(bb, m, i, x, positions, seq)
+                keys.append(bb.emit(R.expand_dims(k8, axis=[0])))
+                values.append(bb.emit(R.expand_dims(v, axis=[0])))
+            xf, kx = _norm_rows(bb, x, m.final_norm, False)
+            logits = _linear(bb, xf, m.head, kx, INT32_MIN, INT32_MAX, "int32")
+            out = bb.emit_output(relax.Tuple([logits, bb.emit(R.concat(keys, axis=0)),
+                                              bb.emit(R.concat(values, axis=0))]))
+        bb.emit_func_output(out)
+    return bb.get()
+

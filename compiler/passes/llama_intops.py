@@ -1,0 +1,177 @@
+"""Relax emitters of the LLaMA decoder's integer ops; each produces the bits of its NumPy twin in
+compiler/intmath/llama.py (tests/compiler/passes/test_llama_intops.py checks them compiled)."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from compiler.intmath import integer_ops as io
+from compiler.intmath import llama as il
+from compiler.passes.intops import emit_bit_length, emit_exp_q15, emit_horner, emit_isqrt
+from compiler.tvm_compat import const, tensor_info
+
+R = relax.op
+
+
+def _i64(v):
+    return const(v, "int64")
+
+
+def _i32(v):
+    return const(v, "int32")
+
+
+def _as(bb, x, dtype):
+    return x if tensor_info(x)[0] == dtype else bb.emit(R.astype(x, dtype))
+
+
+def _round_shift(bb, v, shift):
+    """(v + 2**(shift - 1)) >> shift on int64 v (shift >= 1: constant, scalar or per channel)."""
+    shift = np.asarray(shift, np.int64)
+    return bb.emit(R.right_shift(bb.emit(R.add(v, _i64(np.left_shift(np.int64(1), shift - 1)))), _i64(shift)))
+
+
+def _clip_cast(bb, v, qmin: int, qmax: int, dtype: str):
+    return bb.emit(R.astype(bb.emit(R.clip(v, qmin, qmax)), dtype))
+
+
+def emit_fixed_requantize(bb, acc, m0, shift, zero_point: int, out_dtype: str, qmin=None, qmax=None):
+    """intmath.fixed_point.requantize with given (m0, shift) (scalars or arrays broadcasting on acc)."""
+    v = bb.emit(R.multiply(_as(bb, acc, "int64"), _i64(m0)))
+    v = _round_shift(bb, v, shift)
+    if zero_point:
+        v = bb.emit(R.add(v, _i64(zero_point)))
+    info = np.iinfo(out_dtype)
+    return _clip_cast(bb, v, int(info.min if qmin is None else qmin), int(info.max if qmax is None else qmax),
+                      out_dtype)
+
+
+def emit_rmsnorm(bb, x, c: dict, out_dtype: str = "int8"):
+    """il.irmsnorm over the last axis (c from il.rmsnorm_constants)."""
+    y = _as(bb, x, "int64")
+    h = tensor_info(y)[1][-1]
+    if c["shift"] > 0:
+        y = bb.emit(R.right_shift(y, _i64(c["shift"])))
+    elif c["shift"] < 0:
+        y = bb.emit(R.left_shift(y, _i64(-c["shift"])))
+    n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)), _i64(h)))
+    n = bb.emit(R.maximum(bb.emit(R.add(n, _i64(c["eps"]))), _i64(1)))
+    rms, e = emit_isqrt(bb, n)
+    top = bb.emit(R.left_shift(bb.emit(R.full_like(n, _i64(1))), bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS)))))
+    recip = bb.emit(R.floor_divide(top, rms))
+    u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),
+                              bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS - il.RMS_FRAC_BITS)))))
+    v = _round_shift(bb, bb.emit(R.multiply(u, _i64(c["m0"]))), c["sh"])
+    if c["zp"]:
+        v = bb.emit(R.add(v, _i64(c["zp"])))
+    info = np.iinfo(out_dtype)
+    return _clip_cast(bb, v, int(info.min), int(info.max), out_dtype)
+
+
+def emit_sigmoid_q15(bb, x, scale: float, zp: int = 0):
+    """(a, sigmoid in Q15) as int32 for 8/16-bit x, a = x - zp (il.isigmoid_q15)."""
+    a = _as(bb, x, "int32")
+    if zp:
+        a = bb.emit(R.subtract(a, _i32(zp)))
+    mag = bb.emit(R.maximum(a, bb.emit(R.negative(a))))
+    e = emit_exp_q15(bb, mag, io.exp_constants(scale))
+    r = emit_horner(bb, e, il.RECIP_POLY_Q15, il.SIG_FRAC_BITS)
+    neg = bb.emit(R.subtract(_i32(1 << il.SIG_FRAC_BITS), r))
+    return a, bb.emit(R.where(bb.emit(R.greater_equal(a, _i32(0))), r, neg))
+
+
+def emit_silu(bb, x, scale: float, zp: int = 0):
+    """il.isilu as int32 (8/16-bit x: the product stays below 2**31)."""
+    a, sig = emit_sigmoid_q15(bb, x, scale, zp)
+    prod = bb.emit(R.add(bb.emit(R.multiply(a, sig)), _i32(1 << (il.SIG_FRAC_BITS - 1))))
+    return bb.emit(R.right_shift(prod, _i32(il.SIG_FRAC_BITS)))
+
+
+def emit_dynamic_int8(bb, t):
+    """il.idynamic_int8 of int64 rows: (int8 q, int64 k of shape (..., 1))."""
+    t = _as(bb, t, "int64")
+    amax = bb.emit(R.max(bb.emit(R.maximum(t, bb.emit(R.negative(t)))), axis=[-1], keepdims=True))
+    k = bb.emit(R.maximum(bb.emit(R.subtract(emit_bit_length(bb, amax, 63), _i64(il.DYN_CODE_BITS))), _i64(0)))
+    half = bb.emit(R.right_shift(bb.emit(R.left_shift(bb.emit(R.full_like(k, _i64(1))), k)), _i64(1)))  # 0 at k=0
+    q = bb.emit(R.right_shift(bb.emit(R.add(t, half)), k))
+    return _clip_cast(bb, q, -il.DYN_QMAX, il.DYN_QMAX, "int8"), k
+
+
+def emit_silu_gate_dynamic(bb, gate, gate_scale: float, up, up_zp: int, m0: int, shift: int):
+    """il.isilu_gate_dynamic: (int8 q, int64 k)."""
+    u = _as(bb, up, "int32")
+    if up_zp:
+        u = bb.emit(R.subtract(u, _i32(up_zp)))
+    prod = bb.emit(R.multiply(emit_silu(bb, gate, gate_scale), u))  # |.| < 2**30
+    t = emit_fixed_requantize(bb, prod, m0, shift, 0, "int64", -(1 << 31), (1 << 31) - 1)
+    return emit_dynamic_int8(bb, t)
+
+
+def emit_requantize_rows(bb, acc, m0, shift, k, qmin: int = -(1 << 31), qmax: int = (1 << 31) - 1,
+                         out_dtype: str = "int64"):
+    """il.requantize_rows (zero point 0): the row's shift is shift - k; below 1 the product saturates."""
+    v = bb.emit(R.multiply(_as(bb, acc, "int64"), _i64(m0)))
+    eff = bb.emit(R.subtract(_i64(np.asarray(shift, np.int64)), k))
+    safe = bb.emit(R.maximum(eff, _i64(1)))
+    rnd = bb.emit(R.left_shift(bb.emit(R.full_like(safe, _i64(1))), bb.emit(R.subtract(safe, _i64(1)))))
+    out = bb.emit(R.right_shift(bb.emit(R.add(v, rnd)), safe))
+    big = bb.emit(R.multiply(bb.emit(R.sign(v)), _i64(1 << 62)))
+    out = bb.emit(R.where(bb.emit(R.greater_equal(eff, _i64(1))), out, big))
+    return _clip_cast(bb, out, qmin, qmax, out_dtype)
+
+
+def emit_rope(bb, x, positions, tables, m0, shift, out_zp: int = 0, qmin: int = -128, qmax: int = 127,
+              out_dtype: str = "int8"):
+    """il.irope: x (heads, seq, head_dim) 8/16-bit, positions int32 (seq,) at run time (assumed in range: the
+    caller checks them against the table, as the twin does), tables from il.rope_tables."""
+    heads, seq, d = tensor_info(x)[1]
+    half = d // 2
+    cos_t, sin_t = (const(t, "int16") for t in tables)
+    c = _as(bb, bb.emit(R.take(cos_t, positions, axis=0)), "int32")  # (seq, half)
+    s = _as(bb, bb.emit(R.take(sin_t, positions, axis=0)), "int32")
+    a = _as(bb, x, "int32")
+    x1 = bb.emit(R.strided_slice(a, axes=[2], begin=[0], end=[half]))
+    x2 = bb.emit(R.strided_slice(a, axes=[2], begin=[half], end=[d]))
+    r1 = bb.emit(R.subtract(bb.emit(R.multiply(x1, c)), bb.emit(R.multiply(x2, s))))
+    r2 = bb.emit(R.add(bb.emit(R.multiply(x2, c)), bb.emit(R.multiply(x1, s))))
+    acc = bb.emit(R.concat([r1, r2], axis=-1))
+    m0 = np.asarray(m0, np.int64).reshape(-1, 1, 1)
+    shift = np.asarray(shift, np.int64).reshape(-1, 1, 1)
+    return emit_fixed_requantize(bb, acc, m0, shift, out_zp, out_dtype, qmin, qmax)
+
+
+def emit_causal_scores(bb, q_h, keys_g, positions):
+    """int32 q.k^T (seq, key_len) of one head, masked (key j > the query's position) to il.MASKED_SCORE."""
+    key_len = tensor_info(keys_g)[1][0]
+    scores = bb.emit(R.matmul(q_h, bb.emit(R.permute_dims(keys_g, [1, 0])), out_dtype="int32"))
+    allowed = bb.emit(R.less_equal(const(np.arange(key_len)[None, :], "int32"),
+                                   bb.emit(R.expand_dims(positions, axis=[1]))))
+    return bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
+
+
+def emit_gqa_attention(bb, q, keys, values, positions, c: il.AttentionConstants):
+    """il.igqa_attention with 16-bit probabilities: q int8 (heads, seq, d), keys/values int8 (kv_heads, key_len,
+    d), positions int32 (seq,) -> int8 (seq, heads * d). Per head: the masked int8 scores matmul, the integer
+    softmax's fine codes p, and P.V as two u8 x s8 matmuls ((p >> 8).V << 8) + (p & 255).V."""
+    from compiler.passes.intops import emit_softmax
+
+    if not c.fine_probs:
+        raise NotImplementedError("the emitter implements the 16-bit probabilities (the decoder's default)")
+    heads, seq, d = tensor_info(q)[1]
+    kv_heads = tensor_info(keys)[1][0]
+    outs = []
+    for h in range(heads):
+        g = h // (heads // kv_heads)
+        q_h = bb.emit(R.squeeze(bb.emit(R.strided_slice(q, axes=[0], begin=[h], end=[h + 1])), axis=[0]))
+        k_g = bb.emit(R.squeeze(bb.emit(R.strided_slice(keys, axes=[0], begin=[g], end=[g + 1])), axis=[0]))
+        v_g = bb.emit(R.squeeze(bb.emit(R.strided_slice(values, axes=[0], begin=[g], end=[g + 1])), axis=[0]))
+        p = emit_softmax(bb, emit_causal_scores(bb, q_h, k_g, positions), c.score_scale(h), fine=True)
+        p = bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX)))  # 65536 for a certain key: p >> 8 must fit u8
+        hi = bb.emit(R.astype(bb.emit(R.right_shift(p, _i32(8))), "uint8"))
+        lo = bb.emit(R.astype(bb.emit(R.bitwise_and(p, _i32(255))), "uint8"))
+        acc_hi = bb.emit(R.matmul(hi, v_g, out_dtype="int32"))
+        acc = bb.emit(R.add(bb.emit(R.left_shift(acc_hi, _i32(8))), bb.emit(R.matmul(lo, v_g, out_dtype="int32"))))
+        m0, sh = c.out_multiplier(h)
+        outs.append(emit_fixed_requantize(bb, acc, m0, sh, c.out_zp, "int8"))
+    return bb.emit(R.concat(outs, axis=-1))

@@ -1,0 +1,25 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A saved tiny trained LLaMA folder (model + byte tokenizer)."""
+    import torch
+
+    from tests.helpers.tiny_llama import make_tiny_llama
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make_tiny_llama(str(tmp_path_factory.mktemp("tiny_llama")))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_loaded(tiny_llama_dir):
+    """(transformers model, tokenizer, LlamaWeights) of the tiny LLaMA."""
+    from compiler.llm.weights import from_transformers, load_causal_lm
+
+    model, tok = load_causal_lm(tiny_llama_dir)
+    return model, tok, from_transformers(model)

@@ -1,0 +1,80 @@
+"""The LLaMA decoder's integer ops compiled from their Relax emitters equal their NumPy twins
+(compiler/intmath/llama.py) bit for bit."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compiler.intmath import llama as il
+from compiler.passes import llama_intops as li
+
+
+def _run(build, args):
+    """Compile build(bb, *vars) for the given NumPy arguments and run it once; a tuple result comes back as a
+    list of arrays."""
+    bb = relax.BlockBuilder()
+    vs = [relax.Var(f"a{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(args)]
+    with bb.function("main", vs):
+        with bb.dataflow():
+            out = build(bb, *vs)
+            several = isinstance(out, tuple)
+            out = bb.emit_output(relax.Tuple(list(out)) if several else out)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    res = vm["main"](*[tvm.runtime.tensor(a) for a in args])
+    return [r.numpy() for r in res] if several else res.numpy()
+
+
+@pytest.mark.parametrize("h,bound,scale", [(64, 2 ** 31 - 1, 1e-6), (17, 127, 0.05)])
+def test_rmsnorm_emitter_equals_twin(h, bound, scale):
+    rng = np.random.default_rng(h)
+    x = rng.integers(-bound, bound, size=(5, h)).astype(np.int32)
+    x[1] //= 5000
+    x[2] = 0
+    c = il.rmsnorm_constants(scale, bound, 1e-5, rng.uniform(-2, 2, h), 0.02, 3)
+    assert np.array_equal(_run(lambda bb, v: li.emit_rmsnorm(bb, v, c), [x]), il.irmsnorm(x, c))
+
+
+def test_silu_gate_dynamic_and_rows_emitters_equal_twins():
+    rng = np.random.default_rng(0)
+    g = rng.integers(-32768, 32768, size=(4, 40)).astype(np.int16)
+    u = rng.integers(-32768, 32768, size=(4, 40)).astype(np.int16)
+    u[1] //= 300  # a quiet row
+    m0, sh = il.gated_constants(3e-4, 2e-4, 1e-5)
+    q, k = _run(lambda bb, a, b: li.emit_silu_gate_dynamic(bb, a, 3e-4, b, 7, m0, sh), [g, u])
+    tq, tk = il.isilu_gate_dynamic(g, 3e-4, u, 7, m0, sh)
+    assert np.array_equal(q, tq) and np.array_equal(k, tk)
+    acc = rng.integers(-(1 << 20), 1 << 20, size=(4, 16)).astype(np.int32)
+    dm0, dsh = il.gated_constants(1.0, 1.0, 7.0)
+    kk = np.array([[0], [3], [30], [40]], np.int64)  # the last two rows saturate (shift below 1)
+    got = _run(lambda bb, a, b: li.emit_requantize_rows(bb, a, dm0, dsh, b), [acc, kk])
+    assert np.array_equal(got, il.requantize_rows(acc, dm0, dsh, kk))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int8])
+def test_rope_emitter_equals_twin(dtype):
+    rng = np.random.default_rng(1)
+    heads, seq, d = 3, 5, 16
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max + 1, size=(heads, seq, d)).astype(dtype)
+    positions = np.array([7, 0, 300, 299, 1], np.int32)  # run-time positions, any order
+    tables = il.rope_tables(d, 512, 10000.0)
+    m0, sh = il.rope_constants(np.array([1e-3, 2e-3, 5e-4]), np.array([0.02, 0.03, 0.01]))
+    got = _run(lambda bb, a, p: li.emit_rope(bb, a, p, tables, m0, sh), [x, positions])
+    assert np.array_equal(got, il.irope(x, positions, tables, m0, sh))
+
+
+def test_gqa_attention_emitter_equals_twin():
+    rng = np.random.default_rng(2)
+    heads, kv_heads, d, seq, key_len = 4, 2, 8, 3, 7
+    q = rng.integers(-127, 128, size=(heads, seq, d)).astype(np.int8)
+    keys = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
+    values = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
+    positions = np.array([4, 5, 6], np.int32)  # a chunk after 4 cached tokens
+    q[3, 1] = 127  # a row where one key takes all the probability (fine code 65536 before the cap)
+    keys[1, 0] = 127
+    c = il.AttentionConstants(rng.uniform(0.01, 0.05, heads), rng.uniform(0.01, 0.05, kv_heads),
+                              rng.uniform(0.005, 0.02, kv_heads), 0.02, 3, d)
+    got = _run(lambda bb, a, k, v, p: li.emit_gqa_attention(bb, a, k, v, p, c), [q, keys, values, positions])
+    assert np.array_equal(got, il.igqa_attention(q, keys, values, positions, c))
