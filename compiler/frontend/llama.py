@@ -14,7 +14,7 @@ from tvm import relax
 
 from compiler.llm.integer import INT32_MAX, INT32_MIN, IntLlama, QLinear
 from compiler.passes import llama_intops as li
-from compiler.tvm_compat import const
+from compiler.tvm_compat import const, tensor_type
 
 R = relax.op
 
@@ -77,12 +77,12 @@ def _layer(bb, m: IntLlama, i: int, x, positions, seq: int):
     return x, k8, v
 
 
-def prefill_module(m: IntLlama, seq: int) -> "tvm.IRModule":  # noqa: F821
+def prefill_module(m: IntLlama, seq: int) -> tvm.IRModule:  # noqa: F821
     """`prefill(ids int32 (seq,), positions int32 (seq,)) -> (logits int32 (seq, vocab), keys int8 (layers,
     kv_heads, seq, head_dim), values int8 (same))`: the chunk attends to itself under the causal mask of its
     positions (an empty cache before it)."""
-    ids = relax.Var("ids", relax.TensorType((seq,), "int32"))
-    positions = relax.Var("positions", relax.TensorType((seq,), "int32"))
+    ids = relax.Var("ids", tensor_type((seq,), "int32"))
+    positions = relax.Var("positions", tensor_type((seq,), "int32"))
     bb = relax.BlockBuilder()
     with bb.function("prefill", [ids, positions]):
         with bb.dataflow():

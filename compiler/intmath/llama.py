@@ -240,7 +240,7 @@ class Int8KVCache:
     length: int = 0
 
     @classmethod
-    def empty(cls, layers: int, kv_heads: int, max_len: int, head_dim: int, k_scale, v_scale) -> "Int8KVCache":
+    def empty(cls, layers: int, kv_heads: int, max_len: int, head_dim: int, k_scale, v_scale) -> Int8KVCache:
         shape = (layers, kv_heads, max_len, head_dim)
         return cls(np.zeros(shape, np.int8), np.zeros(shape, np.int8),
                    np.asarray(k_scale, np.float64).reshape(layers, kv_heads),

@@ -4,7 +4,7 @@ fp32 reference against its float cache)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

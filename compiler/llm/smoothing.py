@@ -8,7 +8,7 @@ relative output error on the sampled calibration rows. Float here is compile tim
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from compiler.intmath import integer_ops as io
-from compiler.intmath import llama as il
+from compiler.intmath import integer_ops as io, llama as il
 from compiler.passes.intops import emit_bit_length, emit_exp_q15, emit_horner, emit_isqrt
 from compiler.tvm_compat import const, tensor_info
 

@@ -90,7 +90,7 @@ def main() -> None:
         im = build_integer_llama(w, ranges, alpha if alpha == "auto" else None if alpha == "off" else float(alpha),
                                  dynamic_norms=norms == "dynamic")
 
-        def int_logits(ids):
+        def int_logits(ids, im=im):
             return im.logits(im.forward(ids, np.arange(len(ids), dtype=np.int32), im.new_cache(len(ids))))
 
         t0 = time.time()
@@ -98,7 +98,7 @@ def main() -> None:
         agree = []
         for p, want in zip(prompts, fp_greedy):
             cache = im.new_cache(len(p) + args.greedy)
-            got = greedy(lambda ids, pos, c=cache: im.forward(ids, pos, c), p, args.greedy)
+            got = greedy(lambda ids, pos, c=cache, im=im: im.forward(ids, pos, c), p, args.greedy)
             agree.append(agreement(got, want))
         report(args, alpha, norms, fp, ip, ranges, len(calib_docs), len(held_out), agree,
                {"load": round(t_load, 1), "calibrate": round(t_calib, 1), "int": round(time.time() - t0, 1)})

@@ -8,13 +8,14 @@ from tvm import relax
 
 from compiler.intmath import llama as il
 from compiler.passes import llama_intops as li
+from compiler.tvm_compat import tensor_type
 
 
 def _run(build, args):
     """Compile build(bb, *vars) for the given NumPy arguments and run it once; a tuple result comes back as a
     list of arrays."""
     bb = relax.BlockBuilder()
-    vs = [relax.Var(f"a{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(args)]
+    vs = [relax.Var(f"a{i}", tensor_type(a.shape, str(a.dtype))) for i, a in enumerate(args)]
     with bb.function("main", vs):
         with bb.dataflow():
             out = build(bb, *vs)
