@@ -341,9 +341,10 @@ def _add_model_options(c) -> None:
                    help="calibrate on short variants of the samples too (their first tokens and end marker), "
                         "so that short inputs keep their accuracy (default: on)")
     c.add_argument("--token-scales", action=argparse.BooleanOptionalAction, default=False,
-                   help="quantize the inputs of constant-weight MatMuls to int8 per token at run time (a "
-                        "power-of-two scale per row) instead of one calibrated scale (default: off; on "
-                        "all-MiniLM-L6-v2 it measured slightly worse, see the README)")
+                   help="quantize the inputs of constant-weight MatMuls that no LayerNorm produces (activations, "
+                        "attention contexts) to int8 per token at run time, a power-of-two scale per row, instead "
+                        "of one calibrated scale (default: off; on all-MiniLM-L6-v2 it lifts nearest-neighbour "
+                        "agreement on short text from 89%% to 92%% and costs 14%% latency, see the README)")
     c.add_argument("--integer-only", action=argparse.BooleanOptionalAction, default=True,
                    help="fail if an op would still compute in float (default: on)")
     c.add_argument("--allow-float", action="append", default=[], metavar="OPTYPE",

@@ -7,12 +7,15 @@ Guarantees: each such matmul becomes `matmul(int8, int8, out_dtype=int32)` with 
 into int32 constants (or exact runtime corrections when both operands vary), a constant bias vector added
 in int32 at the accumulator's scale, followed by a fixed-point
 requantization (int64 multiply by an int32 mantissa, rounding shift, clip) to int16 on the output range
-(16x wider where the function returns the result), then a dequantize for the float ops that follow (the
-integer-only issue removes those).
+(16x wider where the function returns the result; int32, 2**23 times finer than int8, where an add reads the
+result of a constant-weight matmul: the residual stream), then a dequantize for the float ops that follow
+(scale propagation turns those into integer arithmetic).
 Constant weights are quantized symmetric int8 per output channel. With ``row_scales`` (`--token-scales`), the
-activation of a constant-weight matmul is instead carried as int16 codes of its calibrated range and quantized to
-int8 per row (token) at run time with a power-of-two step (intmath.row_quantize); the requantization shifts each
-row by its own amount (intmath.requantize_rows), the bias added at the output scale. Nothing else changes.
+activation of a constant-weight matmul that is not a normalization's output (a LayerNorm's range per token is set
+by gamma and beta; an activation's or an attention context's is not) is instead carried as int16 codes of
+TOKEN_HEADROOM times its calibrated range and quantized to int8 per row (token) at run time with a power-of-two
+step (intmath.row_quantize); the requantization shifts each row by its own amount (intmath.requantize_rows), the
+bias added at the output scale. Nothing else changes.
 """
 
 from __future__ import annotations
@@ -22,11 +25,22 @@ import tvm
 from tvm import relax
 
 from compiler.intmath.integer_ops import row_multipliers
-from compiler.passes.intops import (emit_qmatmul, emit_requantize, emit_requantize_rows, emit_row_quantize,
-                                    quantize_weight)
+from compiler.passes.intops import (
+    emit_qmatmul,
+    emit_requantize,
+    emit_requantize_rows,
+    emit_row_quantize,
+    quantize_weight,
+)
 from compiler.passes.intrepr import scalar as _scalar
-from compiler.tvm_compat import (PyExprMutator, const, constant_value, expr_functor_mutator, mutate_functions,
-                                  tensor_info)
+from compiler.tvm_compat import (
+    PyExprMutator,
+    const,
+    constant_value,
+    expr_functor_mutator,
+    mutate_functions,
+    tensor_info,
+)
 
 _QUANTIZE = tvm.ir.Op.get("relax.quantize")
 _DEQUANTIZE = tvm.ir.Op.get("relax.dequantize")
@@ -38,8 +52,19 @@ _ADD = tvm.ir.Op.get("relax.add")
 # (MiniLM embeddings: mean cosine 0.86 with int8 outputs, see the README's accuracy table).
 OUT_DTYPE = "int16"
 OUT_REFINE = 256
+# A matmul whose result is added to another tensor (the residual stream before a LayerNorm) is requantized to
+# int32 on the same range, 2**23 times finer than int8: its consumer computes in int64 anyway, and BERT-family
+# residual streams carry outlier dimensions (MiniLM: one at 221 where the others stay below 10) that leave an
+# int16 grid too coarse for every other dimension (the feed-forward block of layer 0 lost 0.4% cosine there).
+# Per-token activation scales (row_scales): the int16 codes span TOKEN_HEADROOM times the calibrated range, so a
+# token far outside it (short texts: a word whose feed-forward activations reach 3.4x what long calibration texts
+# gave) is not clipped, and a token inside it still gets steps no coarser than the static int8 scale's.
+TOKEN_HEADROOM = 16
+WIDE_DTYPE = "int32"
+WIDE_REFINE = 2 ** 23
 OUTPUT_HEADROOM = 16  # a model output (logits) keeps 16x its calibrated range (steps still 16x finer than int8):
 # inputs unlike the calibration text must not saturate what the user reads
+_NORMS = {"relax.nn.layer_norm", "relax.nn.rms_norm"}
 _LAYOUT = {"relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.permute_dims", "relax.strided_slice"}
 
 
@@ -51,6 +76,7 @@ class _Integerize(PyExprMutator):
         self.row_scaled = 0
         self.row_scales = row_scales
         self.outputs = _output_calls(mod)
+        self.added = _added_calls(mod)
 
     def _producer(self, expr, op):
         if isinstance(expr, relax.Var):
@@ -76,6 +102,8 @@ class _Integerize(PyExprMutator):
 
     def visit_call_(self, call):
         refine = OUT_REFINE // OUTPUT_HEADROOM if call in self.outputs else OUT_REFINE
+        out_dtype = OUT_DTYPE
+        wide = call in self.added and call not in self.outputs
         call = self.visit_expr_post_order(call)
         if call.op != _DEQUANTIZE:
             return call
@@ -106,6 +134,8 @@ class _Integerize(PyExprMutator):
         _, b_shape = tensor_info(b_q)
         if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
             return call
+        if wide and b_val is not None:  # a projection into the residual stream (not attention scores)
+            refine, out_dtype = WIDE_REFINE, WIDE_DTYPE
         bb = self.builder_
         n = b_shape[-1]
         if bias is not None:
@@ -115,11 +145,11 @@ class _Integerize(PyExprMutator):
         # The annotation's int8 grid, refined OUT_REFINE times: same range, finer steps (outlier-safe).
         s_out = np.float64(np.float32(so)) / refine
         z_out = int(zo) * refine
-        rows = self._row_scaled(mm.args[0], sa, za, sb, zb, b_val, bias, s_out, z_out, b_q)
+        rows = self._row_scaled(mm.args[0], sa, za, sb, zb, b_val, bias, s_out, z_out, b_q, out_dtype)
         if rows is not None:
             self.rewritten += 1
             self.row_scaled += 1
-            return relax.op.dequantize(rows, const(s_out, "float32"), const(z_out, OUT_DTYPE), axis=-1,
+            return relax.op.dequantize(rows, const(s_out, "float32"), const(z_out, out_dtype), axis=-1,
                                        out_dtype="float32")
         acc = emit_qmatmul(bb, a_q, za, b_q, zb, b_val)
         if bias is not None:
@@ -127,21 +157,43 @@ class _Integerize(PyExprMutator):
             q_bias = np.clip(np.round(bias.astype(np.float64) / acc_scale), -(2 ** 31), 2 ** 31 - 1)
             acc = bb.emit(relax.op.add(acc, const(q_bias.astype(np.int64), "int32")))
         self.rewritten += 1
-        y = emit_requantize(bb, acc, sa * np.asarray(sb) / s_out, z_out, OUT_DTYPE)
-        return relax.op.dequantize(y, const(s_out, "float32"), const(z_out, OUT_DTYPE), axis=-1,
+        y = emit_requantize(bb, acc, sa * np.asarray(sb) / s_out, z_out, out_dtype)
+        return relax.op.dequantize(y, const(s_out, "float32"), const(z_out, out_dtype), axis=-1,
                                    out_dtype="float32")
 
 
-    def _row_scaled(self, a_expr, sa, za, sb, zb, b_val, bias, s_out, z_out, b_q):
+    def _normalized(self, expr) -> bool:
+        """A LayerNorm / RMSNorm output (through smoothing's constant multiply, Q/DQ pairs and layout ops): its
+        per-token range is set by gamma and beta, so one calibrated scale serves every token: no row scale."""
+        for _ in range(16):
+            if not isinstance(expr, relax.Var):
+                return False
+            v = self.lookup_binding(expr)
+            if isinstance(v, relax.Var):
+                expr = v
+                continue
+            if not isinstance(v, relax.Call) or not isinstance(v.op, tvm.ir.Op):
+                return False
+            if v.op.name in _NORMS:
+                return True
+            if v.op.name in _LAYOUT or v.op.name in ("relax.quantize", "relax.dequantize"):
+                expr = v.args[0]
+            elif v.op.name == "relax.multiply" and constant_value(v.args[1]) is not None:
+                expr = v.args[0]
+            else:
+                return False
+        return False
+
+    def _row_scaled(self, a_expr, sa, za, sb, zb, b_val, bias, s_out, z_out, b_q, out_dtype):
         """Per-token activation scales: the activation of a constant-weight matmul as int16 codes of the
         calibrated range (symmetric), quantized to int8 row by row at run time (intmath.row_quantize), the
         accumulators requantized with each row's shift (intmath.requantize_rows). None if not applicable."""
         if not self.row_scales or b_val is None or zb != 0:
             return None
         q = self._producer(self._producer(a_expr, _DEQUANTIZE).args[0], _QUANTIZE)
-        if q is None:
+        if q is None or self._normalized(q.args[0]):
             return None
-        s16 = max(abs(-128 - za), abs(127 - za)) * float(sa) / 32767.0
+        s16 = max(abs(-128 - za), abs(127 - za)) * float(sa) * TOKEN_HEADROOM / 32767.0
         mults = row_multipliers(s16 * np.asarray(sb, np.float64) / s_out)
         if mults is None:
             return None
@@ -153,7 +205,28 @@ class _Integerize(PyExprMutator):
         n = b_val.shape[-1]
         b_out = np.zeros(n) if bias is None else np.round(bias.astype(np.float64) / s_out)
         b_out = np.clip(b_out, -(2 ** 40), 2 ** 40).astype(np.int64)
-        return emit_requantize_rows(bb, acc, *mults, k, b_out, z_out, OUT_DTYPE)
+        return emit_requantize_rows(bb, acc, *mults, k, b_out, z_out, out_dtype)
+
+
+def _added_calls(mod) -> set:
+    """The calls (a matmul result's dequantize) whose value an `add` reads, directly or through layout ops."""
+    out = set()
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+        for v in values.values():
+            if not (isinstance(v, relax.Call) and v.op == _ADD):
+                continue
+            for a in v.args:
+                while isinstance(values.get(a), relax.Var):
+                    a = values[a]
+                u = values.get(a)
+                while isinstance(u, relax.Call) and isinstance(u.op, tvm.ir.Op) and u.op.name in _LAYOUT:
+                    u = values.get(u.args[0])
+                if isinstance(u, relax.Call):
+                    out.add(u)
+    return out
 
 
 def _output_calls(mod) -> set:
