@@ -7,7 +7,7 @@ Guarantees: each such matmul becomes `matmul(int8, int8, out_dtype=int32)` with 
 into int32 constants (or exact runtime corrections when both operands vary), a constant bias vector added
 in int32 at the accumulator's scale, followed by a fixed-point
 requantization (int64 multiply by an int32 mantissa, rounding shift, clip) to int16 on the output range
-(16x wider where the function returns the result; int32, 2**23 times finer than int8, where an add reads the
+(16x wider where the function returns the result; int32, 2**23 times finer than int8, where only adds read the
 result of a constant-weight matmul: the residual stream), then a dequantize for the float ops that follow
 (scale propagation turns those into integer arithmetic).
 Constant weights are quantized symmetric int8 per output channel. With ``row_scales`` (`--token-scales`), the
@@ -52,7 +52,7 @@ _ADD = tvm.ir.Op.get("relax.add")
 # (MiniLM embeddings: mean cosine 0.86 with int8 outputs, see the README's accuracy table).
 OUT_DTYPE = "int16"
 OUT_REFINE = 256
-# A matmul whose result is added to another tensor (the residual stream before a LayerNorm) is requantized to
+# A matmul whose result only adds read (the residual stream before a LayerNorm) is requantized to
 # int32 on the same range, 2**23 times finer than int8: its consumer computes in int64 anyway, and BERT-family
 # residual streams carry outlier dimensions (MiniLM: one at 221 where the others stay below 10) that leave an
 # int16 grid too coarse for every other dimension (the feed-forward block of layer 0 lost 0.4% cosine there).
@@ -209,23 +209,42 @@ class _Integerize(PyExprMutator):
 
 
 def _added_calls(mod) -> set:
-    """The calls (a matmul result's dequantize) whose value an `add` reads, directly or through layout ops."""
+    """The calls (a matmul result's dequantize) whose value only adds read, directly or through layout ops: a
+    projection into the residual stream (not, say, the input of a tanh-GELU, which an add reads among others)."""
     out = set()
     for func in mod.functions.values():
         if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
             continue
         values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-        for v in values.values():
-            if not (isinstance(v, relax.Call) and v.op == _ADD):
-                continue
-            for a in v.args:
-                while isinstance(values.get(a), relax.Var):
-                    a = values[a]
-                u = values.get(a)
-                while isinstance(u, relax.Call) and isinstance(u.op, tvm.ir.Op) and u.op.name in _LAYOUT:
-                    u = values.get(u.args[0])
-                if isinstance(u, relax.Call):
-                    out.add(u)
+        users: dict = {}
+        for var, v in values.items():
+            for a in relax.analysis.free_vars(v) if isinstance(v, relax.Expr) else ():
+                users.setdefault(a, []).append(var)
+        returned = set(relax.analysis.free_vars(func.body.body))
+
+        def readers(var, depth=0, values=values, users=users, returned=returned):
+            """The non-layout calls that read var (through layout ops and aliases); None if the function
+            returns it."""
+            if var in returned or depth > 16:
+                return None
+            found = []
+            for u in users.get(var, []):
+                v = values[u]
+                if isinstance(v, relax.Var) or (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op)
+                                                and v.op.name in _LAYOUT):
+                    more = readers(u, depth + 1, values, users, returned)
+                    if more is None:
+                        return None
+                    found += more
+                else:
+                    found.append(v)
+            return found
+
+        for var, v in values.items():
+            if isinstance(v, relax.Call) and v.op == _DEQUANTIZE:
+                rd = readers(var)
+                if rd and all(isinstance(r, relax.Call) and r.op == _ADD for r in rd):
+                    out.add(v)
     return out
 
 

@@ -33,3 +33,19 @@ def test_dump_ir_writes_one_file_per_stage(tiny_bert, tmp_path):
         return dumped(stage).count("@T.prim_func")
 
     assert 0 < kernels("manifest") < kernels("legalize") and kernels("fuse") < kernels("fuse_rows")
+
+
+def test_dump_ir_of_a_ranged_compile(tiny_bert, tmp_path):
+    """Ranged shapes: the dispatching `main` TVM 0.27's printer cannot print is named in its file, the compile
+    goes on, and no dump file name has a space."""
+    from compiler.config import DimRange
+
+    model, calib, _ = tiny_bert
+    dump = tmp_path / "ir"
+    compile_model(model, str(tmp_path / "bert.so"), CompileOptions(
+        input_shapes=(("input_ids", (1, DimRange(1, 16))),), calibration_data=calib, buckets=(("seq", (8,)),),
+        dump_ir=str(dump)))
+    files = sorted(os.listdir(dump))
+    assert files and not [f for f in files if " " in f]
+    dispatch = [f for f in files if "dispatch" in f]
+    assert dispatch and os.path.getsize(dump / dispatch[0]) > 0
