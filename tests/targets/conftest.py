@@ -34,10 +34,21 @@ def running_boards(cpus):
     try:
         for cpu in cpus:
             started[cpu] = board.start(cpu=cpu, port=free_port(), log=lambda m: None).port
+            _first_session(started[cpu])
         yield started
     finally:
         for port in started.values():
             board.stop(port)
+
+
+def _first_session(port: int) -> None:
+    """Open and close one session before the next board starts: a board's first session (a process forked
+    under qemu-user) was seen to hang when it began while another board was booting (both full test runs of
+    2026-12-05; the same tests alone passed)."""
+    from compiler.tvm_compat import rpc_connect
+    from targets.remote import call_with_timeout
+
+    call_with_timeout(lambda: rpc_connect("127.0.0.1", port), 300, "first session", f"127.0.0.1:{port}")
 
 
 def cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, targets, out_dir) -> dict:
