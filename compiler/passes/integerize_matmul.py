@@ -134,8 +134,9 @@ class _Integerize(PyExprMutator):
         _, b_shape = tensor_info(b_q)
         if a_shape is None or b_shape is None or len(a_shape) < 2 or len(b_shape) < 2:
             return call
-        if wide and b_val is not None:  # a projection into the residual stream (not attention scores)
-            refine, out_dtype = WIDE_REFINE, WIDE_DTYPE
+        if wide and b_val is not None and np.max(sa * np.asarray(sb) * WIDE_REFINE / float(np.float32(so))) < 2 ** 29:
+            refine, out_dtype = WIDE_REFINE, WIDE_DTYPE  # a projection into the residual stream (the ratio of
+            # scales stays inside the fixed-point multiplier's range; else the int16 grid as for any matmul)
         bb = self.builder_
         n = b_shape[-1]
         if bias is not None:
