@@ -62,19 +62,12 @@ def layer_errors(model_path: str, options: CompileOptions, samples: list[dict],
     with progress_bar("per-layer errors", total=len(samples)) as advance:
         for feed in samples:
             want = sess.run(names + outputs, {k: feed[k] for k in feed_names})
-            trace = {r.expr: None for r in reps}
-            got_out = ref(*[feed[s.name] for s in st.inputs], trace=trace)
-            got = [(trace[r.expr].astype(np.float64) - r.zp) * float(np.float32(r.scale)) for r in reps]
-            got += [np.asarray(g, np.float64) for g in got_out]
+            args = [feed[s.name] for s in st.inputs]
             mask = feed.get(mask_input)
-            for n, g, w in zip(names + outputs, got, want):
+            for n, g, w in zip(names + outputs, _reference_values(ref, args, reps), want):
                 stats[n].append(_compare(g, np.asarray(w, np.float64), mask))
             exact = {r.expr: _codes(r, w) for r, w in zip(reps, want)}
-            trace = {r.expr: None for r in reps}
-            local_out = ref(*[feed[s.name] for s in st.inputs], trace=trace, override=exact)
-            got = [(trace[r.expr].astype(np.float64) - r.zp) * float(np.float32(r.scale)) for r in reps]
-            got += [np.asarray(g, np.float64) for g in local_out]
-            for n, g, w in zip(names + outputs, got, want):
+            for n, g, w in zip(names + outputs, _reference_values(ref, args, reps, exact), want):
                 local[n].append(_compare(g, np.asarray(w, np.float64), mask)[0])
             advance()
     rows = []
@@ -83,6 +76,14 @@ def layer_errors(model_path: str, options: CompileOptions, samples: list[dict],
         rows.append(LayerError(n, float(np.mean(cos)), float(np.min(cos)), float(np.max(err)), float(np.max(top)),
                                float(np.mean(local[n])), float(np.min(local[n]))))
     return rows
+
+
+def _reference_values(ref, args: list, reps: list, override: dict | None = None) -> list[np.ndarray]:
+    """The reference's recorded outputs (dequantized, as computed) then the model outputs, in float64."""
+    trace = {r.expr: None for r in reps}
+    outs = ref(*args, trace=trace, override=override)
+    got = [(trace[r.expr].astype(np.float64) - r.zp) * float(np.float32(r.scale)) for r in reps]
+    return got + [np.asarray(g, np.float64) for g in outs]
 
 
 def _codes(r, value: np.ndarray) -> np.ndarray:

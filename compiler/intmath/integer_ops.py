@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.intmath.fixed_point import quantize_multiplier
+from compiler.intmath.fixed_point import quantize_multiplier, quantize_multipliers
 
 # ---- exp and softmax ------------------------------------------------------------------------------------
 # exp(-d * scale) = 2**-t with t = d * scale / ln 2 >= 0: t in Q14 from one int32 multiply-shift of d, then
@@ -364,9 +364,8 @@ def row_multipliers(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray] | N
     """Fixed-point (m0, shift) per column for requantize_rows, or None when some shift is too small to be
     reduced by every k (a multiplier above 2**(31 - ROW_SHIFT_MAX - 1): the input stays statically quantized).
     A zero multiplier gets the smallest shift that stays valid (its products are 0 anyway)."""
-    pairs = [quantize_multiplier(float(m)) for m in np.asarray(multiplier, np.float64).ravel()]
-    m0 = np.array([p[0] for p in pairs], np.int64).reshape(np.shape(multiplier))
-    sh = np.array([p[1] if p[0] else ROW_SHIFT_MAX + 1 for p in pairs], np.int64).reshape(np.shape(multiplier))
+    m0, sh = quantize_multipliers(np.asarray(multiplier, np.float64))
+    sh = np.where(m0 == 0, ROW_SHIFT_MAX + 1, sh)
     return (m0, sh) if np.all(sh > ROW_SHIFT_MAX) else None
 
 

@@ -33,7 +33,7 @@ from schedules.intrinsics.arm_dot import NEON_4x2, SDOT_4x4, UDOT_4x4
 from targets import resolve_target
 from tests.helpers.gemm_epilogue import apply_epilogue, requantize
 from tests.helpers.packed_gemm import pack, tensorized_gemm
-from tests.targets.conftest import cross_compile_tiny_bert, require_tool, running_boards
+from tests.targets.conftest import connect_board, cross_compile_tiny_bert, require_tool, running_boards
 
 BOARD_CPU = {"rpi4": "cortex-a72", "rpi5": "max", "graviton3": "max"}
 KERNEL = {"rpi4": "neon", "rpi5": "dotprod", "graviton3": "i8mm"}
@@ -246,10 +246,7 @@ def boards():
 
 
 def _session(port: int):
-    from compiler.tvm_compat import rpc_connect
-    from targets.remote import call_with_timeout
-
-    return call_with_timeout(lambda: rpc_connect("127.0.0.1", port), 120, "connecting", f"127.0.0.1:{port}")
+    return connect_board(port)
 
 
 def _upload(sess, path: str):

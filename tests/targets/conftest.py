@@ -41,14 +41,19 @@ def running_boards(cpus):
             board.stop(port)
 
 
+def connect_board(port: int, timeout: float = 120, what: str = "connecting"):
+    """An RPC session with the board on `port`, or an IntformerError naming it after `timeout` s."""
+    from compiler.tvm_compat import rpc_connect
+    from targets.remote import call_with_timeout
+
+    return call_with_timeout(lambda: rpc_connect("127.0.0.1", port), timeout, what, f"127.0.0.1:{port}")
+
+
 def _first_session(port: int) -> None:
     """Open and close one session before the next board starts: a board's first session (a process forked
     under qemu-user) was seen to hang when it began while another board was booting (both full test runs of
     2026-12-05; the same tests alone passed)."""
-    from compiler.tvm_compat import rpc_connect
-    from targets.remote import call_with_timeout
-
-    call_with_timeout(lambda: rpc_connect("127.0.0.1", port), 300, "first session", f"127.0.0.1:{port}")
+    connect_board(port, 300, "first session")
 
 
 def cross_compile_tiny_bert(tiny_bert, tiny_bert_lib, targets, out_dir) -> dict:
