@@ -391,7 +391,8 @@ def evaluate_layers(library: str, model_path: str, inputs_npz: str, calibration_
     options = CompileOptions(input_shapes=tuple((s.name, tuple(s.shape)) for s in manifest.inputs),
                              calibration_table=calibration_table,
                              calibration_data=None if calibration_table else calibration_data,
-                             calibration_method=manifest.calibration.method, integer_only=False)
+                             calibration_method=manifest.calibration.method, token_scales=manifest.token_scales,
+                             integer_only=False)
     samples = load_samples(inputs_npz, list(manifest.inputs))[:max_samples]
     return layer_errors(model_path, options, samples)
 

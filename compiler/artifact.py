@@ -63,6 +63,7 @@ class Manifest:
     entry: str = ENTRY_FUNC
     entries: tuple[EntrySpec, ...] = ()  # several entry points (inputs/outputs/entry then describe the first)
     seq2seq: dict = None  # the Seq2SeqSpec JSON, with the vocabulary file's bytes as base64 under "vocab_base64"
+    token_scales: bool = False  # per-token activation scales (compile --token-scales): `eval --per-layer` rebuilds so
 
     def entry_spec(self, name: str) -> EntrySpec:
         for e in self.entries:
@@ -81,7 +82,7 @@ class Manifest:
             "model_sha256": self.model_sha256, "calibration_table_sha256": self.calibration_table_sha256,
             "calibration": self.calibration.to_json(), "input_ranges": self.input_ranges,
             "report": self.report.to_json(),
-            "input_bounds": self.input_bounds or {},
+            "input_bounds": self.input_bounds or {}, "token_scales": self.token_scales,
         }
 
     def dumps(self) -> str:
@@ -101,6 +102,7 @@ class Manifest:
             input_bounds=d.get("input_bounds", {}),
             entry=d.get("entry", ENTRY_FUNC),
             entries=tuple(EntrySpec.from_json(e) for e in d.get("entries", ())), seq2seq=d.get("seq2seq"),
+            token_scales=bool(d.get("token_scales", False)),  # libraries from before the field: off
         )
 
 

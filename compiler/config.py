@@ -78,7 +78,7 @@ class CompileOptions:
     calibration_method: str = "minmax"
     calibration_samples: int = 0  # 0: every sample of the .npz
     smoothing_alpha: Optional[float] = None  # None: chosen per activation; 0: off (compiler/smooth.py)
-    token_scales: bool = False  # constant-weight matmul inputs: int8 scale per token at run time (integerize_matmul)
+    token_scales: bool = True  # constant-weight matmul inputs: int8 scale per token at run time (integerize_matmul)
     length_augmentation: bool = True  # calibrate on a short variant of each sample too (calibrate/collect.py)
     integer_only: bool = True  # fail if an op still computes in float (except the types in allow_float)
     allow_float: tuple[str, ...] = ()  # op types allowed to stay float, e.g. ("softmax",) or ("relax.nn.softmax",)

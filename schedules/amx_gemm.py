@@ -127,13 +127,13 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
     with_epi = epilogue is not None
     whole_panels = n % BLOCK_N == 0
     out_shape, out_dtype = ((m, n), epilogue.out_dtype) if with_epi else ((mp, np_), "int32")
-    bufs = operand_buffers(epilogue, n) if with_epi else []
+    bufs = operand_buffers(epilogue, n, m) if with_epi else []
     row_stride = T.int64(kp)
     a_in_shape = (mp, kp) if pad_a else (1, 1)  # scratch only where used: unused buffers are still allocated
     acc_shape = (BLOCK_M, BLOCK_N) if with_epi else (1, 1)
 
-    def value(acc_value, col):  # the chain on one accumulator (TVMScript calls this while parsing)
-        return epilogue_value(epilogue, acc_value, col, bufs)
+    def value(acc_value, row, col):  # the chain on one accumulator (TVMScript calls this while parsing)
+        return epilogue_value(epilogue, acc_value, col, bufs, row)
 
     @T.prim_func(check_well_formed=False)
     def amx(a: T.Buffer((m, k), "int8"), w_packed: T.Buffer((nb, kb, 16, 4), "int8"),
@@ -159,10 +159,10 @@ def _kernel(m: int, k: int, n: int, epilogue: Epilogue | None):
                                 for cv in T.unroll(2):
                                     for c in T.vectorized(16):
                                         out[mt * 32 + r, p * 32 + cv * 16 + c] = value(
-                                            acc[r, cv * 16 + c], p * 32 + cv * 16 + c)
+                                            acc[r, cv * 16 + c], mt * 32 + r, p * 32 + cv * 16 + c)
                             else:  # the last panel is partial: scalar, up to n
                                 for c in range(T.min(BLOCK_N, n - p * 32)):
-                                    out[mt * 32 + r, p * 32 + c] = value(acc[r, c], p * 32 + c)
+                                    out[mt * 32 + r, p * 32 + c] = value(acc[r, c], mt * 32 + r, p * 32 + c)
                 else:
                     _store_block(out, mt * 32, p * 32, np_)
             _tile("tilerelease")

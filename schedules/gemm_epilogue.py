@@ -6,9 +6,10 @@ whose last parameter is its int32 (Mp, Np) output ``out``.
 
 Guarantees:
 - ``Epilogue`` is hashable (the kernel cache keys on it) and holds no constant values: every constant operand
-  is a parameter of the kernel, a vector along N (``per_channel``) read at the output column, or a one-element
-  buffer (a scalar), or a 1-D lookup table indexed by the chain value. Layers that differ only in constants share
-  one kernel.
+  is a parameter of the kernel, a vector along N (``per_channel``) read at the output column, a vector along M
+  (``row``: a value computed at run time per output row, e.g. a token's scale exponent) read at the output row,
+  a one-element buffer (a scalar), or a 1-D lookup table indexed by the chain value. Layers that differ only in
+  constants share one kernel.
 - ``with_epilogue`` turns the compute's ``out`` into an intermediate buffer and appends the block "epilogue"
   that writes the (m, n) output ``y`` (padding rows and lanes are never stored), one TIR expression per step,
   the same expression the Relax op legalizes to (topi's add / subtract / multiply / shifts / min / max / clip /
@@ -33,9 +34,10 @@ EPILOGUE_ATTR = "intformer.epilogue"  # Epilogue.to_json() of a fused GEMM kerne
 class EpilogueStep:
     """One op applied to the chain value ``x``: ``op`` a key of ``OPS``; ``dtype`` its result type.
 
-    ``operand``: the constant's kind, "" (none: a unary op), "scalar", "vector" (per output column, length N) or
-    "table" (a 1-D lookup table of ``table_size`` entries, indexed by x); ``swap``: the constant is the left
-    operand (``c - x``); ``attrs``: the op's static attributes (clip bounds, take mode)."""
+    ``operand``: the constant's kind, "" (none: a unary op), "scalar", "vector" (per output column, length N),
+    "row" (per output row, length M) or "table" (a 1-D lookup table of ``table_size`` entries, indexed by x);
+    ``swap``: the constant is the left operand (``c - x``); ``attrs``: the op's static attributes (clip bounds,
+    take mode)."""
 
     op: str
     dtype: str
@@ -135,24 +137,25 @@ def fold_into_init(epi: Epilogue, operands: tuple, n: int) -> tuple[Epilogue, tu
     return Epilogue(tuple(steps)), tuple(ops), addend
 
 
-def operand_buffers(epi: Epilogue, n: int) -> list:
-    """One parameter buffer per constant operand, in step order."""
+def operand_buffers(epi: Epilogue, n: int, m: int) -> list:
+    """One parameter buffer per operand, in step order."""
     bufs = []
     for i, step in enumerate(epi.steps):
         if step.operand:
-            shape = {"scalar": (1,), "vector": (n,), "table": (step.table_size,)}[step.operand]
+            shape = {"scalar": (1,), "vector": (n,), "row": (m,), "table": (step.table_size,)}[step.operand]
             bufs.append(tirx.decl_buffer(shape, step.operand_dtype, f"c{i}_{step.op}"))
     return bufs
 
 
-def epilogue_value(epi: Epilogue, x, col, bufs: list):
-    """The TIR expression of the chain on accumulator ``x`` at output column ``col``."""
+def epilogue_value(epi: Epilogue, x, col, bufs: list, row=None):
+    """The TIR expression of the chain on accumulator ``x`` at output (``row``, ``col``)."""
     it, dtype = iter(bufs), "int32"
     for step in epi.steps:
         c = None
         if step.operand:
             buf = next(it)
             c = {"scalar": lambda b: tirx.BufferLoad(b, [0]), "vector": lambda b: tirx.BufferLoad(b, [col]),
+                 "row": lambda b: tirx.BufferLoad(b, [row]),
                  "table": lambda b: (lambda idx: tirx.BufferLoad(b, [idx]))}[step.operand](buf)
             if step.operand != "table" and step.operand_dtype != step.dtype:  # stored narrower: widened on load
                 c = tirx.Cast(step.dtype, c)
@@ -168,16 +171,16 @@ def with_epilogue(core, epi: Epilogue, m: int, n: int):
     """``core`` (…, out int32 (Mp, Np)) -> (…, constants…, y (m, n) of the epilogue's type): ``out`` becomes an
     intermediate of the root block and the block "epilogue" computes y[i, j] = chain(out[i, j])."""
     *params, out = core.params
-    bufs = operand_buffers(epi, n)
+    bufs = operand_buffers(epi, n, m)
     y = tirx.decl_buffer((m, n), epi.out_dtype, "y")
     i, j, vi, vj = (tirx.Var(name, "int32") for name in ("i", "j", "vi", "vj"))
-    value = epilogue_value(epi, tirx.BufferLoad(out, [vi, vj]), vj, bufs)
+    value = epilogue_value(epi, tirx.BufferLoad(out, [vi, vj]), vj, bufs, vi)
     reads = [_region(out, vi, vj)]
     for step, buf in zip((s for s in epi.steps if s.operand), bufs):
         if step.operand == "table":
             reads.append(tirx.BufferRegion(buf, [tvm.ir.Range(0, step.table_size)]))
         else:
-            reads.append(_region(buf, vj if step.operand == "vector" else 0))
+            reads.append(_region(buf, {"vector": vj, "row": vi}.get(step.operand, 0)))
     block = SBlock([tirx.IterVar(tvm.ir.Range(0, m), vi, 0), tirx.IterVar(tvm.ir.Range(0, n), vj, 0)],
                    reads, [_region(y, vi, vj)], EPILOGUE_BLOCK, tirx.BufferStore(y, value, [vi, vj]))
     loops = tirx.For(i, 0, m, tirx.ForKind.SERIAL,

@@ -626,7 +626,8 @@ def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
 def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target,
                      epilogue: Epilogue | None = None, operands: tuple = ()) -> relax.Expr:
     """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact; with an ``epilogue``
-    (its constant ``operands``, NumPy arrays in step order) the chain of it applied in the kernel, of its type."""
+    (its ``operands`` in step order: NumPy arrays, and Relax values (..., M, 1) for "row" steps) the chain of it
+    applied in the kernel, of its type."""
     shape = _static_int8(a_q, "a_q")
     w = np.asarray(w_q)
     if w.dtype != np.int8 or w.ndim != 2 or w.shape[0] != shape[-1]:
@@ -642,7 +643,7 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     name = f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
-    args = [a2] + [const(v, str(v.dtype)) for v in [*consts, *operands]]
+    args = [a2] + [const(v, str(v.dtype)) for v in consts] + [_operand_arg(bb, v, rows) for v in operands]
     if epilogue is not None:  # written unpadded, in the epilogue's type
         out = bb.emit(relax.call_tir(gv, args, tensor_type((rows, n), epilogue.out_dtype)))
         return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
@@ -653,6 +654,14 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     if len(shape) != 2:
         out = bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
     return out
+
+
+def _operand_arg(bb: relax.BlockBuilder, value, rows: int) -> relax.Expr:
+    """An epilogue operand as a kernel argument: a NumPy constant, or a run-time (..., M, 1) value of a "row"
+    operand, flattened to (M,)."""
+    if isinstance(value, np.ndarray):
+        return const(value, str(value.dtype))
+    return bb.emit(relax.op.reshape(value, (rows,)))
 
 
 def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.Expr, target) -> relax.Expr:

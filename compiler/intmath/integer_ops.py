@@ -360,11 +360,33 @@ def row_quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, k
 
 
-def row_multipliers(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Fixed-point (m0, shift) per column for requantize_rows, or None when some shift is too small to be
-    reduced by every k (a multiplier above 2**(31 - ROW_SHIFT_MAX - 1): the input stays statically quantized).
-    A zero multiplier gets the smallest shift that stays valid (its products are 0 anyway)."""
+# The row requantization shifts the product left by k before rounding it off (so that the GEMM kernel can apply
+# k as a per-row operand): |acc| <= K * 127 * 128 (int8 row codes within +-127 times int8 weights) times m0 below
+# 2**row_mantissa_bits(K), shifted by up to ROW_SHIFT_MAX, stays below 2**62 (the rounding term below 2**62 too:
+# no int64 overflow).
+
+
+def row_mantissa_bits(k_dim: int) -> int:
+    """Bits of m0 that keep acc * m0 << ROW_SHIFT_MAX below 2**62 for a reduction over ``k_dim`` (at most 31)."""
+    acc_bits = int(k_dim * 127 * 128).bit_length()
+    return min(31, 62 - ROW_SHIFT_MAX - acc_bits)
+
+
+def row_multipliers(multiplier: np.ndarray, k_dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fixed-point (m0, shift) per column for requantize_rows over a reduction of ``k_dim``: m0 below
+    2**row_mantissa_bits(k_dim) (relative error of the multiplier at most 2**-(bits - 1)), or None when some
+    shift is too small to exceed every k (a multiplier too large: the input stays statically quantized). A zero
+    multiplier gets the smallest shift that stays valid (its products are 0 anyway)."""
     m0, sh = quantize_multipliers(np.asarray(multiplier, np.float64))
+    bits = row_mantissa_bits(k_dim)
+    if bits < 16:
+        return None
+    drop = 31 - bits
+    if drop:
+        m0 = (m0 + (1 << (drop - 1))) >> drop
+        sh = sh - drop
+        top = m0 == 1 << bits  # rounded up to the next power of two: one bit less
+        m0, sh = np.where(top, m0 >> 1, m0), np.where(top, sh - 1, sh)
     sh = np.where(m0 == 0, ROW_SHIFT_MAX + 1, sh)
     return (m0, sh) if np.all(sh > ROW_SHIFT_MAX) else None
 
@@ -372,10 +394,11 @@ def row_multipliers(multiplier: np.ndarray) -> tuple[np.ndarray, np.ndarray] | N
 def requantize_rows(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, k: np.ndarray, bias: np.ndarray,
                     zero_point: int, out_dtype=np.int16) -> np.ndarray:
     """int32 accumulators of row-quantized inputs (row i at scale s16 * 2**k_i, column j at the weight's scale)
-    -> output codes: (acc * m0_j + 2**(sh - 1)) >> sh with sh = shift_j - k_i, then + bias_j + zero_point (the
-    bias already at the output scale), clipped. |acc| < 2**31 and m0 < 2**31 keep the product below 2**62."""
-    x = acc.astype(np.int64) * m0.astype(np.int64)
-    sh = shift.astype(np.int64) - k.astype(np.int64)
+    -> output codes: ((acc * m0_j << k_i) + 2**(sh_j - 1)) >> sh_j, then + bias_j + zero_point (the bias already
+    at the output scale), clipped. Equal to rounding acc * m0_j by sh_j - k_i bits (sh_j > k_i); the product,
+    shifted, stays below 2**62 (row_mantissa_bits)."""
+    x = (acc.astype(np.int64) * m0.astype(np.int64)) << k.astype(np.int64)
+    sh = shift.astype(np.int64)
     x = (x + np.left_shift(np.int64(1), sh - 1)) >> sh
     info = np.iinfo(out_dtype)
     return np.clip(x + bias.astype(np.int64) + zero_point, info.min, info.max).astype(out_dtype)

@@ -7,7 +7,9 @@ a second rescale, ...). Runs before LowerIntMatmul, on targets that have a kerne
 "generic").
 Guarantees: for each such matmul, the longest chain of single-consumer ops after it that are
 - an op of schedules/gemm_epilogue.OPS whose other operand is a constant scalar or a vector along N (shape (N,),
-  (1, N), (1, 1, N), ...) of the chain value's type, or a unary op (astype, clip, negative),
+  (1, N), (1, 1, N), ...) of the chain value's type, or a value computed at run time with one element per output
+  row (shape (..., M, 1) or (M, 1), the rows of the matmul's input: a per-token shift), or a unary op (astype,
+  clip, negative),
 - a ``take`` from a constant 1-D table indexed by the chain value (a lookup),
 - a reshape that keeps the last dim N (adding / removing leading 1s, merging leading dims), or an alias,
 - a layout op that moves elements across columns (a reshape to other last dims, a ``permute_dims``: the
@@ -49,7 +51,8 @@ _LAYOUT = {"relax.reshape", "relax.permute_dims"}  # ops that only move elements
 
 @dataclass(frozen=True)
 class Chain:
-    """A matmul ``a @ w`` and the epilogue replacing the binding of ``end`` (its constants in step order)."""
+    """A matmul ``a @ w`` and the epilogue replacing the binding of ``end`` (its operands in step order: NumPy
+    constants, Relax values for "row" steps)."""
 
     a: relax.Expr
     w: np.ndarray
@@ -79,8 +82,16 @@ def _vector_along_n(value: np.ndarray, n: int) -> np.ndarray | None:
     return None
 
 
-def _step(call: relax.Call, x: relax.Var, n: int) -> tuple[EpilogueStep, np.ndarray | None] | None:
-    """The epilogue step of ``call`` applied to the chain value ``x`` (and its constant), or None if it is not one."""
+def _row_operand(value: relax.Expr, dtype: str, m: int) -> bool:
+    """A run-time value of ``dtype`` with one element per output row (shape (..., 1) over the matmul's M rows)."""
+    v_dtype, shape = tensor_info(value)
+    return (isinstance(value, relax.Var) and v_dtype == dtype and shape is not None and len(shape) >= 2
+            and shape[-1] == 1 and math.prod(shape[:-1]) == m)
+
+
+def _step(call: relax.Call, x: relax.Var, m: int, n: int) -> tuple[EpilogueStep, object] | None:
+    """The epilogue step of ``call`` applied to the chain value ``x`` and its operand (a NumPy constant, a Relax
+    value of a "row" operand, or None), or None if it is not one."""
     op = call.op.name.removeprefix("relax.")
     if op not in OPS:
         return None
@@ -100,8 +111,13 @@ def _step(call: relax.Call, x: relax.Var, n: int) -> tuple[EpilogueStep, np.ndar
                             table_size=len(table)), table
     lhs, rhs = call.args
     swap = rhs.same_as(x) and not lhs.same_as(x)
-    c = constant_value(lhs if swap else rhs)
-    if (not lhs.same_as(x) and not swap) or c is None or str(c.dtype) != x_dtype:
+    if not lhs.same_as(x) and not swap:
+        return None
+    other = lhs if swap else rhs
+    c = constant_value(other)
+    if c is None and _row_operand(other, x_dtype, m) and m > 1:
+        return EpilogueStep(op, dtype, "row", x_dtype, swap=swap), other
+    if c is None or str(c.dtype) != x_dtype:
         return None
     vec = _vector_along_n(c, n)
     if vec is None:
@@ -156,8 +172,8 @@ def find_chains(func: relax.Function) -> dict:
                     moved = True
                 layout.append(call)
             else:
-                step = _step(call, cur, n)
-                if step is None or (moved and step[0].operand == "vector"):
+                step = _step(call, cur, m, n)
+                if step is None or (moved and step[0].operand in ("vector", "row")):
                     break
                 steps.append(step[0])
                 if step[1] is not None:
@@ -186,7 +202,8 @@ class _Fuse(PyExprMutator):
         if chain is None:
             return super().visit_var_binding_(binding)
         bb = self.builder_
-        y = emit_int8_matmul(bb, self.visit_expr(chain.a), chain.w, self.target, chain.epilogue, chain.operands)
+        operands = tuple(v if isinstance(v, np.ndarray) else self.visit_expr(v) for v in chain.operands)
+        y = emit_int8_matmul(bb, self.visit_expr(chain.a), chain.w, self.target, chain.epilogue, operands)
         for call in chain.layout:  # the same moves, on the epilogue's (narrower) result
             if call.op.name == "relax.permute_dims":
                 y = bb.emit(relax.op.permute_dims(y, call.attrs.axes))

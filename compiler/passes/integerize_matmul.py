@@ -189,13 +189,13 @@ class _Integerize(PyExprMutator):
         """Per-token activation scales: the activation of a constant-weight matmul as int16 codes of the
         calibrated range (symmetric), quantized to int8 row by row at run time (intmath.row_quantize), the
         accumulators requantized with each row's shift (intmath.requantize_rows). None if not applicable."""
-        if not self.row_scales or b_val is None or zb != 0:
+        if not self.row_scales or b_val is None or b_val.ndim != 2 or zb != 0:
             return None
         q = self._producer(self._producer(a_expr, _DEQUANTIZE).args[0], _QUANTIZE)
         if q is None or self._normalized(q.args[0]):
             return None
         s16 = max(abs(-128 - za), abs(127 - za)) * float(sa) * TOKEN_HEADROOM / 32767.0
-        mults = row_multipliers(s16 * np.asarray(sb, np.float64) / s_out)
+        mults = row_multipliers(s16 * np.asarray(sb, np.float64) / s_out, int(b_val.shape[0]))
         if mults is None:
             return None
         bb = self.builder_

@@ -92,10 +92,10 @@ def emit_requantize_rows(bb, acc, m0: np.ndarray, shift: np.ndarray, k, bias: np
     """int32 accumulators of row-quantized inputs -> int8/int16: intmath.requantize_rows, (m0, shift) from
     intmath.row_multipliers (per column, for k = 0), ``bias`` at the output scale."""
     x = bb.emit(R.multiply(_i64(bb, acc), const(m0, "int64")))
-    sh = bb.emit(R.subtract(const(shift, "int64"), bb.emit(R.astype(k, "int64"))))
-    one = const(1, "int64")
-    x = bb.emit(R.add(x, bb.emit(R.left_shift(one, bb.emit(R.subtract(sh, one))))))
-    x = bb.emit(R.right_shift(x, sh))
+    x = bb.emit(R.left_shift(x, bb.emit(R.astype(k, "int64"))))  # per row: the GEMM epilogue's "row" operand
+    shift = np.asarray(shift, np.int64)
+    x = bb.emit(R.add(x, const(np.left_shift(np.int64(1), shift - 1), "int64")))
+    x = bb.emit(R.right_shift(x, const(shift, "int64")))
     x = bb.emit(R.add(x, const(np.asarray(bias, np.int64) + np.int64(zero_point), "int64")))
     info = np.iinfo(out_dtype)
     return bb.emit(R.astype(bb.emit(R.clip(x, int(info.min), int(info.max))), out_dtype))

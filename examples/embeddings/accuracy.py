@@ -8,6 +8,7 @@ News, compiles with intformer's defaults (or the options given), and compares wi
   cosine, and how often each sentence's nearest neighbour is the same as fp32's.
 onnxruntime `quantize_dynamic` is measured the same way. Usage:
     python examples/embeddings/accuracy.py [--out DIR] [--seq 128] [--method minmax] [--alpha A] [--label NAME]
+        [--no-token-scales] [--peers]
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def main() -> int:
     ap.add_argument("--method", default="minmax")
     ap.add_argument("--alpha", type=float, default=None)
     ap.add_argument("--label", default="default")
-    ap.add_argument("--token-scales", action="store_true", help="per-token activation scales (compile option)")
+    ap.add_argument("--token-scales", action=argparse.BooleanOptionalAction, default=True,
+                    help="per-token activation scales (compile option; default on)")
     ap.add_argument("--allow-float", action="store_true", help="compile with --no-integer-only")
     ap.add_argument("--peers", action="store_true", help="also measure onnxruntime quantize_dynamic")
     args = ap.parse_args()

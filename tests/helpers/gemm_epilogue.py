@@ -19,6 +19,8 @@ def apply_epilogue(epi: Epilogue, operands, acc: np.ndarray) -> np.ndarray:
     x, ops = acc, iter(operands)
     for step in epi.steps:
         c = next(ops) if step.operand else None
+        if step.operand == "row":  # one value per output row
+            c = np.asarray(c).reshape(-1, 1)
         if step.op in _NUMPY:
             x = _NUMPY[step.op](*((c, x) if step.swap else (x, c))).astype(step.dtype)
         elif step.op == "astype":
@@ -34,10 +36,15 @@ def apply_epilogue(epi: Epilogue, operands, acc: np.ndarray) -> np.ndarray:
     return x
 
 
-def requantize(n: int, rng, out: str = "int8", per_channel: bool = True, bias: bool = True, lookup: bool = False):
+def requantize(n: int, rng, out: str = "int8", per_channel: bool = True, bias: bool = True, lookup: bool = False,
+               rows: int = 0):
     """(Epilogue, operands) of a requantize chain like integerize's (intops.emit_qmatmul + emit_requantize), with
-    an optional int16 table lookup and second rescale to int8 after it (GELU's FFN)."""
+    an optional int16 table lookup and second rescale to int8 after it (GELU's FFN); with ``rows`` (the output's
+    row count) the row-scaled form instead (intops.emit_requantize_rows: a per-row left shift, then per-column
+    rounding)."""
     steps, ops = [], []
+    if rows:
+        return _requantize_rows(n, rows, rng, out)
 
     def add(step, value=None):
         steps.append(step)
@@ -69,3 +76,16 @@ def requantize(n: int, rng, out: str = "int8", per_channel: bool = True, bias: b
         add(S("clip", "int64", attrs=(-128, 127)))
         add(S("astype", "int8"))
     return Epilogue(tuple(steps)), tuple(ops)
+
+
+def _requantize_rows(n: int, rows: int, rng, out: str):
+    """acc * m0_j << k_i, + 2**(sh_j - 1), >> sh_j, + bias_j, clip, astype (intmath.requantize_rows)."""
+    sh = rng.integers(20, 40, n)
+    steps = (S("astype", "int64"), S("multiply", "int64", "vector", "int64"), S("left_shift", "int64", "row", "int64"),
+             S("add", "int64", "vector", "int64"), S("right_shift", "int64", "vector", "int64"),
+             S("add", "int64", "vector", "int64"), S("clip", "int64", attrs=(int(np.iinfo(out).min),
+                                                                            int(np.iinfo(out).max))),
+             S("astype", out))
+    ops = (rng.integers(1 << 20, 1 << 22, n).astype(np.int64), rng.integers(0, 10, rows).astype(np.int64),
+           (np.int64(1) << (sh - 1)).astype(np.int64), sh.astype(np.int64), rng.integers(-900, 900, n).astype(np.int64))
+    return Epilogue(steps), ops

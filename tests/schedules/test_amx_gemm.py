@@ -29,10 +29,11 @@ def test_weights_are_padded_to_whole_tiles():
     assert packed.reshape(4, 32, 64)[:, 70 // 4 + 1:].sum() == 0 and packed[3].sum() == 0
 
 
-def test_kernel_compiles_to_tile_instructions_and_a_vector_epilogue():
+@pytest.mark.parametrize("rows", [0, 64])  # 64: the row-scaled chain (a per-row operand)
+def test_kernel_compiles_to_tile_instructions_and_a_vector_epilogue(rows):
     rng = np.random.default_rng(0)
     a, w = _rand_int8(rng, (64, 128)), _rand_int8(rng, (128, 64))
-    epi, ops = requantize(64, rng)
+    epi, ops = requantize(64, rng, out="int16", rows=rows) if rows else requantize(64, rng)
     func = gemm_primfunc(64, 128, 64, INTRINSICS["amx"], epi)
     assert func.attrs["tir.is_scheduled"] and int(func.attrs["op_pattern"]) == 8
     assert tuple(func.params[-1].shape) == (64, 64) and func.params[-1].dtype == epi.out_dtype
@@ -55,14 +56,14 @@ def test_kernel_compiles_to_tile_instructions_and_a_vector_epilogue():
 
 @needs_amx
 @pytest.mark.parametrize("m,k,n", [(33, 70, 40), (100, 192, 96), (8, 512, 48), (64, 64, 16)])
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused", [False, True, "rows"])
 def test_partial_blocks_bit_exact(m, k, n, fused):
     rng = np.random.default_rng(m + k + n)
     a, w = _rand_int8(rng, (m, k)), _rand_int8(rng, (k, n))
     a[0, :], w[:, -1] = -128, -128  # extremes: s8 x s8 has no offset to saturate, but check anyway
     acc = a.astype(np.int32) @ w.astype(np.int32)
     if fused:
-        epi, ops = requantize(n, rng)
+        epi, ops = requantize(n, rng, out="int16", rows=m) if fused == "rows" else requantize(n, rng)
         got, _ = _build_and_run(lambda bb, x: emit_int8_matmul(bb, x, w, AMX, epi, ops), {"a": a}, AMX)
         np.testing.assert_array_equal(got, apply_epilogue(epi, ops, acc))
     else:

@@ -22,6 +22,7 @@ CHAINS = {  # name: requantize options
     "int16_scalar_no_bias": {"out": "int16", "per_channel": False, "bias": False},
     "lookup": {"lookup": True},
     "int16_lookup": {"out": "int16", "lookup": True},
+    "int16_row_shift": {"out": "int16", "rows": True},  # per-token scales: a per-row operand
 }
 
 
@@ -30,7 +31,10 @@ def _case(a_shape, n, chain, seed):
     a, w = _rand_int8(rng, a_shape), _rand_int8(rng, (a_shape[-1], n))
     a.reshape(-1, a_shape[-1])[0, :] = -128
     w[:, 0] = -128
-    epi, ops = requantize(n, rng, **CHAINS[chain])
+    opts = dict(CHAINS[chain])
+    if opts.get("rows"):
+        opts["rows"] = int(np.prod(a_shape[:-1]))
+    epi, ops = requantize(n, rng, **opts)
     acc = a.reshape(-1, a_shape[-1]).astype(np.int32) @ w.astype(np.int32)
     return a, w, epi, ops, apply_epilogue(epi, ops, acc).reshape(*a_shape[:-1], n)
 
@@ -78,12 +82,13 @@ def test_vnni_fused_kernel_keeps_its_register_tile():
 def test_arm_kernels_with_epilogue_build(preset):
     target = resolve_target(preset).tvm_target()
     kern = select_kernel(target)
-    epi, _ = requantize(48, np.random.default_rng(0), lookup=True)
-    func = gemm_primfunc(37, 72, 48, kern, epi)
-    assert func.attrs["tir.is_scheduled"] and int(func.attrs["op_pattern"]) == 8
-    names = [p.name for p in func.params]
-    assert names[-1] == "y" and tuple(func.params[-1].shape) == (37, 48)
-    tvm.compile(tvm.IRModule({"main": func}), target)
+    for epi, _ in (requantize(48, np.random.default_rng(0), lookup=True),
+                   requantize(48, np.random.default_rng(0), out="int16", rows=37)):
+        func = gemm_primfunc(37, 72, 48, kern, epi)
+        assert func.attrs["tir.is_scheduled"] and int(func.attrs["op_pattern"]) == 8
+        names = [p.name for p in func.params]
+        assert names[-1] == "y" and tuple(func.params[-1].shape) == (37, 48)
+        tvm.compile(tvm.IRModule({"main": func}), target)
 
 
 def test_vnni_folds_leading_int32_adds_into_the_bias():

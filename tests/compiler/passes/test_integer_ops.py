@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from tvm import relax
 
 from compiler.intmath import integer_ops as io
+from compiler.intmath.fixed_point import quantize_multipliers
 from compiler.passes import intops
 from compiler.tvm_compat import tensor_type
 
@@ -261,7 +262,7 @@ def test_requantize_rows_matches_twin_and_float(rows, n, mult, zp, seed):
     acc = rng.integers(-2 ** 24, 2 ** 24, size=(rows, n)).astype(np.int32)
     k = rng.integers(0, io.ROW_SHIFT_MAX + 1, size=(rows, 1)).astype(np.int32)
     multiplier = mult * rng.uniform(0.5, 2.0, n)
-    m0, sh = io.row_multipliers(multiplier)
+    m0, sh = io.row_multipliers(multiplier, 512)
     bias = rng.integers(-1000, 1000, n).astype(np.int64)
 
     def build(bb, a, kv):
@@ -286,11 +287,38 @@ def test_requantize_rows_matches_twin_and_float(rows, n, mult, zp, seed):
     assert np.all(np.abs(ref[inside] - real[inside]) <= 0.5 + 1e-6 * np.abs(real[inside]) + 1)
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.floats(1e-9, 2.0 ** 4), st.sampled_from([1, 384, 1536, 65536]), st.integers(0, 2 ** 32 - 1))
+def test_requantize_rows_is_exact_rounding_without_overflow(mult, k_dim, seed):
+    """Shifting the product left by k then rounding off sh bits equals rounding it off sh - k bits (Python
+    integers, no overflow), at the accumulator's extremes for the reduction length and the largest k too."""
+    rng = np.random.default_rng(seed)
+    multiplier = mult * rng.uniform(0.5, 2.0, 6)
+    mults = io.row_multipliers(multiplier, k_dim)
+    if mults is None:  # too large a multiplier for this reduction length: statically quantized instead
+        _, sh = quantize_multipliers(multiplier)
+        assert np.any(sh - (31 - io.row_mantissa_bits(k_dim)) <= io.ROW_SHIFT_MAX + 1)
+        return
+    m0, sh = mults
+    assert np.all(m0 < 2 ** io.row_mantissa_bits(k_dim))
+    bound = k_dim * 127 * 128
+    acc = np.array([[-bound, bound, 0, 1, -1, 12345 % (bound + 1)]] * 2, np.int64).astype(np.int32)
+    k = np.array([[0], [io.ROW_SHIFT_MAX]], np.int32)
+    got = io.requantize_rows(acc, m0, sh, k, np.zeros(6, np.int64), 0, np.int64)
+    for i in range(2):
+        for j in range(6):
+            s = int(sh[j]) - int(k[i, 0])
+            assert got[i, j] == (int(acc[i, j]) * int(m0[j]) + (1 << (s - 1))) >> s
+    real = acc.astype(np.float64) * (m0 / 2.0 ** sh) * 2.0 ** k
+    assert np.all(np.abs(got - real) <= 0.5 + 1e-9 * np.abs(real))
+
+
 def test_row_multipliers_refuse_large_ratios():
-    assert io.row_multipliers(np.array([1e-3, 0.0])) is not None
-    m0, sh = io.row_multipliers(np.array([1e-3, 0.0]))
+    assert io.row_multipliers(np.array([1e-3, 0.0]), 384) is not None
+    m0, sh = io.row_multipliers(np.array([1e-3, 0.0]), 384)
     assert m0[1] == 0 and sh[1] > io.ROW_SHIFT_MAX
-    assert io.row_multipliers(np.array([2.0 ** 21])) is None  # too few shift bits to give up per row
+    assert io.row_multipliers(np.array([2.0 ** 21]), 384) is None  # too few shift bits to give up per row
+    assert io.row_mantissa_bits(384) == 30 and io.row_mantissa_bits(1536) == 28
 
 
 @settings(max_examples=8, deadline=None)
