@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +25,20 @@ from compiler.errors import IntformerError
 
 # default sizes of a ranged dim: powers of two from 16, then HI (see README "Ranged shapes" for the measurement)
 DEFAULT_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One compiled size of every ranged dim (one bucket function of the library), in the ranges' order."""
+
+    sizes: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, sizes: dict[str, int]) -> Bucket:
+        return cls(tuple(sizes.items()))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.sizes)
 
 
 def has_ranges(input_shapes) -> bool:
