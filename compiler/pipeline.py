@@ -212,28 +212,13 @@ def _dump(state: CompileState, index: int, name: str) -> None:
     if state.executable is not None:  # codegen: the VM's instructions (the kernels are in the module dumped before)
         text, ext = state.executable.as_text(), ".vm.txt"
     elif mod is not None:
-        text, ext = _script(mod), ".relax.py"
+        text, ext = mod.script(show_meta=False), ".relax.py"
     elif state.onnx_model is not None:
         text, ext = onnx.helper.printable_graph(state.onnx_model.graph), ".onnx.txt"
     else:
         return
     with open(base + ext, "w") as f:
         f.write(text)
-
-
-def _script(mod) -> str:
-    """TVMScript of the module; a function TVM's printer cannot print (0.27: the ranged shapes' dispatching
-    `main`, "Cannot treat type script.printer.StmtBlockDoc as type ExprDoc") is named with the error instead."""
-    try:
-        return mod.script(show_meta=False)
-    except Exception as e:  # noqa: BLE001 - a dump is a diagnostic: a printer failure must not stop the compile
-        parts = []
-        for gv, func in mod.functions.items():
-            try:
-                parts.append(func.script(show_meta=False))
-            except Exception:  # noqa: BLE001
-                parts.append(f"# {gv.name_hint}: TVMScript cannot print this function ({str(e).splitlines()[0]})")
-        return "\n\n".join(parts)
 
 
 __all__ = ["CompileState", "run_pipeline", "resume_pipeline", "stage_names", "replace"]
