@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from compiler.artifact import IOQuant
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
 from compiler.progress import status, warn
-from compiler.state import CompileState, IOQuant
+from compiler.state import CompileState
 
 if TYPE_CHECKING:
     from compiler.seq2seq.spec import Seq2SeqSpec

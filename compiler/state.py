@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import onnx
 
-from compiler.artifact import EntrySpec, Manifest
+from compiler.artifact import EntrySpec, IOQuant, Manifest
 from compiler.calibrate.table import CalibrationTable
 from compiler.config import CompileOptions, TensorSpec
 from compiler.ranged import Bucket
@@ -29,15 +29,6 @@ if TYPE_CHECKING:  # TVM's import takes seconds; the API checks its arguments fi
 
     from compiler.passes.intrepr import Probe
     from targets import TargetSpec
-
-
-@dataclass(frozen=True)
-class IOQuant:
-    """A graph input or output that crosses to another graph or decoding step as int8 (real = scale * (q - zp))."""
-
-    name: str
-    scale: float
-    zero_point: int
 
 
 @dataclass(frozen=True)

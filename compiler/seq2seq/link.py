@@ -16,7 +16,7 @@ from dataclasses import replace
 import tvm
 from tvm import relax
 
-from compiler.artifact import EntrySpec
+from compiler.artifact import EntrySpec, IndexBound
 from compiler.calibrate.collect import index_bounds
 from compiler.calibrate.table import CalibrationInfo
 from compiler.errors import IntformerError
@@ -41,9 +41,9 @@ def link_states(states: dict[str, CompileState], spec: Seq2SeqSpec, bundle: str)
     entries = []
     for name in ENTRIES:
         st = states[name]
-        quant = tuple((q.name, q.scale, q.zero_point) for q in st.seq2seq.io_qparams
+        quant = tuple(q for q in st.seq2seq.io_qparams
                       if q.name in {s.name for s in st.inputs} | {s.name for s in st.outputs})
-        bounds = tuple((n, -rows, rows - 1) for n, rows in index_bounds(st.onnx_model).items())
+        bounds = tuple(IndexBound(n, -rows, rows - 1) for n, rows in index_bounds(st.onnx_model).items())
         entries.append(EntrySpec(name, st.inputs, st.outputs, quant, bounds, st.model_sha256))
     spec_json = spec.to_json()
     if spec.vocab:
