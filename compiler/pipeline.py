@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import onnx
 
@@ -35,8 +35,13 @@ from compiler.state import (
     Seq2SeqParts,
 )
 
+if TYPE_CHECKING:
+    from targets import TargetSpec
+
 
 class Stage(NamedTuple):
+    """One named step: `run` maps a state holding at least `takes` to one holding at least `gives`."""
+
     name: str
     run: Callable[[CompileState], CompileState]
     takes: Phase
@@ -97,7 +102,7 @@ def stage_names() -> list[str]:
     return [st.name for st in _stages()]
 
 
-def resolve_target_spec(options: CompileOptions):
+def resolve_target_spec(options: CompileOptions) -> TargetSpec:
     """The TargetSpec of ``options.target``, its toolchain checked (what the stages will build for)."""
     from targets import resolve_target
     from targets.toolchain import require_toolchain
