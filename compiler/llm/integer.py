@@ -32,7 +32,7 @@ from compiler.intmath import llama as il
 from compiler.intmath.fixed_point import quantize_multipliers, requantize
 from compiler.llm import smoothing as sm
 from compiler.llm.calibrate import Ranges
-from compiler.llm.weights import LlamaWeights
+from compiler.llm.weights import LlamaShape, LlamaWeights
 
 AUTO = "auto"  # choose each site's smoothing strength on the calibration rows (compiler/llm/smoothing.py)
 
@@ -123,7 +123,7 @@ class IntLayer:
 
 @dataclass(frozen=True)
 class IntLlama:
-    shape: object
+    shape: LlamaShape
     resid_scale: float
     embed: np.ndarray  # int8 (vocab, hidden), per-row scales below
     embed_scale: np.ndarray
