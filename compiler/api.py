@@ -8,24 +8,30 @@ import os
 import tempfile
 import threading
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from compiler.artifact import MANIFEST_FUNC, manifest_path
+from compiler.artifact import MANIFEST_FUNC, Manifest, manifest_path
 from compiler.config import CompileOptions
 from compiler.errors import Interrupted, IntformerError
 from compiler.io_safety import atomic_output, check_output, check_range, check_threads, write_text
 from compiler.progress import progress_bar, status, warn
 from compiler.report import CompileReport
 
+if TYPE_CHECKING:
+    import tvm
+
+    from compiler.ranged import Bucket
+
 
 @dataclass(frozen=True)
 class CompileResult:
     library: str
-    manifest: object
+    manifest: Manifest
     report: CompileReport
-    module: object = None  # the integer Relax module the library was built from
-    buckets: tuple = ()  # ranged dims: the compiled sizes, ((variable, size), ...) per bucket function
+    module: Optional[tvm.IRModule] = None  # the integer Relax module the library was built from
+    buckets: tuple[Bucket, ...] = ()  # ranged dims: the compiled sizes, one per bucket function
 
     def reference(self, entry: str = ""):
         """The NumPy twin of the library (of its entry point `entry` when it has several):
@@ -36,7 +42,7 @@ class CompileResult:
         if self.buckets:
             from compiler import ranged
 
-            m, bl = self.manifest, [dict(b) for b in self.buckets]
+            m, bl = self.manifest, [b.as_dict() for b in self.buckets]
             interps = {}
 
             def run_ranged(feed):

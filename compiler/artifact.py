@@ -20,31 +20,50 @@ ENTRY_FUNC = "main"
 
 
 @dataclass(frozen=True)
+class IOQuant:
+    """An integer input or output that stands for a real tensor: real = scale * (q - zero_point) (the int8
+    tensors crossing from one graph or decoding step to the next)."""
+
+    name: str
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class IndexBound:
+    """An input of ids that index an embedding table: its valid values, lo..hi."""
+
+    name: str
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
 class EntrySpec:
     """One VM function of a library with several entry points (a seq2seq library: `encoder`, `decoder`).
 
-    `quant`: name -> (scale, zero point) of each integer input/output that stands for a real tensor (real =
-    scale * (q - zero point)): the int8 tensors crossing from the encoder to the decoder and the decoder states."""
+    `quant`: each integer input/output that stands for a real tensor: the int8 tensors crossing from the encoder
+    to the decoder and the decoder states."""
 
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    quant: tuple[tuple[str, float, int], ...] = ()
-    input_bounds: tuple[tuple[str, int, int], ...] = ()  # ids that index an embedding table: [lo, hi]
+    quant: tuple[IOQuant, ...] = ()
+    input_bounds: tuple[IndexBound, ...] = ()
     model_sha256: str = ""
 
     def to_json(self) -> dict:
         return {"name": self.name, "inputs": [s.to_json() for s in self.inputs],
                 "outputs": [s.to_json() for s in self.outputs],
-                "quant": {n: [sc, zp] for n, sc, zp in self.quant},
-                "input_bounds": {n: [lo, hi] for n, lo, hi in self.input_bounds}, "model_sha256": self.model_sha256}
+                "quant": {q.name: [q.scale, q.zero_point] for q in self.quant},
+                "input_bounds": {b.name: [b.lo, b.hi] for b in self.input_bounds}, "model_sha256": self.model_sha256}
 
     @staticmethod
     def from_json(d: dict) -> EntrySpec:
         return EntrySpec(d["name"], tuple(TensorSpec.from_json(x) for x in d["inputs"]),
                          tuple(TensorSpec.from_json(x) for x in d["outputs"]),
-                         tuple((n, float(v[0]), int(v[1])) for n, v in d.get("quant", {}).items()),
-                         tuple((n, int(v[0]), int(v[1])) for n, v in d.get("input_bounds", {}).items()),
+                         tuple(IOQuant(n, float(v[0]), int(v[1])) for n, v in d.get("quant", {}).items()),
+                         tuple(IndexBound(n, int(v[0]), int(v[1])) for n, v in d.get("input_bounds", {}).items()),
                          d.get("model_sha256", ""))
 
 

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from compiler.artifact import MANIFEST_FUNC, Manifest
 from compiler.calibrate.collect import index_bounds
 from compiler.calibrate.table import CalibrationInfo
+
+if TYPE_CHECKING:
+    from compiler.state import CompileState
 
 
 def tool_versions() -> dict:
@@ -23,16 +27,17 @@ def tool_versions() -> dict:
     return out
 
 
-def make_manifest(st) -> Manifest:
+def make_manifest(st: CompileState) -> Manifest:
     rep = st.report
-    if st.entries:  # several entry points (seq2seq): inputs/outputs/entry describe the first
-        first = st.entries[0]
+    entries = st.seq2seq.entries
+    if entries:  # several entry points (seq2seq): inputs/outputs/entry describe the first
+        first = entries[0]
         return Manifest(
             inputs=first.inputs, outputs=first.outputs, target=st.target_spec.to_json(),
             tool_versions=tool_versions(), model_sha256=st.model_sha256, calibration_table_sha256=st.table_sha256,
             calibration=rep.calibration, input_ranges={}, report=rep.summary(),
-            input_bounds={n: [lo, hi] for n, lo, hi in first.input_bounds}, entry=first.name,
-            entries=st.entries, seq2seq=st.seq2seq, token_scales=st.options.token_scales)
+            input_bounds={b.name: [b.lo, b.hi] for b in first.input_bounds}, entry=first.name,
+            entries=entries, seq2seq=st.seq2seq.spec_json, token_scales=st.options.token_scales)
     return Manifest(
         inputs=st.inputs, outputs=st.outputs, target=st.target_spec.to_json(),
         tool_versions=tool_versions(), model_sha256=st.model_sha256,

@@ -47,7 +47,7 @@ def layer_errors(model_path: str, options: CompileOptions, samples: list[dict],
     fp32 = onnx.ModelProto()
     fp32.CopyFrom(st0.onnx_model)
     norms = [n for n in fp32.graph.node if n.op_type == "LayerNormalization"]
-    names = [norms[k].output[0] for k, _ in st.probes]
+    names = [norms[p.layer].output[0] for p in st.probes]
     outputs = [o.name for o in fp32.graph.output if o.name not in names]  # a LayerNorm may be the output
     for n in names:
         fp32.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
@@ -56,7 +56,7 @@ def layer_errors(model_path: str, options: CompileOptions, samples: list[dict],
     sess = ort.InferenceSession(fp32.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed_names = [i.name for i in sess.get_inputs()]
     ref = Interpreter(st.relax_mod)
-    reps = [r for _, r in st.probes]
+    reps = [p.value for p in st.probes]
     stats: dict[str, list] = {n: [] for n in names + outputs}
     local: dict[str, list] = {n: [] for n in names + outputs}
     with progress_bar("per-layer errors", total=len(samples)) as advance:

@@ -1,6 +1,9 @@
 """The compile pipeline: one flat, named list of stages from the ONNX file to the executable, read top to bottom.
 
-Each stage takes the frozen `CompileState` and returns a new one (dataclasses.replace). The build's steps
+Each stage takes the frozen `CompileState` and returns a new one (dataclasses.replace), and names the phase it
+takes and the phase it gives (compiler/state.py: Graph -> CalibratedGraph -> RelaxModule -> IntegerModule ->
+ScheduledModule -> Artifact); the runner checks both between stages, so a stage run out of place, or one that
+forgot to set what it promises, fails at that stage with the fields it lacks. The build's steps
 (legalization, row groups, fusion, tuned kernels, default schedules, code generation) are stages like the others,
 so `tune` runs the same list up to `fuse`. With `CompileOptions.dump_ir`, the state's graph is written after every
 stage (the ONNX graph, then the Relax module, last the VM's instructions), so a wrong number can be chased stage by
@@ -12,15 +15,40 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import onnx
 
 from compiler.config import CompileOptions
 from compiler.progress import status
-from compiler.state import CompileState
+from compiler.state import (
+    ARTIFACT,
+    CALIBRATED,
+    GRAPH,
+    INTEGER,
+    RELAX,
+    SCHEDULED,
+    SHAPED,
+    SOURCE,
+    CompileState,
+    Phase,
+    Seq2SeqParts,
+)
 
-Stages = list[tuple[str, Callable[[CompileState], CompileState]]]
+if TYPE_CHECKING:
+    from targets import TargetSpec
+
+
+class Stage(NamedTuple):
+    """One named step: `run` maps a state holding at least `takes` to one holding at least `gives`."""
+
+    name: str
+    run: Callable[[CompileState], CompileState]
+    takes: Phase
+    gives: Phase
+
+
+Stages = list[Stage]
 
 
 def _stage_groups() -> tuple[Stages, Stages, Stages]:
@@ -28,23 +56,23 @@ def _stage_groups() -> tuple[Stages, Stages, Stages]:
     from compiler import stages as s
 
     front = [
-        ("load", s.load),                  # read + check the ONNX file
-        ("pin_shapes", s.pin_shapes),      # static input shapes from the model or --input-shape
-        ("check_ops", s.check_ops),        # custom/unknown ops: one error listing all
-        ("simplify", s.simplify),          # fold shape arithmetic, Gemm -> MatMul
-        ("check_import", s.check_import),  # every remaining op has a Relax converter
-        ("calibrate", s.calibrate),        # ranges from --calibration-data, a saved table, or synthetic inputs
+        Stage("load", s.load, SOURCE, GRAPH),                    # read + check the ONNX file
+        Stage("pin_shapes", s.pin_shapes, GRAPH, SHAPED),        # static input shapes from the model or --input-shape
+        Stage("check_ops", s.check_ops, SHAPED, SHAPED),         # custom/unknown ops: one error listing all
+        Stage("simplify", s.simplify, SHAPED, SHAPED),           # fold shape arithmetic, Gemm -> MatMul
+        Stage("check_import", s.check_import, SHAPED, SHAPED),   # every remaining op has a Relax converter
+        Stage("calibrate", s.calibrate, SHAPED, CALIBRATED),     # ranges: --calibration-data, a table, or synthetic
     ]
     back = [
-        ("smooth", s.smooth),              # per-channel activation ranges moved into the weights
-        ("annotate", s.annotate),          # int8 Q/DQ around every MatMul from the ranges
-        ("quantize_io", s.quantize_io),    # inputs/outputs crossing to another graph or step as int8 (seq2seq)
-        ("import", s.import_relax),        # ONNX -> Relax
-        ("integerize", s.integerize),      # Relax passes: integer matmuls + fixed-point requantize
-        ("verify", s.verify),              # op/dtype report; every MatMul int8
+        Stage("smooth", s.smooth, CALIBRATED, CALIBRATED),       # per-channel activation ranges into the weights
+        Stage("annotate", s.annotate, CALIBRATED, CALIBRATED),   # int8 Q/DQ around every MatMul from the ranges
+        Stage("quantize_io", s.quantize_io, CALIBRATED, CALIBRATED),  # int8 across graphs or steps (seq2seq)
+        Stage("import", s.import_relax, CALIBRATED, RELAX),      # ONNX -> Relax
+        Stage("integerize", s.integerize, RELAX, RELAX),         # Relax passes: integer matmuls + fixed point
+        Stage("verify", s.verify, RELAX, INTEGER),               # op/dtype report; every MatMul int8
     ]
     module = [
-        ("schedule", s.schedule),          # int8 matmuls -> scheduled kernels (VNNI where the target has it)
+        Stage("schedule", s.schedule, INTEGER, SCHEDULED),       # int8 matmuls -> scheduled kernels (VNNI, ...)
         *_build_stages(),
     ]
     return front, back, module
@@ -55,13 +83,13 @@ def _build_stages() -> Stages:
     from compiler import stages as s
 
     return [
-        ("manifest", s.manifest),          # names, shapes, scales, target, versions, hashes: a function of the module
-        ("legalize", s.legalize),          # Relax ops -> TIR kernels (LegalizeOps), op patterns annotated
-        ("fuse_rows", s.fuse_rows),        # softmax, LayerNorm, lookup chains: one kernel per row group
-        ("fuse", s.fuse),                  # FuseOps + FuseTIR for the rest: the library's kernels (`tune` stops here)
-        ("apply_db", s.apply_db),          # kernels with a --db record -> their tuned schedules
-        ("default_schedule", s.default_schedule),  # every other kernel -> the deterministic default schedule
-        ("codegen", s.codegen),            # kernels + VM plan + int8 constants for the target
+        Stage("manifest", s.manifest, SCHEDULED, SCHEDULED),     # names, shapes, scales, target, versions, hashes
+        Stage("legalize", s.legalize, SCHEDULED, SCHEDULED),     # Relax ops -> TIR kernels (LegalizeOps)
+        Stage("fuse_rows", s.fuse_rows, SCHEDULED, SCHEDULED),   # softmax, LayerNorm, lookups: a kernel per row group
+        Stage("fuse", s.fuse, SCHEDULED, SCHEDULED),             # FuseOps + FuseTIR: the library's kernels (`tune`)
+        Stage("apply_db", s.apply_db, SCHEDULED, SCHEDULED),     # kernels with a --db record -> tuned schedules
+        Stage("default_schedule", s.default_schedule, SCHEDULED, SCHEDULED),  # the rest: the default schedule
+        Stage("codegen", s.codegen, SCHEDULED, ARTIFACT),        # kernels + VM plan + int8 constants
     ]
 
 
@@ -71,10 +99,10 @@ def _stages() -> Stages:
 
 
 def stage_names() -> list[str]:
-    return [name for name, _ in _stages()]
+    return [st.name for st in _stages()]
 
 
-def resolve_target_spec(options: CompileOptions):
+def resolve_target_spec(options: CompileOptions) -> TargetSpec:
     """The TargetSpec of ``options.target``, its toolchain checked (what the stages will build for)."""
     from targets import resolve_target
     from targets.toolchain import require_toolchain
@@ -86,9 +114,11 @@ def resolve_target_spec(options: CompileOptions):
 
 def _run(state: CompileState, stages: Stages, first: int = 0, total: int = 0, label: str = "",
          until: Optional[str] = None) -> CompileState:
-    for i, (name, stage) in enumerate(stages):
+    for i, (name, stage, takes, gives) in enumerate(stages):
         status(f"[{first + i + 1}/{total or len(stages)}] {label}{name}")
+        _require(state, takes, name, "takes")
         state = stage(state)
+        _require(state, gives, name, "gives")
         prefix = label.strip(": ").replace(" ", "_")
         _dump(state, first + i, f"{prefix}{'_' if label else ''}{name}")
         if name == until:
@@ -119,7 +149,7 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
     ranged.require_mask(top.inputs)
     bucket_list = ranged.buckets(ranged.bucket_sizes(top.inputs, options.buckets))
     status(f"compiling {len(bucket_list)} buckets: " + ", ".join(ranged.bucket_name(b)[5:] for b in bucket_list))
-    uncalibrated = [st for st in front if st[0] != "calibrate"]
+    uncalibrated = [st for st in front if st.name != "calibrate"]
     done = []
     for b in bucket_list:
         label = f"{ranged.bucket_name(b)[5:]}: "
@@ -133,14 +163,14 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
             st = replace(st, table=top.table, table_sha256=top.table_sha256)
         done.append((b, _run(st, back, label=label)))
     linked = s.link_buckets(top, done)
-    stages = [("schedule", s.schedule), ("dispatch", s.dispatch), *_build_stages()]
+    stages = [*module[:1], Stage("dispatch", s.dispatch, SCHEDULED, SCHEDULED), *_build_stages()]
     return _run(linked, stages, until=until)
 
 
 def resume_pipeline(state: CompileState, after: str, until: Optional[str] = None) -> CompileState:
     """Run the stages that follow `after` on a state run_pipeline(..., until=after) returned."""
     stages = _stages()
-    names = [n for n, _ in stages]
+    names = [st.name for st in stages]
     return _run(state, stages[names.index(after) + 1:], first=names.index(after) + 1, total=len(stages),
                 until=until)
 
@@ -161,14 +191,20 @@ def run_seq2seq_pipeline(bundle: str, options: CompileOptions, calibration_text:
     graphs = {"encoder": (spec.encoder, feeds.encoder), "decoder": (spec.decoder, feeds.decoder)}
     states = {}
     for k, (name, (path, samples)) in enumerate(graphs.items()):
-        st = CompileState(model_path=os.path.join(bundle, path), options=options, target_spec=target,
-                          samples=samples, samples_source=f"{feeds.sentences} sentences of text")
+        parts = Seq2SeqParts(samples=tuple(samples), samples_source=f"{feeds.sentences} sentences of text")
+        st = CompileState(model_path=os.path.join(bundle, path), options=options, target_spec=target, seq2seq=parts)
         states[name] = _run(st, front, k * len(front), total, f"{name}: ")
     states = s.agree_crossings(states, spec)  # one int8 scale per tensor crossing graphs or steps
     for k, name in enumerate(graphs):
         states[name] = _run(states[name], back, 2 * len(front) + k * len(back), total, f"{name}: ")
     linked = s.link(states, spec, bundle)  # both integer functions in one module
     return _run(linked, module, total - len(module), total)
+
+
+def _require(state: CompileState, phase: Phase, stage: str, what: str) -> None:
+    missing = phase.missing(state)
+    if missing:
+        raise AssertionError(f"stage '{stage}' {what} a {phase.name}, but the state has no {', '.join(missing)}")
 
 
 def _dump(state: CompileState, index: int, name: str) -> None:
@@ -181,28 +217,13 @@ def _dump(state: CompileState, index: int, name: str) -> None:
     if state.executable is not None:  # codegen: the VM's instructions (the kernels are in the module dumped before)
         text, ext = state.executable.as_text(), ".vm.txt"
     elif mod is not None:
-        text, ext = _script(mod), ".relax.py"
+        text, ext = mod.script(show_meta=False), ".relax.py"
     elif state.onnx_model is not None:
         text, ext = onnx.helper.printable_graph(state.onnx_model.graph), ".onnx.txt"
     else:
         return
     with open(base + ext, "w") as f:
         f.write(text)
-
-
-def _script(mod) -> str:
-    """TVMScript of the module; a function TVM's printer cannot print (0.27: the ranged shapes' dispatching
-    `main`, "Cannot treat type script.printer.StmtBlockDoc as type ExprDoc") is named with the error instead."""
-    try:
-        return mod.script(show_meta=False)
-    except Exception as e:  # noqa: BLE001 - a dump is a diagnostic: a printer failure must not stop the compile
-        parts = []
-        for gv, func in mod.functions.items():
-            try:
-                parts.append(func.script(show_meta=False))
-            except Exception:  # noqa: BLE001
-                parts.append(f"# {gv.name_hint}: TVMScript cannot print this function ({str(e).splitlines()[0]})")
-        return "\n\n".join(parts)
 
 
 __all__ = ["CompileState", "run_pipeline", "resume_pipeline", "stage_names", "replace"]

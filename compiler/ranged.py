@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,6 +25,20 @@ from compiler.errors import IntformerError
 
 # default sizes of a ranged dim: powers of two from 16, then HI (see README "Ranged shapes" for the measurement)
 DEFAULT_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One compiled size of every ranged dim (one bucket function of the library), in the ranges' order."""
+
+    sizes: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, sizes: dict[str, int]) -> Bucket:
+        return cls(tuple(sizes.items()))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.sizes)
 
 
 def has_ranges(input_shapes) -> bool:
@@ -201,7 +215,9 @@ def _add_kernel(bb, func, name):
 # ---- the dispatching `main` -------------------------------------------------------------------------------
 def add_dispatch(mod, inputs, outputs, bucket_list):
     """Add `main` to `mod` (which holds one function per bucket, named by bucket_name): any shape in the
-    ranges -> the smallest bucket that fits, inputs zero-padded to it, outputs sliced back."""
+    ranges -> the smallest bucket that fits, inputs zero-padded to it, outputs sliced back. `main` is well formed
+    (impure: it asserts the range; one binding block, so TVMScript prints it) and its types keep the ranged dims'
+    variables (tests/compiler/passes/test_ranged_dispatch_structure.py)."""
     from compiler.tvm_compat import BlockBuilder, expr_type, relax, te, tensor_type, tirx
 
     syms = {var: tirx.Var(re.sub(r"\W", "_", var), "int64") for var in range_vars(inputs)}
@@ -265,19 +281,18 @@ def add_dispatch(mod, inputs, outputs, bucket_list):
     def fits(bucket):
         return tirx.all(*[syms[v] <= n for v, n in bucket.items()])
 
-    body = branch(bucket_list[-1])
-    for k, bucket in enumerate(reversed(bucket_list[:-1])):
-        choice = bb.normalize(relax.If(relax.prim_value(fits(bucket)), branch(bucket), body))
-        v = relax.Var(f"chosen{k}", expr_type(choice))
-        body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(v, choice)])], v)
     lo_hi = range_vars(inputs)
     inside = tirx.all(*[tirx.all(syms[v] >= lo, syms[v] <= hi) for v, (lo, hi) in lo_hi.items()])
     msg = "input shape outside the compiled ranges " + ", ".join(f"{v}={lo}..{hi}" for v, (lo, hi) in lo_hi.items())
-    check = relax.op.assert_op(relax.prim_value(inside), format=msg)
-    chk = relax.Var("in_range", expr_type(bb.normalize(check)))
-    final = bb.normalize(body)
-    ret_ty = expr_type(final)
-    fn = relax.Function(params, relax.SeqExpr([relax.BindingBlock([relax.VarBinding(chk, check)])], final),
-                        ret_ty).with_attr("global_symbol", "main")
-    bb.add_func(fn, "main")
+    # in main's scope, so that the types keep the ranged dims' variables; impure: it asserts
+    with bb.function("main", params, pure=False):
+        bb.emit(relax.op.assert_op(relax.prim_value(inside), format=msg), name_hint="in_range")
+        body = branch(bucket_list[-1])
+        for k, bucket in enumerate(reversed(bucket_list[:-1])):
+            choice = bb.normalize(relax.If(relax.prim_value(fits(bucket)), branch(bucket), body))
+            v = relax.Var(f"chosen{k}", expr_type(choice))
+            body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(v, choice)])], v)
+        for b in body.blocks[0].bindings:
+            bb.emit_normalized(b)
+        bb.emit_func_output(body.body)
     return bb.get()

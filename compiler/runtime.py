@@ -53,7 +53,7 @@ class CompiledModel:
                 spec = self.manifest.entry_spec(entry)
             except KeyError as e:
                 raise IntformerError(f"{path}: {e.args[0]}") from None
-            self._io = (spec.inputs, spec.outputs, {n: [lo, hi] for n, lo, hi in spec.input_bounds})
+            self._io = (spec.inputs, spec.outputs, {b.name: [b.lo, b.hi] for b in spec.input_bounds})
         else:
             self._io = (self.manifest.inputs, self.manifest.outputs, self.manifest.input_bounds or {})
         self._fn = self._vm[self.entry]

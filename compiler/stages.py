@@ -4,13 +4,18 @@ the module that does the work and records the result in a new CompileState."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import onnx
 
+from compiler.artifact import IOQuant
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
 from compiler.progress import status, warn
 from compiler.state import CompileState
+
+if TYPE_CHECKING:
+    from compiler.seq2seq.spec import Seq2SeqSpec
 
 
 def load(st: CompileState) -> CompileState:
@@ -71,8 +76,8 @@ def calibrate(st: CompileState) -> CompileState:
         if table.model_sha256 != st.model_sha256:
             warn(f"{opts.calibration_table} was made from a different model file "
                    f"(sha256 {table.model_sha256[:12]} != {st.model_sha256[:12]})")
-    elif st.samples:  # feeds given by the caller (seq2seq: text, and decoder states of real decoding)
-        table = _calibrate_smoothed(st, list(st.samples), st.samples_source or "data")
+    elif st.seq2seq.samples:  # feeds given by the caller (seq2seq: text, and decoder states of real decoding)
+        table = _calibrate_smoothed(st, list(st.seq2seq.samples), st.seq2seq.samples_source or "data")
     else:
         if opts.calibration_data:
             samples = load_samples(opts.calibration_data, list(st.inputs))
@@ -177,18 +182,18 @@ def annotate(st: CompileState) -> CompileState:
 
 def quantize_io(st: CompileState) -> CompileState:
     """Inputs/outputs that cross to another graph or decoding step become int8 (none for a single model)."""
-    if not st.io_qparams:
+    if not st.seq2seq.io_qparams:
         return st
     from compiler.seq2seq.boundaries import quantize_io as _quantize_io
 
     names = {i.name for i in st.onnx_model.graph.input} | {o.name for o in st.onnx_model.graph.output}
-    qp = {n: (sc, zp) for n, sc, zp in st.io_qparams if n in names}
+    qp = {q.name: (q.scale, q.zero_point) for q in st.seq2seq.io_qparams if q.name in names}
     model = _quantize_io(st.onnx_model, qp)
     inputs = tuple(replace(s, dtype="int8") if s.name in qp else s for s in st.inputs)
     return replace(st, onnx_model=model, inputs=inputs)
 
 
-def agree_crossings(states: dict, spec) -> dict:
+def agree_crossings(states: dict[str, CompileState], spec: Seq2SeqSpec) -> dict[str, CompileState]:
     """seq2seq: one symmetric int8 scale for every encoder output the decoder reads and every decoder state,
     from the producing graph's calibration ranges (compiler/seq2seq/boundaries.py)."""
     from compiler.calibrate.methods import METHODS
@@ -200,11 +205,11 @@ def agree_crossings(states: dict, spec) -> dict:
         raise IntformerError(f"unknown calibration method '{enc.options.calibration_method}'; "
                              f"known: {', '.join(METHODS)}")
     qp = crossing_qparams(spec, enc.table, dec.table, method)
-    io = tuple((n, sc, zp) for n, (sc, zp) in sorted(qp.items()))
-    return {name: replace(st, io_qparams=io) for name, st in states.items()}
+    io = tuple(IOQuant(n, sc, zp) for n, (sc, zp) in sorted(qp.items()))
+    return {name: replace(st, seq2seq=replace(st.seq2seq, io_qparams=io)) for name, st in states.items()}
 
 
-def link(states: dict, spec, bundle: str) -> CompileState:
+def link(states: dict[str, CompileState], spec: Seq2SeqSpec, bundle: str) -> CompileState:
     """seq2seq: the integer `main` of each graph becomes the entry point of its name in one module."""
     from compiler.seq2seq.link import link_states
 
@@ -342,7 +347,7 @@ def codegen(st: CompileState) -> CompileState:
     return replace(st, executable=_codegen(st.lowered_mod, st.target_spec.tvm_target()))
 
 
-def link_buckets(top: CompileState, done: list) -> CompileState:
+def link_buckets(top: CompileState, done: list[tuple[dict[str, int], CompileState]]) -> CompileState:
     """Ranged dims: each bucket's integer `main` becomes the function named after its sizes in one module (the
     reference interpreter runs any of them); inputs/outputs carry their ranges."""
     from compiler import ranged
@@ -352,12 +357,12 @@ def link_buckets(top: CompileState, done: list) -> CompileState:
     largest = done[-1][1]
     report = replace(largest.report, buckets=tuple(ranged.bucket_name(b)[5:] for b, _ in done))
     return replace(largest, inputs=top.inputs, outputs=outputs, relax_mod=mod, lowered_mod=None, report=report,
-                   entries=(), buckets=tuple(tuple(b.items()) for b, _ in done))
+                   buckets=tuple(ranged.Bucket.of(b) for b, _ in done))
 
 
 def dispatch(st: CompileState) -> CompileState:
     """Ranged dims: `main` takes any shape in the ranges, pads to the smallest bucket that fits, slices back."""
     from compiler.ranged import add_dispatch
 
-    buckets = [dict(b) for b in st.buckets]
+    buckets = [b.as_dict() for b in st.buckets]
     return replace(st, lowered_mod=add_dispatch(st.lowered_mod, st.inputs, st.outputs, buckets))

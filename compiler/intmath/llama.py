@@ -32,8 +32,21 @@ def rmsnorm_shift(bound: int) -> int:
     return int(bound).bit_length() - RMS_SQUARE_BITS
 
 
+@dataclass(frozen=True, eq=False)
+class RMSNormConstants:
+    """Compile-time constants of irmsnorm (rmsnorm_constants): shift of the input codes (> 0 right, < 0 left),
+    eps in the shifted squares' units, per-channel signed multipliers m0 with their right shifts sh, and the
+    output zero point."""
+
+    shift: int
+    eps: int
+    m0: np.ndarray
+    sh: np.ndarray
+    zp: int
+
+
 def rmsnorm_constants(scale: float, bound: int, eps: float, gamma: np.ndarray, out_scale: float,
-                      out_zp: int = 0) -> dict:
+                      out_zp: int = 0) -> RMSNormConstants:
     """Compile-time constants of irmsnorm: input codes of `scale` (zero point 0) with |x| <= bound, the weight
     gamma (per channel, any sign; a smoothing factor may be folded in), int output of out_scale / out_zp."""
     k = rmsnorm_shift(bound)
@@ -42,32 +55,32 @@ def rmsnorm_constants(scale: float, bound: int, eps: float, gamma: np.ndarray, o
     m0, sh = quantize_multipliers(np.abs(g) / (out_scale * (1 << RMS_FRAC_BITS)))
     over = np.maximum(sh - RMS_MAX_SHIFT, 0)  # tiny gammas: round the mantissa down to a shift <= 40
     m0 = (m0 + np.where(over > 0, np.left_shift(np.int64(1), np.maximum(over - 1, 0)), 0)) >> over
-    return {"shift": k, "eps": max(eps_int, 0), "m0": m0 * np.where(g < 0, -1, 1), "sh": sh - over,
-            "zp": int(out_zp)}
+    return RMSNormConstants(shift=k, eps=max(eps_int, 0), m0=m0 * np.where(g < 0, -1, 1), sh=sh - over,
+                            zp=int(out_zp))
 
 
-def irmsnorm(x: np.ndarray, c: dict, qmin: int = -128, qmax: int = 127, out_dtype=np.int8) -> np.ndarray:
+def irmsnorm(x: np.ndarray, c: RMSNormConstants, qmin: int = -128, qmax: int = 127, out_dtype=np.int8) -> np.ndarray:
     """Integer RMSNorm over the last axis: gamma * x / sqrt(mean(x**2) + eps), requantized to out_dtype.
 
     x: integer codes (zero point 0; real = scale * x), |x| <= the bound given to rmsnorm_constants. The scale of x
-    cancels except in eps (folded into c["eps"]). Steps: y = x shifted (c["shift"]), n = sum(y*y) // H + eps in
+    cancels except in eps (folded into c.eps). Steps: y = x shifted (c.shift), n = sum(y*y) // H + eps in
     int64, rms = isqrt(n) (exact floor), the normalized value in Q16 through one reciprocal per row
     2**(30 + e) // rms (rms < 2**e), then gamma / out_scale per channel as a fixed-point multiply, rounded half up.
     Bound (tested): within RMSNORM_MAX_ERROR_STEPS output steps of round(float RMSNorm / out_scale) + zp, for
     unclipped outputs and rms of at least 2**6 input units after the shift (rms below that is eps territory).
     """
     y = x.astype(np.int64)
-    k = c["shift"]
+    k = c.shift
     y = y >> k if k >= 0 else y << -k
-    n = np.sum(y * y, axis=-1, keepdims=True) // y.shape[-1] + c["eps"]
+    n = np.sum(y * y, axis=-1, keepdims=True) // y.shape[-1] + c.eps
     n = np.maximum(n, 1)
     rms = io.isqrt(n)
     e = (io.bit_length(n) + 1) >> 1
     recip = np.left_shift(np.int64(1), RMS_RECIP_BITS + e) // rms
     u = (y * recip) >> (RMS_RECIP_BITS + e - RMS_FRAC_BITS)
-    sh = c["sh"]
-    out = (u * c["m0"] + (np.int64(1) << (sh - 1))) >> sh
-    return np.clip(out + c["zp"], qmin, qmax).astype(out_dtype)
+    sh = c.sh
+    out = (u * c.m0 + (np.int64(1) << (sh - 1))) >> sh
+    return np.clip(out + c.zp, qmin, qmax).astype(out_dtype)
 
 
 # ---- SiLU and the SiLU-gated product ---------------------------------------------------------------------

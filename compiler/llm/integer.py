@@ -32,7 +32,7 @@ from compiler.intmath import llama as il
 from compiler.intmath.fixed_point import quantize_multipliers, requantize
 from compiler.llm import smoothing as sm
 from compiler.llm.calibrate import Ranges
-from compiler.llm.weights import LlamaWeights
+from compiler.llm.weights import LlamaShape, LlamaWeights
 
 AUTO = "auto"  # choose each site's smoothing strength on the calibration rows (compiler/llm/smoothing.py)
 
@@ -102,7 +102,7 @@ class QLinear:
 
 @dataclass(frozen=True)
 class IntLayer:
-    attn_norm: dict
+    attn_norm: il.RMSNormConstants
     attn_in: tuple[float, int]  # (scale, zero point); with dynamic_norms the base scale of the dynamic rows, 0
     q: QLinear
     k: QLinear
@@ -111,7 +111,7 @@ class IntLayer:
     k_rope: tuple[np.ndarray, np.ndarray]
     attn: il.AttentionConstants
     o: QLinear
-    ffn_norm: dict
+    ffn_norm: il.RMSNormConstants
     ffn_in: tuple[float, int]
     gate: QLinear
     up: QLinear
@@ -123,14 +123,14 @@ class IntLayer:
 
 @dataclass(frozen=True)
 class IntLlama:
-    shape: object
+    shape: LlamaShape
     resid_scale: float
     embed: np.ndarray  # int8 (vocab, hidden), per-row scales below
     embed_scale: np.ndarray
     embed_m0: np.ndarray
     embed_sh: np.ndarray
     layers: tuple[IntLayer, ...]
-    final_norm: dict
+    final_norm: il.RMSNormConstants
     final: tuple[float, int]
     head: QLinear  # (hidden, vocab): the embedding table transposed (tied) or the output matrix
     logit_scale: float
@@ -187,7 +187,7 @@ def _heads_absmax(v: np.ndarray, heads: int) -> np.ndarray:
     return v.reshape(heads, -1).max(axis=1)
 
 
-def _norm(gamma, resid_scale, eps, scale_zp) -> dict:
+def _norm(gamma, resid_scale, eps, scale_zp) -> il.RMSNormConstants:
     return il.rmsnorm_constants(resid_scale, INT32_MAX, eps, gamma, scale_zp[0], scale_zp[1])
 
 

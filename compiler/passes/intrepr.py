@@ -25,6 +25,14 @@ class IntRepr:
     bound: int
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A LayerNorm's integer output in the integer graph, where `eval --per-layer` reads the error."""
+
+    layer: int  # the LayerNorm's index in graph order
+    value: IntRepr
+
+
 def op(name):
     return tvm.ir.Op.get(name)
 

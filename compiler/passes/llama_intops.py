@@ -46,24 +46,24 @@ def emit_fixed_requantize(bb, acc, m0, shift, zero_point: int, out_dtype: str, q
                       out_dtype)
 
 
-def emit_rmsnorm(bb, x, c: dict, out_dtype: str = "int8"):
+def emit_rmsnorm(bb, x, c: il.RMSNormConstants, out_dtype: str = "int8"):
     """il.irmsnorm over the last axis (c from il.rmsnorm_constants)."""
     y = _as(bb, x, "int64")
     h = tensor_info(y)[1][-1]
-    if c["shift"] > 0:
-        y = bb.emit(R.right_shift(y, _i64(c["shift"])))
-    elif c["shift"] < 0:
-        y = bb.emit(R.left_shift(y, _i64(-c["shift"])))
+    if c.shift > 0:
+        y = bb.emit(R.right_shift(y, _i64(c.shift)))
+    elif c.shift < 0:
+        y = bb.emit(R.left_shift(y, _i64(-c.shift)))
     n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)), _i64(h)))
-    n = bb.emit(R.maximum(bb.emit(R.add(n, _i64(c["eps"]))), _i64(1)))
+    n = bb.emit(R.maximum(bb.emit(R.add(n, _i64(c.eps))), _i64(1)))
     rms, e = emit_isqrt(bb, n)
     top = bb.emit(R.left_shift(bb.emit(R.full_like(n, _i64(1))), bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS)))))
     recip = bb.emit(R.floor_divide(top, rms))
     u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),
                               bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS - il.RMS_FRAC_BITS)))))
-    v = _round_shift(bb, bb.emit(R.multiply(u, _i64(c["m0"]))), c["sh"])
-    if c["zp"]:
-        v = bb.emit(R.add(v, _i64(c["zp"])))
+    v = _round_shift(bb, bb.emit(R.multiply(u, _i64(c.m0))), c.sh)
+    if c.zp:
+        v = bb.emit(R.add(v, _i64(c.zp)))
     info = np.iinfo(out_dtype)
     return _clip_cast(bb, v, int(info.min), int(info.max), out_dtype)
 

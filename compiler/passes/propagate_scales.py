@@ -23,7 +23,7 @@ from tvm import relax
 
 from compiler.intmath import integer_ops as io
 from compiler.passes import head_rules, intops
-from compiler.passes.intrepr import INT_RANGE, IntRepr, op as _op, scalar as _scalar
+from compiler.passes.intrepr import INT_RANGE, IntRepr, Probe, op as _op, scalar as _scalar
 from compiler.tvm_compat import (
     PyExprMutator,
     const,
@@ -634,12 +634,13 @@ RULES: dict[str, Callable] = {
 
 @tvm.transform.module_pass(opt_level=0, name="IntformerPropagateScales")
 class PropagateScales:
-    """After the pass, `probes`: (LayerNorm index in graph order, IntRepr of its integer output), so that the
-    error of every layer's output can be read off the integer graph (compiler/layer_errors.py)."""
+    """After the pass, `probes`: a Probe (LayerNorm index in graph order, IntRepr of its integer output) per
+    LayerNorm, so that the error of every layer's output can be read off the integer graph
+    (compiler/layer_errors.py)."""
 
     def __init__(self):
         self.rewritten = 0
-        self.probes: tuple = ()
+        self.probes: tuple[Probe, ...] = ()
 
     def transform_module(self, mod, ctx):
         mutator = _Propagate(mod)
@@ -650,7 +651,7 @@ class PropagateScales:
             if isinstance(b.value, relax.Call) and b.value.op == _op("relax.nn.layer_norm"))}
         mod = mutate_functions(mutator, mod)
         self.rewritten = mutator.rewritten
-        self.probes = tuple(sorted(mutator.probes.items(), key=lambda kv: kv[0]))
+        self.probes = tuple(Probe(k, r) for k, r in sorted(mutator.probes.items(), key=lambda kv: kv[0]))
         return mod
 
 

@@ -16,11 +16,13 @@ from dataclasses import replace
 import tvm
 from tvm import relax
 
-from compiler.artifact import EntrySpec
+from compiler.artifact import EntrySpec, IndexBound
 from compiler.calibrate.collect import index_bounds
 from compiler.calibrate.table import CalibrationInfo
 from compiler.errors import IntformerError
 from compiler.report import CompileReport, GraphReport
+from compiler.seq2seq.spec import Seq2SeqSpec
+from compiler.state import CompileState
 
 ENTRIES = ("encoder", "decoder")
 
@@ -35,13 +37,13 @@ def link_modules(mods: dict) -> tvm.IRModule:
     return tvm.IRModule(funcs)
 
 
-def link_states(states: dict, spec, bundle: str):
+def link_states(states: dict[str, CompileState], spec: Seq2SeqSpec, bundle: str) -> CompileState:
     entries = []
     for name in ENTRIES:
         st = states[name]
-        quant = tuple((n, sc, zp) for n, sc, zp in st.io_qparams
-                      if n in {s.name for s in st.inputs} | {s.name for s in st.outputs})
-        bounds = tuple((n, -rows, rows - 1) for n, rows in index_bounds(st.onnx_model).items())
+        quant = tuple(q for q in st.seq2seq.io_qparams
+                      if q.name in {s.name for s in st.inputs} | {s.name for s in st.outputs})
+        bounds = tuple(IndexBound(n, -rows, rows - 1) for n, rows in index_bounds(st.onnx_model).items())
         entries.append(EntrySpec(name, st.inputs, st.outputs, quant, bounds, st.model_sha256))
     spec_json = spec.to_json()
     if spec.vocab:
@@ -53,6 +55,7 @@ def link_states(states: dict, spec, bundle: str):
                                   encoder_samples=enc.table.num_samples, decoder_samples=dec.table.num_samples)
     report = CompileReport.of(GraphReport.merge(graphs), graphs=tuple(graphs.items()), calibration=calibration)
     mod = link_modules({n: states[n].relax_mod for n in ENTRIES})
-    return replace(enc, model_path=bundle, relax_mod=mod, lowered_mod=None, report=report, entries=tuple(entries),
-                   seq2seq=spec_json, model_sha256=enc.model_sha256 + "+" + dec.model_sha256,
+    parts = replace(enc.seq2seq, io_qparams=(), entries=tuple(entries), spec_json=spec_json)
+    return replace(enc, model_path=bundle, relax_mod=mod, lowered_mod=None, report=report, seq2seq=parts,
+                   model_sha256=enc.model_sha256 + "+" + dec.model_sha256,
                    table_sha256=enc.table_sha256 + "+" + dec.table_sha256)

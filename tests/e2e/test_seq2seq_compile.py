@@ -61,7 +61,7 @@ def test_integer_only_with_int8_crossings_and_vocabulary(compiled):
     dec_in = {s.name: s.dtype for s in dec.inputs}
     assert dec_in["enc_out"] == "int8" and all(dec_in[f"cache_{kv}{i}"] == "int8" for kv in "kv" for i in (0, 1))
     assert {s.name: s.dtype for s in dec.outputs}["logprobs"] == "float32"
-    assert dict((n, s) for n, s, _ in enc.quant)["enc_out"] == dict((n, s) for n, s, _ in dec.quant)["enc_out"]
+    assert {q.name: q.scale for q in enc.quant}["enc_out"] == {q.name: q.scale for q in dec.quant}["enc_out"]
     with open(os.path.join(bundle, "spm.model"), "rb") as f:
         from compiler.seq2seq.backend_tvm import CompiledBackend
 
@@ -101,7 +101,7 @@ def test_greedy_close_to_fp32(compiled):
         first = {"prev_ids": np.full((2, 1), lib.spec.bos_id, np.int64), "step": np.zeros(1, np.int64),
                  "src_mask": mask}
         enc_int, enc_fp = lib.encode(ids, mask), fp.encode(ids, mask)
-        scale = dict((n, sc) for n, sc, _ in lib.manifest.entry_spec("encoder").quant)["enc_out"]
+        scale = {q.name: q.scale for q in lib.manifest.entry_spec("encoder").quant}["enc_out"]
         e1, e2 = enc_int["enc_out"].astype(np.float64) * scale, enc_fp["enc_out"].astype(np.float64)
         assert np.sum(e1 * e2) / np.linalg.norm(e1) / np.linalg.norm(e2) >= MIN_ENCODER_COSINE
         lp_int = lib.step({**first, **enc_int, **initial_states(lib, 2)})["logprobs"]

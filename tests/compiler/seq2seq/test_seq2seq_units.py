@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from compiler.artifact import EntrySpec, Manifest
+from compiler.artifact import EntrySpec, IndexBound, IOQuant, Manifest
 from compiler.calibrate.table import CalibrationInfo, CalibrationTable, TensorRange
 from compiler.config import TensorSpec
 from compiler.report import GraphReport
@@ -80,7 +80,7 @@ CALIBRATION = CalibrationInfo("minmax", "data", 99.99, samples=1)
 
 def test_manifest_entries_round_trip_and_old_manifests_load():
     e = EntrySpec("decoder", (TensorSpec("c", (2, 4), "int8"),), (TensorSpec("logprobs", (2, 10), "float32"),),
-                  (("c", 0.01, 0),), (("prev_ids", -10, 9),), "abc")
+                  (IOQuant("c", 0.01, 0),), (IndexBound("prev_ids", -10, 9),), "abc")
     m = Manifest((), (), {}, {}, "", "", CALIBRATION, {}, NO_OPS, entries=(e,), seq2seq={"format": "intformer-seq2seq"})
     back = Manifest.from_json(m.to_json())
     assert back.entry_spec("decoder") == e and back.seq2seq == m.seq2seq

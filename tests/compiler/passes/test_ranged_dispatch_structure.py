@@ -1,0 +1,115 @@
+"""add_dispatch (compiler/ranged.py), Before/Expected: a module holding one function per bucket gets a `main` that
+checks the shape is inside the ranges, takes the smallest bucket that holds it, zero-pads the ranged axes of the
+inputs up to the bucket, calls the bucket's function and slices the ranged axes of the outputs back."""
+
+import tvm
+from tvm.script import ir as I, relax as R
+
+from compiler.config import TensorSpec
+from compiler.ranged import add_dispatch
+from compiler.tvm_compat import tir_script as T
+
+SEQ = ((1, 1, 4, "seq"),)  # axis 1 of x and y: any size in 1..4, named seq
+
+
+@I.ir_module
+class Before:
+    @R.function
+    def main_2(x: R.Tensor((1, 2), "int8")) -> R.Tensor((1, 2), "int32"):
+        y = R.astype(x, "int32")
+        return y
+
+    @R.function
+    def main_4(x: R.Tensor((1, 4), "int8")) -> R.Tensor((1, 4), "int32"):
+        y = R.astype(x, "int32")
+        return y
+
+
+@I.ir_module
+class Expected:
+    @R.function
+    def main_2(x: R.Tensor((1, 2), "int8")) -> R.Tensor((1, 2), "int32"):
+        y = R.astype(x, "int32")
+        return y
+
+    @R.function
+    def main_4(x: R.Tensor((1, 4), "int8")) -> R.Tensor((1, 4), "int32"):
+        y = R.astype(x, "int32")
+        return y
+
+    @T.prim_func(s_tir=True)
+    def intformer_pad_int8_2(src_h: T.handle, padded: T.Buffer((1, 2), "int8")):
+        T.func_attr({"tirx.noalias": True})
+        n1 = T.int64()
+        src = T.match_buffer(src_h, (1, n1), "int8")
+        for i0, i1 in T.grid(1, 2):
+            with T.sblock("padded"):
+                v_i0, v_i1 = T.axis.remap("SS", [i0, i1])
+                T.reads(src[v_i0, v_i1])
+                T.writes(padded[v_i0, v_i1])
+                padded[v_i0, v_i1] = T.if_then_else(v_i0 < 1 and T.Cast("int64", v_i1) < n1, src[v_i0, v_i1],
+                                                    T.int8(0))
+
+    @T.prim_func(s_tir=True)
+    def intformer_pad_int8_4(src_h: T.handle, padded: T.Buffer((1, 4), "int8")):
+        T.func_attr({"tirx.noalias": True})
+        n1 = T.int64()
+        src = T.match_buffer(src_h, (1, n1), "int8")
+        for i0, i1 in T.grid(1, 4):
+            with T.sblock("padded"):
+                v_i0, v_i1 = T.axis.remap("SS", [i0, i1])
+                T.reads(src[v_i0, v_i1])
+                T.writes(padded[v_i0, v_i1])
+                padded[v_i0, v_i1] = T.if_then_else(v_i0 < 1 and T.Cast("int64", v_i1) < n1, src[v_i0, v_i1],
+                                                    T.int8(0))
+
+    @T.prim_func(s_tir=True)
+    def intformer_slice_int32_2(src: T.Buffer((1, 2), "int32"), sliced_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n1 = T.int64()
+        sliced = T.match_buffer(sliced_h, (1, n1), "int32")
+        for i0, i1 in T.grid(1, n1):
+            with T.sblock("sliced"):
+                v_i0 = T.axis.spatial(1, i0)
+                v_i1 = T.axis.spatial((0, n1), i1)
+                T.reads(src[v_i0, v_i1])
+                T.writes(sliced[v_i0, v_i1])
+                sliced[v_i0, v_i1] = src[v_i0, v_i1]
+
+    @T.prim_func(s_tir=True)
+    def intformer_slice_int32_4(src: T.Buffer((1, 4), "int32"), sliced_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n1 = T.int64()
+        sliced = T.match_buffer(sliced_h, (1, n1), "int32")
+        for i0, i1 in T.grid(1, n1):
+            with T.sblock("sliced"):
+                v_i0 = T.axis.spatial(1, i0)
+                v_i1 = T.axis.spatial((0, n1), i1)
+                T.reads(src[v_i0, v_i1])
+                T.writes(sliced[v_i0, v_i1])
+                sliced[v_i0, v_i1] = src[v_i0, v_i1]
+
+    @R.function(pure=False)  # it asserts the range
+    def main(x: R.Tensor((1, "seq"), "int8")) -> R.Tensor((1, "seq"), "int32"):
+        seq = T.int64()
+        cls = Expected
+        R.assert_op(R.prim_value(T.And(seq >= 1, seq <= 4)),
+                    format=R.str("input shape outside the compiled ranges seq=1..4"))
+        if R.prim_value(seq <= 2):
+            x_padded = R.call_tir(cls.intformer_pad_int8_2, (x,), out_ty=R.Tensor((1, 2), "int8"))
+            result: R.Tensor((1, 2), "int32") = cls.main_2(x_padded)
+            y_sliced = R.call_tir(cls.intformer_slice_int32_2, (result,), out_ty=R.Tensor((1, seq), "int32"))
+            chosen0 = y_sliced
+        else:
+            x_padded = R.call_tir(cls.intformer_pad_int8_4, (x,), out_ty=R.Tensor((1, 4), "int8"))
+            result: R.Tensor((1, 4), "int32") = cls.main_4(x_padded)
+            y_sliced = R.call_tir(cls.intformer_slice_int32_4, (result,), out_ty=R.Tensor((1, seq), "int32"))
+            chosen0 = y_sliced
+        return chosen0
+
+
+def test_main_pads_to_the_smallest_bucket_that_holds_the_input_and_slices_back():
+    inputs = (TensorSpec("x", (1, 4), "int8", ranges=SEQ),)
+    outputs = (TensorSpec("y", (1, 4), "int32", ranges=SEQ),)
+    after = add_dispatch(Before, inputs, outputs, [{"seq": 2}, {"seq": 4}])
+    tvm.ir.assert_structural_equal(after, Expected)
