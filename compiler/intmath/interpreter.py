@@ -24,6 +24,10 @@ def _attr(call, name, default=None):
     return v
 
 
+# relax.take's mode -> np.take's: "fast" assumes ids in range (NumPy then raises instead of reading outside)
+_TAKE_MODES = {"fast": "raise", "clip": "clip", "wrap": "wrap"}
+
+
 def _axes(call, name="axis"):
     v = _attr(call, name)
     if v is None:
@@ -116,7 +120,8 @@ OPS: dict[str, Callable] = {
     "relax.sum": _reduce(np.sum),
     "relax.max": _reduce(np.max),
     "relax.min": _reduce(np.min),
-    "relax.take": lambda c, t, i: np.take(t, i.astype(np.int64), axis=int(_attr(c, "axis", 0) or 0)),
+    "relax.take": lambda c, t, i: np.take(t, i.astype(np.int64), axis=int(_attr(c, "axis", 0) or 0),
+                                         mode=_TAKE_MODES[str(_attr(c, "mode", "fast"))]),
     "relax.reshape": lambda c, x, shape: np.reshape(x, _shape(shape)),
     "relax.permute_dims": lambda c, x: np.transpose(x, _axes(c, "axes")),
     "relax.expand_dims": lambda c, x: np.expand_dims(x, _axes(c)),

@@ -102,10 +102,12 @@ def emit_requantize_rows(bb, acc, m0: np.ndarray, shift: np.ndarray, k, bias: np
 
 
 def emit_gather_rows(bb, codes: np.ndarray, mult: np.ndarray, idx):
-    """int32 rows of a row-scaled table (intmath.row_scaled_table) at its fine scale: intmath.gather_rows."""
-    c = bb.emit(R.astype(bb.emit(R.take(const(codes, "int8"), idx, axis=0)), "int32"))
+    """int32 rows of a row-scaled table (intmath.row_scaled_table) at its fine scale: intmath.gather_rows. The ids
+    are clipped into the table (one min and max per id): an id the caller did not check reads a row, never memory
+    outside the table."""
+    c = bb.emit(R.astype(bb.emit(R.take(const(codes, "int8"), idx, axis=0, mode="clip")), "int32"))
     m = bb.emit(R.astype(bb.emit(R.take(const(mult.reshape(-1, *([1] * (codes.ndim - 1))), "int16"), idx,
-                                        axis=0)), "int32"))
+                                        axis=0, mode="clip")), "int32"))
     return bb.emit(R.multiply(c, m))
 
 

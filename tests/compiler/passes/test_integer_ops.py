@@ -337,3 +337,25 @@ def test_row_scaled_table_gather_matches_twin_and_bound(vocab, hidden, spread, s
     real = table[idx[0]]
     row_step = np.abs(real).max(-1, keepdims=True) / 127
     assert np.all(np.abs(ref[0] * fine - real) <= (row_step + fine) / 2 + 1e-12)
+
+
+def test_gather_rows_clips_ids_outside_the_table():
+    """An id the caller did not check reads the nearest row (the library and the reference interpreter alike),
+    never memory outside the table."""
+    from compiler.intmath.interpreter import Interpreter
+
+    table = np.random.default_rng(0).normal(size=(10, 4))
+    codes, mult, _ = io.row_scaled_table(table)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", tensor_type((1, 5), "int64"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(intops.emit_gather_rows(bb, codes, mult, x))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    ids = np.array([[0, 9, 3, 10, 1000]], np.int64)
+    vm = relax.VirtualMachine(tvm.compile(mod, tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(ids)).numpy()
+    want = Interpreter(mod)(ids)
+    np.testing.assert_array_equal(got, want[0] if isinstance(want, (list, tuple)) else want)
+    np.testing.assert_array_equal(got[0, 3:], io.gather_rows(codes, mult, np.array([[9, 9]]))[0])
