@@ -32,7 +32,7 @@ def make_manifest(st) -> Manifest:
             tool_versions=tool_versions(), model_sha256=st.model_sha256, calibration_table_sha256=st.table_sha256,
             calibration=rep.calibration, input_ranges={}, report=rep.summary(),
             input_bounds={n: [lo, hi] for n, lo, hi in first.input_bounds}, entry=first.name,
-            entries=st.entries, seq2seq=st.seq2seq)
+            entries=st.entries, seq2seq=st.seq2seq, llm=st.llm)
     return Manifest(
         inputs=st.inputs, outputs=st.outputs, target=st.target_spec.to_json(),
         tool_versions=tool_versions(), model_sha256=st.model_sha256,

@@ -40,4 +40,6 @@ class CompileState:
     io_qparams: tuple = ()  # (name, scale, zero point): graph inputs/outputs that cross as int8
     entries: tuple = ()  # artifact.EntrySpec of each entry point of a linked module
     seq2seq: Any = None  # the bundle's spec JSON (+ vocabulary) for the manifest
+    llm_model: Any = None  # decoder-only LMs: the integer NumPy twin (compiler/llm/integer.IntLlama)
+    llm: Any = None  # decoder-only LMs (compiler/llm/build.py): the LlmSpec JSON (+ tokenizer) for the manifest
     buckets: tuple = ()  # ranged dims: the compiled sizes, ((variable, size), ...) per bucket function
