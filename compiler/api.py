@@ -494,12 +494,12 @@ def translate(model: str, lines, batch: int = 0, beam: int = 1, threads: int = 1
 
 
 # ---- decoder-only language models (compiler/llm) -------------------------------------------------------------
-def load_llm(library: str):
-    """A compiled LM library with its cache and tokenizer (compiler/llm/library.LlmLibrary)."""
-    from compiler.io_safety import check_library  # noqa: F401  (LlmLibrary checks the file before loading it)
+def load_llm(library: str, remote=None):
+    """A compiled LM library with its cache and tokenizer (compiler/llm/library.LlmLibrary), here or on the
+    device `remote` (targets.remote.RemoteSpec)."""
     from compiler.llm.library import LlmLibrary
 
-    return LlmLibrary(library)
+    return LlmLibrary(library, remote)
 
 
 def perplexity(library: str, text_path: str, max_len: int = 128):
@@ -518,12 +518,13 @@ def perplexity(library: str, text_path: str, max_len: int = 128):
 
 
 def generate(library: str, prompt: str, max_new_tokens: int = 64, sampling=None, chat: bool = False,
-             write=None) -> list[int]:
+             write=None, remote=None) -> list[int]:
     """Tokens generated after `prompt` (the chat template applied with `chat`), each written out as text by
-    `write` as soon as it is made; returns their ids. sampling: compiler/llm/library.Sampling (default greedy)."""
+    `write` as soon as it is made; returns their ids. sampling: compiler/llm/library.Sampling (default greedy);
+    remote: run on that device over RPC."""
     from compiler.llm import library as L
 
-    lib = load_llm(library)
+    lib = load_llm(library, remote)
     ids = L.prompt_tokens(lib, prompt, chat)
     tokens = L.generate_tokens(lib, ids, max_new_tokens, sampling or L.Sampling())
     return L.stream_text(lib, tokens, write or (lambda s: None))

@@ -71,7 +71,7 @@ def _generate(a) -> int:
         sys.stdout.flush()
 
     sampling = Sampling(a.temperature, a.top_k, a.top_p, a.seed)
-    api.generate(a.library, a.prompt, a.max_new_tokens, sampling, chat=a.chat, write=write)
+    api.generate(a.library, a.prompt, a.max_new_tokens, sampling, chat=a.chat, write=write, remote=_remote(a))
     sys.stdout.write("\n")
     return 0
 
@@ -504,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sample from the smallest set of tokens whose probability reaches P (default 1)")
     ge.add_argument("--seed", type=int, default=None, metavar="S", help="random seed of the sampling")
     ge.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
+    _add_remote_args(ge)
     ge.set_defaults(func=_generate)
 
     im = sub.add_parser("import-marian", help="a Bergamot/Marian model folder -> a seq2seq bundle of ONNX graphs")

@@ -2,7 +2,8 @@
 library's `prefill` and `decode` entry points as state, chunked prefill of any prompt up to the context, the
 logits' scale, the tokenizer the library carries; and on top, the perplexity protocol and token generation.
 
-Only the TVM runtime, NumPy and transformers' tokenizer are needed (no compiler imports beyond the runtime's)."""
+Only the TVM runtime, NumPy and transformers' tokenizer are needed (no compiler imports beyond the runtime's and,
+for a device over RPC, compiler/device.py's)."""
 
 from __future__ import annotations
 
@@ -20,18 +21,26 @@ class LlmLibrary:
     """`lib.forward(ids, start) -> int32 logit codes (len, vocab)` for tokens at positions start.., writing
     their keys and values into the cache; `lib.reset()` empties it."""
 
-    def __init__(self, path: str, device=None):
+    def __init__(self, path: str, remote=None):
+        """remote: a targets.remote.RemoteSpec to run on a device over TVM RPC (the library uploaded there)."""
+        from compiler.device import load_model
         from compiler.runtime import CompiledModel
 
-        first = CompiledModel(path, device)
+        first = load_model(path, remote)
         if first.manifest.llm is None:
             raise IntformerError(f"{path}: not a language-model library (it was compiled from "
                                  f"{'an encoder-decoder' if first.manifest.seq2seq else 'an ONNX model'}); "
                                  "compile a .gguf file or a LLaMA-family folder with `intformer compile`")
         self.path = path
         self.spec = LlmSpec.from_json(first.manifest.llm)
-        self.prefill = CompiledModel(path, first.device, module=first.module, entry="prefill")
-        self.decode = CompiledModel(path, first.device, module=first.module, entry="decode")
+        if remote is None:  # one loaded module, a VM per entry point
+            self.prefill = CompiledModel(path, first.device, module=first.module, entry="prefill")
+            self.decode = CompiledModel(path, first.device, module=first.module, entry="decode")
+        else:  # one session and upload, a RemoteModel per entry point
+            from compiler.device import RemoteModel
+
+            self.prefill = first if first.entry == "prefill" else RemoteModel(path, remote, "prefill", share=first)
+            self.decode = RemoteModel(path, remote, "decode", share=first)
         self.keys = np.zeros(self.spec.cache_shape(), np.int8)
         self.values = np.zeros(self.spec.cache_shape(), np.int8)
         self.length = 0  # positions written

@@ -106,3 +106,18 @@ def test_cli_perplexity_json_and_generate(compiled, tmp_path, capsys):
     assert json.loads(line[0])["tokens"] == 12 + 15  # bytes of each line (13, 16), minus the first
     assert main(["generate", compiled[0].library, "--prompt", "the", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+
+
+def test_generate_over_rpc_equals_local(compiled):
+    """`generate --rpc`: the library uploaded to a TVM RPC server (a local one: the host's own library) makes
+    the same greedy tokens as here."""
+    import os
+
+    from compiler import api
+    from targets.remote import RemoteSpec
+    from tests.targets.conftest import local_rpc_server
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    with local_rpc_server(root) as port:
+        remote = api.generate(compiled[0].library, "the dog", 6, remote=RemoteSpec(rpc=f"127.0.0.1:{port}"))
+    assert remote == api.generate(compiled[0].library, "the dog", 6)
