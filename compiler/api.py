@@ -101,6 +101,11 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
         if not os.path.isfile(calibration_text):
             raise IntformerError(f"{calibration_text}: no such file (--calibration-text: plain text, one document "
                                  "a line)")
+        from compiler.llm.perplexity import read_documents
+
+        if not any(t.strip() for t in read_documents(calibration_text)):  # before loading the model (seconds)
+            raise IntformerError(f"{calibration_text}: no text to calibrate on (give plain text, one document a "
+                                 "line)")
         if options.calibration_data or options.calibration_table or save_calibration_table:
             raise IntformerError(f"{model_path}: a language model is calibrated from --calibration-text, not "
                                  "--calibration-data/--calibration-table (nor saved with --save-calibration-table)")

@@ -37,6 +37,15 @@ def test_compile_a_gguf_without_calibration_text(tmp_path):
     run_bad(["compile", g, "-o", tmp_path / "x.so"], ["m.gguf", "--calibration-text"], inputs=[g])
 
 
+def test_compile_with_empty_calibration_text(tmp_path):
+    g = tmp_path / "m.gguf"
+    g.write_bytes(b"GGUF" + bytes(60))
+    text = tmp_path / "blank lines.txt"
+    text.write_text("\n   \n\n")
+    run_bad(["compile", g, "-o", tmp_path / "x.so", "--calibration-text", text], ["blank lines.txt", "no text"],
+            inputs=[g, text])
+
+
 def test_context_on_an_onnx_model(tmp_path):
     run_bad(["compile", tmp_path / "m.onnx", "-o", tmp_path / "x.so", "--context", "64"], ["--context"])
 

@@ -85,6 +85,21 @@ def test_perplexity_and_greedy_generation_equal_the_reference(compiled, lib, tmp
     assert "".join(pieces) == lib.tokenizer.decode(out)
 
 
+def test_lengths_beyond_the_context_are_clear_errors(compiled, lib, tmp_path):
+    from compiler import api
+    from compiler.errors import IntformerError
+    from compiler.llm.library import generate_tokens
+
+    text = tmp_path / "t.txt"
+    text.write_text("the red house\n")
+    with pytest.raises(IntformerError, match="--max-len 41 is longer than the library's context of 40"):
+        api.perplexity(compiled[0].library, str(text), max_len=CONTEXT + 1)
+    with pytest.raises(IntformerError, match="context is 40"):
+        list(generate_tokens(lib, [5] * CONTEXT, 4))
+    with pytest.raises(IntformerError, match="do not fit the library's context of 40"):
+        lib.forward(np.zeros(CONTEXT + 1, np.int32), 0)
+
+
 def test_sampling_is_reproducible_with_a_seed(compiled):
     from compiler import api
     from compiler.llm.library import Sampling
