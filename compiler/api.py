@@ -22,6 +22,7 @@ from compiler.report import CompileReport
 if TYPE_CHECKING:
     import tvm
 
+    from compiler.llm.integer import IntLlama
     from compiler.ranged import Bucket
 
 
@@ -32,6 +33,7 @@ class CompileResult:
     report: CompileReport
     module: Optional[tvm.IRModule] = None  # the integer Relax module the library was built from
     buckets: tuple[Bucket, ...] = ()  # ranged dims: the compiled sizes, one per bucket function
+    llm_model: Optional[IntLlama] = None  # decoder-only LMs: the integer NumPy twin (compiler/llm/integer.py)
 
     def reference(self, entry: str = ""):
         """The NumPy twin of the library (of its entry point `entry` when it has several):
@@ -76,9 +78,10 @@ def is_marian_folder(path: str) -> bool:
 
 def compile_model(model_path: str, output: str, options: CompileOptions = CompileOptions(),
                   report_path: str | None = None, save_calibration_table: str | None = None,
-                  calibration_text: str | None = None) -> CompileResult:
-    """ONNX file, seq2seq bundle folder or Bergamot/Marian folder -> integer library at `output`
-    (+ `<output>.manifest.json`, + the report if asked). Encoder-decoders need `calibration_text`."""
+                  calibration_text: str | None = None, context: int | None = None) -> CompileResult:
+    """ONNX file, seq2seq bundle folder, Bergamot/Marian folder, or a decoder-only LM (GGUF file or LLaMA-family
+    transformers folder) -> integer library at `output` (+ `<output>.manifest.json`, + the report if asked).
+    Encoder-decoders and LMs need `calibration_text`; `context`: an LM's cache positions."""
     check_options(options)  # before the imports below (TVM takes seconds): a bad -o fails at once
     inputs = {"MODEL": model_path, "--calibration-data": options.calibration_data,
               "--calibration-table": options.calibration_table, "--calibration-text": calibration_text}
@@ -91,7 +94,29 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
         check_output(save_calibration_table, "--save-calibration-table", {"--report": report_path})
     if options.dump_ir:
         check_output(options.dump_ir, "--dump-ir", kind="folder")
-    from compiler.pipeline import run_pipeline, run_seq2seq_pipeline
+    from compiler.llm.build import DEFAULT_CONTEXT, check_model_path, is_llm
+
+    llm = is_llm(model_path)
+    if context is not None and not llm:
+        raise IntformerError(f"{model_path}: --context is for decoder-only LMs (a .gguf file or a LLaMA-family "
+                             "transformers folder)")
+    if llm:
+        check_model_path(model_path)
+        if not calibration_text:
+            raise IntformerError(f"{model_path}: a language model needs --calibration-text FILE (plain text, one "
+                                 "document a line)")
+        if not os.path.isfile(calibration_text):
+            raise IntformerError(f"{calibration_text}: no such file (--calibration-text: plain text, one document "
+                                 "a line)")
+        from compiler.llm.perplexity import read_documents
+
+        if not any(t.strip() for t in read_documents(calibration_text)):  # before loading the model (seconds)
+            raise IntformerError(f"{calibration_text}: no text to calibrate on (give plain text, one document a "
+                                 "line)")
+        if options.calibration_data or options.calibration_table or save_calibration_table:
+            raise IntformerError(f"{model_path}: a language model is calibrated from --calibration-text, not "
+                                 "--calibration-data/--calibration-table (nor saved with --save-calibration-table)")
+    from compiler.pipeline import run_llm_pipeline, run_pipeline, run_seq2seq_pipeline
     from compiler.seq2seq.spec import is_bundle
     from compiler.tvm_compat import export_library
 
@@ -102,7 +127,9 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
     if seq2seq and (options.calibration_data or options.calibration_table or save_calibration_table):
         raise IntformerError(f"{model_path}: an encoder-decoder is calibrated from --calibration-text, not "
                              "--calibration-data/--calibration-table (nor saved with --save-calibration-table)")
-    if is_bundle(model_path):
+    if llm:
+        st = run_llm_pipeline(model_path, options, calibration_text, context or DEFAULT_CONTEXT)
+    elif is_bundle(model_path):
         st = run_seq2seq_pipeline(model_path, options, calibration_text)
     elif seq2seq:
         from compiler.seq2seq.marian import import_marian
@@ -128,7 +155,7 @@ def compile_model(model_path: str, output: str, options: CompileOptions = Compil
         st.table.save(save_calibration_table)
     mm = report.matmuls
     status(f"wrote {output}: {mm.int8}/{mm.total} matmuls int8, target {st.target_spec.name}")
-    return CompileResult(output, st.manifest, report, st.relax_mod, st.buckets)
+    return CompileResult(output, st.manifest, report, st.relax_mod, st.buckets, st.llm.model)
 
 
 def check_options(options: CompileOptions) -> None:
@@ -477,3 +504,40 @@ def translate(model: str, lines, batch: int = 0, beam: int = 1, threads: int = 1
     tokenizer = SentencePieceTokenizer.of_backend(backend)
     outs, stats = translate_lines(list(lines), backend, tokenizer, DecodeOptions(beam=beam, batch=batch), on_step)
     return [" ".join(o.splitlines()) for o in outs], stats
+
+
+# ---- decoder-only language models (compiler/llm) -------------------------------------------------------------
+def load_llm(library: str, remote=None):
+    """A compiled LM library with its cache and tokenizer (compiler/llm/library.LlmLibrary), here or on the
+    device `remote` (targets.remote.RemoteSpec)."""
+    from compiler.llm.library import LlmLibrary
+
+    return LlmLibrary(library, remote)
+
+
+def perplexity(library: str, text_path: str, max_len: int = 128):
+    """The issue-15 protocol on a text file (one document a line) through a compiled LM library:
+    compiler/llm/perplexity.Perplexity (ppl, predicted tokens, nll, documents)."""
+    from compiler.llm import library as L
+    from compiler.llm.perplexity import read_documents
+
+    if not os.path.isfile(text_path):
+        raise IntformerError(f"{text_path}: no such file (--text: plain text, one document a line)")
+    lib = load_llm(library)
+    try:
+        return L.perplexity(lib, read_documents(text_path), max_len)
+    except ValueError as e:  # no document with two tokens
+        raise IntformerError(f"{text_path}: {e}") from None
+
+
+def generate(library: str, prompt: str, max_new_tokens: int = 64, sampling=None, chat: bool = False,
+             write=None, remote=None) -> list[int]:
+    """Tokens generated after `prompt` (the chat template applied with `chat`), each written out as text by
+    `write` as soon as it is made; returns their ids. sampling: compiler/llm/library.Sampling (default greedy);
+    remote: run on that device over RPC."""
+    from compiler.llm import library as L
+
+    lib = load_llm(library, remote)
+    ids = L.prompt_tokens(lib, prompt, chat)
+    tokens = L.generate_tokens(lib, ids, max_new_tokens, sampling or L.Sampling())
+    return L.stream_text(lib, tokens, write or (lambda s: None))

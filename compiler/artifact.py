@@ -83,6 +83,7 @@ class Manifest:
     entries: tuple[EntrySpec, ...] = ()  # several entry points (inputs/outputs/entry then describe the first)
     seq2seq: dict = None  # the Seq2SeqSpec JSON, with the vocabulary file's bytes as base64 under "vocab_base64"
     token_scales: bool = False  # per-token activation scales (compile --token-scales): `eval --per-layer` rebuilds so
+    llm: dict = None  # decoder-only LMs: compiler/llm/spec.LlmSpec JSON, with the tokenizer's files (base64)
 
     def entry_spec(self, name: str) -> EntrySpec:
         for e in self.entries:
@@ -94,6 +95,8 @@ class Manifest:
         extra = {}
         if self.entries:
             extra = {"entries": [e.to_json() for e in self.entries], "seq2seq": self.seq2seq}
+            if self.llm is not None:
+                extra["llm"] = self.llm
         return {**extra,
             "format": FORMAT, "version": VERSION, "entry": self.entry,
             "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
@@ -122,6 +125,7 @@ class Manifest:
             entry=d.get("entry", ENTRY_FUNC),
             entries=tuple(EntrySpec.from_json(e) for e in d.get("entries", ())), seq2seq=d.get("seq2seq"),
             token_scales=bool(d.get("token_scales", False)),  # libraries from before the field: off
+            llm=d.get("llm"),
         )
 
 

@@ -29,7 +29,7 @@ def tool_versions() -> dict:
 
 def make_manifest(st: CompileState) -> Manifest:
     rep = st.report
-    entries = st.seq2seq.entries
+    entries = st.entries
     if entries:  # several entry points (seq2seq): inputs/outputs/entry describe the first
         first = entries[0]
         return Manifest(
@@ -37,7 +37,8 @@ def make_manifest(st: CompileState) -> Manifest:
             tool_versions=tool_versions(), model_sha256=st.model_sha256, calibration_table_sha256=st.table_sha256,
             calibration=rep.calibration, input_ranges={}, report=rep.summary(),
             input_bounds={b.name: [b.lo, b.hi] for b in first.input_bounds}, entry=first.name,
-            entries=entries, seq2seq=st.seq2seq.spec_json, token_scales=st.options.token_scales)
+            entries=entries, seq2seq=st.seq2seq.spec_json, llm=st.llm.spec_json,
+            token_scales=st.options.token_scales)
     return Manifest(
         inputs=st.inputs, outputs=st.outputs, target=st.target_spec.to_json(),
         tool_versions=tool_versions(), model_sha256=st.model_sha256,

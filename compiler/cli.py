@@ -44,7 +44,35 @@ def _compile(a) -> int:
     from compiler import api
 
     api.compile_model(a.model, a.output, _compile_options(a), report_path=a.report,
-                      save_calibration_table=a.save_calibration_table, calibration_text=a.calibration_text)
+                      save_calibration_table=a.save_calibration_table, calibration_text=a.calibration_text,
+                      context=a.context)
+    return 0
+
+
+def _perplexity(a) -> int:
+    import json
+
+    from compiler import api
+
+    r = api.perplexity(a.library, a.text, a.max_len)
+    if a.json:
+        print(json.dumps(r.to_json()))
+    else:
+        print(f"perplexity {r.ppl:.4f} over {r.tokens} predicted tokens in {r.documents} documents")
+    return 0
+
+
+def _generate(a) -> int:
+    from compiler import api
+    from compiler.llm.library import Sampling
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    sampling = Sampling(a.temperature, a.top_k, a.top_p, a.seed)
+    api.generate(a.library, a.prompt, a.max_new_tokens, sampling, chat=a.chat, write=write, remote=_remote(a))
+    sys.stdout.write("\n")
     return 0
 
 
@@ -366,11 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[debug], **kw)
 
     c = sub.add_parser("compile", help="compile an ONNX model into an integer library")
-    c.add_argument("model", metavar="MODEL", help="an ONNX file, a seq2seq bundle folder (seq2seq.json) or a "
-                   "Bergamot/Marian model folder (.bin, .spm, .yml)")
+    c.add_argument("model", metavar="MODEL", help="an ONNX file, a seq2seq bundle folder (seq2seq.json), a "
+                   "Bergamot/Marian model folder (.bin, .spm, .yml), or a decoder-only LM: a .gguf file or a "
+                   "LLaMA-family transformers folder")
     c.add_argument("-o", "--output", required=True, metavar="OUT.so")
     c.add_argument("--calibration-text", metavar="FILE",
-                   help="encoder-decoders: source sentences, one a line (the decoder calibrates on real decoding)")
+                   help="encoder-decoders: source sentences, one a line (the decoder calibrates on real decoding); "
+                        "language models: plain text, one document a line")
+    c.add_argument("--context", type=_int_at_least(2), default=None, metavar="N",
+                   help="language models: the KV cache's positions, prompt and generated tokens (default 256)")
     _add_model_options(c)
     c.add_argument("--save-calibration-table", metavar="TABLE.json", help="write the calibration table")
     c.add_argument("--report", metavar="REPORT.json", help="write the compile report (ops, dtypes, matmul counts)")
@@ -452,6 +484,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-o", "--output", metavar="OUT.txt", help="write this file instead of stdout")
     _add_remote_args(tr)
     tr.set_defaults(func=_translate)
+
+    pp = sub.add_parser("perplexity", help="perplexity of a compiled language model on text (one document a line)")
+    pp.add_argument("library", metavar="LIB.so")
+    pp.add_argument("--text", required=True, metavar="FILE", help="plain text, one document a line")
+    pp.add_argument("--max-len", type=_int_at_least(2), default=128, metavar="N",
+                    help="tokens per document at most (default 128)")
+    pp.add_argument("--json", action="store_true", help='print one line {"ppl": ..., "tokens": ...}')
+    pp.set_defaults(func=_perplexity)
+
+    ge = sub.add_parser("generate", help="generate text with a compiled language model (tokens stream out)")
+    ge.add_argument("library", metavar="LIB.so")
+    ge.add_argument("--prompt", required=True, metavar="TEXT")
+    ge.add_argument("--max-new-tokens", type=_int_at_least(1), default=64, metavar="N", help="default 64")
+    ge.add_argument("--temperature", type=_float_in(0.0, 100.0), default=0.0, metavar="T",
+                    help="0 (default): greedy; above 0: sampling")
+    ge.add_argument("--top-k", type=_int_at_least(0), default=0, metavar="K",
+                    help="sample from the K most likely tokens (default 0: all)")
+    ge.add_argument("--top-p", type=_float_in(0.0, 1.0), default=1.0, metavar="P",
+                    help="sample from the smallest set of tokens whose probability reaches P (default 1)")
+    ge.add_argument("--seed", type=int, default=None, metavar="S", help="random seed of the sampling")
+    ge.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
+    _add_remote_args(ge)
+    ge.set_defaults(func=_generate)
 
     im = sub.add_parser("import-marian", help="a Bergamot/Marian model folder -> a seq2seq bundle of ONNX graphs")
     im.add_argument("model_dir", metavar="MODEL_DIR", help="folder with the model .bin, vocabulary .spm, config .yml")

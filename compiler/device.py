@@ -26,13 +26,18 @@ def load_model(library: str, remote: RemoteSpec | None = None, entry: str = "") 
 class RemoteModel(CompiledModel):
     """A library uploaded to a device and run there; the same interface as CompiledModel."""
 
-    def __init__(self, path: str, spec: RemoteSpec, entry: str = ""):
-        check_library(path, local=False)  # a truncated or foreign file fails here, not on the device
+    def __init__(self, path: str, spec: RemoteSpec, entry: str = "", share: RemoteModel | None = None):
+        """share: another entry point's RemoteModel of the same library, whose session and upload this one
+        uses (an RPC server serves one session at a time)."""
         self.spec = spec
-        self.session = connect(spec)
-        name = os.path.basename(path)
-        module = self._remote(lambda: (self.session.upload(path), self.session.load_module(name))[1],
-                              f"uploading and loading {name}")
+        if share is None:
+            check_library(path, local=False)  # a truncated or foreign file fails here, not on the device
+            self.session = connect(spec)
+            name = os.path.basename(path)
+            module = self._remote(lambda: (self.session.upload(path), self.session.load_module(name))[1],
+                                  f"uploading and loading {name}")
+        else:
+            self.session, module = share.session, share.module
         self._remote(lambda: CompiledModel.__init__(self, path, device=self.session.cpu(), module=module, entry=entry),
                      "starting the VM")
 

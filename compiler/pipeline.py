@@ -201,6 +201,18 @@ def run_seq2seq_pipeline(bundle: str, options: CompileOptions, calibration_text:
     return _run(linked, module, total - len(module), total)
 
 
+def run_llm_pipeline(model_path: str, options: CompileOptions, calibration_text: str, context: int
+                     ) -> CompileState:
+    """A decoder-only LM (GGUF file or transformers folder) -> one module with `prefill` and `decode` entry
+    points: loaded, calibrated on text and made integer by compiler/llm/build.py (its NumPy twin is the
+    specification), then the module stages as for any other model."""
+    from compiler.llm.build import llm_state
+
+    state = llm_state(model_path, options, resolve_target_spec(options), calibration_text, context)
+    _, _, module = _stage_groups()
+    return _run(state, module)
+
+
 def _require(state: CompileState, phase: Phase, stage: str, what: str) -> None:
     missing = phase.missing(state)
     if missing:

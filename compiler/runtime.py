@@ -32,6 +32,7 @@ class CompiledModel:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise IntformerError(f"{path}: not a loadable compiled library ({first})") from None
         self.path = path
+        self.module = module  # the loaded library (another entry point of it: CompiledModel(..., module=...))
         self.device = device if device is not None else rt.cpu()
         self._pinned: dict = {}  # input name -> (read-only array, its device tensor)
         try:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # TVM's import takes seconds; the API checks its arguments fi
     import tvm
     from tvm import relax
 
+    from compiler.llm.integer import IntLlama
     from compiler.passes.intrepr import Probe
     from targets import TargetSpec
 
@@ -34,13 +35,20 @@ if TYPE_CHECKING:  # TVM's import takes seconds; the API checks its arguments fi
 @dataclass(frozen=True)
 class Seq2SeqParts:
     """What only the encoder-decoder path (compiler/seq2seq) carries: per graph up to `link`, then the linked
-    module's entry points and the bundle's spec for the manifest."""
+    module's spec for the manifest (its entry points are the state's `entries`)."""
 
     samples: tuple[Mapping[str, np.ndarray], ...] = ()  # calibration feeds recorded while decoding text
     samples_source: str = ""
     io_qparams: tuple[IOQuant, ...] = ()  # set by agree_crossings
-    entries: tuple[EntrySpec, ...] = ()  # set by link: each entry point of the linked module
     spec_json: Optional[dict[str, object]] = None  # set by link: the bundle's spec JSON (+ vocabulary)
+
+
+@dataclass(frozen=True)
+class LlmParts:
+    """What only a decoder-only LM (compiler/llm/build.py) carries: its spec for the manifest and its twin."""
+
+    spec_json: Optional[dict[str, object]] = None  # the LlmSpec JSON (+ the tokenizer's files, base64)
+    model: Optional[IntLlama] = None  # the integer NumPy twin (the specification the library equals)
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,9 @@ class CompileState:
     manifest: Optional[Manifest] = None
     executable: Optional[relax.VMExecutable] = None
     buckets: tuple[Bucket, ...] = ()  # ranged dims: the compiled sizes, one per bucket function
+    entries: tuple[EntrySpec, ...] = ()  # a module with several entry points (seq2seq, decoder-only LM): each
     seq2seq: Seq2SeqParts = Seq2SeqParts()
+    llm: LlmParts = LlmParts()
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,9 @@ GRAPH = Phase("Graph", SOURCE.needs + ("onnx_model",))
 SHAPED = Phase("ShapedGraph", GRAPH.needs + ("inputs",))  # static input shapes
 CALIBRATED = Phase("CalibratedGraph", SHAPED.needs + ("table",))
 RELAX = Phase("RelaxModule", CALIBRATED.needs + ("relax_mod", "outputs"))
-INTEGER = Phase("IntegerModule", RELAX.needs + ("report",))  # verified: the op report, every MatMul int8
+# verified: the op report, every MatMul int8. Not cumulative: from here on no stage reads the ONNX graph or the
+# table, and a decoder-only LM (compiler/llm/build.py) enters here from its own front end, without either.
+INTEGER = Phase("IntegerModule", ("target_spec", "inputs", "outputs", "relax_mod", "report"))
 SCHEDULED = Phase("ScheduledModule", INTEGER.needs + ("lowered_mod",))
 ARTIFACT = Phase("Artifact", SCHEDULED.needs + ("manifest", "executable"))
 PHASES = (SOURCE, GRAPH, SHAPED, CALIBRATED, RELAX, INTEGER, SCHEDULED, ARTIFACT)

@@ -1,10 +1,10 @@
 """The integer LLaMA decoder as a Relax function, from the integer reference's constants (compiler/llm/integer.py):
 token ids -> int32 logits, built from the emitters of compiler/passes/llama_intops.py so that it computes the
-reference's integers (tests/compiler/llm/test_llama_frontend.py checks the prefill bit for bit).
+reference's integers (tests/compiler/llm/test_llama_library.py checks the compiled library bit for bit).
 
-First slice (issue 15, in progress): the prefill of one chunk of a fixed length into an empty cache, positions
-given at run time; it returns the chunk's int8 keys and values (the cache contents) beside the logits. Not yet:
-prefill after cached tokens, the decode entry, the cache as state in the library, the int8 matmul schedules.
+Two functions of the same step, `prefill` (a chunk of a fixed length) and `decode` (one token): each takes the
+int8 KV cache as run-time inputs and returns, beside the logits, the chunk's int8 keys and values, which the
+caller writes into its cache (compiler/llm/library.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def _embed(bb, m: IntLlama, ids):
     return bb.emit(R.clip(x, INT32_MIN, INT32_MAX))
 
 
-def _layer(bb, m: IntLlama, i: int, x, positions, seq: int):
+def _layer(bb, m: IntLlama, i: int, x, positions, seq: int, cache):
+    """One decoder layer on the chunk; cache: (keys, values) int8 (layers, kv_heads, context, d) run-time inputs.
+    Returns (x, the chunk's int8 keys and values (kv_heads, seq, d))."""
     s, ly = m.shape, m.layers[i]
     a, ka = _norm_rows(bb, x, ly.attn_norm, m.dynamic_norms)
     q = _heads(bb, _linear(bb, a, ly.q, ka, -32768, 32767, "int16"), seq, s.heads, s.head_dim)
@@ -67,7 +69,10 @@ def _layer(bb, m: IntLlama, i: int, x, positions, seq: int):
     v = _heads(bb, _linear(bb, a, ly.v, ka, -127, 127, "int8"), seq, s.kv_heads, s.head_dim)
     q8 = li.emit_rope(bb, q, positions, m.rope_tables, *ly.q_rope)
     k8 = li.emit_rope(bb, k, positions, m.rope_tables, *ly.k_rope, qmin=-127)
-    o = li.emit_gqa_attention(bb, q8, k8, v, positions, ly.attn)
+    old_k, old_v = (_layer_of(bb, c, i) for c in cache)
+    keys = bb.emit(R.concat([old_k, k8], axis=1))
+    values = bb.emit(R.concat([old_v, v], axis=1))
+    o = li.emit_gqa_attention_cached(bb, q8, keys, values, positions, ly.attn)
     x = _residual_add(bb, x, _linear(bb, o, ly.o, None, INT32_MIN, INT32_MAX, "int64"))
     f, kf = _norm_rows(bb, x, ly.ffn_norm, m.dynamic_norms)
     g = _linear(bb, f, ly.gate, kf, -32768, 32767, "int16")
@@ -77,19 +82,29 @@ def _layer(bb, m: IntLlama, i: int, x, positions, seq: int):
     return x, k8, v
 
 
-def prefill_module(m: IntLlama, seq: int) -> tvm.IRModule:  # noqa: F821
-    """`prefill(ids int32 (seq,), positions int32 (seq,)) -> (logits int32 (seq, vocab), keys int8 (layers,
-    kv_heads, seq, head_dim), values int8 (same))`: the chunk attends to itself under the causal mask of its
-    positions (an empty cache before it)."""
+def _layer_of(bb, cache, i: int):
+    """Layer i of a (layers, kv_heads, context, d) cache tensor."""
+    return bb.emit(R.squeeze(bb.emit(R.strided_slice(cache, axes=[0], begin=[i], end=[i + 1])), axis=[0]))
+
+
+def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int) -> None:
+    """`name(ids int32 (seq,), positions int32 (seq,), keys int8 (layers, kv_heads, context, d), values (same))
+    -> (logits int32 (seq, vocab), new_keys int8 (layers, kv_heads, seq, d), new_values (same))`.
+
+    The chunk at `positions` (ascending, run time) attends to the cache entries before positions[0] and to
+    itself under the causal mask; the caller writes new_keys/new_values into its cache at `positions`. The
+    same function is the prefill (seq = the chunk length) and the decode step (seq = 1)."""
+    s = m.shape
+    cache_shape = (s.layers, s.kv_heads, context, s.head_dim)
     ids = relax.Var("ids", tensor_type((seq,), "int32"))
     positions = relax.Var("positions", tensor_type((seq,), "int32"))
-    bb = relax.BlockBuilder()
-    with bb.function("prefill", [ids, positions]):
+    cache = (relax.Var("keys", tensor_type(cache_shape, "int8")), relax.Var("values", tensor_type(cache_shape, "int8")))
+    with bb.function(name, [ids, positions, *cache]):
         with bb.dataflow():
             x = _embed(bb, m, ids)
             keys, values = [], []
-            for i in range(m.shape.layers):
-                x, k8, v = _layer(bb, m, i, x, positions, seq)
+            for i in range(s.layers):
+                x, k8, v = _layer(bb, m, i, x, positions, seq, cache)
                 keys.append(bb.emit(R.expand_dims(k8, axis=[0])))
                 values.append(bb.emit(R.expand_dims(v, axis=[0])))
             xf, kx = _norm_rows(bb, x, m.final_norm, False)
@@ -97,5 +112,12 @@ def prefill_module(m: IntLlama, seq: int) -> tvm.IRModule:  # noqa: F821
             out = bb.emit_output(relax.Tuple([logits, bb.emit(R.concat(keys, axis=0)),
                                               bb.emit(R.concat(values, axis=0))]))
         bb.emit_func_output(out)
-    return bb.get()
 
+
+def decoder_module(m: IntLlama, chunk: int, context: int):
+    """The library's integer functions: `prefill` (a chunk of `chunk` tokens) and `decode` (one token), both
+    against an int8 cache of `context` positions (add_step_function)."""
+    bb = relax.BlockBuilder()
+    add_step_function(bb, m, "prefill", chunk, context)
+    add_step_function(bb, m, "decode", 1, context)
+    return bb.get()

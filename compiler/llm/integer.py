@@ -38,8 +38,10 @@ AUTO = "auto"  # choose each site's smoothing strength on the calibration rows (
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 RESID_CODE = 1 << 28  # the calibrated residual max lands here: 8x headroom below the int32 clip
-INT16_HEADROOM = 2.0  # int16 tensors (q, k, gate, up) put the calibrated max at half their range: one bit of 15
-# buys room for text louder than the calibration's
+INT16_HEADROOM = 1.0  # int16 tensors (q, k, gate, up) put the calibrated max at the top of their range: at 2.0
+# (one bit of 15 kept for text louder than the calibration's) SmolLM2-135M lost 0.14% perplexity on 50 held-out
+# BBC articles and 0.56% on 25 others (+3.11% / +3.30% against fp32, +2.97% / +2.73% at 1.0); the massive
+# activations set these maxima, so an ordinary token's values sit far below them and want the resolution
 LOGIT_CODE = 1 << 20  # the calibrated logit max lands here (int32 logits)
 SMOOTH_CLIP = 1e4  # smoothing factors are kept within [1 / 1e4, 1e4]
 HEAD_SEARCH_STRIDE = 8  # the output head's alpha is ranked on every 8th vocabulary row (per-row weight scales)

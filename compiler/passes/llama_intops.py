@@ -1,5 +1,6 @@
 """Relax emitters of the LLaMA decoder's integer ops; each produces the bits of its NumPy twin in
-compiler/intmath/llama.py (tests/compiler/passes/test_llama_intops.py checks them compiled)."""
+compiler/intmath/llama.py (tests/compiler/passes/test_llama_intops.py checks them compiled). Attention runs
+every head in one batch against the KV cache passed in (emit_gqa_attention_cached)."""
 
 from __future__ import annotations
 
@@ -140,37 +141,79 @@ def emit_rope(bb, x, positions, tables, m0, shift, out_zp: int = 0, qmin: int = 
     return emit_fixed_requantize(bb, acc, m0, shift, out_zp, out_dtype, qmin, qmax)
 
 
-def emit_causal_scores(bb, q_h, keys_g, positions):
-    """int32 q.k^T (seq, key_len) of one head, masked (key j > the query's position) to il.MASKED_SCORE."""
-    key_len = tensor_info(keys_g)[1][0]
-    scores = bb.emit(R.matmul(q_h, bb.emit(R.permute_dims(keys_g, [1, 0])), out_dtype="int32"))
-    allowed = bb.emit(R.less_equal(const(np.arange(key_len)[None, :], "int32"),
-                                   bb.emit(R.expand_dims(positions, axis=[1]))))
-    return bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
+def _head_const(values, dtype: str):
+    """Per-head constants as (heads, 1, 1): they broadcast over each head's (rows, keys) block."""
+    return const(np.asarray(values).reshape(-1, 1, 1), dtype)
 
 
-def emit_gqa_attention(bb, q, keys, values, positions, c: il.AttentionConstants):
-    """il.igqa_attention with 16-bit probabilities: q int8 (heads, seq, d), keys/values int8 (kv_heads, key_len,
-    d), positions int32 (seq,) -> int8 (seq, heads * d). Per head: the masked int8 scores matmul, the integer
-    softmax's fine codes p, and P.V as two u8 x s8 matmuls ((p >> 8).V << 8) + (p & 255).V."""
-    from compiler.passes.intops import emit_softmax
+def emit_softmax_heads(bb, scores, scales):
+    """io.isoftmax(fine=True) of each head's scores at its own input scale: scores int32 (heads, rows, keys),
+    scales (heads,) -> int32 codes round(p * 65535). The exp constants are per-head arrays; the reciprocal's
+    bits depend only on the (shared) output scale. Equals isoftmax head by head: int32 scores are clipped to
+    +-2**30 when every head's scale allows it (il.MASKED_SCORE then lands where exp is 0); otherwise the
+    differences are taken in int64, where masked and clipped scores meet the same cap d_cap and give exp 0."""
+    cs = [io.exp_constants(s) for s in scales]
+    x = scores
+    if all(io.int32_input_ok(s) for s in scales):
+        x = bb.emit(R.clip(x, -io.INT32_INPUT_CLIP, io.INT32_INPUT_CLIP - 1))
+        dt = "int32"
+    else:
+        x, dt = bb.emit(R.astype(x, "int64")), "int64"
+    d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
+    d = bb.emit(R.right_shift(d, _head_const([c.pre for c in cs], dt)))
+    d = _as(bb, bb.emit(R.minimum(d, _head_const([c.d_cap for c in cs], dt))), "int32")
+    t = bb.emit(R.right_shift(bb.emit(R.multiply(d, _head_const([c.m for c in cs], "int32"))),
+                              _head_const([c.s for c in cs], "int32")))
+    z = bb.emit(R.minimum(bb.emit(R.right_shift(t, _i32(io.EXP_FRAC_BITS))), _i32(io.EXP_ZERO_SHIFT)))
+    f = bb.emit(R.bitwise_and(t, _i32((1 << io.EXP_FRAC_BITS) - 1)))
+    e = bb.emit(R.right_shift(emit_horner(bb, f, io.EXP_POLY_Q15, io.EXP_FRAC_BITS), z))
+    out_scale = 1.0 / io.SOFTMAX_FINE_LEVELS
+    s = bb.emit(R.sum(bb.emit(R.astype(e, "int64")), axis=[-1], keepdims=True))
+    k = io.softmax_recip_bits(out_scale)
+    recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, _i64(1))),
+                                                 _i64(int(round(2.0 ** k / out_scale))))), s))
+    q = bb.emit(R.multiply(e, bb.emit(R.astype(recip, "int32"))))
+    return bb.emit(R.right_shift(bb.emit(R.add(q, _i32(1 << (k - 1)))), _i32(k)))
 
+
+def emit_cached_mask(bb, positions, cache_len: int):
+    """bool (seq, cache_len + seq): cache entry j is visible to every query iff j < positions[0] (the cache
+    holds the positions before the chunk); chunk entry i to the query at p iff positions[i] <= p."""
+    seq = tensor_info(positions)[1][0]
+    start = bb.emit(R.strided_slice(positions, axes=[0], begin=[0], end=[1]))
+    old = bb.emit(R.less(const(np.arange(cache_len)[None, :], "int32"), bb.emit(R.expand_dims(start, axis=[1]))))
+    old = bb.emit(R.broadcast_to(old, (seq, cache_len)))
+    new = bb.emit(R.less_equal(bb.emit(R.expand_dims(positions, axis=[0])), bb.emit(R.expand_dims(positions,
+                                                                                                   axis=[1]))))
+    return bb.emit(R.concat([old, new], axis=1))
+
+
+def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionConstants):
+    """il.igqa_attention (16-bit probabilities) of a chunk against the cache, every head in one batch.
+
+    q: int8 (heads, seq, d) at `positions` (int32 (seq,), ascending); keys, values: int8 (kv_heads, cache_len
+    + seq, d), the cache's entries (position j at index j, those >= positions[0] masked) followed by the
+    chunk's own. Query head h = g * groups + j reads KV head g, so the queries of one KV head are contiguous
+    rows: scores and P.V are batch matmuls over the KV heads. Integer sums do not depend on the order of the
+    keys, so this equals the twin (keys in position order) bit for bit. -> int8 (seq, heads * d)."""
     if not c.fine_probs:
         raise NotImplementedError("the emitter implements the 16-bit probabilities (the decoder's default)")
     heads, seq, d = tensor_info(q)[1]
-    kv_heads = tensor_info(keys)[1][0]
-    outs = []
-    for h in range(heads):
-        g = h // (heads // kv_heads)
-        q_h = bb.emit(R.squeeze(bb.emit(R.strided_slice(q, axes=[0], begin=[h], end=[h + 1])), axis=[0]))
-        k_g = bb.emit(R.squeeze(bb.emit(R.strided_slice(keys, axes=[0], begin=[g], end=[g + 1])), axis=[0]))
-        v_g = bb.emit(R.squeeze(bb.emit(R.strided_slice(values, axes=[0], begin=[g], end=[g + 1])), axis=[0]))
-        p = emit_softmax(bb, emit_causal_scores(bb, q_h, k_g, positions), c.score_scale(h), fine=True)
-        p = bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX)))  # 65536 for a certain key: p >> 8 must fit u8
-        hi = bb.emit(R.astype(bb.emit(R.right_shift(p, _i32(8))), "uint8"))
-        lo = bb.emit(R.astype(bb.emit(R.bitwise_and(p, _i32(255))), "uint8"))
-        acc_hi = bb.emit(R.matmul(hi, v_g, out_dtype="int32"))
-        acc = bb.emit(R.add(bb.emit(R.left_shift(acc_hi, _i32(8))), bb.emit(R.matmul(lo, v_g, out_dtype="int32"))))
-        m0, sh = c.out_multiplier(h)
-        outs.append(emit_fixed_requantize(bb, acc, m0, sh, c.out_zp, "int8"))
-    return bb.emit(R.concat(outs, axis=-1))
+    kv_heads, key_len, _ = tensor_info(keys)[1]
+    rows = heads // kv_heads * seq
+    qg = bb.emit(R.reshape(q, (kv_heads, rows, d)))
+    scores = bb.emit(R.matmul(qg, bb.emit(R.permute_dims(keys, [0, 2, 1])), out_dtype="int32"))
+    scores = bb.emit(R.reshape(scores, (heads, seq, key_len)))
+    allowed = emit_cached_mask(bb, positions, key_len - seq)
+    scores = bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
+    p = emit_softmax_heads(bb, scores, [c.score_scale(h) for h in range(heads)])
+    p = bb.emit(R.reshape(bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX))), (kv_heads, rows, key_len)))
+    hi = bb.emit(R.astype(bb.emit(R.right_shift(p, _i32(8))), "uint8"))
+    lo = bb.emit(R.astype(bb.emit(R.bitwise_and(p, _i32(255))), "uint8"))
+    acc_hi = bb.emit(R.matmul(hi, values, out_dtype="int32"))
+    acc = bb.emit(R.add(bb.emit(R.left_shift(acc_hi, _i32(8))), bb.emit(R.matmul(lo, values, out_dtype="int32"))))
+    acc = bb.emit(R.reshape(acc, (heads, seq, d)))
+    mult = [c.out_multiplier(h) for h in range(heads)]
+    out = emit_fixed_requantize(bb, acc, np.array([m for m, _ in mult]).reshape(-1, 1, 1),
+                                np.array([s for _, s in mult]).reshape(-1, 1, 1), c.out_zp, "int8")
+    return bb.emit(R.reshape(bb.emit(R.permute_dims(out, [1, 0, 2])), (seq, heads * d)))

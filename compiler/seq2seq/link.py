@@ -55,7 +55,8 @@ def link_states(states: dict[str, CompileState], spec: Seq2SeqSpec, bundle: str)
                                   encoder_samples=enc.table.num_samples, decoder_samples=dec.table.num_samples)
     report = CompileReport.of(GraphReport.merge(graphs), graphs=tuple(graphs.items()), calibration=calibration)
     mod = link_modules({n: states[n].relax_mod for n in ENTRIES})
-    parts = replace(enc.seq2seq, io_qparams=(), entries=tuple(entries), spec_json=spec_json)
+    parts = replace(enc.seq2seq, io_qparams=(), spec_json=spec_json)
     return replace(enc, model_path=bundle, relax_mod=mod, lowered_mod=None, report=report, seq2seq=parts,
+                   entries=tuple(entries),
                    model_sha256=enc.model_sha256 + "+" + dec.model_sha256,
                    table_sha256=enc.table_sha256 + "+" + dec.table_sha256)

@@ -22,6 +22,12 @@ NUMERIC = {
     "--batch": (["translate", "x.so"], lambda v: v >= 1),
     "--beam": (["translate", "x.so"], lambda v: v >= 1),
     "--timeout": (["run", "x.so", "--inputs", "i.npz", "-o", "o.npz"], lambda v: math.isfinite(v) and v > 0),
+    "--context": (["compile", "m.gguf", "-o", "x.so"], lambda v: v >= 2),
+    "--max-len": (["perplexity", "x.so", "--text", "t.txt"], lambda v: v >= 2),
+    "--max-new-tokens": (["generate", "x.so", "--prompt", "hi"], lambda v: v >= 1),
+    "--top-k": (["generate", "x.so", "--prompt", "hi"], lambda v: v >= 0),
+    "--top-p": (["generate", "x.so", "--prompt", "hi"], lambda v: math.isfinite(v) and 0 <= v <= 1),
+    "--temperature": (["generate", "x.so", "--prompt", "hi"], lambda v: math.isfinite(v) and 0 <= v <= 100),
 }
 VALUES = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
                    st.sampled_from(["", "nan", "inf", "-0", "1e400", "0x10", "２", "1_000", " 3", "abc"]))

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.hostile.conftest import ROOT, assert_error, intformer, run_bad
-from tests.targets.conftest import free_port
+from tests.targets.conftest import local_rpc_server
 
 
 def _tune(work, db, *extra):
@@ -87,25 +87,8 @@ def test_interrupted_tune_says_what_it_kept(work, tmp_path):
 def test_remote_time_out_ends_in_its_message_not_an_abort(work):
     """A tiny --timeout against a live RPC server: the step overruns while TVM's client is still inside the
     call; the process must exit with the message, not abort at interpreter shutdown (exit 134)."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
-                               str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        import socket
-
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline, "the RPC server did not start"
-            time.sleep(0.2)
+    with local_rpc_server(ROOT, stderr=subprocess.PIPE) as port:
         p = intformer("run", work["lib"], "--inputs", work["test"], "-o", work["dir"] / "remote.npz",
                       "--rpc", f"127.0.0.1:{port}", "--timeout", "0.001", timeout=60)
         assert_error(p, f"127.0.0.1:{port}", "no answer within 0.001 s", "--timeout", codes=(2,))
         assert "terminate called" not in p.stderr
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -21,6 +21,34 @@ def free_port() -> int:
 
 
 @contextmanager
+def local_rpc_server(root: str, stderr=None):
+    """A TVM RPC server on 127.0.0.1 (the host's own libraries run on it), in its own process group so that the
+    server and its worker end together: yields its port."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
+                               str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
+                              stderr=stderr or subprocess.DEVNULL, text=True,
+                              env=dict(os.environ, PYTHONPATH=root), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline, "the RPC server did not start"
+            time.sleep(0.2)
+        yield port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@contextmanager
 def running_boards(cpus):
     """Emulated boards, one per qemu CPU name, on free ports: yields {cpu: port}; all stopped on exit.
     Skips (with the install command) when qemu-user or debootstrap is missing."""

@@ -66,16 +66,24 @@ def test_rope_emitter_equals_twin(dtype):
     assert np.array_equal(got, il.irope(x, positions, tables, m0, sh))
 
 
-def test_gqa_attention_emitter_equals_twin():
+def test_cached_gqa_attention_emitter_equals_twin():
+    """The chunk's queries against a cache of 6 positions of which 4 are written (the other 2 hold stale codes
+    that must stay masked) and the chunk's own 3 keys, all heads in one batch; the twin sees the 7 keys in
+    position order."""
     rng = np.random.default_rng(2)
-    heads, kv_heads, d, seq, key_len = 4, 2, 8, 3, 7
+    heads, kv_heads, d, seq, cache_len = 4, 2, 8, 3, 6
     q = rng.integers(-127, 128, size=(heads, seq, d)).astype(np.int8)
-    keys = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
-    values = rng.integers(-127, 128, size=(kv_heads, key_len, d)).astype(np.int8)
+    keys = rng.integers(-127, 128, size=(kv_heads, 7, d)).astype(np.int8)
+    values = rng.integers(-127, 128, size=(kv_heads, 7, d)).astype(np.int8)
     positions = np.array([4, 5, 6], np.int32)  # a chunk after 4 cached tokens
     q[3, 1] = 127  # a row where one key takes all the probability (fine code 65536 before the cap)
     keys[1, 0] = 127
+    stale = rng.integers(-127, 128, size=(2, kv_heads, 2, d)).astype(np.int8)
+    lib_keys = np.concatenate([keys[:, :4], stale[0], keys[:, 4:]], axis=1)  # cache (6) + chunk (3)
+    lib_values = np.concatenate([values[:, :4], stale[1], values[:, 4:]], axis=1)
     c = il.AttentionConstants(rng.uniform(0.01, 0.05, heads), rng.uniform(0.01, 0.05, kv_heads),
                               rng.uniform(0.005, 0.02, kv_heads), 0.02, 3, d)
-    got = _run(lambda bb, a, k, v, p: li.emit_gqa_attention(bb, a, k, v, p, c), [q, keys, values, positions])
+    got = _run(lambda bb, a, k, v, p: li.emit_gqa_attention_cached(bb, a, k, v, p, c),
+               [q, lib_keys, lib_values, positions])
+    assert cache_len + seq == lib_keys.shape[1]
     assert np.array_equal(got, il.igqa_attention(q, keys, values, positions, c))

@@ -1,0 +1,192 @@
+"""A compiled decoder-only LM library at run time: the int8 KV cache held here (host memory) and passed to the
+library's `prefill` and `decode` entry points as state, chunked prefill of any prompt up to the context, the
+logits' scale, the tokenizer the library carries; and on top, the perplexity protocol and token generation.
+
+Only the TVM runtime, NumPy and transformers' tokenizer are needed (no compiler imports beyond the runtime's and,
+for a device over RPC, compiler/device.py's)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.errors import IntformerError
+from compiler.llm.spec import LlmSpec, load_tokenizer
+
+
+class LlmLibrary:
+    """`lib.forward(ids, start) -> int32 logit codes (len, vocab)` for tokens at positions start.., writing
+    their keys and values into the cache; `lib.reset()` empties it."""
+
+    def __init__(self, path: str, remote=None):
+        """remote: a targets.remote.RemoteSpec to run on a device over TVM RPC (the library uploaded there)."""
+        from compiler.device import load_model
+        from compiler.runtime import CompiledModel
+
+        first = load_model(path, remote)
+        if first.manifest.llm is None:
+            raise IntformerError(f"{path}: not a language-model library (it was compiled from "
+                                 f"{'an encoder-decoder' if first.manifest.seq2seq else 'an ONNX model'}); "
+                                 "compile a .gguf file or a LLaMA-family folder with `intformer compile`")
+        self.path = path
+        self.spec = LlmSpec.from_json(first.manifest.llm)
+        if remote is None:  # one loaded module, a VM per entry point
+            self.prefill = CompiledModel(path, first.device, module=first.module, entry="prefill")
+            self.decode = CompiledModel(path, first.device, module=first.module, entry="decode")
+        else:  # one session and upload, a RemoteModel per entry point
+            from compiler.device import RemoteModel
+
+            self.prefill = first if first.entry == "prefill" else RemoteModel(path, remote, "prefill", share=first)
+            self.decode = RemoteModel(path, remote, "decode", share=first)
+        self.keys = np.zeros(self.spec.cache_shape(), np.int8)
+        self.values = np.zeros(self.spec.cache_shape(), np.int8)
+        self.length = 0  # positions written
+        self._tok = None
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            with tempfile.TemporaryDirectory(prefix="intformer-tok-") as tmp:
+                self._tok = load_tokenizer(self.spec, tmp, self.path)
+        return self._tok
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def _run(self, model, ids: np.ndarray, start: int, n: int) -> np.ndarray:
+        """One call on a (padded) chunk whose first n tokens are real: their logits; their keys and values go
+        into the cache. Padding continues the positions, so no real query sees it (positions past the context
+        stay inside the compiled rotary table)."""
+        seq = model.inputs[0].shape[0]
+        padded = np.zeros(seq, np.int32)
+        padded[:n] = ids
+        positions = np.arange(start, start + seq, dtype=np.int32)
+        logits, new_k, new_v = model({"ids": padded, "positions": positions, "keys": self.keys,
+                                      "values": self.values})
+        self.keys[:, :, start:start + n] = new_k[:, :, :n]
+        self.values[:, :, start:start + n] = new_v[:, :, :n]
+        return np.array(logits[:n])
+
+    def forward(self, ids, start: int | None = None) -> np.ndarray:
+        """int32 logit codes of tokens `ids` at positions start.. (default: after the cached ones); one token runs
+        the decode entry, more run prefill chunks."""
+        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+        start = self.length if start is None else int(start)
+        if not 0 <= start <= self.length:
+            raise IntformerError(f"position {start} is past the {self.length} cached tokens")
+        if start + len(ids) > self.spec.context:
+            raise IntformerError(f"{start + len(ids)} tokens do not fit the library's context of "
+                                 f"{self.spec.context}; recompile with a larger --context")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.spec.vocab):
+            raise IntformerError(f"token ids must lie in [0, {self.spec.vocab})")
+        if len(ids) == 1:
+            out = self._run(self.decode, ids, start, 1)
+        else:
+            c = self.spec.chunk
+            out = np.concatenate([self._run(self.prefill, ids[i:i + c], start + i, len(ids[i:i + c]))
+                                  for i in range(0, len(ids), c)]) if len(ids) else np.zeros((0, self.spec.vocab),
+                                                                                             np.int32)
+        self.length = start + len(ids)
+        return out
+
+    def logits(self, codes: np.ndarray) -> np.ndarray:
+        """The edge: int32 codes -> float64 logits (one multiply)."""
+        return codes.astype(np.float64) * self.spec.logit_scale
+
+
+def perplexity(lib: LlmLibrary, documents, max_len: int):
+    """The issue's protocol (compiler/llm/perplexity.py) through the library: each document one causal pass."""
+    from compiler.llm.perplexity import perplexity as _perplexity
+
+    if max_len > lib.spec.context:
+        raise IntformerError(f"--max-len {max_len} is longer than the library's context of {lib.spec.context}; "
+                             "lower it or recompile with a larger --context")
+
+    def logits_fn(ids):
+        lib.reset()
+        return lib.logits(lib.forward(ids, 0))
+
+    return _perplexity(documents, lib.tokenizer, logits_fn, max_len)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """temperature 0: greedy (argmax); else softmax(logits / temperature) cut to the top_k most likely (0: all)
+    and to the smallest set whose probability reaches top_p."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+def choose(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
+    if s.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / s.temperature
+    order = np.argsort(-z, kind="stable")
+    if s.top_k:
+        order = order[: s.top_k]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    if s.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(p), s.top_p) + 1)
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(order), p=p)])
+
+
+def prompt_tokens(lib: LlmLibrary, prompt: str, chat: bool) -> list[int]:
+    tok = lib.tokenizer
+    if chat:
+        if not getattr(tok, "chat_template", None):
+            raise IntformerError(f"{lib.path}: the model's tokenizer has no chat template; drop --chat")
+        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = list(tok.encode(prompt, add_special_tokens=False))
+    if not ids:
+        raise IntformerError("the prompt is empty: give --prompt some text")
+    return ids
+
+
+GREEDY = Sampling()
+
+
+def generate_tokens(lib: LlmLibrary, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling = GREEDY
+                    ) -> Iterator[int]:
+    """Token ids as they are made: the prompt as prefill chunks, then one decode step per token, until
+    max_new_tokens, the end-of-sequence token (not yielded) or the context is full."""
+    if len(prompt_ids) >= lib.spec.context:
+        raise IntformerError(f"the prompt has {len(prompt_ids)} tokens; the library's context is "
+                             f"{lib.spec.context}: shorten it or recompile with a larger --context")
+    rng = np.random.default_rng(sampling.seed)
+    lib.reset()
+    logits = lib.forward(prompt_ids, 0)[-1]
+    for i in range(max_new_tokens):
+        t = choose(lib.logits(logits), sampling, rng)
+        if t == lib.spec.eos:
+            return
+        yield t
+        if i + 1 == max_new_tokens or lib.length >= lib.spec.context:
+            return
+        logits = lib.forward([t])[-1]
+
+
+def stream_text(lib: LlmLibrary, tokens: Iterator[int], write: Callable[[str], None]) -> list[int]:
+    """Decode tokens to text as they come, writing only complete characters (a byte-level token may end inside
+    a UTF-8 sequence)."""
+    out: list[int] = []
+    shown = ""
+    for t in tokens:
+        out.append(t)
+        text = lib.tokenizer.decode(out, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            continue
+        write(text[len(shown):])
+        shown = text
+    text = lib.tokenizer.decode(out, skip_special_tokens=True)
+    if len(text) > len(shown):
+        write(text[len(shown):])
+    return out

@@ -1,0 +1,138 @@
+"""The tiny LLaMA compiled into one library (`prefill` and `decode` entries, the int8 KV cache passed as state)
+equals the integer NumPy reference (compiler/llm/integer.py) bit for bit: a prefill, a second prefill chunk
+after cached tokens, then decode steps; logits codes and cache contents. Perplexity and generation through the
+library equal the reference's, and the CLI prints them. One compile (about 35 s on one core) for the module."""
+
+import json
+
+import numpy as np
+import pytest
+
+from compiler.llm.generate import greedy
+from compiler.llm.perplexity import perplexity
+from tests.helpers.tiny_llama import sentences
+
+CONTEXT = 40
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_llama_dir, tmp_path_factory):
+    from compiler.api import compile_model
+
+    d = tmp_path_factory.mktemp("tiny_llama_lib")
+    calib = d / "calib.txt"
+    calib.write_text("\n".join(sentences(6, seed=21, lo=4, hi=20)) + "\n")
+    res = compile_model(tiny_llama_dir, str(d / "tiny.so"), calibration_text=str(calib), context=CONTEXT,
+                        report_path=str(d / "report.json"))
+    return res, d
+
+
+@pytest.fixture()
+def lib(compiled):
+    from compiler.llm.library import LlmLibrary
+
+    return LlmLibrary(compiled[0].library)
+
+
+def _ids(lib, text="the old river runs under the big tree and the dog sleeps"):
+    return np.array(lib.tokenizer.encode(text, add_special_tokens=False), np.int32)
+
+
+def test_prefill_chunks_then_decode_equal_the_reference(compiled, lib):
+    im = compiled[0].llm_model
+    ids = _ids(lib)
+    cache = im.new_cache(CONTEXT)
+    steps = [(0, 10), (10, 19)] + [(t, t + 1) for t in range(19, 25)]  # prefill, prefill after the cache, decode
+    for a, b in steps:
+        got = lib.forward(ids[a:b])
+        want = im.forward(ids[a:b], np.arange(a, b, dtype=np.int32), cache)
+        assert got.dtype == np.int32 and got.shape == want.shape
+        assert np.array_equal(got, want), (a, b, int(np.abs(got.astype(np.int64) - want).max()))
+    assert np.array_equal(lib.keys[:, :, :25], cache.keys[:, :, :25])
+    assert np.array_equal(lib.values[:, :, :25], cache.values[:, :, :25])
+    assert lib.length == 25
+
+
+def test_the_report_is_integer_only_and_the_manifest_carries_the_tokenizer(compiled):
+    res, d = compiled
+    assert res.report.float_ops == [] and res.report.matmuls.total > 0
+    assert res.report.matmuls.int8 == res.report.matmuls.total
+    on_disk = json.loads((d / "report.json").read_text())
+    assert on_disk["float_ops"] == []
+    m = res.manifest
+    assert [e.name for e in m.entries] == ["prefill", "decode"]
+    assert m.entry_spec("decode").inputs[0].shape == (1,)
+    assert m.llm["context"] == CONTEXT and "tokenizer.json" in m.llm["tokenizer"]
+
+
+def test_perplexity_and_greedy_generation_equal_the_reference(compiled, lib, tmp_path):
+    from compiler import api
+
+    im = compiled[0].llm_model
+    docs = sentences(4, seed=99, lo=3, hi=12)
+    text = tmp_path / "held out.txt"
+    text.write_text("\n".join(docs) + "\n")
+    got = api.perplexity(compiled[0].library, str(text), max_len=24)
+    want = perplexity(docs, lib.tokenizer, lambda ids: im.logits(im.forward(ids, np.arange(len(ids), dtype=np.int32),
+                                                                             im.new_cache(len(ids)))), 24)
+    assert (got.ppl, got.tokens) == (want.ppl, want.tokens)
+
+    pieces = []
+    out = api.generate(compiled[0].library, "the dog", 8, write=pieces.append)
+    prompt = list(_ids(lib, "the dog"))
+    cache = im.new_cache(CONTEXT)
+    assert out == greedy(lambda i, p: im.forward(i, p, cache), prompt, 8)
+    assert "".join(pieces) == lib.tokenizer.decode(out)
+
+
+def test_lengths_beyond_the_context_are_clear_errors(compiled, lib, tmp_path):
+    from compiler import api
+    from compiler.errors import IntformerError
+    from compiler.llm.library import generate_tokens
+
+    text = tmp_path / "t.txt"
+    text.write_text("the red house\n")
+    with pytest.raises(IntformerError, match="--max-len 41 is longer than the library's context of 40"):
+        api.perplexity(compiled[0].library, str(text), max_len=CONTEXT + 1)
+    with pytest.raises(IntformerError, match="context is 40"):
+        list(generate_tokens(lib, [5] * CONTEXT, 4))
+    with pytest.raises(IntformerError, match="do not fit the library's context of 40"):
+        lib.forward(np.zeros(CONTEXT + 1, np.int32), 0)
+
+
+def test_sampling_is_reproducible_with_a_seed(compiled):
+    from compiler import api
+    from compiler.llm.library import Sampling
+
+    s = Sampling(temperature=1.0, top_k=20, top_p=0.9, seed=7)
+    a = api.generate(compiled[0].library, "the cat", 10, s)
+    assert a == api.generate(compiled[0].library, "the cat", 10, s)
+    assert len(a) == 10
+
+
+def test_cli_perplexity_json_and_generate(compiled, tmp_path, capsys):
+    from compiler.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("the red house\nwe see the river\n")
+    assert main(["perplexity", compiled[0].library, "--text", str(text), "--json", "--max-len", "16"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()
+    assert len(line) == 1 and set(json.loads(line[0])) == {"ppl", "tokens"}
+    assert json.loads(line[0])["tokens"] == 12 + 15  # bytes of each line (13, 16), minus the first
+    assert main(["generate", compiled[0].library, "--prompt", "the", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+
+
+def test_generate_over_rpc_equals_local(compiled):
+    """`generate --rpc`: the library uploaded to a TVM RPC server (a local one: the host's own library) makes
+    the same greedy tokens as here."""
+    import os
+
+    from compiler import api
+    from targets.remote import RemoteSpec
+    from tests.targets.conftest import local_rpc_server
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    with local_rpc_server(root) as port:
+        remote = api.generate(compiled[0].library, "the dog", 6, remote=RemoteSpec(rpc=f"127.0.0.1:{port}"))
+    assert remote == api.generate(compiled[0].library, "the dog", 6)
