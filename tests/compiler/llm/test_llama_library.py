@@ -136,3 +136,31 @@ def test_generate_over_rpc_equals_local(compiled):
     with local_rpc_server(root) as port:
         remote = api.generate(compiled[0].library, "the dog", 6, remote=RemoteSpec(rpc=f"127.0.0.1:{port}"))
     assert remote == api.generate(compiled[0].library, "the dog", 6)
+
+
+@pytest.mark.board
+def test_generate_on_the_emulated_rpi5_board(compiled, tiny_llama_dir, tmp_path, capsys):
+    """The tiny LLaMA cross-compiled for rpi5 (SDOT kernels), uploaded to the emulated board (qemu, Cortex-A76):
+    `generate --rpc` makes the host library's greedy tokens, through the API and the CLI."""
+    from compiler import api
+    from compiler.cli import main
+    from compiler.config import CompileOptions
+    from targets import resolve_target
+    from targets.remote import RemoteSpec
+    from targets.toolchain import toolchain_for
+    from tests.targets.conftest import require_tool, running_boards
+
+    if not toolchain_for(resolve_target("rpi5")).installed():
+        require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
+    lib = str(tmp_path / "tiny-rpi5.so")
+    api.compile_model(tiny_llama_dir, lib, CompileOptions(target="rpi5"),
+                      calibration_text=str(compiled[1] / "calib.txt"), context=CONTEXT)
+    want = api.generate(compiled[0].library, "the dog", 6)
+    with running_boards(("cortex-a76",)) as ports:
+        addr = f"127.0.0.1:{ports['cortex-a76']}"
+        assert api.generate(lib, "the dog", 6, remote=RemoteSpec(rpc=addr, timeout=300)) == want
+        capsys.readouterr()
+        assert main(["generate", lib, "--prompt", "the dog", "--max-new-tokens", "6", "--rpc", addr]) == 0
+    text = capsys.readouterr().out
+    assert main(["generate", compiled[0].library, "--prompt", "the dog", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == text
