@@ -116,11 +116,11 @@ def calibration_documents(tokenizer, text_path: str, max_len: int) -> list[np.nd
 
 
 def _tensor_specs(spec: LlmSpec, seq: int) -> tuple[tuple, tuple]:
-    cache_in = spec.cache_shape()
     cache_out = (spec.layers, spec.kv_heads, seq, spec.head_dim)
+    keys_out = (spec.layers, spec.kv_heads, spec.head_dim, seq)
     inputs = (TensorSpec("ids", (seq,), "int32"), TensorSpec("positions", (seq,), "int32"),
-              TensorSpec("keys", cache_in, "int8"), TensorSpec("values", cache_in, "int8"))
-    outputs = (TensorSpec("logits", (seq, spec.vocab), "int32"), TensorSpec("new_keys", cache_out, "int8"),
+              TensorSpec("keys", spec.keys_shape(), "int8"), TensorSpec("values", spec.cache_shape(), "int8"))
+    outputs = (TensorSpec("logits", (seq, spec.vocab), "int32"), TensorSpec("new_keys", keys_out, "int8"),
                TensorSpec("new_values", cache_out, "int8"))
     return inputs, outputs
 

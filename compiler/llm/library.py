@@ -41,7 +41,7 @@ class LlmLibrary:
 
             self.prefill = first if first.entry == "prefill" else RemoteModel(path, remote, "prefill", share=first)
             self.decode = RemoteModel(path, remote, "decode", share=first)
-        self.keys = np.zeros(self.spec.cache_shape(), np.int8)
+        self.keys = np.zeros(self.spec.keys_shape(), np.int8)  # transposed: (layers, kv heads, d, positions)
         self.values = np.zeros(self.spec.cache_shape(), np.int8)
         self.length = 0  # positions written
         self._tok = None
@@ -66,7 +66,7 @@ class LlmLibrary:
         positions = np.arange(start, start + seq, dtype=np.int32)
         logits, new_k, new_v = model({"ids": padded, "positions": positions, "keys": self.keys,
                                       "values": self.values})
-        self.keys[:, :, start:start + n] = new_k[:, :, :n]
+        self.keys[..., start:start + n] = new_k[..., :n]
         self.values[:, :, start:start + n] = new_v[:, :, :n]
         return np.array(logits[:n])
 

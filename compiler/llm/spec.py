@@ -25,7 +25,13 @@ class LlmSpec:
     tokenizer: tuple[tuple[str, str], ...] = ()  # (file name, base64 bytes) of the saved tokenizer
 
     def cache_shape(self) -> tuple[int, int, int, int]:
+        """The values' cache: (layers, KV heads, positions, head size)."""
         return (self.layers, self.kv_heads, self.context, self.head_dim)
+
+    def keys_shape(self) -> tuple[int, int, int, int]:
+        """The keys' cache, stored transposed (layers, KV heads, head size, positions): the scores' matmul reads
+        it as it is (no transpose of the whole cache per step)."""
+        return (self.layers, self.kv_heads, self.head_dim, self.context)
 
     def to_json(self) -> dict:
         return {"context": self.context, "chunk": self.chunk, "vocab": self.vocab, "layers": self.layers,

@@ -191,18 +191,23 @@ def emit_cached_mask(bb, positions, cache_len: int):
 def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionConstants):
     """il.igqa_attention (16-bit probabilities) of a chunk against the cache, every head in one batch.
 
-    q: int8 (heads, seq, d) at `positions` (int32 (seq,), ascending); keys, values: int8 (kv_heads, cache_len
-    + seq, d), the cache's entries (position j at index j, those >= positions[0] masked) followed by the
-    chunk's own. Query head h = g * groups + j reads KV head g, so the queries of one KV head are contiguous
-    rows: scores and P.V are batch matmuls over the KV heads. Integer sums do not depend on the order of the
-    keys, so this equals the twin (keys in position order) bit for bit. -> int8 (seq, heads * d)."""
+    q: int8 (heads, seq, d) at `positions` (int32 (seq,), ascending); keys: int8 (kv_heads, d, cache_len + seq)
+    (transposed), or a tuple of such parts along the keys (the cache's, the chunk's: scored apart, the scores
+    joined, so the cache is never copied to append the chunk); values: int8 (kv_heads, cache_len + seq, d): the
+    cache's entries (position j at index j, those >= positions[0] masked) followed by the chunk's own. Query
+    head h = g * groups + j reads KV head g, so the queries of one KV head are contiguous rows: scores and P.V
+    are batch matmuls over the KV heads. Integer sums do not depend on the order of the keys, so this equals the
+    twin (keys in position order) bit for bit. -> int8 (seq, heads * d)."""
     if not c.fine_probs:
         raise NotImplementedError("the emitter implements the 16-bit probabilities (the decoder's default)")
     heads, seq, d = tensor_info(q)[1]
-    kv_heads, key_len, _ = tensor_info(keys)[1]
+    parts = keys if isinstance(keys, (tuple, list)) else (keys,)
+    kv_heads = tensor_info(parts[0])[1][0]
+    key_len = sum(tensor_info(k)[1][2] for k in parts)
     rows = heads // kv_heads * seq
     qg = bb.emit(R.reshape(q, (kv_heads, rows, d)))
-    scores = bb.emit(R.matmul(qg, bb.emit(R.permute_dims(keys, [0, 2, 1])), out_dtype="int32"))
+    scores = [bb.emit(R.matmul(qg, k, out_dtype="int32")) for k in parts]
+    scores = scores[0] if len(scores) == 1 else bb.emit(R.concat(scores, axis=2))
     scores = bb.emit(R.reshape(scores, (heads, seq, key_len)))
     allowed = emit_cached_mask(bb, positions, key_len - seq)
     scores = bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))

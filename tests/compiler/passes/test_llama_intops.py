@@ -83,7 +83,13 @@ def test_cached_gqa_attention_emitter_equals_twin():
     lib_values = np.concatenate([values[:, :4], stale[1], values[:, 4:]], axis=1)
     c = il.AttentionConstants(rng.uniform(0.01, 0.05, heads), rng.uniform(0.01, 0.05, kv_heads),
                               rng.uniform(0.005, 0.02, kv_heads), 0.02, 3, d)
+    lib_keys = np.ascontiguousarray(lib_keys.transpose(0, 2, 1))  # the library keeps the keys transposed
     got = _run(lambda bb, a, k, v, p: li.emit_gqa_attention_cached(bb, a, k, v, p, c),
                [q, lib_keys, lib_values, positions])
-    assert cache_len + seq == lib_keys.shape[1]
+    assert cache_len + seq == lib_keys.shape[2]
+    # the keys in two parts (the cache's, the chunk's), scored apart: the same
+    split = _run(lambda bb, a, k1, k2, v, p: li.emit_gqa_attention_cached(bb, a, (k1, k2), v, p, c),
+                 [q, np.ascontiguousarray(lib_keys[..., :cache_len]), np.ascontiguousarray(lib_keys[..., cache_len:]),
+                  lib_values, positions])
+    assert np.array_equal(split, got)
     assert np.array_equal(got, il.igqa_attention(q, keys, values, positions, c))
