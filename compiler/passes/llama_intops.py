@@ -213,10 +213,15 @@ def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionCon
     scores = bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
     p = emit_softmax_heads(bb, scores, [c.score_scale(h) for h in range(heads)])
     p = bb.emit(R.reshape(bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX))), (kv_heads, rows, key_len)))
-    hi = bb.emit(R.astype(bb.emit(R.right_shift(p, _i32(8))), "uint8"))
-    lo = bb.emit(R.astype(bb.emit(R.bitwise_and(p, _i32(255))), "uint8"))
-    acc_hi = bb.emit(R.matmul(hi, values, out_dtype="int32"))
-    acc = bb.emit(R.add(bb.emit(R.left_shift(acc_hi, _i32(8))), bb.emit(R.matmul(lo, values, out_dtype="int32"))))
+    # P.V in two 8-bit halves of the 16-bit probabilities, each as int8 (u - 128) so that both products are
+    # int8 x int8 on the project's batch kernels: sum (u - 128) v + 128 sum v = sum u v, exactly in int32
+    hi = bb.emit(R.astype(bb.emit(R.subtract(bb.emit(R.right_shift(p, _i32(8))), _i32(128))), "int8"))
+    lo = bb.emit(R.astype(bb.emit(R.subtract(bb.emit(R.bitwise_and(p, _i32(255))), _i32(128))), "int8"))
+    vsum = bb.emit(R.multiply(bb.emit(R.sum(bb.emit(R.astype(values, "int32")), axis=[1], keepdims=True)),
+                              _i32(128)))
+    acc_hi = bb.emit(R.add(bb.emit(R.matmul(hi, values, out_dtype="int32")), vsum))
+    acc_lo = bb.emit(R.add(bb.emit(R.matmul(lo, values, out_dtype="int32")), vsum))
+    acc = bb.emit(R.add(bb.emit(R.left_shift(acc_hi, _i32(8))), acc_lo))
     acc = bb.emit(R.reshape(acc, (heads, seq, d)))
     mult = [c.out_multiplier(h) for h in range(heads)]
     out = emit_fixed_requantize(bb, acc, np.array([m for m, _ in mult]).reshape(-1, 1, 1),
