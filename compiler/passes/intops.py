@@ -118,30 +118,33 @@ def _i64(bb, x):
     return x if tensor_info(x)[0] == "int64" else bb.emit(R.astype(x, "int64"))
 
 
-def _wide_difference(bb, x, scale: float):
+def _wide_difference(bb, x, scale):
     """max - x over the last axis: in int32 for 8/16-bit inputs and for int32 ones clipped to +-2**30 first
-    (intmath.row_input), else in int64. (A value's bound does not help here: masked scores lie outside it.)"""
+    (intmath.row_input) when every scale allows it (one, or one per head), else in int64. (A value's bound does not
+    help here: masked scores lie outside it.)"""
     from compiler.intmath import integer_ops as io
 
     dtype = tensor_info(x)[0]
     if dtype in ("int8", "int16", "uint8"):
         x = bb.emit(R.astype(x, "int32"))
-    elif dtype == "int32" and io.int32_input_ok(scale):
+    elif dtype == "int32" and all(io.int32_input_ok(s) for s in np.atleast_1d(scale)):
         x = bb.emit(R.clip(x, -io.INT32_INPUT_CLIP, io.INT32_INPUT_CLIP - 1))
     elif dtype != "int64":
         x = bb.emit(R.astype(x, "int64"))
     return bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
 
 
-def emit_softmax(bb, x, scale: float, fine: bool = False, out_scale: float | None = None, out_zp: int | None = None,
+def emit_softmax(bb, x, scale, fine: bool = False, out_scale: float | None = None, out_zp: int | None = None,
                  out_dtype: str | None = None):
     """Integer softmax over the last axis -> int8 (scale 1/255, zero point -128), with `fine` int32 codes of
-    p * 65535, or (out_scale, out_zp, out_dtype); see intmath.isoftmax."""
+    p * 65535, or (out_scale, out_zp, out_dtype); see intmath.isoftmax. ``scale``: the input's, or one per head
+    for x (heads, rows, keys) (each head equals isoftmax at its own scale; the output scale is shared)."""
     from compiler.intmath import integer_ops as io
 
     out_scale, out_zp, out_dtype = io.softmax_output(fine, out_scale, out_zp, out_dtype)
     i32 = lambda v: const(v, "int32")  # noqa: E731
-    e = emit_exp_q15(bb, _wide_difference(bb, x, scale), io.exp_constants(scale))
+    c = io.exp_constants(scale) if np.ndim(scale) == 0 else [io.exp_constants(s) for s in scale]
+    e = emit_exp_q15(bb, _wide_difference(bb, x, scale), c)
     s = _exp_row_sum(bb, e)
     k = io.softmax_recip_bits(out_scale)
     one = const(1, "int64")
@@ -175,18 +178,25 @@ def emit_horner(bb, u, coefs: tuple, frac_bits: int):
     return h
 
 
-def emit_exp_q15(bb, d, c: io.ExpConstants):
-    """exp(-d * scale) in Q15 as int32, for d >= 0 (int32 or int64) (intmath.iexp_q15; c from exp_constants)."""
+def emit_exp_q15(bb, d, c):
+    """exp(-d * scale) in Q15 as int32, for d >= 0 (int32 or int64) (intmath.iexp_q15; c from exp_constants, or a
+    list of them, one per head of d (heads, rows, keys): each broadcast as (heads, 1, 1))."""
     from compiler.intmath import integer_ops as io
 
+    cs = [c] if isinstance(c, io.ExpConstants) else list(c)
+
+    def field(name, dt):
+        values = [getattr(x, name) for x in cs]
+        return const(values[0] if len(cs) == 1 else np.array(values).reshape(-1, 1, 1), dt)
+
     dtype = tensor_info(d)[0]
-    if c.pre:
-        d = bb.emit(R.right_shift(d, const(c.pre, dtype)))
-    d = bb.emit(R.minimum(d, const(c.d_cap, dtype)))
+    if any(x.pre for x in cs):
+        d = bb.emit(R.right_shift(d, field("pre", dtype)))
+    d = bb.emit(R.minimum(d, field("d_cap", dtype)))
     if dtype != "int32":
         d = bb.emit(R.astype(d, "int32"))
     i32 = lambda v: const(v, "int32")  # noqa: E731
-    t = bb.emit(R.right_shift(bb.emit(R.multiply(d, i32(c.m))), i32(c.s)))
+    t = bb.emit(R.right_shift(bb.emit(R.multiply(d, field("m", "int32"))), field("s", "int32")))
     z = bb.emit(R.minimum(bb.emit(R.right_shift(t, i32(io.EXP_FRAC_BITS))), i32(io.EXP_ZERO_SHIFT)))
     f = bb.emit(R.bitwise_and(t, i32((1 << io.EXP_FRAC_BITS) - 1)))
     return bb.emit(R.right_shift(emit_horner(bb, f, io.EXP_POLY_Q15, io.EXP_FRAC_BITS), z))

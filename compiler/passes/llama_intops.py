@@ -8,7 +8,7 @@ import numpy as np
 from tvm import relax
 
 from compiler.intmath import integer_ops as io, llama as il
-from compiler.passes.intops import emit_bit_length, emit_exp_q15, emit_horner, emit_isqrt
+from compiler.passes.intops import emit_bit_length, emit_exp_q15, emit_horner, emit_isqrt, emit_softmax
 from compiler.tvm_compat import const, tensor_info
 
 R = relax.op
@@ -141,41 +141,6 @@ def emit_rope(bb, x, positions, tables, m0, shift, out_zp: int = 0, qmin: int = 
     return emit_fixed_requantize(bb, acc, m0, shift, out_zp, out_dtype, qmin, qmax)
 
 
-def _head_const(values, dtype: str):
-    """Per-head constants as (heads, 1, 1): they broadcast over each head's (rows, keys) block."""
-    return const(np.asarray(values).reshape(-1, 1, 1), dtype)
-
-
-def emit_softmax_heads(bb, scores, scales):
-    """io.isoftmax(fine=True) of each head's scores at its own input scale: scores int32 (heads, rows, keys),
-    scales (heads,) -> int32 codes round(p * 65535). The exp constants are per-head arrays; the reciprocal's
-    bits depend only on the (shared) output scale. Equals isoftmax head by head: int32 scores are clipped to
-    +-2**30 when every head's scale allows it (il.MASKED_SCORE then lands where exp is 0); otherwise the
-    differences are taken in int64, where masked and clipped scores meet the same cap d_cap and give exp 0."""
-    cs = [io.exp_constants(s) for s in scales]
-    x = scores
-    if all(io.int32_input_ok(s) for s in scales):
-        x = bb.emit(R.clip(x, -io.INT32_INPUT_CLIP, io.INT32_INPUT_CLIP - 1))
-        dt = "int32"
-    else:
-        x, dt = bb.emit(R.astype(x, "int64")), "int64"
-    d = bb.emit(R.subtract(bb.emit(R.max(x, axis=[-1], keepdims=True)), x))
-    d = bb.emit(R.right_shift(d, _head_const([c.pre for c in cs], dt)))
-    d = _as(bb, bb.emit(R.minimum(d, _head_const([c.d_cap for c in cs], dt))), "int32")
-    t = bb.emit(R.right_shift(bb.emit(R.multiply(d, _head_const([c.m for c in cs], "int32"))),
-                              _head_const([c.s for c in cs], "int32")))
-    z = bb.emit(R.minimum(bb.emit(R.right_shift(t, _i32(io.EXP_FRAC_BITS))), _i32(io.EXP_ZERO_SHIFT)))
-    f = bb.emit(R.bitwise_and(t, _i32((1 << io.EXP_FRAC_BITS) - 1)))
-    e = bb.emit(R.right_shift(emit_horner(bb, f, io.EXP_POLY_Q15, io.EXP_FRAC_BITS), z))
-    out_scale = 1.0 / io.SOFTMAX_FINE_LEVELS
-    s = bb.emit(R.sum(bb.emit(R.astype(e, "int64")), axis=[-1], keepdims=True))
-    k = io.softmax_recip_bits(out_scale)
-    recip = bb.emit(R.floor_divide(bb.emit(R.add(bb.emit(R.right_shift(s, _i64(1))),
-                                                 _i64(int(round(2.0 ** k / out_scale))))), s))
-    q = bb.emit(R.multiply(e, bb.emit(R.astype(recip, "int32"))))
-    return bb.emit(R.right_shift(bb.emit(R.add(q, _i32(1 << (k - 1)))), _i32(k)))
-
-
 def emit_cached_mask(bb, positions, cache_len: int):
     """bool (seq, cache_len + seq): cache entry j is visible to every query iff j < positions[0] (the cache
     holds the positions before the chunk); chunk entry i to the query at p iff positions[i] <= p."""
@@ -211,7 +176,7 @@ def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionCon
     scores = bb.emit(R.reshape(scores, (heads, seq, key_len)))
     allowed = emit_cached_mask(bb, positions, key_len - seq)
     scores = bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
-    p = emit_softmax_heads(bb, scores, [c.score_scale(h) for h in range(heads)])
+    p = emit_softmax(bb, scores, [c.score_scale(h) for h in range(heads)], fine=True)  # per-head scales
     p = bb.emit(R.reshape(bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX))), (kv_heads, rows, key_len)))
     # P.V in two 8-bit halves of the 16-bit probabilities, each as int8 (u - 128) so that both products are
     # int8 x int8 on the project's batch kernels: sum (u - 128) v + 128 sum v = sum u v, exactly in int32
