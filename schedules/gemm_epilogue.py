@@ -8,8 +8,9 @@ Guarantees:
 - ``Epilogue`` is hashable (the kernel cache keys on it) and holds no constant values: every constant operand
   is a parameter of the kernel, a vector along N (``per_channel``) read at the output column, a vector along M
   (``row``: a value computed at run time per output row, e.g. a token's scale exponent) read at the output row,
-  a one-element buffer (a scalar), or a 1-D lookup table indexed by the chain value. Layers that differ only in
-  constants share one kernel.
+  a one-element buffer (a scalar), a 1-D lookup table indexed by the chain value, or the product of a row
+  value and a column vector (``outer``: a token's zero point times the weights' column sums). Layers that differ
+  only in constants share one kernel.
 - ``with_epilogue`` turns the compute's ``out`` into an intermediate buffer and appends the block "epilogue"
   that writes the (m, n) output ``y`` (padding rows and lanes are never stored), one TIR expression per step,
   the same expression the Relax op legalizes to (topi's add / subtract / multiply / shifts / min / max / clip /
@@ -35,7 +36,9 @@ class EpilogueStep:
     """One op applied to the chain value ``x``: ``op`` a key of ``OPS``; ``dtype`` its result type.
 
     ``operand``: the constant's kind, "" (none: a unary op), "scalar", "vector" (per output column, length N),
-    "row" (per output row, length M) or "table" (a 1-D lookup table of ``table_size`` entries, indexed by x);
+    "row" (per output row, length M), "outer" (two parameters, a row (M,) and a vector (N,), both of
+    ``operand_dtype``: the operand at (i, j) is row[i] * vector[j] in the step's type) or "table" (a 1-D lookup
+    table of ``table_size`` entries, indexed by x);
     ``swap``: the constant is the left operand (``c - x``); ``attrs``: the op's static attributes (clip bounds,
     take mode)."""
 
@@ -137,14 +140,29 @@ def fold_into_init(epi: Epilogue, operands: tuple, n: int) -> tuple[Epilogue, tu
     return Epilogue(tuple(steps)), tuple(ops), addend
 
 
+OPERAND_SHAPES: dict[str, Callable] = {  # operand kind -> (m, n, step) -> the shapes of its parameter buffers
+    "scalar": lambda m, n, step: [(1,)],
+    "vector": lambda m, n, step: [(n,)],
+    "row": lambda m, n, step: [(m,)],
+    "outer": lambda m, n, step: [(m,), (n,)],
+    "table": lambda m, n, step: [(step.table_size,)],
+}
+
+
 def operand_buffers(epi: Epilogue, n: int, m: int) -> list:
-    """One parameter buffer per operand, in step order."""
+    """The parameter buffers of the operands, in step order (one per operand, two for an "outer" one: row then
+    vector)."""
     bufs = []
     for i, step in enumerate(epi.steps):
         if step.operand:
-            shape = {"scalar": (1,), "vector": (n,), "row": (m,), "table": (step.table_size,)}[step.operand]
-            bufs.append(tirx.decl_buffer(shape, step.operand_dtype, f"c{i}_{step.op}"))
+            for j, shape in enumerate(OPERAND_SHAPES[step.operand](m, n, step)):
+                bufs.append(tirx.decl_buffer(shape, step.operand_dtype, f"c{i}{'_' * j}_{step.op}"))
     return bufs
+
+
+def _load(buf, idx, dtype: str):
+    v = tirx.BufferLoad(buf, [idx])
+    return v if buf.dtype == dtype else tirx.Cast(dtype, v)  # stored narrower: widened on load
 
 
 def epilogue_value(epi: Epilogue, x, col, bufs: list, row=None):
@@ -152,13 +170,12 @@ def epilogue_value(epi: Epilogue, x, col, bufs: list, row=None):
     it, dtype = iter(bufs), "int32"
     for step in epi.steps:
         c = None
-        if step.operand:
-            buf = next(it)
-            c = {"scalar": lambda b: tirx.BufferLoad(b, [0]), "vector": lambda b: tirx.BufferLoad(b, [col]),
-                 "row": lambda b: tirx.BufferLoad(b, [row]),
-                 "table": lambda b: (lambda idx: tirx.BufferLoad(b, [idx]))}[step.operand](buf)
-            if step.operand != "table" and step.operand_dtype != step.dtype:  # stored narrower: widened on load
-                c = tirx.Cast(step.dtype, c)
+        if step.operand == "table":
+            c = (lambda b: lambda idx: tirx.BufferLoad(b, [idx]))(next(it))
+        elif step.operand == "outer":
+            c = _load(next(it), row, step.dtype) * _load(next(it), col, step.dtype)
+        elif step.operand:
+            c = _load(next(it), {"scalar": 0, "vector": col, "row": row}[step.operand], step.dtype)
         x, dtype = OPS[step.op](x, c, step, dtype), step.dtype
     return x
 
@@ -176,11 +193,14 @@ def with_epilogue(core, epi: Epilogue, m: int, n: int):
     i, j, vi, vj = (tirx.Var(name, "int32") for name in ("i", "j", "vi", "vj"))
     value = epilogue_value(epi, tirx.BufferLoad(out, [vi, vj]), vj, bufs, vi)
     reads = [_region(out, vi, vj)]
-    for step, buf in zip((s for s in epi.steps if s.operand), bufs):
+    it = iter(bufs)
+    for step in (s for s in epi.steps if s.operand):
         if step.operand == "table":
-            reads.append(tirx.BufferRegion(buf, [tvm.ir.Range(0, step.table_size)]))
+            reads.append(tirx.BufferRegion(next(it), [tvm.ir.Range(0, step.table_size)]))
+        elif step.operand == "outer":
+            reads += [_region(next(it), vi), _region(next(it), vj)]
         else:
-            reads.append(_region(buf, {"vector": vj, "row": vi}.get(step.operand, 0)))
+            reads.append(_region(next(it), {"vector": vj, "row": vi}.get(step.operand, 0)))
     block = SBlock([tirx.IterVar(tvm.ir.Range(0, m), vi, 0), tirx.IterVar(tvm.ir.Range(0, n), vj, 0)],
                    reads, [_region(y, vi, vj)], EPILOGUE_BLOCK, tirx.BufferStore(y, value, [vi, vj]))
     loops = tirx.For(i, 0, m, tirx.ForKind.SERIAL,

@@ -626,8 +626,8 @@ def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
 def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target,
                      epilogue: Epilogue | None = None, operands: tuple = ()) -> relax.Expr:
     """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact; with an ``epilogue``
-    (its ``operands`` in step order: NumPy arrays, and Relax values (..., M, 1) for "row" steps) the chain of it
-    applied in the kernel, of its type."""
+    (its ``operands`` in step order: NumPy arrays, Relax values (..., M, 1) for "row" steps, such a value then a
+    NumPy vector for "outer" steps) the chain of it applied in the kernel, of its type."""
     shape = _static_int8(a_q, "a_q")
     w = np.asarray(w_q)
     if w.dtype != np.int8 or w.ndim != 2 or w.shape[0] != shape[-1]:

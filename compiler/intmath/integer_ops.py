@@ -337,39 +337,46 @@ def rescale(x: np.ndarray, zp: int, m0: int, shift: int) -> np.ndarray:
 
 # ---- per-token activation scales (dynamic rows) -------------------------------------------------------------
 # A matmul input is carried as int16 codes of one static, symmetric scale s16 (the calibrated range over 32767
-# levels) and quantized to int8 at run time row by row: each row (a token) gets the scale s16 * 2**k with the
-# smallest k that fits its largest |code| into [-127, 127] after rounding, so a token far inside the calibrated
-# range keeps up to 2**8 finer steps than the static int8 scale (I-LLM's dynamic integer matmul with
-# power-of-two row scales: the requantization after the matmul shifts by k less, no per-row multiplier).
-ROW_SHIFT_MAX = 9  # int16 codes: |x| <= 32768 fits 127 after 9 halvings
-# k is the number of thresholds a row's max |code| exceeds: with k halvings (rounding half up) max |x| rounds
-# to at most 127 exactly when max |x| <= 128 * 2**k - 2**(k - 1) - 1 (127 for k = 0)
-ROW_SHIFT_THRESHOLDS = tuple(127 if k == 0 else 128 * 2 ** k - 2 ** (k - 1) - 1 for k in range(ROW_SHIFT_MAX))
+# levels) and quantized to int8 at run time row by row, asymmetrically: each row (a token) gets the step
+# s16 * 2**k with the smallest k that fits the row's span (max - min of its codes) into 255 steps after
+# rounding, and a zero point z of its own, x ~ 2**k * (q + z) (I-LLM's dynamic integer matmul with power-of-two
+# row scales: the requantization after the matmul shifts by k less, no per-row multiplier). A one-sided row
+# (a GELU's output: >= -0.17 everywhere) keeps all 256 levels where a symmetric code would waste half of them.
+# The zero point costs one term per output, z_i * sum_k w_kj (a column sum of the weights), added to the
+# accumulator before the requantization (intmath.requantize_rows).
+ROW_SHIFT_MAX = 9  # int16 codes: a span <= 65535 fits 255 steps after 9 halvings
+# k is the number of thresholds the row's span exceeds: after k halvings (rounding half up) the codes of a span
+# s differ by at most floor(s / 2**k) + 1 (s for k = 0), at most 255 when s <= 255 * 2**k - 1 (255 for k = 0)
+ROW_SPAN_THRESHOLDS = tuple(255 if k == 0 else 255 * 2 ** k - 1 for k in range(ROW_SHIFT_MAX))
+ROW_ZERO_OFFSET = 128  # z = (the row's smallest code after the shift) + 128: its codes start at -128
 
 
-def row_quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int16 codes (…, rows, K) -> (int8 codes, int32 shifts k (…, rows, 1)): q = clip((x + 2**k >> 1) >> k,
-    -127, 127), k the smallest shift that brings the row's max |x| into 127. Error: at most half a step of
-    s16 * 2**k per element, and the step is at most max|row| / 63.5 (never coarser than half a static int8 step
-    of the same range)."""
+def row_quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int16 codes (…, rows, K) -> (int8 codes q, int32 shifts k, int32 zero points z; k and z (…, rows, 1)):
+    q = ((x + 2**k >> 1) >> k) - z with z = ((min x + 2**k >> 1) >> k) + 128, k the smallest shift that brings
+    the row's span into 255 steps (q never leaves [-128, 127]). x ~ 2**k * (q + z), error at most half a step of
+    s16 * 2**k per element; the step is at most span / 127.5 (never coarser than a static int8 scale of the
+    same range, half of one where the row is one-sided)."""
     x = x.astype(np.int32)
-    m = np.max(np.abs(x), axis=-1, keepdims=True)
-    k = np.sum(m > np.array(ROW_SHIFT_THRESHOLDS, np.int32), axis=-1, keepdims=True).astype(np.int32)
+    hi = np.max(x, axis=-1, keepdims=True)
+    lo = np.min(x, axis=-1, keepdims=True)
+    k = np.sum((hi - lo) > np.array(ROW_SPAN_THRESHOLDS, np.int32), axis=-1, keepdims=True).astype(np.int32)
     half = np.left_shift(np.int32(1), k) >> 1
-    q = np.clip((x + half) >> k, -127, 127).astype(np.int8)
-    return q, k
+    z = ((lo + half) >> k) + np.int32(ROW_ZERO_OFFSET)
+    q = np.clip(((x + half) >> k) - z, -128, 127).astype(np.int8)
+    return q, k, z
 
 
-# The row requantization shifts the product left by k before rounding it off (so that the GEMM kernel can apply
-# k as a per-row operand): |acc| <= K * 127 * 128 (int8 row codes within +-127 times int8 weights) times m0 below
-# 2**row_mantissa_bits(K), shifted by up to ROW_SHIFT_MAX, stays below 2**62 (the rounding term below 2**62 too:
-# no int64 overflow).
+# The row requantization adds z_i * colsum_j to the accumulator and shifts the product left by k before
+# rounding it off (so that the GEMM kernel can apply k and z as per-row operands): (acc + z * colsum) * 2**k is
+# sum_k x_k w_k within rounding, |x| <= 2**15 + 2**(k-1) < 2**16 and |w| <= 128, so at most K * 2**23; times m0
+# below 2**row_mantissa_bits(K) it stays below 2**62 (the rounding term below 2**62 too: no int64 overflow).
 
 
 def row_mantissa_bits(k_dim: int) -> int:
-    """Bits of m0 that keep acc * m0 << ROW_SHIFT_MAX below 2**62 for a reduction over ``k_dim`` (at most 31)."""
-    acc_bits = int(k_dim * 127 * 128).bit_length()
-    return min(31, 62 - ROW_SHIFT_MAX - acc_bits)
+    """Bits of m0 that keep (acc + z * colsum) * m0 << k below 2**62 for a reduction over ``k_dim`` (at most
+    31)."""
+    return min(31, 62 - int(k_dim << 23).bit_length())
 
 
 def row_multipliers(multiplier: np.ndarray, k_dim: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -391,13 +398,14 @@ def row_multipliers(multiplier: np.ndarray, k_dim: int) -> tuple[np.ndarray, np.
     return (m0, sh) if np.all(sh > ROW_SHIFT_MAX) else None
 
 
-def requantize_rows(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, k: np.ndarray, bias: np.ndarray,
-                    zero_point: int, out_dtype=np.int16) -> np.ndarray:
-    """int32 accumulators of row-quantized inputs (row i at scale s16 * 2**k_i, column j at the weight's scale)
-    -> output codes: ((acc * m0_j << k_i) + 2**(sh_j - 1)) >> sh_j, then + bias_j + zero_point (the bias already
-    at the output scale), clipped. Equal to rounding acc * m0_j by sh_j - k_i bits (sh_j > k_i); the product,
-    shifted, stays below 2**62 (row_mantissa_bits)."""
-    x = (acc.astype(np.int64) * m0.astype(np.int64)) << k.astype(np.int64)
+def requantize_rows(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, k: np.ndarray, z: np.ndarray,
+                    colsum: np.ndarray, bias: np.ndarray, zero_point: int, out_dtype=np.int16) -> np.ndarray:
+    """int32 accumulators of row-quantized inputs (row i: codes q_i with x_i ~ 2**k_i (q_i + z_i); column j at
+    the weight's scale, ``colsum`` its weights' sum) -> output codes: ((acc + z_i * colsum_j) * m0_j << k_i
+    + 2**(sh_j-1)) >> sh_j, then + bias_j + zero_point (the bias already at the output scale), clipped. Equal to
+    rounding (acc + z_i colsum_j) * m0_j by sh_j - k_i bits (sh_j > k_i); no int64 overflow (row_mantissa_bits)."""
+    x = acc.astype(np.int64) + z.astype(np.int64) * colsum.astype(np.int64)
+    x = (x * m0.astype(np.int64)) << k.astype(np.int64)
     sh = shift.astype(np.int64)
     x = (x + np.left_shift(np.int64(1), sh - 1)) >> sh
     info = np.iinfo(out_dtype)

@@ -8,8 +8,9 @@ a second rescale, ...). Runs before LowerIntMatmul, on targets that have a kerne
 Guarantees: for each such matmul, the longest chain of single-consumer ops after it that are
 - an op of schedules/gemm_epilogue.OPS whose other operand is a constant scalar or a vector along N (shape (N,),
   (1, N), (1, 1, N), ...) of the chain value's type, or a value computed at run time with one element per output
-  row (shape (..., M, 1) or (M, 1), the rows of the matmul's input: a per-token shift), or a unary op (astype,
-  clip, negative),
+  row (shape (..., M, 1) or (M, 1), the rows of the matmul's input: a per-token shift), or the product of such a
+  row value and a constant vector along N (an "outer" operand: a token's zero point times the weights' column
+  sums), or a unary op (astype, clip, negative),
 - a ``take`` from a constant 1-D table indexed by the chain value (a lookup),
 - a reshape that keeps the last dim N (adding / removing leading 1s, merging leading dims), or an alias,
 - a layout op that moves elements across columns (a reshape to other last dims, a ``permute_dims``: the
@@ -52,7 +53,7 @@ _LAYOUT = {"relax.reshape", "relax.permute_dims"}  # ops that only move elements
 @dataclass(frozen=True)
 class Chain:
     """A matmul ``a @ w`` and the epilogue replacing the binding of ``end`` (its operands in step order: NumPy
-    constants, Relax values for "row" steps)."""
+    constants, Relax values for "row" steps, a Relax value then a NumPy vector for "outer" steps)."""
 
     a: relax.Expr
     w: np.ndarray
@@ -89,9 +90,34 @@ def _row_operand(value: relax.Expr, dtype: str, m: int) -> bool:
             and shape[-1] == 1 and math.prod(shape[:-1]) == m)
 
 
-def _step(call: relax.Call, x: relax.Var, m: int, n: int) -> tuple[EpilogueStep, object] | None:
-    """The epilogue step of ``call`` applied to the chain value ``x`` and its operand (a NumPy constant, a Relax
-    value of a "row" operand, or None), or None if it is not one."""
+def _outer_operand(value: relax.Expr, dtype: str, m: int, n: int, values: dict) -> tuple | None:
+    """(row value, column vector, their storage type) if ``value`` is ``multiply(row, constant vector along N)`` of
+    ``dtype``: a row value widened from int32 (``astype``) is passed as the int32 it was, with the vector as int32
+    when it fits (LLVM then multiplies 32 x 32 -> 64 bits)."""
+    call = values.get(value)
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.multiply"):
+        return None
+    if tensor_info(call)[0] != dtype:
+        return None
+    for row, vec in (call.args, reversed(call.args)):
+        c = constant_value(vec)
+        if c is None or str(c.dtype) != dtype or not _row_operand(row, dtype, m):
+            continue
+        c = _vector_along_n(c, n)
+        if c is None or len(c) != n:
+            continue
+        src = values.get(row)
+        if (isinstance(src, relax.Call) and isinstance(src.op, tvm.ir.Op) and src.op.name == "relax.astype"
+                and _row_operand(src.args[0], "int32", m) and _fits_int32(c)):
+            return src.args[0], c.astype(np.int32), "int32"
+        return row, c, dtype
+    return None
+
+
+def _step(call: relax.Call, x: relax.Var, m: int, n: int, values: dict) -> tuple[EpilogueStep, tuple] | None:
+    """The epilogue step of ``call`` applied to the chain value ``x`` and its operands (a NumPy constant, a Relax
+    value of a "row" operand, the Relax row value and the NumPy vector of an "outer" one; none for a unary op), or
+    None if it is not one."""
     op = call.op.name.removeprefix("relax.")
     if op not in OPS:
         return None
@@ -101,14 +127,14 @@ def _step(call: relax.Call, x: relax.Var, m: int, n: int) -> tuple[EpilogueStep,
         if not call.args[0].same_as(x):
             return None
         attrs = (int(call.args[1].value), int(call.args[2].value)) if op == "clip" else ()
-        return EpilogueStep(op, dtype, attrs=attrs), None
+        return EpilogueStep(op, dtype, attrs=attrs), ()
     if op == "take":
         table = constant_value(call.args[0])
         if (not call.args[1].same_as(x) or table is None or table.ndim != 1 or int(call.attrs.axis) != 0
                 or str(call.attrs.mode) not in TAKE_MODES):
             return None
         return EpilogueStep("take", dtype, "table", str(table.dtype), attrs=(str(call.attrs.mode),),
-                            table_size=len(table)), table
+                            table_size=len(table)), (table,)
     lhs, rhs = call.args
     swap = rhs.same_as(x) and not lhs.same_as(x)
     if not lhs.same_as(x) and not swap:
@@ -116,7 +142,11 @@ def _step(call: relax.Call, x: relax.Var, m: int, n: int) -> tuple[EpilogueStep,
     other = lhs if swap else rhs
     c = constant_value(other)
     if c is None and _row_operand(other, x_dtype, m) and m > 1:
-        return EpilogueStep(op, dtype, "row", x_dtype, swap=swap), other
+        return EpilogueStep(op, dtype, "row", x_dtype, swap=swap), (other,)
+    outer = _outer_operand(other, x_dtype, m, n, values) if c is None and m > 1 else None
+    if outer is not None:
+        row, vec, stored = outer
+        return EpilogueStep(op, dtype, "outer", stored, swap=swap), (row, vec)
     if c is None or str(c.dtype) != x_dtype:
         return None
     vec = _vector_along_n(c, n)
@@ -127,8 +157,8 @@ def _step(call: relax.Call, x: relax.Var, m: int, n: int) -> tuple[EpilogueStep,
     if op == "multiply" and kind == "vector" and str(c.dtype) == "int64" and _fits_int32(vec):
         # per-column int64 multipliers that fit int32 are stored so and sign-extended on load: LLVM then
         # multiplies 32 x 32 -> 64 bits (vpmuldq, one uop) instead of a full 64-bit multiply (vpmullq, three)
-        return EpilogueStep(op, dtype, kind, "int32", swap=swap), vec.astype(np.int32)
-    return EpilogueStep(op, dtype, kind, str(c.dtype), swap=swap), vec
+        return EpilogueStep(op, dtype, kind, "int32", swap=swap), (vec.astype(np.int32),)
+    return EpilogueStep(op, dtype, kind, str(c.dtype), swap=swap), (vec,)
 
 
 def _fits_int32(v: np.ndarray) -> bool:
@@ -172,12 +202,11 @@ def find_chains(func: relax.Function) -> dict:
                     moved = True
                 layout.append(call)
             else:
-                step = _step(call, cur, m, n)
-                if step is None or (moved and step[0].operand in ("vector", "row")):
+                step = _step(call, cur, m, n, values)
+                if step is None or (moved and step[0].operand in ("vector", "row", "outer")):
                     break
                 steps.append(step[0])
-                if step[1] is not None:
-                    operands.append(step[1])
+                operands += step[1]
                 size = np.dtype(step[0].dtype).itemsize
                 if size <= best_bytes:
                     best_bytes, best = size, (nxt, len(steps), len(operands), len(layout))

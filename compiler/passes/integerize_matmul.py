@@ -14,8 +14,9 @@ Constant weights are quantized symmetric int8 per output channel. With ``row_sca
 activation of a constant-weight matmul that is not a normalization's output (a LayerNorm's range per token is set
 by gamma and beta; an activation's or an attention context's is not) is instead carried as int16 codes of
 TOKEN_HEADROOM times its calibrated range and quantized to int8 per row (token) at run time with a power-of-two
-step (intmath.row_quantize); the requantization shifts each row by its own amount (intmath.requantize_rows), the
-bias added at the output scale. Nothing else changes.
+step and a zero point of its own (intmath.row_quantize); the requantization adds each row's zero point times the
+weights' column sums and shifts each row by its own amount (intmath.requantize_rows), the bias added at the
+output scale. Nothing else changes.
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ class _Integerize(PyExprMutator):
 
     def _row_scaled(self, a_expr, sa, za, sb, zb, b_val, bias, s_out, z_out, b_q, out_dtype):
         """Per-token activation scales: the activation of a constant-weight matmul as int16 codes of the
-        calibrated range (symmetric), quantized to int8 row by row at run time (intmath.row_quantize), the
-        accumulators requantized with each row's shift (intmath.requantize_rows). None if not applicable."""
+        calibrated range (symmetric), quantized to int8 row by row at run time (intmath.row_quantize: a shift and
+        a zero point per row), the accumulators requantized with each row's zero point and shift
+        (intmath.requantize_rows). None if not applicable."""
         if not self.row_scales or b_val is None or b_val.ndim != 2 or zb != 0:
             return None
         q = self._producer(self._producer(a_expr, _DEQUANTIZE).args[0], _QUANTIZE)
@@ -201,12 +203,13 @@ class _Integerize(PyExprMutator):
         bb = self.builder_
         x16 = bb.emit(relax.op.quantize(q.args[0], const(s16, "float32"), const(0, "int16"), axis=-1,
                                         out_dtype="int16"))
-        a_q, k = emit_row_quantize(bb, x16)
+        a_q, k, z = emit_row_quantize(bb, x16)
         acc = bb.emit(relax.op.matmul(a_q, b_q, out_dtype="int32"))
         n = b_val.shape[-1]
         b_out = np.zeros(n) if bias is None else np.round(bias.astype(np.float64) / s_out)
         b_out = np.clip(b_out, -(2 ** 40), 2 ** 40).astype(np.int64)
-        return emit_requantize_rows(bb, acc, *mults, k, b_out, z_out, out_dtype)
+        colsum = b_val.astype(np.int64).sum(axis=0)
+        return emit_requantize_rows(bb, acc, *mults, k, z, colsum, b_out, z_out, out_dtype)
 
 
 def _added_calls(mod) -> set:

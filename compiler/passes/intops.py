@@ -75,23 +75,29 @@ def emit_requantize(bb, acc, multiplier: np.ndarray, zero_point: int, out_dtype:
 
 
 def emit_row_quantize(bb, x):
-    """int16 codes -> (int8 codes, int32 per-row shifts): intmath.row_quantize."""
+    """int16 codes -> (int8 codes, int32 per-row shifts k, int32 per-row zero points z): intmath.row_quantize."""
     from compiler.intmath import integer_ops as io
 
     x = bb.emit(R.astype(x, "int32"))
-    m = bb.emit(R.max(bb.emit(R.abs(x)), axis=[-1], keepdims=True))
-    above = bb.emit(R.greater(m, const(np.array(io.ROW_SHIFT_THRESHOLDS, np.int32), "int32")))
+    hi = bb.emit(R.max(x, axis=[-1], keepdims=True))
+    lo = bb.emit(R.min(x, axis=[-1], keepdims=True))
+    above = bb.emit(R.greater(bb.emit(R.subtract(hi, lo)),
+                              const(np.array(io.ROW_SPAN_THRESHOLDS, np.int32), "int32")))
     k = bb.emit(R.sum(bb.emit(R.astype(above, "int32")), axis=[-1], keepdims=True))
     half = bb.emit(R.right_shift(bb.emit(R.left_shift(const(1, "int32"), k)), const(1, "int32")))
-    q = bb.emit(R.right_shift(bb.emit(R.add(x, half)), k))
-    return bb.emit(R.astype(bb.emit(R.clip(q, -127, 127)), "int8")), k
+    z = bb.emit(R.add(bb.emit(R.right_shift(bb.emit(R.add(lo, half)), k)), const(io.ROW_ZERO_OFFSET, "int32")))
+    q = bb.emit(R.subtract(bb.emit(R.right_shift(bb.emit(R.add(x, half)), k)), z))
+    return bb.emit(R.astype(bb.emit(R.clip(q, -128, 127)), "int8")), k, z
 
 
-def emit_requantize_rows(bb, acc, m0: np.ndarray, shift: np.ndarray, k, bias: np.ndarray, zero_point: int,
-                         out_dtype: str = "int16"):
+def emit_requantize_rows(bb, acc, m0: np.ndarray, shift: np.ndarray, k, z, colsum: np.ndarray, bias: np.ndarray,
+                         zero_point: int, out_dtype: str = "int16"):
     """int32 accumulators of row-quantized inputs -> int8/int16: intmath.requantize_rows, (m0, shift) from
-    intmath.row_multipliers (per column, for k = 0), ``bias`` at the output scale."""
-    x = bb.emit(R.multiply(_i64(bb, acc), const(m0, "int64")))
+    intmath.row_multipliers (per column, for k = 0), ``colsum`` the weights' column sums, ``bias`` at the output
+    scale."""
+    zc = bb.emit(R.multiply(bb.emit(R.astype(z, "int64")), const(np.asarray(colsum, np.int64), "int64")))
+    x = bb.emit(R.add(_i64(bb, acc), zc))  # per row x per column: the GEMM epilogue's "outer" operand
+    x = bb.emit(R.multiply(x, const(m0, "int64")))
     x = bb.emit(R.left_shift(x, bb.emit(R.astype(k, "int64"))))  # per row: the GEMM epilogue's "row" operand
     shift = np.asarray(shift, np.int64)
     x = bb.emit(R.add(x, const(np.left_shift(np.int64(1), shift - 1), "int64")))

@@ -38,8 +38,8 @@ def test_token_scales_float_free_and_bit_exact(builds):
     res, lib = out["tokens"]
     assert res.report.float_ops == []
     ops = {o.op for o in res.report.ops}
-    assert "relax.abs" in ops  # each row's max |code|: the per-row scales were built
-    assert "relax.abs" not in {o.op for o in out["static"][0].report.ops}
+    assert "relax.min" in ops  # each row's smallest code: the per-row scales and zero points were built
+    assert "relax.min" not in {o.op for o in out["static"][0].report.ops}
     model, ref = load(lib), res.reference()
     assert model.manifest.token_scales and not load(out["static"][1]).manifest.token_scales
     feeds = sample_inputs("bert", 12, seed=3)

@@ -21,6 +21,8 @@ def apply_epilogue(epi: Epilogue, operands, acc: np.ndarray) -> np.ndarray:
         c = next(ops) if step.operand else None
         if step.operand == "row":  # one value per output row
             c = np.asarray(c).reshape(-1, 1)
+        elif step.operand == "outer":  # a row value times a column vector, in the step's type
+            c = np.asarray(c, step.dtype).reshape(-1, 1) * np.asarray(next(ops), step.dtype).reshape(1, -1)
         if step.op in _NUMPY:
             x = _NUMPY[step.op](*((c, x) if step.swap else (x, c))).astype(step.dtype)
         elif step.op == "astype":
@@ -40,8 +42,8 @@ def requantize(n: int, rng, out: str = "int8", per_channel: bool = True, bias: b
                rows: int = 0):
     """(Epilogue, operands) of a requantize chain like integerize's (intops.emit_qmatmul + emit_requantize), with
     an optional int16 table lookup and second rescale to int8 after it (GELU's FFN); with ``rows`` (the output's
-    row count) the row-scaled form instead (intops.emit_requantize_rows: a per-row left shift, then per-column
-    rounding)."""
+    row count) the row-scaled form instead (intops.emit_requantize_rows: a per-row zero point times the column
+    sums, a per-row left shift, then per-column rounding)."""
     steps, ops = [], []
     if rows:
         return _requantize_rows(n, rows, rng, out)
@@ -79,13 +81,16 @@ def requantize(n: int, rng, out: str = "int8", per_channel: bool = True, bias: b
 
 
 def _requantize_rows(n: int, rows: int, rng, out: str):
-    """acc * m0_j << k_i, + 2**(sh_j - 1), >> sh_j, + bias_j, clip, astype (intmath.requantize_rows)."""
+    """(acc + z_i * colsum_j) * m0_j << k_i, + 2**(sh_j - 1), >> sh_j, + bias_j, clip, astype
+    (intmath.requantize_rows; z and colsum stored as int32, as the fuse pass passes them)."""
     sh = rng.integers(20, 40, n)
-    steps = (S("astype", "int64"), S("multiply", "int64", "vector", "int64"), S("left_shift", "int64", "row", "int64"),
+    steps = (S("astype", "int64"), S("add", "int64", "outer", "int32"),
+             S("multiply", "int64", "vector", "int64"), S("left_shift", "int64", "row", "int64"),
              S("add", "int64", "vector", "int64"), S("right_shift", "int64", "vector", "int64"),
              S("add", "int64", "vector", "int64"), S("clip", "int64", attrs=(int(np.iinfo(out).min),
                                                                             int(np.iinfo(out).max))),
              S("astype", out))
-    ops = (rng.integers(1 << 20, 1 << 22, n).astype(np.int64), rng.integers(0, 10, rows).astype(np.int64),
+    ops = (rng.integers(-300, 300, rows).astype(np.int32), rng.integers(-40000, 40000, n).astype(np.int32),
+           rng.integers(1 << 20, 1 << 22, n).astype(np.int64), rng.integers(0, 10, rows).astype(np.int64),
            (np.int64(1) << (sh - 1)).astype(np.int64), sh.astype(np.int64), rng.integers(-900, 900, n).astype(np.int64))
     return Epilogue(steps), ops

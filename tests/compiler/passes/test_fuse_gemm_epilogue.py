@@ -160,36 +160,40 @@ def test_chain_through_a_head_transpose(host):
 
 def test_row_scaled_chain_reads_the_row_shifts(host):
     """Per-token scales (intops.emit_row_quantize, emit_requantize_rows): the per-row shift k, computed at run
-    time, becomes a "row" operand of the GEMM's epilogue; the whole requantization is fused, bit-exact."""
+    time, becomes a "row" operand of the GEMM's epilogue and the zero point times the column sums an "outer" one
+    (z as the int32 it was computed in); the whole requantization is fused, bit-exact."""
     from compiler.intmath import integer_ops as io
 
     rng = np.random.default_rng(4)
     w = rng.integers(-127, 128, (HID, FFN)).astype(np.int8)
     m0, sh = io.row_multipliers(rng.uniform(1e-6, 1e-5, FFN), HID)
     bias = rng.integers(-500, 500, FFN).astype(np.int64)
+    colsum = w.astype(np.int64).sum(axis=0)
     bb = relax.BlockBuilder()
     x = relax.Var("x", C.tensor_type((1, SEQ, HID), "int16"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            a_q, k = intops.emit_row_quantize(bb, x)
+            a_q, k, z = intops.emit_row_quantize(bb, x)
             acc = bb.emit(R.matmul(a_q, C.const(w, "int8"), out_dtype="int32"))
-            out = bb.emit_output(intops.emit_requantize_rows(bb, acc, m0, sh, k, bias, 3, "int16"))
+            out = bb.emit_output(intops.emit_requantize_rows(bb, acc, m0, sh, k, z, colsum, bias, 3, "int16"))
         bb.emit_func_output(out)
     mod = bb.get()
     (chain,) = find_chains(mod["main"]).values()
     assert [s.operand for s in chain.epilogue.steps if s.op == "left_shift"] == ["row"]
+    assert [(s.op, s.operand_dtype) for s in chain.epilogue.steps if s.operand == "outer"] == [("add", "int32")]
     assert chain.epilogue.out_dtype == "int16"
     fused = _lower(mod, host, True)
     assert [dt for _, dt in _calls(fused, "intformer_qgemm")] == ["int16"]
     shifts = [_count(m, "relax.right_shift") for m in (mod, fused)]
-    assert shifts == [3, 2]  # the requantization's is in the kernel; emit_row_quantize's two stay outside
+    assert shifts == [4, 3]  # the requantization's is in the kernel; emit_row_quantize's three stay outside
     xv = np.random.default_rng(5).integers(-32768, 32768, (1, SEQ, HID)).astype(np.int16)
     xv[0, :3] //= 300  # rows of very different magnitudes: different k
+    xv[0, 3:6] = np.abs(xv[0, 3:6]) // 7 + 1000  # one-sided rows: zero points far from 0
     want = Interpreter(mod)(xv)
     want = want[0] if isinstance(want, (list, tuple)) else want
     vm = relax.VirtualMachine(tvm.compile(fuse_kernels(fused, host), host), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(xv)).numpy(), want)
-    a_ref, k_ref = io.row_quantize(xv)
+    a_ref, k_ref, z_ref = io.row_quantize(xv)
     acc_ref = a_ref.astype(np.int32) @ w.astype(np.int32)
-    np.testing.assert_array_equal(want, io.requantize_rows(acc_ref, m0, sh, k_ref, bias, 3))
+    np.testing.assert_array_equal(want, io.requantize_rows(acc_ref, m0, sh, k_ref, z_ref, colsum, bias, 3))
     assert len(np.unique(k_ref)) > 1

@@ -228,30 +228,49 @@ def test_l2_normalize_matches_twin_and_float(rows, hidden, bound, seed):
         assert np.max(np.abs(ref[1:] / 2.0 ** io.L2_OUT_FRAC_BITS - want)) <= L2_MAX_ABS_ERROR
 
 
-@settings(max_examples=10, deadline=None)
-@given(st.sampled_from([1, 3]), st.sampled_from([1, 8, 96]), st.integers(0, 15), st.integers(0, 2 ** 32 - 1))
-def test_row_quantize_matches_twin_and_bound(rows, k_dim, bits, seed):
-    """Each row gets the smallest power-of-two step that fits its max |code| into 127: the twin's error is at
-    most half that step, the step at most max|row| / 63.5, and the emitter equals the twin."""
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from([1, 3]), st.sampled_from([1, 8, 96]), st.integers(0, 15), st.booleans(),
+       st.integers(0, 2 ** 32 - 1))
+def test_row_quantize_matches_twin_and_bound(rows, k_dim, bits, one_sided, seed):
+    """Each row gets the smallest power-of-two step that fits its span (max - min) into 255 steps and a zero
+    point of its own: the codes stay in [-128, 127] without clipping, 2**k * (q + z) is within half a step of
+    the input, the step is at most span / 127.5, and the emitter equals the twin."""
     rng = np.random.default_rng(seed)
     lim = 2 ** bits
-    x = rng.integers(-lim, lim, size=(2, rows, k_dim)).clip(-32768, 32767).astype(np.int16)
+    x = rng.integers(-lim, lim, size=(2, rows, k_dim))
+    if one_sided:  # a GELU-like row: a small negative floor, a long positive tail
+        x = np.abs(x) - lim // 16
+    x = x.clip(-32768, 32767).astype(np.int16)
     x[0, 0, 0] = -32768 if bits == 15 else x[0, 0, 0]  # the extreme code
-    fq = _compiled(("rowq", rows, k_dim), lambda bb, v: intops.emit_row_quantize(bb, v)[0], (2, rows, k_dim),
-                   "int16")
-    fk = _compiled(("rowk", rows, k_dim), lambda bb, v: intops.emit_row_quantize(bb, v)[1], (2, rows, k_dim),
-                   "int16")
-    q, k = io.row_quantize(x)
-    assert np.array_equal(fq(x), q)
-    assert np.array_equal(fk(x), k)
-    step = 2.0 ** k
-    m = np.abs(x.astype(np.int64)).max(-1, keepdims=True)
-    assert np.all(np.abs(q * step - x) <= step / 2)
-    assert np.all(step <= np.maximum(m / 63.5, 1))
-    assert np.all(np.abs(q.astype(np.int64)) <= 127)
-    # k is the smallest such shift: one halving less would not fit
-    smaller = np.where(k > 0, (m + (2.0 ** (k - 1)) // 2) // 2.0 ** np.maximum(k - 1, 0), 0)
-    assert np.all((k == 0) | (smaller > 127))
+    emit = intops.emit_row_quantize
+    fq, fk, fz = (_compiled((f"row{i}", rows, k_dim), lambda bb, v, i=i: emit(bb, v)[i], (2, rows, k_dim), "int16")
+                  for i in range(3))
+    q, k, z = io.row_quantize(x)
+    assert np.array_equal(fq(x), q) and np.array_equal(fk(x), k) and np.array_equal(fz(x), z)
+    step = 2 ** k.astype(np.int64)
+    x64 = x.astype(np.int64)
+    half = step // 2
+    unclipped = ((x64 + half) >> k) - z
+    assert np.all((unclipped >= -128) & (unclipped <= 127))
+    assert np.all(np.abs(step * (q.astype(np.int64) + z) - x64) <= half)
+    span = x64.max(-1, keepdims=True) - x64.min(-1, keepdims=True)
+    assert np.all(step <= np.maximum(span / 127.5, 1))
+    # k is the smallest such shift: with one halving less the span would not fit 255 steps
+    prev = np.array((0,) + io.ROW_SPAN_THRESHOLDS)[k]
+    assert np.all((k == 0) | (span > prev))
+
+
+def _requantize_rows_vm(rows: int, n: int, build):
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", tensor_type((rows, n), "int32"))
+    kv = relax.Var("k", tensor_type((rows, 1), "int32"))
+    zv = relax.Var("z", tensor_type((rows, 1), "int32"))
+    with bb.function("main", [a, kv, zv]):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, a, kv, zv))
+        bb.emit_func_output(out)
+    ex = tvm.compile(bb.get(), tvm.target.Target({"kind": "llvm"}))
+    return relax.VirtualMachine(ex, tvm.cpu())
 
 
 @settings(max_examples=10, deadline=None)
@@ -261,28 +280,19 @@ def test_requantize_rows_matches_twin_and_float(rows, n, mult, zp, seed):
     rng = np.random.default_rng(seed)
     acc = rng.integers(-2 ** 24, 2 ** 24, size=(rows, n)).astype(np.int32)
     k = rng.integers(0, io.ROW_SHIFT_MAX + 1, size=(rows, 1)).astype(np.int32)
+    z = rng.integers(-300, 300, size=(rows, 1)).astype(np.int32)
+    colsum = rng.integers(-512 * 127, 512 * 127, n).astype(np.int64)
     multiplier = mult * rng.uniform(0.5, 2.0, n)
     m0, sh = io.row_multipliers(multiplier, 512)
     bias = rng.integers(-1000, 1000, n).astype(np.int64)
-
-    def build(bb, a, kv):
-        return intops.emit_requantize_rows(bb, a, m0, sh, kv, bias, zp, "int16")
-
     key = ("rq_rows", rows, n, mult, zp, seed)
     if key not in _cache:
-        bb = relax.BlockBuilder()
-        a = relax.Var("a", tensor_type((rows, n), "int32"))
-        kv = relax.Var("k", tensor_type((rows, 1), "int32"))
-        with bb.function("main", [a, kv]):
-            with bb.dataflow():
-                out = bb.emit_output(build(bb, a, kv))
-            bb.emit_func_output(out)
-        ex = tvm.compile(bb.get(), tvm.target.Target({"kind": "llvm"}))
-        _cache[key] = relax.VirtualMachine(ex, tvm.cpu())
-    got = _cache[key]["main"](tvm.runtime.tensor(acc), tvm.runtime.tensor(k)).numpy()
-    ref = io.requantize_rows(acc, m0, sh, k, bias, zp)
+        _cache[key] = _requantize_rows_vm(rows, n, lambda bb, a, kv, zv: intops.emit_requantize_rows(
+            bb, a, m0, sh, kv, zv, colsum, bias, zp, "int16"))
+    got = _cache[key]["main"](*(tvm.runtime.tensor(v) for v in (acc, k, z))).numpy()
+    ref = io.requantize_rows(acc, m0, sh, k, z, colsum, bias, zp)
     assert np.array_equal(got, ref)
-    real = acc.astype(np.float64) * multiplier * 2.0 ** k + bias + zp
+    real = (acc.astype(np.float64) + z * colsum.astype(np.float64)) * multiplier * 2.0 ** k + bias + zp
     inside = np.abs(real) < 32000
     assert np.all(np.abs(ref[inside] - real[inside]) <= 0.5 + 1e-6 * np.abs(real[inside]) + 1)
 
@@ -291,7 +301,8 @@ def test_requantize_rows_matches_twin_and_float(rows, n, mult, zp, seed):
 @given(st.floats(1e-9, 2.0 ** 4), st.sampled_from([1, 384, 1536, 65536]), st.integers(0, 2 ** 32 - 1))
 def test_requantize_rows_is_exact_rounding_without_overflow(mult, k_dim, seed):
     """Shifting the product left by k then rounding off sh bits equals rounding it off sh - k bits (Python
-    integers, no overflow), at the accumulator's extremes for the reduction length and the largest k too."""
+    integers, no overflow), at the extremes of what row-quantized int16 codes give for the reduction length
+    (every code at +-2**15 times every weight at +-127, at the smallest and the largest k)."""
     rng = np.random.default_rng(seed)
     multiplier = mult * rng.uniform(0.5, 2.0, 6)
     mults = io.row_multipliers(multiplier, k_dim)
@@ -301,15 +312,18 @@ def test_requantize_rows_is_exact_rounding_without_overflow(mult, k_dim, seed):
         return
     m0, sh = mults
     assert np.all(m0 < 2 ** io.row_mantissa_bits(k_dim))
-    bound = k_dim * 127 * 128
-    acc = np.array([[-bound, bound, 0, 1, -1, 12345 % (bound + 1)]] * 2, np.int64).astype(np.int32)
-    k = np.array([[0], [io.ROW_SHIFT_MAX]], np.int32)
-    got = io.requantize_rows(acc, m0, sh, k, np.zeros(6, np.int64), 0, np.int64)
-    for i in range(2):
+    colsum = np.array([k_dim * 127, -k_dim * 127, 0, 1, -1, 12345 % (k_dim * 127 + 1)], np.int64)
+    x = np.array([[-32768] * 6, [32767] * 6, [-32768] * 6, [32767] * 6])  # every code of the row
+    k = np.array([[0], [0], [io.ROW_SHIFT_MAX], [io.ROW_SHIFT_MAX]], np.int32)
+    z = (((x[:, :1] + ((1 << k) >> 1)) >> k) + io.ROW_ZERO_OFFSET).astype(np.int32)  # at the forced k
+    acc = np.repeat(-128 * colsum[None, :], 4, axis=0).astype(np.int32)  # q = -128: the row's only code
+    got = io.requantize_rows(acc, m0, sh, k, z, colsum, np.zeros(6, np.int64), 0, np.int64)
+    for i in range(4):
         for j in range(6):
             s = int(sh[j]) - int(k[i, 0])
-            assert got[i, j] == (int(acc[i, j]) * int(m0[j]) + (1 << (s - 1))) >> s
-    real = acc.astype(np.float64) * (m0 / 2.0 ** sh) * 2.0 ** k
+            t = int(acc[i, j]) + int(z[i, 0]) * int(colsum[j])
+            assert got[i, j] == (t * int(m0[j]) + (1 << (s - 1))) >> s
+    real = (acc + z * colsum.astype(np.float64)) * (m0 / 2.0 ** sh) * 2.0 ** k
     assert np.all(np.abs(got - real) <= 0.5 + 1e-9 * np.abs(real))
 
 
