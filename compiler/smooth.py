@@ -47,6 +47,39 @@ def _fake_quant_rows(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(x / scale) + zp, -128, 127) - zp) * scale
 
 
+def _fake_quant_per_row(x: np.ndarray) -> np.ndarray:
+    """Asymmetric int8 round trip of each row on its own span (per-token scales: intmath.row_quantize, whose
+    power-of-two step is at most twice as coarse; this only ranks the alphas)."""
+    lo = np.minimum(x.min(axis=1, keepdims=True), 0.0)
+    hi = np.maximum(x.max(axis=1, keepdims=True), 0.0)
+    scale = np.maximum((hi - lo) / 255.0, 1e-12)
+    return np.round((x - lo) / scale) * scale + lo
+
+
+_ROW_LAYOUT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+_NORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"}
+
+
+def row_quantized_activations(model: onnx.ModelProto) -> set[str]:
+    """The smoothing candidates that per-token scales will quantize row by row at run time: those no
+    normalization produces (through layout ops), as compiler/passes/integerize_matmul.py decides."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def normalized(name: str) -> bool:
+        for _ in range(16):
+            n = producer.get(name)
+            if n is None:
+                return False
+            if n.op_type in _NORM_OPS:
+                return True
+            if n.op_type not in _ROW_LAYOUT:
+                return False
+            name = n.input[0]
+        return False
+
+    return {x for x in smoothing_candidates(model) if not normalized(x)}
+
+
 def _fake_quant_cols(w: np.ndarray) -> np.ndarray:
     """Symmetric int8 per output column round trip (the weight side)."""
     scale = np.abs(w).max(axis=0) / 127.0
@@ -54,10 +87,11 @@ def _fake_quant_cols(w: np.ndarray) -> np.ndarray:
     return np.clip(np.round(w / scale), -127, 127) * scale
 
 
-def _error(rows: np.ndarray, ws: list[np.ndarray], refs: list[np.ndarray], s: np.ndarray) -> float:
+def _error(rows: np.ndarray, ws: list[np.ndarray], refs: list[np.ndarray], s: np.ndarray,
+           per_row: bool = False) -> float:
     """Relative output error of the int8 round trip with factors s (refs: rows @ w, computed once per weight;
-    all float32: this only ranks the candidate alphas)."""
-    xq = _fake_quant_rows(rows / s)
+    all float32: this only ranks the candidate alphas); ``per_row``: the activation quantized row by row."""
+    xq = (_fake_quant_per_row if per_row else _fake_quant_rows)(rows / s)
     err = 0.0
     for w, ref in zip(ws, refs):
         got = xq @ _fake_quant_cols(w * s[:, None])
@@ -73,10 +107,12 @@ def _factors(amax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def smoothing_factors(model: onnx.ModelProto, channel_absmax: dict[str, np.ndarray],
-                      rows: dict[str, np.ndarray], alpha: float | None = None) -> dict[str, np.ndarray]:
+                      rows: dict[str, np.ndarray], alpha: float | None = None,
+                      per_row: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
     """Per activation, the factors s. With `alpha` None, each activation gets the alpha of ALPHA_GRID that
     minimizes the relative output error of its int8 MatMuls on the calibration rows (0 means no smoothing:
-    random-weight models have no outlier channels and lose a little from it)."""
+    random-weight models have no outlier channels and lose a little from it), with the activation quantized as
+    the integer graph will: per tensor, or row by row for those in ``per_row`` (row_quantized_activations)."""
     inits = {i.name: i for i in model.graph.initializer}
     factors = {}
     for x, weights in smoothing_candidates(model).items():
@@ -95,7 +131,7 @@ def smoothing_factors(model: onnx.ModelProto, channel_absmax: dict[str, np.ndarr
             r = np.asarray(rows[x], dtype=np.float32).reshape(-1, amax.shape[0])[:ALPHA_SEARCH_ROWS]
             w32 = [w.astype(np.float32) for w in ws]
             refs = [r @ w for w in w32]
-            best = min(ALPHA_GRID, key=lambda a: _error(r, w32, refs, _factors(amax, wmax, a)))
+            best = min(ALPHA_GRID, key=lambda a: _error(r, w32, refs, _factors(amax, wmax, a), x in per_row))
         if best > 0:
             factors[x] = _factors(amax, wmax, best)
     return factors

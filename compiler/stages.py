@@ -98,7 +98,7 @@ def calibrate(st: CompileState) -> CompileState:
 def _calibrate_smoothed(st: CompileState, samples, source):
     """Two observer passes: channel maxima -> smoothing factors; then ranges of the smoothed graph."""
     from compiler.calibrate import collect, padding
-    from compiler.smooth import apply_smoothing, smoothing_candidates, smoothing_factors
+    from compiler.smooth import apply_smoothing, row_quantized_activations, smoothing_candidates, smoothing_factors
 
     alpha = st.options.smoothing_alpha  # None: chosen per activation
     factors = {}
@@ -111,7 +111,8 @@ def _calibrate_smoothed(st: CompileState, samples, source):
     if alpha is None or alpha > 0:
         cands = list(smoothing_candidates(model))
         absmax, rows = collect.channel_stats(model, samples, cands, mask_name=mask_name, positions=positions)
-        factors = smoothing_factors(model, absmax, rows, alpha)
+        per_row = frozenset(row_quantized_activations(model)) if st.options.token_scales else frozenset()
+        factors = smoothing_factors(model, absmax, rows, alpha, per_row)
         model = onnx.ModelProto()
         model.CopyFrom(st.onnx_model)
         apply_smoothing(model, factors)

@@ -5,12 +5,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler import smooth
 from compiler.annotate import asymmetric_qparams, insert_qdq, symmetric_qparams
 from compiler.calibrate import collect
 from compiler.calibrate.methods import METHODS
 from compiler.config import TensorSpec
 from compiler.errors import IntformerError
-from compiler.smooth import apply_smoothing, smoothing_candidates, smoothing_factors
+from compiler.smooth import apply_smoothing, row_quantized_activations, smoothing_candidates, smoothing_factors
 
 
 def _two_layer(rng, outlier=50.0):
@@ -57,6 +58,45 @@ def test_smoothing_keeps_the_function_and_helps_outliers():
     m2 = apply_smoothing(_two_layer(np.random.default_rng(0)), factors)
     np.testing.assert_allclose(_run(m2, samples[0]), ref, rtol=1e-4, atol=1e-3)
     assert {n.name for n in m2.graph.node} >= {"xs/smooth"}
+
+
+def _ffn(rng):
+    """x -> LayerNorm -> Reshape -> MatMul(W1) -> Relu -> MatMul(W2): a normalized and an activation input."""
+    w1 = rng.standard_normal((8, 16)).astype(np.float32)
+    w2 = rng.standard_normal((16, 8)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], name="ln", axis=-1),
+             helper.make_node("Reshape", ["ln", "shape"], ["lr"], name="r"),
+             helper.make_node("MatMul", ["lr", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu"),
+             helper.make_node("MatMul", ["a", "w2"], ["y"], name="mm2")]
+    inits = [numpy_helper.from_array(v, n) for n, v in (("w1", w1), ("w2", w2), ("g", np.ones(8, np.float32)),
+                                                         ("b", np.zeros(8, np.float32)),
+                                                         ("shape", np.array([4, 8], np.int64)))]
+    g = helper.make_graph(nodes, "g", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_alpha_search_quantizes_token_scaled_activations_per_row(monkeypatch):
+    """With per-token scales the FFN's activation (no normalization produces it) is quantized row by row in the
+    integer graph, so the alpha search ranks its candidates with a per-row round trip; the LayerNorm output
+    keeps the per-tensor one."""
+    rng = np.random.default_rng(1)
+    m = _ffn(rng)
+    assert set(smoothing_candidates(m)) == {"lr", "a"}
+    assert row_quantized_activations(m) == {"a"}  # "lr" is a LayerNorm output through a Reshape
+    samples = [{"x": rng.standard_normal((4, 8)).astype(np.float32) * 3} for _ in range(4)]
+    absmax, rows = collect.channel_stats(m, samples, ["lr", "a"])
+    seen = []
+    real = smooth._fake_quant_per_row
+    monkeypatch.setattr(smooth, "_fake_quant_per_row", lambda x: seen.append(x.shape) or real(x))
+    smoothing_factors(m, absmax, rows)
+    assert seen == []
+    smoothing_factors(m, absmax, rows, per_row=frozenset(row_quantized_activations(m)))
+    assert len(seen) == len(smooth.ALPHA_GRID) and all(sh[-1] == 16 for sh in seen)  # only "a" (16 channels)
+    q = real(np.array([[0.0, 0.01, 0.02], [0.0, 100.0, 255.0]]))
+    np.testing.assert_allclose(q[0], [0.0, 0.01, 0.02], atol=0.02 / 255 / 2 + 1e-12)  # a small row keeps its steps
 
 
 def test_annotation_covers_every_matmul_and_missing_ranges_are_named():
