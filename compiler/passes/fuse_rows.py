@@ -48,6 +48,22 @@ def _elementwise(out, args) -> bool:
     return _same_shape_as_an_input(out, args)
 
 
+def _broadcast(out, args) -> bool:
+    """Elementwise with operands that broadcast to the output (a row scalar (..., 1) against a channel vector: a
+    per-channel shift less a per-row exponent), all read by index under the row loop: every tensor operand's
+    shape, aligned on the right, broadcasts to the output, and one is a variable. Only for the elementwise and
+    broadcast patterns (a reshape or transpose, injective, can keep the element count and change the rows)."""
+    def fits(a):
+        shape = _shape(a)
+        return shape is not None and len(shape) <= len(out) and all(
+            d in (1, o) for d, o in zip(reversed(shape), reversed(out)))
+
+    if _elementwise(out, args):
+        return True
+    tensors = [a for a in args if isinstance(a, relax.Var) or constant_value(a) is not None]
+    return any(isinstance(a, relax.Var) for a in tensors) and all(fits(a) for a in tensors)
+
+
 def _last_axis_reduction(out, args) -> bool:
     """sum / max / min over the last axis with keepdims: (..., H) -> (..., 1)."""
     return any(isinstance(a, relax.Var) and _shape(a) and _shape(a)[:-1] + (1,) == out for a in args)
@@ -60,7 +76,7 @@ def _table_lookup(out, args) -> bool:
 
 
 # op_pattern of the legalized kernel -> does this call compute row by row
-ROW_PATTERNS = {OP_PATTERN["elementwise"]: _elementwise, OP_PATTERN["broadcast"]: _elementwise,
+ROW_PATTERNS = {OP_PATTERN["elementwise"]: _broadcast, OP_PATTERN["broadcast"]: _broadcast,
                 OP_PATTERN["injective"]: _elementwise, OP_PATTERN["reduce"]: _last_axis_reduction,
                 OP_PATTERN["opaque"]: _table_lookup}
 
