@@ -52,6 +52,9 @@ def _compile(a) -> int:
 def _perplexity(a) -> int:
     import json
 
+    from compiler.runtime import import_runtime_only
+
+    import_runtime_only()  # runs the library here: TVM's runtime alone, a smaller process
     from compiler import api
 
     r = api.perplexity(a.library, a.text, a.max_len)
@@ -63,6 +66,10 @@ def _perplexity(a) -> int:
 
 
 def _generate(a) -> int:
+    if _remote(a) is None:  # runs the library here: TVM's runtime alone, a smaller process (RPC needs all TVM)
+        from compiler.runtime import import_runtime_only
+
+        import_runtime_only()
     from compiler import api
     from compiler.llm.library import Sampling
 

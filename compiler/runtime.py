@@ -6,7 +6,10 @@ io_safety, progress).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 
 import numpy as np
 
@@ -15,11 +18,92 @@ from compiler.errors import IntformerError
 from compiler.io_safety import check_cpu_features, check_library
 from compiler.progress import warn
 
+_runtime_only = False  # import_runtime_only took effect: this process runs libraries only
+
+
+@contextlib.contextmanager
+def _torch_hidden():
+    """`import torch` raises ImportError inside (a library probing for it goes on without it)."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None
+    try:
+        yield
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+
+
+def import_runtime_only() -> None:
+    """In a process that only runs libraries on this machine (generate, perplexity, a benchmark), import TVM's
+    runtime alone, before anything else imports TVM: the runtime library (3 MB) without the compiler's (260 MB,
+    mapped and partly resident: `TVM_USE_RUNTIME_LIB=1`, read by tvm/base.py when TVM is first imported), and
+    without torch, which tvm_ffi imports at its import for DLPack exchange with torch tensors (150 MB resident;
+    intformer passes NumPy arrays only). Together about 300 MB of the resident set of a decoding process.
+    A no-op once TVM is imported (the compiler's full TVM serves the runtime as well). The compiler cannot be
+    imported afterwards in this process, nor RPC (compiler/tvm_compat.py): the caller knows it needs neither.
+    (The runtime loader names TVM's runtime API itself: it does not import tvm_compat, which needs the compiler.)"""
+    global _runtime_only
+    if "tvm" in sys.modules:
+        return
+    saved = os.environ.get("TVM_USE_RUNTIME_LIB")
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        with _torch_hidden():
+            import tvm.runtime.vm  # noqa: F401  (runtime-only TVM does not import its vm module by itself)
+    finally:
+        if saved is None:
+            del os.environ["TVM_USE_RUNTIME_LIB"]
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = saved
+    _runtime_only = True
+
+
+def without_torch_if_runtime_only():
+    """The context in which a runtime-only process (import_runtime_only) loads other libraries, so that they
+    do not import torch either (transformers' tokenizers work without it; its models import it)."""
+    return _torch_hidden() if _runtime_only else contextlib.nullcontext()
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now (clean file pages are dropped, refaulted if read)
+
+
+def release_read_only_pages(path: str) -> int:
+    """Hand back to the kernel the read-only, non-executable pages of the loaded library `path` (bytes asked).
+
+    Loading a library reads its serialized module (the VM's code and constants: the weights) through the
+    mapping and copies the constants out, so the whole data segment stays resident, a second copy of the weights.
+    Those pages are clean: released, they are read again from the file if ever touched (they are not: the copies
+    serve). Code and writable pages are left alone. Linux only; elsewhere, or if madvise refuses, nothing
+    happens (the pages are then reclaimed under memory pressure, as any clean page is)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    try:
+        real = os.path.realpath(path)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        asked = 0
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) < 6 or parts[5].strip() != real or parts[1] != "r--p":
+                    continue
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if libc.madvise(lo, hi - lo, MADV_PAGEOUT) == 0:
+                    asked += hi - lo
+        return asked
+    except (OSError, AttributeError, ValueError):
+        return 0
+
 
 class CompiledModel:
     """A loaded library: `model(feed) -> list of output arrays`."""
 
-    def __init__(self, path: str, device=None, module=None, entry: str = ""):
+    def __init__(self, path: str, device=None, module=None, entry: str = "", manifest: Manifest | None = None):
+        """module: the loaded library (another entry point of it); manifest: its manifest, read already (a
+        language model's carries its tokenizer: megabytes of JSON, not parsed again per entry point)."""
         sidecar, module_given = None, module
         if module is None:  # checked before mapping it (a truncated file would die with SIGBUS) and before
             sidecar = check_library(path)  # importing TVM (seconds)
@@ -31,14 +115,16 @@ class CompiledModel:
             except Exception as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise IntformerError(f"{path}: not a loadable compiled library ({first})") from None
+            release_read_only_pages(path)
         self.path = path
         self.module = module  # the loaded library (another entry point of it: CompiledModel(..., module=...))
         self.device = device if device is not None else rt.cpu()
         self._pinned: dict = {}  # input name -> (read-only array, its device tensor)
+        self._aliases: dict = {}  # input name -> (array, the device tensor whose memory it views)
         try:
             self._vm = rt.vm.VirtualMachine(module, self.device)
-            text = str(self._vm[MANIFEST_FUNC]())
-            self.manifest = Manifest.from_json(json.loads(text))
+            self.manifest = manifest if manifest is not None else Manifest.from_json(
+                json.loads(str(self._vm[MANIFEST_FUNC]())))
         except Exception:
             raise IntformerError(f"{path}: a shared library but not an intformer model (no embedded manifest); "
                                  "give the .so `intformer compile` wrote") from None
@@ -82,9 +168,19 @@ class CompiledModel:
     def outputs(self):
         return self._io[1]
 
+    def alias_input(self, name: str, array: np.ndarray, tensor) -> None:
+        """Pass `tensor` for input `name` whenever the feed gives `array` itself, `array` being a view of the
+        tensor's memory (device_view): a state the caller updates in place (an LM's KV cache) then costs no copy
+        per call."""
+        self._aliases[name] = (array, tensor)
+
     def _device_tensor(self, spec, value, rt):
         """The input on the device. A read-only array passed again (the same object: a decoder's encoder outputs
-        and source mask, step after step) is uploaded once; anything writable is uploaded on every call."""
+        and source mask, step after step) is uploaded once; anything writable is uploaded on every call, but for
+        an aliased array (alias_input), whose device tensor is its own memory."""
+        alias = self._aliases.get(spec.name)
+        if alias is not None and alias[0] is value:
+            return alias[1]
         hit = self._pinned.get(spec.name)
         if hit is not None and hit[0] is value:
             return hit[1]
@@ -105,6 +201,18 @@ class CompiledModel:
         if self._local_cpu():  # zero-copy views (each keeps its tensor alive): a decoder step's 32000-wide
             return [np.from_dlpack(o) for o in outs]  # log-probabilities cost ~0.1 ms to copy
         return [o.numpy() for o in outs]
+
+    def device_view(self, shape: tuple, dtype: str):
+        """(a zeroed tensor on this model's device, a writable NumPy view of its memory) on the local CPU, else
+        None (a remote device's memory is not this process's)."""
+        if not self._local_cpu():
+            return None
+        import tvm.runtime as rt
+
+        tensor = rt.empty(shape, dtype, self.device)
+        view = np.from_dlpack(tensor)
+        view[...] = 0
+        return tensor, view
 
     def _local_cpu(self) -> bool:
         """The device is this process's CPU (not a board over RPC: those tensors must be copied over)."""

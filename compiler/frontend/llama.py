@@ -14,6 +14,7 @@ from tvm import relax
 
 from compiler.llm.integer import INT32_MAX, INT32_MIN, IntLlama, QLinear
 from compiler.passes import llama_intops as li
+from compiler.passes.intops import emit_pow2
 from compiler.tvm_compat import const, tensor_type
 
 R = relax.op
@@ -54,12 +55,12 @@ def _embed(bb, m: IntLlama, ids):
     m0 = bb.emit(R.expand_dims(bb.emit(R.take(const(m.embed_m0, "int64"), ids, axis=0)), axis=[1]))
     sh = bb.emit(R.expand_dims(bb.emit(R.take(const(m.embed_sh, "int64"), ids, axis=0)), axis=[1]))
     one = const(1, "int64")
-    rnd = bb.emit(R.left_shift(bb.emit(R.full_like(sh, one)), bb.emit(R.subtract(sh, one))))
+    rnd = emit_pow2(bb, bb.emit(R.subtract(sh, one)))
     x = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(e, m0)), rnd)), sh))
     return bb.emit(R.clip(x, INT32_MIN, INT32_MAX))
 
 
-def _layer(bb, m: IntLlama, i: int, x, positions, seq: int, cache):
+def _layer(bb, m: IntLlama, i: int, x, positions, shared, seq: int, cache):
     """One decoder layer on the chunk; cache: int8 run-time inputs, keys (layers, kv_heads, d, context)
     (transposed), values (layers, kv_heads, context, d). Returns (x, the chunk's int8 keys (kv_heads, d, seq) and
     values (kv_heads, seq, d))."""
@@ -68,12 +69,13 @@ def _layer(bb, m: IntLlama, i: int, x, positions, seq: int, cache):
     q = _heads(bb, _linear(bb, a, ly.q, ka, -32768, 32767, "int16"), seq, s.heads, s.head_dim)
     k = _heads(bb, _linear(bb, a, ly.k, ka, -32768, 32767, "int16"), seq, s.kv_heads, s.head_dim)
     v = _heads(bb, _linear(bb, a, ly.v, ka, -127, 127, "int8"), seq, s.kv_heads, s.head_dim)
-    q8 = li.emit_rope(bb, q, positions, m.rope_tables, *ly.q_rope)
-    k8 = li.emit_rope(bb, k, positions, m.rope_tables, *ly.k_rope, qmin=-127)
+    rope, allowed = shared
+    q8 = li.emit_rope(bb, q, rope, *ly.q_rope)
+    k8 = li.emit_rope(bb, k, rope, *ly.k_rope, qmin=-127)
     old_k, old_v = (_layer_of(bb, c, i) for c in cache)
     k8 = bb.emit(R.permute_dims(k8, [0, 2, 1]))  # the chunk's keys, transposed as the cache keeps them
     values = bb.emit(R.concat([old_v, v], axis=1))
-    o = li.emit_gqa_attention_cached(bb, q8, (old_k, k8), values, positions, ly.attn)
+    o = li.emit_gqa_attention_cached(bb, q8, (old_k, k8), values, positions, ly.attn, allowed)
     x = _residual_add(bb, x, _linear(bb, o, ly.o, None, INT32_MIN, INT32_MAX, "int64"))
     f, kf = _norm_rows(bb, x, ly.ffn_norm, m.dynamic_norms)
     g = _linear(bb, f, ly.gate, kf, -32768, 32767, "int16")
@@ -106,9 +108,11 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int) -> Non
     with bb.function(name, [ids, positions, *cache]):
         with bb.dataflow():
             x = _embed(bb, m, ids)
+            # the rotation's factors and the causal mask depend on the positions only: made once for every layer
+            shared = (li.emit_rope_factors(bb, positions, m.rope_tables), li.emit_cached_mask(bb, positions, context))
             keys, values = [], []
             for i in range(s.layers):
-                x, k8, v = _layer(bb, m, i, x, positions, seq, cache)
+                x, k8, v = _layer(bb, m, i, x, positions, shared, seq, cache)
                 keys.append(bb.emit(R.expand_dims(k8, axis=[0])))
                 values.append(bb.emit(R.expand_dims(v, axis=[0])))
             xf, kx = _norm_rows(bb, x, m.final_norm, False)

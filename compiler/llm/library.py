@@ -34,22 +34,37 @@ class LlmLibrary:
         self.path = path
         self.spec = LlmSpec.from_json(first.manifest.llm)
         if remote is None:  # one loaded module, a VM per entry point
-            self.prefill = CompiledModel(path, first.device, module=first.module, entry="prefill")
-            self.decode = CompiledModel(path, first.device, module=first.module, entry="decode")
+            share = {"module": first.module, "manifest": first.manifest}
+            self.prefill = CompiledModel(path, first.device, entry="prefill", **share)
+            self.decode = CompiledModel(path, first.device, entry="decode", **share)
         else:  # one session and upload, a RemoteModel per entry point
             from compiler.device import RemoteModel
 
             self.prefill = first if first.entry == "prefill" else RemoteModel(path, remote, "prefill", share=first)
             self.decode = RemoteModel(path, remote, "decode", share=first)
-        self.keys = np.zeros(self.spec.keys_shape(), np.int8)  # transposed: (layers, kv heads, d, positions)
-        self.values = np.zeros(self.spec.cache_shape(), np.int8)
+        # keys transposed: (layers, kv heads, d, positions); values (layers, kv heads, positions, d)
+        self.keys = self._cache("keys", self.spec.keys_shape())
+        self.values = self._cache("values", self.spec.cache_shape())
         self.length = 0  # positions written
         self._tok = None
+
+    def _cache(self, name: str, shape: tuple) -> np.ndarray:
+        """A zeroed int8 cache. On the local CPU it is the memory of one device tensor, given to both entry
+        points as is on every call (a step writes its keys in place: no upload of the whole cache per token)."""
+        made = self.decode.device_view(shape, "int8")
+        if made is None:
+            return np.zeros(shape, np.int8)
+        tensor, view = made
+        for model in (self.prefill, self.decode):
+            model.alias_input(name, view, tensor)
+        return view
 
     @property
     def tokenizer(self):
         if self._tok is None:
-            with tempfile.TemporaryDirectory(prefix="intformer-tok-") as tmp:
+            from compiler.runtime import without_torch_if_runtime_only
+
+            with tempfile.TemporaryDirectory(prefix="intformer-tok-") as tmp, without_torch_if_runtime_only():
                 self._tok = load_tokenizer(self.spec, tmp, self.path)
         return self._tok
 

@@ -66,6 +66,7 @@ def load_tokenizer(spec: LlmSpec, folder: str, where: str):
             f.write(base64.b64decode(data))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" without torch
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)

@@ -15,7 +15,9 @@ Guarantees: every maximal group of bindings that
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
 A group never has a path that leaves it and comes back (so the graph stays acyclic) and has one result read
-outside it (a group with a result mid-way is split there); groups of one binding are left to FuseOps. Only the
+outside it (a group with a result mid-way is split there); then each group takes in the row ops left outside
+every group whose results only it reads (a per-row exponent's chain before a requantization); groups of one
+binding are left to FuseOps. Only the
 grouping changes: each op computes what it computed before, bit for bit, and compiler/passes/default_schedule.py
 then computes every stage of a row under one row loop.
 """
@@ -48,6 +50,22 @@ def _elementwise(out, args) -> bool:
     return _same_shape_as_an_input(out, args)
 
 
+def _broadcast(out, args) -> bool:
+    """Elementwise with operands that broadcast to the output (a row scalar (..., 1) against a channel vector: a
+    per-channel shift less a per-row exponent), all read by index under the row loop: every tensor operand's
+    shape, aligned on the right, broadcasts to the output, and one is a variable. Only for the elementwise and
+    broadcast patterns (a reshape or transpose, injective, can keep the element count and change the rows)."""
+    def fits(a):
+        shape = _shape(a)
+        return shape is not None and len(shape) <= len(out) and all(
+            d in (1, o) for d, o in zip(reversed(shape), reversed(out)))
+
+    if _elementwise(out, args):
+        return True
+    tensors = [a for a in args if isinstance(a, relax.Var) or constant_value(a) is not None]
+    return any(isinstance(a, relax.Var) for a in tensors) and all(fits(a) for a in tensors)
+
+
 def _last_axis_reduction(out, args) -> bool:
     """sum / max / min over the last axis with keepdims: (..., H) -> (..., 1)."""
     return any(isinstance(a, relax.Var) and _shape(a) and _shape(a)[:-1] + (1,) == out for a in args)
@@ -60,7 +78,7 @@ def _table_lookup(out, args) -> bool:
 
 
 # op_pattern of the legalized kernel -> does this call compute row by row
-ROW_PATTERNS = {OP_PATTERN["elementwise"]: _elementwise, OP_PATTERN["broadcast"]: _elementwise,
+ROW_PATTERNS = {OP_PATTERN["elementwise"]: _broadcast, OP_PATTERN["broadcast"]: _broadcast,
                 OP_PATTERN["injective"]: _elementwise, OP_PATTERN["reduce"]: _last_axis_reduction,
                 OP_PATTERN["opaque"]: _table_lookup}
 
@@ -201,6 +219,56 @@ def _single_output(members: list[int], producers: dict, exported) -> list[list[i
     return _single_output(head, producers, exported) + _single_output(tail, producers, exported)
 
 
+def _depends_on(i: int, members: set, producers: dict) -> bool:
+    """Does binding i read a member's result, directly or through other bindings? (Bindings before the first
+    member cannot lead to one.)"""
+    first = min(members)
+    stack, seen = list(producers[i]), set()
+    while stack:
+        j = stack.pop()
+        if j in members:
+            return True
+        if j in seen or j < first:
+            continue
+        seen.add(j)
+        stack += producers[j]
+    return False
+
+
+def _absorb_producers(mod, bindings, groups: list[list[int]], producers: dict, internal) -> list[list[int]]:
+    """Each group takes in the producers whose results only it reads (internal(i, group)), over the same rows,
+    producer after producer: a single row op, or another group whole (its one result read by this group only).
+    That is a per-row exponent's chain (the shift less the exponent, its floor at 1, the rounding constant) the
+    greedy grouping left apart because the exponent's own group reads out to several consumers. A producer that
+    reads a member's result through ops outside stays out (the group would depend on itself); the group keeps
+    its one result read outside."""
+    unit = {i: k for k, members in enumerate(groups) for i in members}  # binding -> the group holding it
+    parts = [set(members) for members in groups]
+    for k in range(len(parts)):
+        group = parts[k]
+        if not group:
+            continue  # taken in by an earlier group
+        key = _row_key(mod, bindings[max(group)])
+        todo = list(group)
+        while todo:
+            for p in producers[todo.pop()]:
+                if p in group:
+                    continue
+                taken = parts[unit[p]] if p in unit else {p}
+                merged = group | taken
+                if (any(_row_key(mod, bindings[i]) != key or not internal(i, merged) for i in taken)
+                        or any(_depends_on(i, group, producers) for i in taken)):
+                    continue
+                for i in taken:
+                    unit[i] = k
+                group |= taken
+                todo += list(taken)
+                if taken is not parts[k] and any(taken is q for q in parts):
+                    taken.clear()  # a whole group taken in: its part is empty now
+        parts[k] = group
+    return [sorted(g) for g in parts if len(g) > 1]
+
+
 def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
     """The block with each group's bindings replaced by one call of its outlined function."""
     bindings = list(block.bindings)
@@ -216,6 +284,7 @@ def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
 
     groups = [part for members in group_bindings(mod, bindings)
               for part in _single_output(members, producers, exported)]
+    groups = _absorb_producers(mod, bindings, groups, producers, lambda i, g: not exported(i, g))
     if not groups:
         return block
     unit_of = {i: ("g", k) for k, members in enumerate(groups) for i in members}

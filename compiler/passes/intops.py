@@ -288,6 +288,12 @@ def emit_mul(bb, a, za: int, b, zb: int, shift: int):
     return v
 
 
+def emit_pow2(bb, e):
+    """1 << e for an int64 tensor e: a broadcast of the scalar 1, so that the legalized kernel reads e (a
+    `full_like` tensor of ones would be a kernel of its own, with no input to group it with its row)."""
+    return bb.emit(R.left_shift(const(1, "int64"), e))
+
+
 def emit_isqrt(bb, n):
     """(floor(sqrt(n)), e) for int64 0 <= n < 2**54 (intmath.isqrt), e = ceil(bits(n) / 2) its start exponent."""
     from compiler.intmath import integer_ops as io
@@ -295,7 +301,7 @@ def emit_isqrt(bb, n):
     one = const(1, "int64")
     bits = emit_bit_length(bb, n, io.LN_SQRT_MAX_BITS)
     e = bb.emit(R.right_shift(bb.emit(R.add(bits, one)), one))
-    r = bb.emit(R.left_shift(bb.emit(R.full_like(n, one)), e))
+    r = emit_pow2(bb, e)
     for _ in range(io.LN_SQRT_ITERS):
         nr = bb.emit(R.right_shift(bb.emit(R.add(r, bb.emit(R.floor_divide(n, r)))), one))
         r = bb.emit(R.maximum(bb.emit(R.minimum(r, nr)), one))
@@ -360,10 +366,8 @@ def emit_layernorm(bb, x, c: io.LayerNormConstants, out_dtype: str):
     n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)),
                                const(h, "int64")))
     n = bb.emit(R.add(n, const(c.eps, "int64")))
-    one = const(1, "int64")
     r, e = emit_isqrt(bb, n)
-    recip = bb.emit(R.floor_divide(bb.emit(R.left_shift(bb.emit(R.full_like(n, one)),
-                                                         bb.emit(R.add(e, const(io.LN_RECIP_BITS, "int64"))))), r))
+    recip = bb.emit(R.floor_divide(emit_pow2(bb, bb.emit(R.add(e, const(io.LN_RECIP_BITS, "int64")))), r))
     u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),
                               bb.emit(R.add(e, const(io.LN_RECIP_BITS - io.LN_FRAC_BITS, "int64")))))
     sh = c.sh

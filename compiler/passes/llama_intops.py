@@ -8,7 +8,7 @@ import numpy as np
 from tvm import relax
 
 from compiler.intmath import integer_ops as io, llama as il
-from compiler.passes.intops import emit_bit_length, emit_exp_q15, emit_horner, emit_isqrt, emit_softmax
+from compiler.passes.intops import emit_bit_length, emit_exp_q15, emit_horner, emit_isqrt, emit_pow2, emit_softmax
 from compiler.tvm_compat import const, tensor_info
 
 R = relax.op
@@ -58,7 +58,7 @@ def emit_rmsnorm(bb, x, c: il.RMSNormConstants, out_dtype: str = "int8"):
     n = bb.emit(R.floor_divide(bb.emit(R.sum(bb.emit(R.multiply(y, y)), axis=[-1], keepdims=True)), _i64(h)))
     n = bb.emit(R.maximum(bb.emit(R.add(n, _i64(c.eps))), _i64(1)))
     rms, e = emit_isqrt(bb, n)
-    top = bb.emit(R.left_shift(bb.emit(R.full_like(n, _i64(1))), bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS)))))
+    top = emit_pow2(bb, bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS))))
     recip = bb.emit(R.floor_divide(top, rms))
     u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),
                               bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS - il.RMS_FRAC_BITS)))))
@@ -93,7 +93,7 @@ def emit_dynamic_int8(bb, t):
     t = _as(bb, t, "int64")
     amax = bb.emit(R.max(bb.emit(R.maximum(t, bb.emit(R.negative(t)))), axis=[-1], keepdims=True))
     k = bb.emit(R.maximum(bb.emit(R.subtract(emit_bit_length(bb, amax, 63), _i64(il.DYN_CODE_BITS))), _i64(0)))
-    half = bb.emit(R.right_shift(bb.emit(R.left_shift(bb.emit(R.full_like(k, _i64(1))), k)), _i64(1)))  # 0 at k=0
+    half = bb.emit(R.right_shift(emit_pow2(bb, k), _i64(1)))  # 0 at k=0
     q = bb.emit(R.right_shift(bb.emit(R.add(t, half)), k))
     return _clip_cast(bb, q, -il.DYN_QMAX, il.DYN_QMAX, "int8"), k
 
@@ -114,28 +114,36 @@ def emit_requantize_rows(bb, acc, m0, shift, k, qmin: int = -(1 << 31), qmax: in
     v = bb.emit(R.multiply(_as(bb, acc, "int64"), _i64(m0)))
     eff = bb.emit(R.subtract(_i64(np.asarray(shift, np.int64)), k))
     safe = bb.emit(R.maximum(eff, _i64(1)))
-    rnd = bb.emit(R.left_shift(bb.emit(R.full_like(safe, _i64(1))), bb.emit(R.subtract(safe, _i64(1)))))
+    rnd = emit_pow2(bb, bb.emit(R.subtract(safe, _i64(1))))
     out = bb.emit(R.right_shift(bb.emit(R.add(v, rnd)), safe))
     big = bb.emit(R.multiply(bb.emit(R.sign(v)), _i64(1 << 62)))
     out = bb.emit(R.where(bb.emit(R.greater_equal(eff, _i64(1))), out, big))
     return _clip_cast(bb, out, qmin, qmax, out_dtype)
 
 
-def emit_rope(bb, x, positions, tables, m0, shift, out_zp: int = 0, qmin: int = -128, qmax: int = 127,
+def emit_rope_factors(bb, positions, tables):
+    """The rotation's factors at run-time `positions` (int32 (seq,), assumed in range: the caller checks them
+    against the table, as the twin does), tables from il.rope_tables: (cos2, sin2) int32 (seq, head_dim) with
+    cos2 = [c, c] and sin2 = [-s, s] per position. One lookup per step, shared by every layer's queries and
+    keys (emit_rope)."""
+    cos_t, sin_t = (np.asarray(t, np.int32) for t in tables)
+    cos2 = const(np.concatenate([cos_t, cos_t], axis=1), "int32")
+    sin2 = const(np.concatenate([-sin_t, sin_t], axis=1), "int32")
+    return bb.emit(R.take(cos2, positions, axis=0)), bb.emit(R.take(sin2, positions, axis=0))
+
+
+def emit_rope(bb, x, factors, m0, shift, out_zp: int = 0, qmin: int = -128, qmax: int = 127,
               out_dtype: str = "int8"):
-    """il.irope: x (heads, seq, head_dim) 8/16-bit, positions int32 (seq,) at run time (assumed in range: the
-    caller checks them against the table, as the twin does), tables from il.rope_tables."""
-    heads, seq, d = tensor_info(x)[1]
+    """il.irope: x (heads, seq, head_dim) 8/16-bit, factors from emit_rope_factors at the chunk's positions.
+    x * [c, c] + [x2, x1] * [-s, s] = [x1 c - x2 s, x2 c + x1 s]: the twin's sums, term for term (each product
+    below 2**29 in magnitude), with the halves swapped by one gather instead of slices and a concat, so that
+    the rest is one row group (compiler/passes/fuse_rows.py)."""
+    d = tensor_info(x)[1][2]
     half = d // 2
-    cos_t, sin_t = (const(t, "int16") for t in tables)
-    c = _as(bb, bb.emit(R.take(cos_t, positions, axis=0)), "int32")  # (seq, half)
-    s = _as(bb, bb.emit(R.take(sin_t, positions, axis=0)), "int32")
+    cos2, sin2 = factors
     a = _as(bb, x, "int32")
-    x1 = bb.emit(R.strided_slice(a, axes=[2], begin=[0], end=[half]))
-    x2 = bb.emit(R.strided_slice(a, axes=[2], begin=[half], end=[d]))
-    r1 = bb.emit(R.subtract(bb.emit(R.multiply(x1, c)), bb.emit(R.multiply(x2, s))))
-    r2 = bb.emit(R.add(bb.emit(R.multiply(x2, c)), bb.emit(R.multiply(x1, s))))
-    acc = bb.emit(R.concat([r1, r2], axis=-1))
+    swapped = bb.emit(R.take(a, const(np.r_[half:d, 0:half], "int32"), axis=2))
+    acc = bb.emit(R.add(bb.emit(R.multiply(a, cos2)), bb.emit(R.multiply(swapped, sin2))))
     m0 = np.asarray(m0, np.int64).reshape(-1, 1, 1)
     shift = np.asarray(shift, np.int64).reshape(-1, 1, 1)
     return emit_fixed_requantize(bb, acc, m0, shift, out_zp, out_dtype, qmin, qmax)
@@ -153,7 +161,7 @@ def emit_cached_mask(bb, positions, cache_len: int):
     return bb.emit(R.concat([old, new], axis=1))
 
 
-def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionConstants):
+def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionConstants, allowed=None):
     """il.igqa_attention (16-bit probabilities) of a chunk against the cache, every head in one batch.
 
     q: int8 (heads, seq, d) at `positions` (int32 (seq,), ascending); keys: int8 (kv_heads, d, cache_len + seq)
@@ -162,7 +170,8 @@ def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionCon
     cache's entries (position j at index j, those >= positions[0] masked) followed by the chunk's own. Query
     head h = g * groups + j reads KV head g, so the queries of one KV head are contiguous rows: scores and P.V
     are batch matmuls over the KV heads. Integer sums do not depend on the order of the keys, so this equals the
-    twin (keys in position order) bit for bit. -> int8 (seq, heads * d)."""
+    twin (keys in position order) bit for bit. allowed: emit_cached_mask of these positions and cache, made
+    once for every layer (else here). -> int8 (seq, heads * d)."""
     if not c.fine_probs:
         raise NotImplementedError("the emitter implements the 16-bit probabilities (the decoder's default)")
     heads, seq, d = tensor_info(q)[1]
@@ -174,7 +183,8 @@ def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionCon
     scores = [bb.emit(R.matmul(qg, k, out_dtype="int32")) for k in parts]
     scores = scores[0] if len(scores) == 1 else bb.emit(R.concat(scores, axis=2))
     scores = bb.emit(R.reshape(scores, (heads, seq, key_len)))
-    allowed = emit_cached_mask(bb, positions, key_len - seq)
+    if allowed is None:
+        allowed = emit_cached_mask(bb, positions, key_len - seq)
     scores = bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
     p = emit_softmax(bb, scores, [c.score_scale(h) for h in range(heads)], fine=True)  # per-head scales
     p = bb.emit(R.reshape(bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX))), (kv_heads, rows, key_len)))

@@ -68,6 +68,9 @@ def time_rounds(reset, prefill, decode, ids: list[int], n_decode: int, repeats: 
 
 def child_intformer(lib_path: str, threads: int, n_prompt: int, n_decode: int, repeats: int) -> dict:
     os.environ["TVM_NUM_THREADS"] = str(threads)
+    from compiler.runtime import import_runtime_only
+
+    import_runtime_only()  # as `intformer generate` runs: TVM's runtime alone
     from compiler.api import load_llm
 
     lib = load_llm(lib_path)

@@ -164,3 +164,26 @@ def test_generate_on_the_emulated_rpi5_board(compiled, tiny_llama_dir, tmp_path,
     text = capsys.readouterr().out
     assert main(["generate", compiled[0].library, "--prompt", "the dog", "--max-new-tokens", "6"]) == 0
     assert capsys.readouterr().out == text
+
+
+def test_a_process_that_only_runs_the_library_loads_no_compiler_nor_torch(compiled, tmp_path):
+    """`intformer perplexity` / `generate` (here: import_runtime_only, then the API, in a fresh process) load TVM's
+    runtime alone and no torch, and compute the same perplexity as this process, which has the whole TVM."""
+    import subprocess
+    import sys
+
+    from compiler import api
+
+    text = tmp_path / "t.txt"
+    text.write_text("the red house\nwe see the river\n")
+    want = api.perplexity(compiled[0].library, str(text), max_len=16)
+    script = ("import json, sys\n"
+              "from compiler.runtime import import_runtime_only\n"
+              "import_runtime_only()\n"
+              "from compiler import api\n"
+              f"r = api.perplexity({compiled[0].library!r}, {str(text)!r}, max_len=16)\n"
+              "print(json.dumps([r.ppl, r.tokens, 'torch' in sys.modules, 'tvm.relax' in sys.modules]))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    ppl, tokens, torch_loaded, compiler_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (ppl, tokens) == (want.ppl, want.tokens)
+    assert not torch_loaded and not compiler_loaded

@@ -2,6 +2,7 @@
 a connected chain of row ops over the same rows (elementwise, a last-axis reduction with keepdims) becomes one
 private `Primitive` function called from main; the kernels are untouched, only the grouping changes."""
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.script import ir as I, relax as R
@@ -12,6 +13,19 @@ from compiler.tvm_compat import BlockBuilder, tensor_type
 
 def _legalized(mod):
     return tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
+
+
+def _main_calls_the_group(bb, legal, rows, extra=()):
+    """The expected module: bb's functions, main(x) calling fused_rows0(x, *extra) and returning its result."""
+    group = bb.get().get_global_var("fused_rows0")
+    x = relax.Var("x", rows)
+    main = BlockBuilder()
+    with main.function("main", [x]):
+        with main.dataflow():
+            y = main.emit_output(relax.Call(group, [x, *extra]))
+        main.emit_func_output(y)
+    bb.update_func(legal.get_global_var("main"), main.get()["main"])
+    return relax.transform.Normalize()(bb.get())
 
 
 def test_a_row_chain_becomes_one_primitive_function():
@@ -40,15 +54,7 @@ def test_a_row_chain_becomes_one_primitive_function():
             y = bb.emit(relax.call_tir(kernel["add"], [d, s], rows))
             out = bb.emit_output(y)  # the group's result, bound once more as the dataflow's output
         bb.emit_func_output(out)
-    group = bb.get().get_global_var("fused_rows0")
-    x = relax.Var("x", rows)
-    main = BlockBuilder()
-    with main.function("main", [x]):
-        with main.dataflow():
-            y = main.emit_output(relax.Call(group, [x]))
-        main.emit_func_output(y)
-    bb.update_func(legal.get_global_var("main"), main.get()["main"])
-    expected = relax.transform.Normalize()(bb.get())
+    expected = _main_calls_the_group(bb, legal, rows)
 
     got, groups = fuse_rows(legal)
     assert groups == 1
@@ -72,3 +78,91 @@ def test_a_reshape_ends_the_rows_and_a_lone_op_is_left_to_fuse_ops():
     assert groups == 0
     tvm.ir.assert_structural_equal(got, legal)
 
+
+
+def test_a_row_scalar_against_a_channel_vector_joins_the_row_group():
+    """shift (a constant per channel) - k (a per-row scalar) has no operand of its output's shape, yet it is a row
+    op (the per-token exponent of a dynamic requantization): it joins the group of the reduction that made k."""
+    shift = relax.const(np.arange(8, dtype=np.int32))
+    rows, row = tensor_type((4, 8), "int32"), tensor_type((4, 1), "int32")
+    x = relax.Var("x", rows)
+    bb = BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            k = bb.emit(relax.op.max(x, axis=[-1], keepdims=True))
+            e = bb.emit(relax.op.subtract(shift, k))
+            y = bb.emit_output(relax.op.add(e, x))
+        bb.emit_func_output(y)
+    legal = _legalized(bb.get())
+    kernel = {name: legal.get_global_var(name) for name in ("max", "subtract", "add")}
+    want = BlockBuilder(legal)
+    x0, x1 = relax.Var("x0", rows), relax.Var("x1", tensor_type((8,), "int32"))
+    with want.function("fused_rows0", [x0, x1], attrs={"Primitive": True}, private=True):
+        with want.dataflow():
+            k = want.emit(relax.call_tir(kernel["max"], [x0], row))
+            e = want.emit(relax.call_tir(kernel["subtract"], [x1, k], rows))
+            y = want.emit(relax.call_tir(kernel["add"], [e, x0], rows))
+            out = want.emit_output(y)
+        want.emit_func_output(out)
+    expected = _main_calls_the_group(want, legal, rows, (shift,))
+
+    got, groups = fuse_rows(legal)
+    assert groups == 1
+    tvm.ir.assert_structural_equal(got, expected)
+
+
+def test_a_group_takes_in_the_ops_only_it_reads():
+    """k (a per-row max) feeds two groups through e1 = c1 - k and e2 = c2 - k. The greedy grouping puts k, e1 and
+    e2 together, which splits back into single ops (k is read by both consumers); each group then takes in the
+    e it alone reads, and k stays a kernel of its own."""
+    c = [relax.const(np.arange(8, dtype=np.int32) + i) for i in range(4)]
+    rows, row = tensor_type((1, 8), "int32"), tensor_type((1, 1), "int32")
+    x, z = relax.Var("x", rows), relax.Var("z", rows)
+    bb = BlockBuilder()
+    with bb.function("main", [x, z]):
+        with bb.dataflow():
+            k = bb.emit(relax.op.max(x, axis=[-1], keepdims=True))
+            a = bb.emit(relax.op.multiply(z, c[3]))
+            e1 = bb.emit(relax.op.subtract(c[1], k))
+            y1 = bb.emit(relax.op.add(a, e1))
+            e2 = bb.emit(relax.op.subtract(c[2], k))
+            b = bb.emit(relax.op.multiply(z, c[0]))
+            y2 = bb.emit(relax.op.add(b, e2))
+            out = bb.emit_output(relax.Tuple([y1, y2]))
+        bb.emit_func_output(out)
+    legal = _legalized(bb.get())
+    kern = [b.value.args[0] for b in legal["main"].body.blocks[0].bindings[:7]]  # k, a, e1, y1, e2, b, y2
+
+    want = BlockBuilder(legal)
+    p = [relax.Var(f"x{i}", t) for i, t in enumerate((rows, tensor_type((8,), "int32"), tensor_type((8,), "int32"),
+                                                       row))]
+    with want.function("fused_rows0", p, attrs={"Primitive": True}, private=True):  # a, e1, y1
+        with want.dataflow():
+            ga = want.emit(relax.call_tir(kern[1], [p[0], p[1]], rows))
+            ge = want.emit(relax.call_tir(kern[2], [p[2], p[3]], rows))
+            gy = want.emit_output(want.emit(relax.call_tir(kern[3], [ga, ge], rows)))
+        want.emit_func_output(gy)
+    q = [relax.Var(f"x{i}", t) for i, t in enumerate((tensor_type((8,), "int32"), row, rows,
+                                                       tensor_type((8,), "int32")))]
+    with want.function("fused_rows1", q, attrs={"Primitive": True}, private=True):  # e2, b, y2
+        with want.dataflow():
+            ge = want.emit(relax.call_tir(kern[4], [q[0], q[1]], rows))
+            gb = want.emit(relax.call_tir(kern[5], [q[2], q[3]], rows))
+            gy = want.emit_output(want.emit(relax.call_tir(kern[6], [gb, ge], rows)))
+        want.emit_func_output(gy)
+    g0, g1 = (want.get().get_global_var(f"fused_rows{i}") for i in (0, 1))
+    xm, zm = relax.Var("x", rows), relax.Var("z", rows)
+    main = BlockBuilder()
+    with main.function("main", [xm, zm]):
+        with main.dataflow():
+            k = main.emit(relax.call_tir(kern[0], [xm], row))
+            y1 = main.emit(relax.Call(g0, [zm, c[3], c[1], k]))
+            y2 = main.emit(relax.Call(g1, [c[2], k, zm, c[0]]))
+            out = main.emit_output(relax.Tuple([y1, y2]))
+        main.emit_func_output(out)
+    want.update_func(legal.get_global_var("main"), main.get()["main"])
+    expected = relax.transform.Normalize()(want.get())
+
+    got, groups = fuse_rows(legal)
+    assert groups == 2
+    tvm.ir.assert_structural_equal(got, expected)

@@ -62,7 +62,7 @@ def test_rope_emitter_equals_twin(dtype):
     positions = np.array([7, 0, 300, 299, 1], np.int32)  # run-time positions, any order
     tables = il.rope_tables(d, 512, 10000.0)
     m0, sh = il.rope_constants(np.array([1e-3, 2e-3, 5e-4]), np.array([0.02, 0.03, 0.01]))
-    got = _run(lambda bb, a, p: li.emit_rope(bb, a, p, tables, m0, sh), [x, positions])
+    got = _run(lambda bb, a, p: li.emit_rope(bb, a, li.emit_rope_factors(bb, p, tables), m0, sh), [x, positions])
     assert np.array_equal(got, il.irope(x, positions, tables, m0, sh))
 
 
