@@ -6,7 +6,7 @@ code as immediates, so the library carried one compiled copy per layer (and per 
 
 Expects: a Relax module after the build's schedules (compiler/passes/default_schedule.py, tuned records), whose
 Relax functions call PrimFuncs through ``call_tir``.
-Guarantees: PrimFuncs called through ``call_tir`` that are structurally equal once the integer and float
+Guarantees: private PrimFuncs called through ``call_tir`` that are structurally equal once the integer and float
 immediates of their stored values are set aside (same shapes, loops, schedule and attributes) become one PrimFunc.
 Each immediate that differs among them is read from a new 1-D parameter (one per dtype, placed after the inputs)
 and every call passes its kernel's values as a constant tensor; immediates that agree stay immediates. Only the
@@ -169,6 +169,31 @@ def _with_reads(body, buffers: list):
     return mutate_ir(body, [(SBlock, block)])
 
 
+def _specializes(generic: PrimFunc, columns: dict, member: int, original: PrimFunc) -> bool:
+    """The shared kernel with member `member`'s constants written back in is the member's kernel (x - c read as
+    x + (-c)): the check that each lifted immediate went to the right place."""
+    params = [p for p in generic.params if not any(p.name == f"consts_{d}" for d in columns)]
+
+    def load(value, _):
+        for d, cols in columns.items():
+            if value.source.name == f"consts_{d}":
+                value_of = cols[int(value.indices[0].value)][member]
+                return (tirx.FloatImm if "float" in d else tirx.IntImm)(d, value_of)
+        return value
+
+    names = {f"consts_{d}" for d in columns}
+
+    def block(value, m):
+        value = m.default_mutate(value)
+        reads = [r for r in value.reads if r.source.name not in names]
+        return SBlock(value.iter_vars, reads, value.writes, value.name_hint, value.body, value.init,
+                      value.alloc_buffers, value.match_buffers, value.annotations)
+
+    body = mutate_ir(generic.body, [(SBlock, block), (TensorLoad, load)])
+    back = PrimFunc(params, body, generic.ret_type, generic.attrs)
+    return structural_equal(back, _map_values(original, lambda imm: imm))
+
+
 def _call_sites(mod) -> dict:
     """GlobalVar of each PrimFunc that ``call_tir`` calls -> its number of inputs (None if calls disagree or the
     function is referred to otherwise)."""
@@ -183,7 +208,8 @@ def _call_sites(mod) -> dict:
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
-    return {gv: n for gv, n in inputs.items() if n is not None and isinstance(mod[gv], PrimFunc)}
+    return {gv: n for gv, n in inputs.items() if n is not None and isinstance(mod[gv], PrimFunc)
+            and "global_symbol" not in (mod[gv].attrs or {})}  # an exported kernel keeps its name and code
 
 
 def _classes(mod, sites: dict) -> list[list]:
@@ -231,6 +257,8 @@ def share_kernels(mod):
         first_gv = cls[0][0]
         slot, columns = _layout(cls)
         func = _generic(mod[first_gv], slot, columns, sites[first_gv])
+        if not all(_specializes(func, columns, m, mod[gv]) for m, (gv, _) in enumerate(cls)):
+            continue  # (never seen) the immediates were not visited alike: leave the class as it was
         shared = bb.add_func(func, f"{first_gv.name_hint}_shared")  # a new signature: a new GlobalVar
         for m, (gv, _) in enumerate(cls):
             plan[gv.name_hint] = (shared, [const([c[m] for c in cols], d) for d, cols in columns.items()])
