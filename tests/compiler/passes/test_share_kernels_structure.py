@@ -5,10 +5,10 @@ stay immediates, `x - c` counts as `x + (-c)`, and a kernel that differs in a di
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.script import ir as I, relax as R, tirx as T
+from tvm.script import ir as I, relax as R
 
 from compiler.passes.share_kernels import share_kernels
-from compiler.tvm_compat import BlockBuilder, const, tensor_type
+from compiler.tvm_compat import BlockBuilder, const, tensor_type, tir_script as T
 
 
 @I.ir_module
