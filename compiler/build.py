@@ -1,7 +1,7 @@
 """The build's steps, from the scheduled Relax module to the executable: the manifest, legalization, row groups,
-fusion, tuned kernels, default schedules and code generation, each a function of the module. compiler/stages.py
-runs each as a stage of its own, in the order compiler/pipeline.py lists them (so `--dump-ir` shows every step, and
-`tune` stops after `fuse`)."""
+fusion, tuned kernels, default schedules, shared kernels and code generation, each a function of the module.
+compiler/stages.py runs each as a stage of its own, in the order compiler/pipeline.py lists them (so `--dump-ir`
+shows every step, and `tune` stops after `fuse`)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,14 @@ def schedule_kernels(mod, target):
     from compiler.passes.default_schedule import apply_default_schedules
 
     return apply_default_schedules(mod, target)
+
+
+def share_kernels(mod):
+    """Kernels equal but for their constants (each layer's requantize, softmax, LayerNorm, GELU) -> one kernel
+    taking the constants as a tensor (compiler/passes/share_kernels.py); (module, kernels removed)."""
+    from compiler.passes.share_kernels import share_kernels as _share
+
+    return _share(mod)
 
 
 def codegen(mod, target):

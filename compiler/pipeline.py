@@ -4,10 +4,10 @@ Each stage takes the frozen `CompileState` and returns a new one (dataclasses.re
 takes and the phase it gives (compiler/state.py: Graph -> CalibratedGraph -> RelaxModule -> IntegerModule ->
 ScheduledModule -> Artifact); the runner checks both between stages, so a stage run out of place, or one that
 forgot to set what it promises, fails at that stage with the fields it lacks. The build's steps
-(legalization, row groups, fusion, tuned kernels, default schedules, code generation) are stages like the others,
-so `tune` runs the same list up to `fuse`. With `CompileOptions.dump_ir`, the state's graph is written after every
-stage (the ONNX graph, then the Relax module, last the VM's instructions), so a wrong number can be chased stage by
-stage.
+(legalization, row groups, fusion, tuned kernels, default schedules, shared kernels, code generation) are stages
+like the others, so `tune` runs the same list up to `fuse`. With `CompileOptions.dump_ir`, the state's graph is
+written after every stage (the ONNX graph, then the Relax module, last the VM's instructions), so a wrong number
+can be chased stage by stage.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def _build_stages() -> Stages:
         Stage("fuse", s.fuse, SCHEDULED, SCHEDULED),             # FuseOps + FuseTIR: the library's kernels (`tune`)
         Stage("apply_db", s.apply_db, SCHEDULED, SCHEDULED),     # kernels with a --db record -> tuned schedules
         Stage("default_schedule", s.default_schedule, SCHEDULED, SCHEDULED),  # the rest: the default schedule
+        Stage("share_kernels", s.share_kernels, SCHEDULED, SCHEDULED),  # one kernel per class equal but for constants
         Stage("codegen", s.codegen, SCHEDULED, ARTIFACT),        # kernels + VM plan + int8 constants
     ]
 

@@ -23,8 +23,9 @@ import numpy as np
 from compiler.config import DimRange, TensorSpec
 from compiler.errors import IntformerError
 
-# default sizes of a ranged dim: powers of two from 16, then HI (see README "Ranged shapes" for the measurement)
-DEFAULT_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# default sizes of a ranged dim: steps of 8 up to 32 (where most sentences end), then powers of two, then HI
+# (see README "One library for every length" for the measurement and the size budget)
+DEFAULT_STEPS = (8, 16, 24, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)

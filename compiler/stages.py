@@ -341,6 +341,13 @@ def default_schedule(st: CompileState) -> CompileState:
     return replace(st, lowered_mod=schedule_kernels(st.lowered_mod, st.target_spec.tvm_target()))
 
 
+def share_kernels(st: CompileState) -> CompileState:
+    """Kernels equal but for their constants -> one kernel each, the constants passed as small tensors."""
+    from compiler.build import share_kernels as _share
+
+    return replace(st, lowered_mod=_share(st.lowered_mod)[0])
+
+
 def codegen(st: CompileState) -> CompileState:
     """The scheduled module -> the executable: kernels, VM plan, int8 constants for the target."""
     from compiler.build import codegen as _codegen

@@ -198,7 +198,10 @@ def llvm_cpu_has_features(features, target) -> bool:
 # --- Tuning names (schedules/tune.py, schedules/database.py); tvm.meta_schedule before 0.2x. ---
 from tvm import tirx  # noqa: E402  (tvm.tir before 0.2x: TIR expressions, buffers, loops)
 from tvm.ir import IRModule  # noqa: E402
-from tvm.ir.expr import TensorLoad  # noqa: E402  (tvm.tir.BufferLoad before 0.27)
+from tvm.ir.expr import (  # noqa: E402  (tvm.tir.Call / BufferLoad before 0.27: one Call for Relax and TIR)
+    Call as PrimCall,
+    TensorLoad,
+)
 from tvm.ir.prim.expr import Cast  # noqa: E402  (tvm.tir.Cast before 0.27)
 from tvm.ir.utils import derived_object  # noqa: E402  (tvm.meta_schedule.utils.derived_object before 0.2x)
 from tvm.s_tir import (  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x)
@@ -208,6 +211,23 @@ from tvm.s_tir import (  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x
 )
 from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
 from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
+
+
+def mutate_ir(node, callbacks):
+    """`node` rebuilt by `callbacks`: [(type or types, fn(value, mutator))], the first entry whose type matches a
+    node owns it and returns its replacement (``mutator.mutate(child)`` / ``mutator.default_mutate(value)``
+    descend); other nodes are rebuilt from their children (tvm.tir.stmt_functor.ir_transform before 0.27)."""
+    import tvm_ffi
+
+    return tvm_ffi.structural_mutate(node, callbacks)
+
+
+def visit_ir(node, visit) -> None:
+    """Call `visit(value, visitor)` on `node`; it descends with ``visitor.default_visit(value)`` or prunes the
+    subtree by not doing so (tvm.tir.stmt_functor.post_order_visit before 0.27)."""
+    import tvm_ffi
+
+    tvm_ffi.structural_visit(node, visit)
 
 
 def walk_ir(node, visit) -> None:
@@ -234,5 +254,5 @@ __all__ = [
     "dead_code_elimination", "string_const", "Schedule", "TensorIntrin", "tir_script", "normalize_prim_func",
     "build_tir", "llvm_triple", "llvm_cpu_has_features", "IRModule", "structural_equal", "structural_hash",
     "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",
-    "walk_ir",
+    "PrimCall", "mutate_ir", "visit_ir", "walk_ir",
 ]
