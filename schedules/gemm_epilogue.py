@@ -19,6 +19,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,6 +162,15 @@ def operand_buffers(epi: Epilogue, n: int, m: int) -> list:
     return bufs
 
 
+# operand kind -> (row, col) -> where each of its buffers is read for the output at (row, col) (tables: by value)
+_READ_AT: dict[str, Callable] = {
+    "scalar": lambda row, col: [0],
+    "vector": lambda row, col: [col],
+    "row": lambda row, col: [row],
+    "outer": lambda row, col: [row, col],  # the product of the two
+}
+
+
 def _load(buf, idx, dtype: str):
     v = tirx.BufferLoad(buf, [idx])
     return v if buf.dtype == dtype else tirx.Cast(dtype, v)  # stored narrower: widened on load
@@ -172,10 +183,9 @@ def epilogue_value(epi: Epilogue, x, col, bufs: list, row=None):
         c = None
         if step.operand == "table":
             c = (lambda b: lambda idx: tirx.BufferLoad(b, [idx]))(next(it))
-        elif step.operand == "outer":
-            c = _load(next(it), row, step.dtype) * _load(next(it), col, step.dtype)
         elif step.operand:
-            c = _load(next(it), {"scalar": 0, "vector": col, "row": row}[step.operand], step.dtype)
+            c = functools.reduce(operator.mul, [_load(next(it), at, step.dtype)
+                                                for at in _READ_AT[step.operand](row, col)])
         x, dtype = OPS[step.op](x, c, step, dtype), step.dtype
     return x
 
@@ -197,10 +207,8 @@ def with_epilogue(core, epi: Epilogue, m: int, n: int):
     for step in (s for s in epi.steps if s.operand):
         if step.operand == "table":
             reads.append(tirx.BufferRegion(next(it), [tvm.ir.Range(0, step.table_size)]))
-        elif step.operand == "outer":
-            reads += [_region(next(it), vi), _region(next(it), vj)]
         else:
-            reads.append(_region(next(it), {"vector": vj, "row": vi}.get(step.operand, 0)))
+            reads += [_region(next(it), at) for at in _READ_AT[step.operand](vi, vj)]
     block = SBlock([tirx.IterVar(tvm.ir.Range(0, m), vi, 0), tirx.IterVar(tvm.ir.Range(0, n), vj, 0)],
                    reads, [_region(y, vi, vj)], EPILOGUE_BLOCK, tirx.BufferStore(y, value, [vi, vj]))
     loops = tirx.For(i, 0, m, tirx.ForKind.SERIAL,
