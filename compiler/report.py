@@ -15,6 +15,10 @@ from compiler.calibrate.table import CalibrationInfo
 
 _FLOAT = ("float16", "float32", "float64", "bfloat16")
 # ops that compute nothing in float even on float data
+BLOCK4_WEIGHT = "q4_block32"  # a matmul operand of 4-bit codes per block of 32 (compiler/intmath/block4.py)
+# operand types of an int8 matmul: 4-bit block weights included (the kernels widen the codes to bytes and run the
+# same int8 dot products: schedules/block4_gemm.py)
+INT8_OPERANDS = ("int8", "uint8", BLOCK4_WEIGHT)
 DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.shape_of", "relax.shape_to_tensor",
                   "relax.expand_dims", "relax.squeeze", "relax.take", "relax.concat", "relax.split",
                   "relax.strided_slice", "relax.broadcast_to", "relax.flatten"}
@@ -84,7 +88,7 @@ class GraphReport:
     def of_ops(records, onnx_matmuls: int) -> GraphReport:
         records = tuple(records)
         mm = [r for r in records if r.op == "relax.matmul"]
-        int8 = [r for r in mm if r.inputs and all(d in ("int8", "uint8") for d in r.inputs)]
+        int8 = [r for r in mm if r.inputs and all(d in INT8_OPERANDS for d in r.inputs)]
         counts: dict[str, int] = {}
         for r in records:
             if r.computes_in_float:

@@ -16,19 +16,26 @@ from compiler.llm.integer import INT32_MAX, INT32_MIN, IntLlama, QLinear
 from compiler.passes import llama_intops as li
 from compiler.passes.intops import emit_pow2
 from compiler.tvm_compat import const, tensor_type
+from schedules.block4_gemm import emit_block4_matmul
 
 R = relax.op
 
 
-def _linear(bb, a, lin: QLinear, rows_k, qmin: int, qmax: int, dtype: str):
-    """int8 activation (zero point lin.in_zp) x the constant int8 weight -> int32, plus the integer bias, then
-    the requantization (with the rows' exponents of a dynamic input)."""
-    acc = bb.emit(R.matmul(a, const(lin.w, "int8"), out_dtype="int32"))
+def _linear(bb, a, lin: QLinear, rows_k, qmin: int, qmax: int, dtype: str, isa: str = "generic"):
+    """int8 activation (zero point lin.in_zp) x the constant weight -> int32 (int8 weight) or int64 (block-4
+    weight times the per-input multipliers, on ``isa``'s kernel: schedules/block4_gemm.py), plus the integer
+    bias, then the requantization (with the rows' exponents of a dynamic input)."""
+    if lin.block4 is not None:
+        bw, acc_dtype = lin.block4, "int64"
+        acc = emit_block4_matmul(bb, a, lin.act_mult, bw.q, bw.d, bw.m, isa)
+    else:
+        acc_dtype = "int32"
+        acc = bb.emit(R.matmul(a, const(lin.w, "int8"), out_dtype="int32"))
     if lin.in_zp:
         colsum = lin.w.astype(np.int64).sum(axis=0, keepdims=True) * lin.in_zp
-        acc = bb.emit(R.subtract(acc, const(colsum, "int32")))
+        acc = bb.emit(R.subtract(acc, const(colsum, acc_dtype)))
     if lin.bias is not None:
-        acc = bb.emit(R.add(acc, const(lin.bias, "int32")))
+        acc = bb.emit(R.add(acc, const(lin.bias, acc_dtype)))
     if rows_k is not None:
         return li.emit_requantize_rows(bb, acc, lin.m0, lin.sh, rows_k, qmin, qmax, dtype)
     return li.emit_fixed_requantize(bb, acc, lin.m0, lin.sh, 0, dtype, qmin, qmax)
@@ -60,15 +67,15 @@ def _embed(bb, m: IntLlama, ids):
     return bb.emit(R.clip(x, INT32_MIN, INT32_MAX))
 
 
-def _layer(bb, m: IntLlama, i: int, x, positions, shared, seq: int, cache):
+def _layer(bb, m: IntLlama, i: int, x, positions, shared, seq: int, cache, isa: str = "generic"):
     """One decoder layer on the chunk; cache: int8 run-time inputs, keys (layers, kv_heads, d, context)
     (transposed), values (layers, kv_heads, context, d). Returns (x, the chunk's int8 keys (kv_heads, d, seq) and
     values (kv_heads, seq, d))."""
     s, ly = m.shape, m.layers[i]
     a, ka = _norm_rows(bb, x, ly.attn_norm, m.dynamic_norms)
-    q = _heads(bb, _linear(bb, a, ly.q, ka, -32768, 32767, "int16"), seq, s.heads, s.head_dim)
-    k = _heads(bb, _linear(bb, a, ly.k, ka, -32768, 32767, "int16"), seq, s.kv_heads, s.head_dim)
-    v = _heads(bb, _linear(bb, a, ly.v, ka, -127, 127, "int8"), seq, s.kv_heads, s.head_dim)
+    q = _heads(bb, _linear(bb, a, ly.q, ka, -32768, 32767, "int16", isa), seq, s.heads, s.head_dim)
+    k = _heads(bb, _linear(bb, a, ly.k, ka, -32768, 32767, "int16", isa), seq, s.kv_heads, s.head_dim)
+    v = _heads(bb, _linear(bb, a, ly.v, ka, -127, 127, "int8", isa), seq, s.kv_heads, s.head_dim)
     rope, allowed = shared
     q8 = li.emit_rope(bb, q, rope, *ly.q_rope)
     k8 = li.emit_rope(bb, k, rope, *ly.k_rope, qmin=-127)
@@ -76,12 +83,12 @@ def _layer(bb, m: IntLlama, i: int, x, positions, shared, seq: int, cache):
     k8 = bb.emit(R.permute_dims(k8, [0, 2, 1]))  # the chunk's keys, transposed as the cache keeps them
     values = bb.emit(R.concat([old_v, v], axis=1))
     o = li.emit_gqa_attention_cached(bb, q8, (old_k, k8), values, positions, ly.attn, allowed)
-    x = _residual_add(bb, x, _linear(bb, o, ly.o, None, INT32_MIN, INT32_MAX, "int64"))
+    x = _residual_add(bb, x, _linear(bb, o, ly.o, None, INT32_MIN, INT32_MAX, "int64", isa))
     f, kf = _norm_rows(bb, x, ly.ffn_norm, m.dynamic_norms)
-    g = _linear(bb, f, ly.gate, kf, -32768, 32767, "int16")
-    u = _linear(bb, f, ly.up, kf, -32768, 32767, "int16")
+    g = _linear(bb, f, ly.gate, kf, -32768, 32767, "int16", isa)
+    u = _linear(bb, f, ly.up, kf, -32768, 32767, "int16", isa)
     h, kh = li.emit_silu_gate_dynamic(bb, g, ly.gate_scale, u, 0, *ly.gated)
-    x = _residual_add(bb, x, _linear(bb, h, ly.down, kh, INT32_MIN, INT32_MAX, "int64"))
+    x = _residual_add(bb, x, _linear(bb, h, ly.down, kh, INT32_MIN, INT32_MAX, "int64", isa))
     return x, k8, v
 
 
@@ -90,7 +97,7 @@ def _layer_of(bb, cache, i: int):
     return bb.emit(R.squeeze(bb.emit(R.strided_slice(cache, axes=[0], begin=[i], end=[i + 1])), axis=[0]))
 
 
-def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int) -> None:
+def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: str = "generic") -> None:
     """`name(ids int32 (seq,), positions int32 (seq,), keys int8 (layers, kv_heads, d, context), values int8
     (layers, kv_heads, context, d)) -> (logits int32 (seq, vocab), new_keys int8 (layers, kv_heads, d, seq),
     new_values int8 (layers, kv_heads, seq, d))`. The keys are kept transposed: the scores' matmul reads the
@@ -112,7 +119,7 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int) -> Non
             shared = (li.emit_rope_factors(bb, positions, m.rope_tables), li.emit_cached_mask(bb, positions, context))
             keys, values = [], []
             for i in range(s.layers):
-                x, k8, v = _layer(bb, m, i, x, positions, shared, seq, cache)
+                x, k8, v = _layer(bb, m, i, x, positions, shared, seq, cache, isa)
                 keys.append(bb.emit(R.expand_dims(k8, axis=[0])))
                 values.append(bb.emit(R.expand_dims(v, axis=[0])))
             xf, kx = _norm_rows(bb, x, m.final_norm, False)
@@ -122,10 +129,11 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int) -> Non
         bb.emit_func_output(out)
 
 
-def decoder_module(m: IntLlama, chunk: int, context: int):
+def decoder_module(m: IntLlama, chunk: int, context: int, isa: str = "generic"):
     """The library's integer functions: `prefill` (a chunk of `chunk` tokens) and `decode` (one token), both
-    against an int8 cache of `context` positions (add_step_function)."""
+    against an int8 cache of `context` positions (add_step_function); block-4 weights on ``isa``'s kernel
+    (schedules/block4_gemm.select_isa of the target; "generic" runs anywhere)."""
     bb = relax.BlockBuilder()
-    add_step_function(bb, m, "prefill", chunk, context)
-    add_step_function(bb, m, "decode", 1, context)
+    add_step_function(bb, m, "prefill", chunk, context, isa)
+    add_step_function(bb, m, "decode", 1, context, isa)
     return bb.get()

@@ -16,28 +16,29 @@ MANTISSA_BITS = 31
 MAX_SHIFT = 62  # int64(acc) * M0 stays below 2**62 for |acc| < 2**31; shifts beyond this round to 0
 
 
-def quantize_multiplier(m: float) -> tuple[int, int]:
-    """Return (M0, shift) with m ~= M0 * 2**-shift, M0 in [2**30, 2**31), 1 <= shift <= MAX_SHIFT."""
+def quantize_multiplier(m: float, bits: int = MANTISSA_BITS) -> tuple[int, int]:
+    """Return (M0, shift) with m ~= M0 * 2**-shift, M0 in [2**(bits-1), 2**bits), 1 <= shift <= MAX_SHIFT.
+    Fewer mantissa bits for wider accumulators: int64(acc) * M0 stays below 2**63 for |acc| < 2**(63 - bits)."""
     if not math.isfinite(m) or m < 0:
         raise ValueError(f"requantization multiplier must be finite and >= 0, got {m}")
     if m == 0.0:
         return 0, 1
     frac, exp = math.frexp(m)  # m = frac * 2**exp, frac in [0.5, 1)
-    m0 = int(round(frac * (1 << MANTISSA_BITS)))
-    if m0 == (1 << MANTISSA_BITS):
+    m0 = int(round(frac * (1 << bits)))
+    if m0 == (1 << bits):
         m0 //= 2
         exp += 1
-    shift = MANTISSA_BITS - exp
+    shift = bits - exp
     if shift < 1:
-        raise ValueError(f"requantization multiplier {m} >= 2**30 is not supported")
+        raise ValueError(f"requantization multiplier {m} >= 2**{bits - 1} is not supported")
     if shift > MAX_SHIFT:
         return 0, 1  # below 2**-31 of one unit: every int32 accumulator rounds to zero
     return m0, shift
 
 
-def quantize_multipliers(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantize_multipliers(ms: np.ndarray, bits: int = MANTISSA_BITS) -> tuple[np.ndarray, np.ndarray]:
     """Vector form of :func:`quantize_multiplier`: int64 arrays of mantissas and shifts."""
-    pairs = [quantize_multiplier(float(m)) for m in np.asarray(ms, dtype=np.float64).ravel()]
+    pairs = [quantize_multiplier(float(m), bits) for m in np.asarray(ms, dtype=np.float64).ravel()]
     m0 = np.array([p[0] for p in pairs], dtype=np.int64).reshape(np.shape(ms))
     sh = np.array([p[1] for p in pairs], dtype=np.int64).reshape(np.shape(ms))
     return m0, sh

@@ -156,8 +156,13 @@ def llm_state(path: str, options: CompileOptions, target_spec, calibration_text:
     status(f"calibrating on {len(docs)} documents ({sum(len(d) for d in docs)} tokens) of {calibration_text}")
     ranges = calibrate(w, docs)
     status("building the integer model")
-    im = build_integer_llama(w, ranges, max_positions=context + chunk)  # padded chunks run past the context
-    mod = decoder_module(im, chunk, context)
+    from schedules.block4_gemm import select_isa
+
+    # 4-bit block weights where the target has their kernel (elsewhere the generic one would be slower than int8)
+    isa = select_isa(target_spec.tvm_target())
+    im = build_integer_llama(w, ranges, max_positions=context + chunk,  # padded chunks run past the context
+                             block4=isa != "generic")
+    mod = decoder_module(im, chunk, context, isa)
     info = CalibrationInfo("minmax", f"text: {os.path.basename(calibration_text)}", 0.0, samples=len(docs))
     report = _report(mod, info)
     _check_integer(report, options, path)

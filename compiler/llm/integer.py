@@ -9,10 +9,13 @@ Numerics (scales are compile-time constants from calibration; every tensor is in
 - RMSNorm (irmsnorm) -> dynamic per-row int8 (base * 2**k, the exponent folded into the projections'
   requantization shifts; or static asymmetric int8 per tensor); its weight carries the smoothing factors of
   the projections it feeds (SmoothQuant: x / s into the norm, W * s into the weights; alpha chosen per site);
-- every matmul int8 x int8 -> int32 (weights symmetric per output channel), requantized by a fixed-point
-  multiply: q and k to int16 per head, then the rotary embedding (irope, positions at run time) to int8 per
-  head (k straight onto the cache's scale); v straight onto the cache's int8 scale; the o and down projections
-  onto the residual scale (int32), so the residual adds are exact; gate and up to int16;
+- every matmul int8 x int8 -> int32 (weights symmetric per output channel), or, for a layer whose matrices
+  are 4-bit per block of 32 inputs (a Q4_0 / Q4_1 GGUF), int8 x the exact 4-bit blocks with the smoothing
+  factors as integer multipliers of the activations -> int64 (QLinear.make_block4; no int8 re-rounding of the
+  weights, which stay 4-bit in the library), requantized by a fixed-point multiply: q and k to int16 per head,
+  then the rotary embedding (irope, positions at run time) to int8 per head (k straight onto the cache's
+  scale); v straight onto the cache's int8 scale; the o and down projections onto the residual scale (int32),
+  so the residual adds are exact; gate and up to int16;
 - attention: igqa_attention over the int8 cache (causal mask from the positions, the integer softmax, P.V);
   the o projection's input smoothing is folded into v (grouped: one factor per KV-head channel);
 - FFN: silu(gate) * up as dynamic per-row int8 (isilu_gate_dynamic: a static base scale times 2**k per token,
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.intmath import llama as il
+from compiler.intmath import block4 as b4, llama as il
 from compiler.intmath.fixed_point import quantize_multipliers, requantize
 from compiler.llm import smoothing as sm
 from compiler.llm.calibrate import Ranges
@@ -45,6 +48,7 @@ INT16_HEADROOM = 1.0  # int16 tensors (q, k, gate, up) put the calibrated max at
 LOGIT_CODE = 1 << 20  # the calibrated logit max lands here (int32 logits)
 SMOOTH_CLIP = 1e4  # smoothing factors are kept within [1 / 1e4, 1e4]
 HEAD_SEARCH_STRIDE = 8  # the output head's alpha is ranked on every 8th vocabulary row (per-row weight scales)
+WIDE_MANTISSA_BITS = 23  # requantization of a block-4 product: its int64 accumulator stays below 2**39
 
 
 # ---- quantization helpers ------------------------------------------------------------------------------
@@ -72,8 +76,13 @@ def smoothing(x_absmax: np.ndarray, w_rows_absmax: np.ndarray, alpha: float | No
 
 @dataclass(frozen=True)
 class QLinear:
-    """An int8 weight (in, out) with per-output-channel scales, an optional int32 bias, and the fixed-point
-    requantization of its accumulator to out codes (m0, sh per output channel)."""
+    """An integer weight (in, out) with per-output-channel scales, an optional int32 bias, and the fixed-point
+    requantization of its accumulator to out codes (m0, sh per output channel).
+
+    Either int8 (symmetric per output channel), or a block-4 weight (compiler/intmath/block4.py: kept as the
+    source's 4-bit blocks) times per-input integer multipliers ``act_mult`` (the smoothing factors, which the
+    blocks cannot absorb): then ``w`` is the integer product act_mult[k] * W[k, n] (int64), the accumulator is
+    int64 (|acc| < 2**39) and m0 has WIDE_MANTISSA_BITS."""
 
     w: np.ndarray
     w_scale: np.ndarray
@@ -81,7 +90,9 @@ class QLinear:
     in_zp: int
     m0: np.ndarray
     sh: np.ndarray
-    wf: np.ndarray  # float64 copy: products of int8 summed over K < 2**20 are exact in float64 (speed only)
+    wf: np.ndarray  # float64 copy: the products summed over K stay below 2**53, exact (speed only)
+    block4: b4.Block4Weight | None = None
+    act_mult: np.ndarray | None = None  # (in,) int32, with block4
 
     @classmethod
     def make(cls, w: np.ndarray, in_scale: float, in_zp: int, out_scale, bias: np.ndarray | None = None):
@@ -90,6 +101,17 @@ class QLinear:
         b = None if bias is None else np.round(bias / acc_scale).astype(np.int64)
         m0, sh = quantize_multipliers(acc_scale / np.broadcast_to(out_scale, ws.shape))
         return cls(wq, ws, b, int(in_zp), m0, sh, wq.astype(np.float64))
+
+    @classmethod
+    def make_block4(cls, bw: b4.Block4Weight, mult: np.ndarray, unit: float, in_scale: float, in_zp: int,
+                    out_scale, bias: np.ndarray | None = None):
+        """The weight diag(mult * unit) @ (bw's float weight): bw exact, the smoothing as integer multipliers."""
+        w = mult.astype(np.int64)[:, None] * bw.values()
+        ws = unit * bw.scale
+        acc_scale = in_scale * ws
+        b = None if bias is None else np.round(bias / acc_scale).astype(np.int64)
+        m0, sh = quantize_multipliers(acc_scale / np.broadcast_to(out_scale, ws.shape), WIDE_MANTISSA_BITS)
+        return cls(w, ws, b, int(in_zp), m0, sh, w.astype(np.float64), bw, mult.astype(np.int32))
 
     def acc(self, a: np.ndarray) -> np.ndarray:
         acc = np.matmul(a.astype(np.float64) - self.in_zp, self.wf).astype(np.int64)
@@ -100,6 +122,27 @@ class QLinear:
         if rows_k is not None:
             return il.requantize_rows(self.acc(a), self.m0, self.sh, rows_k, zp, qmin, qmax, dtype)
         return requantize(self.acc(a), self.m0, self.sh, zp, qmin, qmax, dtype)
+
+
+def _linear(w: np.ndarray, rows, cols, in_scale: float, in_zp: int, out_scale, bias=None,
+            four_bit: bool = False) -> QLinear:
+    """The QLinear of diag(rows) @ w / cols (rows: the input's smoothing factors, cols: factors folded into the
+    output channels; None for ones): block-4 when four_bit (w must fit, rows integer multiples of one unit:
+    _block4_factors), else int8 of the product."""
+    rows_v = np.ones(w.shape[0]) if rows is None else np.asarray(rows, np.float64)
+    cols_v = np.ones(w.shape[1]) if cols is None else np.asarray(cols, np.float64)
+    if four_bit:
+        bw = b4.fit_block4(w)
+        mult, unit = b4.integer_multipliers(rows_v)
+        bw = b4.Block4Weight(bw.q, bw.d, bw.m, bw.scale / cols_v)
+        return QLinear.make_block4(bw, mult, unit, in_scale, in_zp, out_scale, bias)
+    return QLinear.make(w * rows_v[:, None] / cols_v[None, :], in_scale, in_zp, out_scale, bias)
+
+
+def _block4_factors(s: np.ndarray) -> np.ndarray:
+    """Smoothing factors as integer multiples of one unit (what a block-4 product applies: integer_multipliers)."""
+    mult, unit = b4.integer_multipliers(s)
+    return mult * unit
 
 
 @dataclass(frozen=True)
@@ -197,9 +240,11 @@ def _smoothed_asym(r: Ranges, name: str, layer: int, s: np.ndarray) -> tuple[flo
     return asym_int8((r.lo[(name, layer)] / s).min(), (r.hi[(name, layer)] / s).max())
 
 
-def _site_factors(r: Ranges, name: str, i: int, w: np.ndarray, alpha, expand=None, dynamic: bool = False):
+def _site_factors(r: Ranges, name: str, i: int, w: np.ndarray, alpha, expand=None, dynamic: bool = False,
+                  four_bit: bool = False):
     """Smoothing factors of one matmul input (per channel of the activation), alpha fixed or chosen (AUTO).
-    expand maps factors of w's grouping onto the activation's channels (the grouped o projection)."""
+    expand maps factors of w's grouping onto the activation's channels (the grouped o projection); four_bit:
+    the factors are integer multiples of one unit (_block4_factors) and the weights exact, also in the search."""
     xabs = r.absmax(name, i)
     wrows = np.abs(w).max(axis=1)
     if expand is not None:
@@ -208,6 +253,7 @@ def _site_factors(r: Ranges, name: str, i: int, w: np.ndarray, alpha, expand=Non
 
     def factors(a):
         f = grow(smoothing(xabs, wrows, a))
+        f = _block4_factors(f) if four_bit else f
         return f, f
 
     def round_trip(f):
@@ -216,7 +262,7 @@ def _site_factors(r: Ranges, name: str, i: int, w: np.ndarray, alpha, expand=Non
         return sm.static_round_trip(float((r.lo[(name, i)] / f).min()), float((r.hi[(name, i)] / f).max()))
 
     if alpha == AUTO:
-        alpha = sm.choose_alpha(r.samples(name, i), w, factors, round_trip)
+        alpha = sm.choose_alpha(r.samples(name, i), w, factors, round_trip, exact_weights=four_bit)
     return factors(alpha)[0]
 
 
@@ -227,21 +273,30 @@ def _norm_out(r: Ranges, name: str, i: int, s: np.ndarray, dynamic: bool) -> tup
     return _smoothed_asym(r, name, i, s)
 
 
-def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, dynamic_norms: bool = False
-                ) -> IntLayer:
+def layer_fits_block4(lw) -> bool:
+    """Every matrix of the layer is 4-bit per block of 32 inputs (compiler/intmath/block4.py), as a GGUF's Q4_0 /
+    Q4_1 layers are, with outputs in whole column blocks of the kernels: the layer keeps them exactly (block-4)
+    instead of re-quantizing them to int8."""
+    from schedules.block4_gemm import COLUMNS
+
+    mats = (lw.wq, lw.wk, lw.wv, lw.wo, lw.w_gate, lw.w_up, lw.w_down)
+    return all(m.shape[1] % COLUMNS == 0 for m in mats) and all(b4.fit_block4(m) is not None for m in mats)
+
+
+def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, dynamic_norms: bool = False,
+                four_bit: bool = False) -> IntLayer:
     sh, lw = w.shape, w.layers[i]
     H, D, G = sh.heads, sh.head_dim, sh.groups
     # attention input: smoothing folded into the norm weight and the q/k/v rows
     wqkv = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)
-    s_a = _site_factors(r, "attn_in", i, wqkv, alpha, dynamic=dynamic_norms)
+    s_a = _site_factors(r, "attn_in", i, wqkv, alpha, dynamic=dynamic_norms, four_bit=four_bit)
     attn_in = _norm_out(r, "attn_in", i, s_a, dynamic_norms)
     # o-projection input smoothing, one factor per (KV head, channel): folded into v's columns
     group_max = lambda v: v.reshape(sh.kv_heads, G, D).max(axis=1).ravel()  # noqa: E731
     per_q_head = lambda f: np.tile(f.reshape(sh.kv_heads, 1, D), (1, G, 1)).ravel()  # noqa: E731
-    s_o_q = _site_factors(r, "attn_out", i, lw.wo, alpha, expand=(group_max, per_q_head))
+    s_o_q = _site_factors(r, "attn_out", i, lw.wo, alpha, expand=(group_max, per_q_head), four_bit=four_bit)
     s_o = s_o_q.reshape(sh.kv_heads, G, D)[:, 0].ravel()  # (kv_heads * D,)
-    wv, bv = lw.wv / s_o[None, :], (None if lw.bv is None else lw.bv / s_o)
-    wo = lw.wo * s_o_q[:, None]
+    bv = None if lw.bv is None else lw.bv / s_o
     # scales
     q16 = _heads_absmax(r.absmax("q", i), H) * INT16_HEADROOM / 32767
     k16 = _heads_absmax(r.absmax("k", i), sh.kv_heads) * INT16_HEADROOM / 32767
@@ -251,40 +306,43 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, d
     attn_out = _smoothed_asym(r, "attn_out", i, s_o_q)
     # feed-forward: input smoothing into the norm weight and gate/up rows; down's input smoothing into up
     wgu = np.concatenate([lw.w_gate, lw.w_up], axis=1)
-    s_f = _site_factors(r, "ffn_in", i, wgu, alpha, dynamic=dynamic_norms)
+    s_f = _site_factors(r, "ffn_in", i, wgu, alpha, dynamic=dynamic_norms, four_bit=four_bit)
     ffn_in = _norm_out(r, "ffn_in", i, s_f, dynamic_norms)
-    s_m = _site_factors(r, "ffn_mid", i, lw.w_down, alpha, dynamic=True)
+    s_m = _site_factors(r, "ffn_mid", i, lw.w_down, alpha, dynamic=True, four_bit=four_bit)
     ffn_base = float((r.absmax("ffn_mid", i) / s_m).max()) / il.DYN_BASE_CODE
     gate16 = float(r.absmax("gate", i).max()) * INT16_HEADROOM / 32767
     up16 = float((r.absmax("up", i) / s_m).max()) * INT16_HEADROOM / 32767
     rep = lambda per_head, n: np.repeat(per_head, n)  # noqa: E731  per head -> per channel
+    lin = lambda *args, **kw: _linear(*args, four_bit=four_bit, **kw)  # noqa: E731
     return IntLayer(
         attn_norm=_norm(lw.attn_norm / s_a, resid_scale, sh.eps, attn_in), attn_in=attn_in,
-        q=QLinear.make(lw.wq * s_a[:, None], attn_in[0], attn_in[1], rep(q16, D), lw.bq),
-        k=QLinear.make(lw.wk * s_a[:, None], attn_in[0], attn_in[1], rep(k16, D), lw.bk),
-        v=QLinear.make(wv * s_a[:, None], attn_in[0], attn_in[1], rep(v8, D), bv),
+        q=lin(lw.wq, s_a, None, attn_in[0], attn_in[1], rep(q16, D), lw.bq),
+        k=lin(lw.wk, s_a, None, attn_in[0], attn_in[1], rep(k16, D), lw.bk),
+        v=lin(lw.wv, s_a, s_o, attn_in[0], attn_in[1], rep(v8, D), bv),
         q_rope=il.rope_constants(q16, q8), k_rope=il.rope_constants(k16, k8),
         attn=il.AttentionConstants(q8, k8, v8, attn_out[0], attn_out[1], D),
-        o=QLinear.make(wo, attn_out[0], attn_out[1], resid_scale),
+        o=lin(lw.wo, s_o_q, None, attn_out[0], attn_out[1], resid_scale),
         ffn_norm=_norm(lw.ffn_norm / s_f, resid_scale, sh.eps, ffn_in), ffn_in=ffn_in,
-        gate=QLinear.make(lw.w_gate * s_f[:, None], ffn_in[0], ffn_in[1], gate16),
-        up=QLinear.make(lw.w_up * s_f[:, None] / s_m[None, :], ffn_in[0], ffn_in[1], up16),
+        gate=lin(lw.w_gate, s_f, None, ffn_in[0], ffn_in[1], gate16),
+        up=lin(lw.w_up, s_f, s_m, ffn_in[0], ffn_in[1], up16),
         gate_scale=gate16, gated=il.gated_constants(gate16, up16, ffn_base), ffn_base=ffn_base,
-        down=QLinear.make(lw.w_down * s_m[:, None], ffn_base, 0, resid_scale))
+        down=lin(lw.w_down, s_m, None, ffn_base, 0, resid_scale))
 
 
 def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: int | None = None,
-                        dynamic_norms: bool = True) -> IntLlama:
+                        dynamic_norms: bool = True, block4: bool = True) -> IntLlama:
     """The integer model from fp32 weights and calibrated ranges; alpha is the smoothing strength: AUTO (chosen
     per site on the calibration rows), a number for every site, or None (off); dynamic_norms: the layers'
     RMSNorm outputs as dynamic per-row int8 (like the down projection's input; the default: SmolLM2-135M +2.8%
-    against +3.7% static on 50 held-out articles) instead of static per tensor."""
+    against +3.7% static on 50 held-out articles) instead of static per tensor; block4: layers whose matrices are
+    all 4-bit per block of 32 inputs (a GGUF's Q4_0 / Q4_1) keep them exactly (layer_fits_block4), else int8."""
     sh = w.shape
     resid_max = max(float(r.absmax(n, i).max()) for n, i in r.names("resid") + r.names("resid_mid"))
     resid_scale = resid_max / RESID_CODE
     eq, es = quantize_weight(w.embed.T)  # per vocabulary row
     em0, esh = quantize_multipliers(es / resid_scale)
-    layers = tuple(build_layer(w, r, i, resid_scale, alpha, dynamic_norms) for i in range(sh.layers))
+    layers = tuple(build_layer(w, r, i, resid_scale, alpha, dynamic_norms,
+                               four_bit=block4 and layer_fits_block4(w.layers[i])) for i in range(sh.layers))
     s_fin = _site_factors(r, "final", 0, w.lm_head[:: HEAD_SEARCH_STRIDE].T, alpha)
     final = _smoothed_asym(r, "final", 0, s_fin)
     logit_scale = float(r.absmax("logits", 0).max()) / LOGIT_CODE

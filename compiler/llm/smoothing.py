@@ -41,11 +41,12 @@ def dynamic_round_trip(base: float) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def choose_alpha(rows: np.ndarray | None, w: np.ndarray, factors: Callable, round_trip: Callable,
-                 grid=ALPHA_GRID):
+                 grid=ALPHA_GRID, exact_weights: bool = False):
     """The alpha of `grid` minimizing ||Q(rows / s) Q(W s) - rows W||^2 / ||rows W||^2.
 
     factors(alpha) -> (s per input channel of w, s per channel of rows); round_trip(s_rows) -> the activation's
-    int8 round trip for those factors. Without rows, 0.5."""
+    int8 round trip for those factors; exact_weights: W s is kept exactly (block-4 weights with the factors as
+    integer multipliers of the activations), no weight round trip. Without rows, 0.5."""
     if rows is None or len(rows) == 0:
         return 0.5
     x = rows[:SEARCH_ROWS].astype(np.float32)
@@ -55,7 +56,8 @@ def choose_alpha(rows: np.ndarray | None, w: np.ndarray, factors: Callable, roun
 
     def error(alpha):
         s_w, s_x = factors(alpha)
-        got = round_trip(s_x)(x / s_x) @ weight_round_trip(w * s_w[:, None]).astype(np.float32)
+        ws = w * s_w[:, None]
+        got = round_trip(s_x)(x / s_x) @ (ws if exact_weights else weight_round_trip(ws).astype(np.float32))
         return float(np.sum((got - ref).astype(np.float64) ** 2)) / norm
 
     return min(grid, key=error)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from compiler.report import DATA_MOVEMENT, GraphReport, OpRecord  # noqa: F401  (DATA_MOVEMENT: re-exported)
+from compiler.report import BLOCK4_WEIGHT, DATA_MOVEMENT, GraphReport, OpRecord  # noqa: F401  (re-exported)
 from compiler.tvm_compat import tensor_info
+from schedules.block4_gemm import KERNEL_PREFIX as BLOCK4_KERNEL
 
 
 def _dtype(expr) -> str:
@@ -50,6 +51,9 @@ def list_ops(mod: tvm.IRModule, func_name: str = "main") -> list[OpRecord]:
         expr = b.value
         if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)):
             continue
+        if _is_block4(expr):  # int8 activations x 4-bit block weights (schedules/block4_gemm.py): a matmul
+            records.append(OpRecord("relax.matmul", (_dtype(expr.args[1][0]), BLOCK4_WEIGHT), _dtype(expr)))
+            continue
         ins = tuple(_dtype(a) for a in expr.args if tensor_info(a)[0] is not None)
         edge = ""
         if expr.op.name == "relax.dequantize" and b.var in outs:
@@ -58,6 +62,11 @@ def list_ops(mod: tvm.IRModule, func_name: str = "main") -> list[OpRecord]:
             edge = "input"
         records.append(OpRecord(expr.op.name, ins, _dtype(expr), edge))
     return records
+
+
+def _is_block4(call) -> bool:
+    return (call.op.name == "relax.call_tir" and isinstance(call.args[0], tvm.ir.GlobalVar)
+            and call.args[0].name_hint.startswith(BLOCK4_KERNEL))
 
 
 def summarize(records: list[OpRecord], onnx_matmuls: int) -> GraphReport:

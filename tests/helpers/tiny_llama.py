@@ -69,13 +69,45 @@ def train(model, tokenizer, steps: int, seed: int = 0):
     return model.eval()
 
 
-def make_tiny_llama(folder: str, seed: int = 0, train_steps: int = 120) -> str:
-    """Write the model and its tokenizer into `folder`; returns the folder."""
+def q4_1_blocks(w: np.ndarray, block: int = 32) -> np.ndarray:
+    """w (out, in) rounded as a GGUF Q4_1 tensor stores it: per block of 32 inputs of each row, 16 levels from
+    the block's min to its max (dequantized back to float32)."""
+    b = w.reshape(w.shape[0], -1, block).astype(np.float64)
+    lo, hi = b.min(axis=2, keepdims=True), b.max(axis=2, keepdims=True)
+    step = np.where(hi > lo, (hi - lo) / 15, 1.0)
+    return (lo + np.round((b - lo) / step) * step).reshape(w.shape).astype(np.float32)
+
+
+def to_q4_1(model) -> None:
+    """Every decoder layer's matrices as Q4_1 blocks (in place): what a Q4_1 GGUF dequantizes to."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".layers." in name and p.ndim == 2:
+                p.copy_(torch.from_numpy(q4_1_blocks(p.detach().numpy())))
+
+
+def make_tiny_llama(folder: str, seed: int = 0, train_steps: int = 120, q4: bool = False) -> str:
+    """Write the model and its tokenizer into `folder` (q4: its layers' matrices as Q4_1 blocks, to_q4_1);
+    returns the folder."""
     os.makedirs(folder, exist_ok=True)
     tok = byte_tokenizer()
     model = tiny_llama(seed)
     if train_steps:
         train(model, tok, train_steps, seed)
+    if q4:
+        to_q4_1(model)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def compile_tiny(model_dir: str, out_dir, context: int, seed: int, **kw):
+    """Compile a tiny LLaMA folder into out_dir/tiny.so, calibrated on 6 generated sentences (seed); the
+    CompileResult."""
+    from compiler.api import compile_model
+
+    calib = out_dir / "calib.txt"
+    calib.write_text("\n".join(sentences(6, seed=seed, lo=4, hi=20)) + "\n")
+    return compile_model(model_dir, str(out_dir / "tiny.so"), calibration_text=str(calib), context=context, **kw)

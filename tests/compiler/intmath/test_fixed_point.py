@@ -54,3 +54,15 @@ def test_qmatmul_matches_float(m, k, n, za, zb):
     b = rng.integers(-127, 128, (k, n)).astype(np.int8)
     ref = (a.astype(np.float64) - za) @ (b.astype(np.float64) - zb)
     assert np.array_equal(qmatmul(a, za, b, zb), ref.astype(np.int32))
+
+
+@given(st.floats(1e-6, 0.99), st.integers(16, 31))
+def test_fewer_mantissa_bits_for_wide_accumulators(m, bits):
+    m0, sh = quantize_multiplier(m, bits)
+    if m0 == 0:
+        return
+    assert (1 << (bits - 1)) <= m0 < (1 << bits)
+    assert abs(m0 * 2.0 ** -sh / m - 1) <= 2.0 ** -bits
+    acc = np.array([(1 << (62 - bits)) - 1, -(1 << (62 - bits))], np.int64)  # the widest |acc| for these bits
+    got = requantize(acc, m0, sh, 0, -(1 << 62), 1 << 62, np.int64)
+    assert np.all(np.abs(got - acc * (m0 * 2.0 ** -sh)) <= 1 + np.abs(acc) * m0 * 2.0 ** -sh * 1e-12)

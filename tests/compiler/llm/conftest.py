@@ -17,6 +17,21 @@ def tiny_llama_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_q4_dir(tmp_path_factory):
+    """The tiny LLaMA with its layers' matrices as Q4_1 blocks (what a Q4_1 GGUF dequantizes to)."""
+    import torch
+
+    from tests.helpers.tiny_llama import make_tiny_llama
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make_tiny_llama(str(tmp_path_factory.mktemp("tiny_llama_q4")), q4=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_loaded(tiny_llama_dir):
     """(transformers model, tokenizer, LlamaWeights) of the tiny LLaMA."""
     from compiler.llm.weights import from_transformers, load_causal_lm

@@ -10,20 +10,15 @@ import pytest
 
 from compiler.llm.generate import greedy
 from compiler.llm.perplexity import perplexity
-from tests.helpers.tiny_llama import sentences
+from tests.helpers.tiny_llama import compile_tiny, sentences
 
 CONTEXT = 40
 
 
 @pytest.fixture(scope="module")
 def compiled(tiny_llama_dir, tmp_path_factory):
-    from compiler.api import compile_model
-
     d = tmp_path_factory.mktemp("tiny_llama_lib")
-    calib = d / "calib.txt"
-    calib.write_text("\n".join(sentences(6, seed=21, lo=4, hi=20)) + "\n")
-    res = compile_model(tiny_llama_dir, str(d / "tiny.so"), calibration_text=str(calib), context=CONTEXT,
-                        report_path=str(d / "report.json"))
+    res = compile_tiny(tiny_llama_dir, d, CONTEXT, seed=21, report_path=str(d / "report.json"))
     return res, d
 
 
