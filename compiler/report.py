@@ -14,11 +14,11 @@ from typing import Optional
 from compiler.calibrate.table import CalibrationInfo
 
 _FLOAT = ("float16", "float32", "float64", "bfloat16")
-# ops that compute nothing in float even on float data
 BLOCK4_WEIGHT = "q4_block32"  # a matmul operand of 4-bit codes per block of 32 (compiler/intmath/block4.py)
 # operand types of an int8 matmul: 4-bit block weights included (the kernels widen the codes to bytes and run the
 # same int8 dot products: schedules/block4_gemm.py)
 INT8_OPERANDS = ("int8", "uint8", BLOCK4_WEIGHT)
+# ops that compute nothing in float even on float data
 DATA_MOVEMENT = {"relax.reshape", "relax.permute_dims", "relax.shape_of", "relax.shape_to_tensor",
                   "relax.expand_dims", "relax.squeeze", "relax.take", "relax.concat", "relax.split",
                   "relax.strided_slice", "relax.broadcast_to", "relax.flatten"}

@@ -6,22 +6,21 @@ per-block integers d, m (K/32, N), within int16 and ``block4.max_weight_for(K)``
 1..256 (the smoothing factors of compiler/llm/integer.py).
 
 Guarantees:
-- ``pack_block4(q, d, m, lanes)`` -> (words, init): int32 words (N/lanes, K/32, 5, lanes), one contiguous
-  320-byte record per (column block, block): words j < 4 of lane i hold the codes of inputs 32 b + 8 j + t in the
-  low nibble of byte t and those of 32 b + 8 j + 4 + t in its high nibble (t < 4), so that ``w & 0x0F0F0F0F``
-  and ``(w >> 4) & 0x0F0F0F0F`` are the operands of two 4-input dot steps; word 4 holds d (low 16 bits) and m
-  (high 16 bits). ``init`` (N,) int32 = -128 * sum_b d[b, n] * (sum of block b's codes), which compensates the
-  +128 of the high bytes below.
-- ``block4_primfunc(m, k, n, isa)``: ``(a int8 (m, k), mult int16 (k,), words, init) -> out int64
-  (m, n)`` equal to ``(a * mult) @ W`` exactly. Per row first: x = a * mult (int16) as its high byte + 128 and
-  its low byte (both uint8), and each block's sums of both. Threads over the column blocks; per register tile of
-  one row and up to 4 column blocks (decode: four weight streams, each prefetched 8 records ahead, since the
-  work per byte is too much for the out-of-order window alone to hide DRAM's latency) or up to 4 rows and one
-  or two column blocks (the unpacked codes serve each row), each block's 32 inputs are 8 dot steps per byte
-  into two block accumulators (``vpdpbusd`` u8 x s8 with AVX512-VNNI; on any other target a vectorized int32
-  multiply-add over the same words: correct everywhere, the speed of plain SIMD), then
-  ``acc += blk * d + sums[b] * m`` for each byte (each int32 sum within block4's bound), and the result
-  ``acc_hi * 256 + acc_lo`` in int64.
+- ``pack_block4(q, d, m, lanes)`` -> words: int32 (N/16/G, K/32, G, 5, lanes), G = 4, 2 or 1 column blocks of
+  16 per group; one contiguous 320-byte record per (column block, block) and the G records of a group side by
+  side: words j < 4 of lane i hold the codes of inputs 32 b + 8 j + t in the low nibble of byte t and those of
+  32 b + 8 j + 4 + t in its high nibble (t < 4), so that ``w & 0x0F0F0F0F`` and ``(w >> 4) & 0x0F0F0F0F`` are
+  the operands of two 4-input dot steps; word 4 holds d (low 16 bits) and m (high 16 bits).
+- ``block4_primfunc(m, k, n, isa)``: ``(a int8 (m, k), mult int16 (k,), words) -> out int64 (m, n)`` equal to
+  ``(a * mult) @ W`` exactly. Per row first: x = a * mult (int16) as its high byte (int8, signed) and its low
+  byte (uint8), and each block's sums of both. Threads over the column blocks; per register tile of one row
+  and the G column blocks of a group (decode: one weight stream, prefetched 8 blocks ahead, since the work per
+  byte is too much for the out-of-order window alone to hide DRAM's latency) or up to 4 rows and 2 column
+  blocks (the unpacked codes serve each row), each block's 32 inputs are 8 dot steps per byte into two block
+  accumulators (``vpdpbusd``, u8 x s8: the low byte times the codes, the codes times the signed high byte; on
+  any other target a vectorized int32 multiply-add over the same words: correct everywhere, the speed of plain
+  SIMD), then ``acc += (blk * d + sums[b] * m)`` for each byte: every int32 value is a partial sum of x W of
+  one byte, within block4's bound, so nothing wraps; the result ``acc_hi * 256 + acc_lo`` in int64.
 - ``select_isa(target)``: "avx512vnni" where the int8 GEMM would use AVX512-VNNI or AMX, else "generic".
 - ``emit_block4_matmul(bb, a, mult, q, d, m, isa)`` adds the kernel and returns its call (int64 (M, N)).
 
@@ -41,7 +40,6 @@ from compiler.tvm_compat import const, tensor_info, tensor_type, tir_script as T
 from schedules.int8_matmul import FIXED_ATTR, OP_PATTERN_OPAQUE
 
 BLOCK = 32  # inputs per block
-ACT_OFFSET = 128  # the activation + 128 is the uint8 operand of vpdpbusd
 NIBBLES = 0x0F0F0F0F
 # isa -> (lanes, LLVM intrinsic of the dot step or "" for the generic int32 arithmetic); first match wins
 COLUMNS = 16  # outputs per column block: N must be a multiple
@@ -65,7 +63,7 @@ def select_isa(target) -> str:
 
 
 def pack_block4(q: np.ndarray, d: np.ndarray, m: np.ndarray, lanes: int = 16):
-    """(words, init) of the module docstring."""
+    """The words of the module docstring."""
     q = np.asarray(q, np.uint32)
     k, n = q.shape
     if k % BLOCK or n % lanes:
@@ -82,9 +80,7 @@ def pack_block4(q: np.ndarray, d: np.ndarray, m: np.ndarray, lanes: int = 16):
     g = _group(nb)
     words = words.reshape(nblk, SLOTS, nb // g, g, lanes)
     words = np.ascontiguousarray(words.transpose(2, 0, 3, 1, 4)).view(np.int32)  # (nb / G, B, G, 5, lanes)
-    qsum = q.astype(np.int64).reshape(nblk, BLOCK, n).sum(axis=1)
-    init = -ACT_OFFSET * (dd * qsum).sum(axis=0)
-    return words, ((init + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
+    return words
 
 
 def _group(nb: int) -> int:
@@ -136,11 +132,13 @@ def block4_primfunc(m: int, k: int, n: int, isa: str):
         return total_
 
     if intrin:
-        def step(blk, r, cb, act, row, col, w):
-            word = T.reinterpret(act.vload([row, col], "uint8x4"), dtype="int32")
-            return T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(intrin), blk.vload([r, cb, 0], i32v),
-                T.reinterpret(T.broadcast(word, lanes), dtype=i8v), T.reinterpret(w, dtype=i8v), dtype=i32v)
+        def step(blk, r, cb, act, row, col, w):  # vpdpbusd multiplies its u8 operand by its s8 one
+            word = T.reinterpret(T.broadcast(T.reinterpret(act.vload([row, col], f"{act.dtype}x4"), dtype="int32"),
+                                             lanes), dtype=i8v)
+            codes_ = T.reinterpret(w, dtype=i8v)  # 0..15: a valid u8 and s8 operand alike
+            u8, s8 = (word, codes_) if act.dtype == "uint8" else (codes_, word)
+            return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(intrin), blk.vload([r, cb, 0], i32v), u8, s8,
+                                           dtype=i32v)
     else:
         def step(blk, r, cb, act, row, col, w):
             total_ = blk.vload([r, cb, 0], i32v)
@@ -152,21 +150,20 @@ def block4_primfunc(m: int, k: int, n: int, isa: str):
 
     @T.prim_func(check_well_formed=False)
     def block4(a: T.Buffer((m, k), "int8"), mult: T.Buffer((k,), "int16"),
-               words: T.Buffer((ng, nblk, g, SLOTS, lanes), "int32"), init: T.Buffer((n,), "int32"),
-               out: T.Buffer((m, n), "int64")):
+               words: T.Buffer((ng, nblk, g, SLOTS, lanes), "int32"), out: T.Buffer((m, n), "int64")):
         T.func_attr({"tirx.noalias": True})
         flat = T.decl_buffer((total,), "int32", data=words.data)
-        hi = T.decl_buffer((m, k), "uint8")  # (a * mult >> 8) + 128
+        hi = T.decl_buffer((m, k), "int8")  # a * mult >> 8 (signed)
         lo = T.decl_buffer((m, k), "uint8")  # a * mult & 255
         s_hi = T.decl_buffer((m, nblk), "int32")
         s_lo = T.decl_buffer((m, nblk), "int32")
         for i, b in T.grid(m, nblk):
             for t in T.vectorized(BLOCK):
-                hi[i, b * BLOCK + t] = T.Cast("uint8", T.shift_right(
-                    T.Cast("int32", a[i, b * BLOCK + t]) * T.Cast("int32", mult[b * BLOCK + t]), 8) + ACT_OFFSET)
+                hi[i, b * BLOCK + t] = T.Cast("int8", T.shift_right(
+                    T.Cast("int32", a[i, b * BLOCK + t]) * T.Cast("int32", mult[b * BLOCK + t]), 8))
                 lo[i, b * BLOCK + t] = T.Cast("uint8", T.bitwise_and(
                     T.Cast("int32", a[i, b * BLOCK + t]) * T.Cast("int32", mult[b * BLOCK + t]), 255))
-            s_hi[i, b] = block_sum(hi, i, b) - BLOCK * ACT_OFFSET  # one expression: a vectorized sum
+            s_hi[i, b] = block_sum(hi, i, b)  # one expression: a vectorized sum
             s_lo[i, b] = block_sum(lo, i, b)
         for p in T.parallel(tasks):
             acc_hi = T.decl_buffer((rt, nr, lanes), "int32")  # no "local" scope: that is a workspace call per task
@@ -176,7 +173,7 @@ def block4_primfunc(m: int, k: int, n: int, isa: str):
             for mt in range(m // rt):
                 for r, cb in T.grid(rt, nr):
                     for c in T.vectorized(lanes):
-                        acc_hi[r, cb, c] = init[(p * nr + cb) * lanes + c]
+                        acc_hi[r, cb, c] = 0
                         acc_lo[r, cb, c] = 0
                 for b in range(nblk):
                     if decode:  # the records PREFETCH blocks ahead, across the groups' boundaries
@@ -202,10 +199,12 @@ def block4_primfunc(m: int, k: int, n: int, isa: str):
                                         codes(words, p, cb, b, j, half))
                     for r, cb in T.grid(rt, nr):
                         for c in T.vectorized(lanes):
-                            acc_hi[r, cb, c] = (acc_hi[r, cb, c] + blk_hi[r, cb, c] * d_of(words, p, cb, b, c)
-                                                + s_hi[mt * rt + r, b] * m_of(words, p, cb, b, c))
-                            acc_lo[r, cb, c] = (acc_lo[r, cb, c] + blk_lo[r, cb, c] * d_of(words, p, cb, b, c)
-                                                + s_lo[mt * rt + r, b] * m_of(words, p, cb, b, c))
+                            # the block's own sum first (|.| < 32 * 256 * 2 max|W|), then the running one: every
+                            # partial sum is a partial sum of x W and within block4's bound (no int32 wraps)
+                            acc_hi[r, cb, c] = acc_hi[r, cb, c] + (blk_hi[r, cb, c] * d_of(words, p, cb, b, c)
+                                                                   + s_hi[mt * rt + r, b] * m_of(words, p, cb, b, c))
+                            acc_lo[r, cb, c] = acc_lo[r, cb, c] + (blk_lo[r, cb, c] * d_of(words, p, cb, b, c)
+                                                                   + s_lo[mt * rt + r, b] * m_of(words, p, cb, b, c))
                 for r, cb in T.grid(rt, nr):
                     for c in T.vectorized(lanes):
                         out[mt * rt + r, (p * nr + cb) * lanes + c] = (T.shift_left(T.Cast("int64", acc_hi[r, cb, c]),
@@ -224,7 +223,7 @@ def emit_block4_matmul(bb: relax.BlockBuilder, a, mult: np.ndarray, q: np.ndarra
     n = q.shape[1]
     name = f"{KERNEL_PREFIX}{isa}_{rows}x{k}x{n}"
     gv = bb.add_func(block4_primfunc(rows, k, n, isa).with_attr("global_symbol", name), name)
-    consts = (np.asarray(mult, np.int16), *pack_block4(q, d, m, lanes))  # mult, words, init
+    consts = (np.asarray(mult, np.int16), pack_block4(q, d, m, lanes))
     args = [a] + [const(v, str(v.dtype)) for v in consts]
     return bb.emit(relax.call_tir(gv, args, tensor_type((rows, n), "int64")))
 

@@ -34,8 +34,9 @@ def _linear(bb, a, lin: QLinear, rows_k, qmin: int, qmax: int, dtype: str, isa: 
     if lin.in_zp:
         colsum = lin.w.astype(np.int64).sum(axis=0, keepdims=True) * lin.in_zp
         acc = bb.emit(R.subtract(acc, const(colsum, acc_dtype)))
-    if lin.bias is not None:
-        acc = bb.emit(R.add(acc, const(lin.bias, acc_dtype)))
+    if lin.bias is not None:  # on the base scale: under the rows' exponents first when they carry one
+        b = const(lin.bias, acc_dtype) if rows_k is None else li.emit_shift_rows(bb, lin.bias, rows_k, acc_dtype)
+        acc = bb.emit(R.add(acc, b))
     if rows_k is not None:
         return li.emit_requantize_rows(bb, acc, lin.m0, lin.sh, rows_k, qmin, qmax, dtype)
     return li.emit_fixed_requantize(bb, acc, lin.m0, lin.sh, 0, dtype, qmin, qmax)

@@ -1,20 +1,23 @@
 """4-bit block weights: a matrix stored as 4-bit codes with an integer scale and offset per block of 32 inputs, the
-form of a GGUF's Q4_0 / Q4_1 tensors, kept exactly instead of being re-quantized to int8 per channel.
+form of a GGUF's Q4_0 / Q4_1 tensors, kept instead of being re-quantized to int8 per channel.
 
 A (K, N) weight (K inputs, a multiple of ``BLOCK``) is, per output column n and block b of ``BLOCK`` consecutive
 inputs, ``W[k, n] = d[b, n] * q[k, n] + m[b, n]`` with codes ``q`` in 0..15 and integers ``d``, ``m`` (int16
 range); the float weight is ``scale[n] * W[k, n]``. ``fit_block4`` finds this form when the float matrix already
-is 4-bit per block (each block's values are ``lo + j * step``, j in 0..15, as dequantized Q4_1 or Q4_0 blocks are:
-then the integers reproduce it to about 1 / ``max_weight`` of the column's range, which is far finer than int8's
-1 / 127); it returns None for any other matrix, which stays int8.
+is 4-bit per block (each block's values are ``lo + j * step``, j in 0..15, as dequantized Q4_1 or Q4_0 blocks
+are). d and m are rounded to the integer grid of one column, ``max_weight_for(K)`` units for the column's
+largest |w|: the integers reproduce the source within 8 units of that grid (15 half-units of d, one of m). That
+is finer than int8's half step (1/254 of the column's max) only while the grid has at least 8 * 254 units, i.e.
+K <= 4096: beyond it ``fit_block4`` returns None and the matrix stays int8, as it does for any matrix that is
+not 4-bit per block.
 
-The product with int8 activations (``matmul``) is an integer matmul of int8 x 4-bit codes: per block the int8 x
-code products summed in int32 (``vpdpbusd`` on VNNI), times d, plus m times the block's activation sum. Bound:
-with ``max_weight`` = ``max_weight_for(K)``, |sum_k a[k] W[k, n]| < 2**31 for any activations |a| <= 256 (a
-byte, or int8 minus an int8 zero point), so every int32 partial sum of a kernel that wraps (two's complement)
-gives the exact result. The decoder multiplies its int8 activations by per-input integers 1..256 first (the
-smoothing factors, ``integer_multipliers``), an int16; the kernels split it into its two bytes (two such
-products, each within the bound) and join them in int64 (schedules/block4_gemm.py).
+The product with integer activations (``matmul``): per block the activation x code products summed, times d,
+plus m times the block's activation sum. Bound: with |W| <= ``max_weight_for(K)``, |sum_k x[k] W[k, n]| < 2**31
+for any activations |x| <= 256 (a byte, or int8 minus an int8 zero point), and so is every partial sum over a
+prefix of the blocks (``kernel_sums`` checks the kernels' order of operations). The decoder multiplies its int8
+activations by per-input integers 1..256 first (the smoothing factors, ``integer_multipliers``), an int16; the
+kernels take its two bytes apart (two such products, each within the bound) and join them in int64
+(schedules/block4_gemm.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ LEVELS = 16  # codes 0..15
 ACT_BOUND = 256  # |activation| the int32 bound allows (int8 minus an int8 zero point)
 INT16_MAX = (1 << 15) - 1
 EXACT_TOL = 1e-4  # a block is 4-bit if every value lies within this fraction of a step of a level
+ROUNDING_UNITS = LEVELS // 2  # |W - source| <= 8 grid units: d rounded (15 halves) and m (one half)
+MIN_GRID = ROUNDING_UNITS * 254 + ROUNDING_UNITS + 1  # a grid finer than int8's half step (1/254 of the max)
 
 
 def max_weight_for(k: int) -> int:
@@ -82,17 +87,18 @@ def _levels(w: np.ndarray):
 
 
 def fit_block4(w: np.ndarray) -> Block4Weight | None:
-    """The block form of a float (K, N) weight if each of its blocks of ``BLOCK`` inputs is 4-bit (module
-    docstring); else None (K not a multiple of ``BLOCK`` included)."""
+    """The block form of a float (K, N) weight if each of its blocks of ``BLOCK`` inputs is 4-bit and the
+    integer grid of K inputs is finer than int8 (module docstring); else None (K not a multiple of ``BLOCK``
+    included)."""
     w = np.asarray(w)
-    if w.ndim != 2 or w.shape[0] % BLOCK or w.shape[0] == 0:
+    if w.ndim != 2 or w.shape[0] % BLOCK or w.shape[0] == 0 or max_weight_for(w.shape[0]) < MIN_GRID:
         return None
     lo, step, q, exact = _levels(w)
     if not exact.all():
         return None
     k, n = w.shape
     top = np.maximum(np.abs(lo), np.abs(lo + (LEVELS - 1) * step)).max(axis=0)  # per column: max |w|
-    limit = max_weight_for(k) - LEVELS // 2 - 1  # room for rounding d (15 x 1/2) and m (1/2)
+    limit = max_weight_for(k) - ROUNDING_UNITS - 1  # room for rounding d (15 x 1/2) and m (1/2)
     scale = np.maximum(top, 1e-30) / limit
     d = np.round(step / scale).astype(np.int64)
     m = np.round(lo / scale).astype(np.int64)
@@ -106,16 +112,19 @@ def matmul(a: np.ndarray, bw: Block4Weight) -> np.ndarray:
     return np.matmul(a.astype(np.int64), bw.values())
 
 
-def block_terms(a: np.ndarray, bw: Block4Weight) -> np.ndarray:
-    """The same product the way the kernels form it, as int32 arithmetic that wraps: per block the code sums P
-    times d plus the activation sums times m, summed over blocks. Equals ``matmul`` when |a| <= ACT_BOUND."""
+def kernel_sums(x: np.ndarray, bw: Block4Weight) -> tuple[np.ndarray, int]:
+    """(x @ W, the largest |value| the kernels' int32 arithmetic holds) for activations (M, K) with |x| <= 256:
+    per block ``blk * d + s * m`` (blk: the block's x x code sums, s: its x sums), then added to the running sum,
+    block after block, as schedules/block4_gemm.py does for each byte of its int16 activations."""
     k, n = bw.q.shape
-    ab = a.astype(np.int64).reshape(a.shape[0], k // BLOCK, BLOCK)  # (M, B, 32)
+    xb = x.astype(np.int64).reshape(x.shape[0], k // BLOCK, BLOCK)  # (M, B, 32)
     qb = bw.q.astype(np.int64).reshape(k // BLOCK, BLOCK, n)  # (B, 32, N)
-    p = np.einsum("mbt,btn->bmn", ab, qb)
-    s = ab.sum(axis=2).T  # (B, M)
-    total = (p * bw.d[:, None, :]).sum(axis=0) + (s[:, :, None] * bw.m[:, None, :]).sum(axis=0)
-    return ((total + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
+    blk = np.einsum("mbt,btn->mbn", xb, qb)
+    s = xb.sum(axis=2)[:, :, None]
+    terms = (blk * bw.d[None], s * bw.m[None], blk * bw.d[None] + s * bw.m[None])
+    running = np.cumsum(terms[2], axis=1)
+    peak = max(int(np.abs(t).max(initial=0)) for t in (*terms, running, blk))
+    return running[:, -1], peak
 
 
 MULT_LEVELS = 256  # per-input multipliers 1..256: an int8 activation times one stays within int16

@@ -18,7 +18,8 @@ MAX_SHIFT = 62  # int64(acc) * M0 stays below 2**62 for |acc| < 2**31; shifts be
 
 def quantize_multiplier(m: float, bits: int = MANTISSA_BITS) -> tuple[int, int]:
     """Return (M0, shift) with m ~= M0 * 2**-shift, M0 in [2**(bits-1), 2**bits), 1 <= shift <= MAX_SHIFT.
-    Fewer mantissa bits for wider accumulators: int64(acc) * M0 stays below 2**63 for |acc| < 2**(63 - bits)."""
+    Fewer mantissa bits for wider accumulators: int64(acc) * M0 plus the rounding half (< 2**61) stays below
+    2**63 for |acc| < 2**(62 - bits)."""
     if not math.isfinite(m) or m < 0:
         raise ValueError(f"requantization multiplier must be finite and >= 0, got {m}")
     if m == 0.0:
@@ -32,7 +33,7 @@ def quantize_multiplier(m: float, bits: int = MANTISSA_BITS) -> tuple[int, int]:
     if shift < 1:
         raise ValueError(f"requantization multiplier {m} >= 2**{bits - 1} is not supported")
     if shift > MAX_SHIFT:
-        return 0, 1  # below 2**-31 of one unit: every int32 accumulator rounds to zero
+        return 0, 1  # below 2**(bits - 62) of one unit: every accumulator in the bound above rounds to zero
     return m0, shift
 
 

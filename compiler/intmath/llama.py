@@ -154,11 +154,20 @@ def idynamic_int8(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip((t + half) >> k, -DYN_QMAX, DYN_QMAX).astype(np.int8), k
 
 
+def shift_rows(v: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """round(v / 2**k) (half up) per row: a constant on the base scale (a bias, (N,)) onto rows that carry a
+    dynamic exponent k ((M, 1), from idynamic_int8), whose accumulators are in units of base * 2**k. |error| <= 1/2
+    accumulator unit."""
+    k = np.asarray(k, np.int64)
+    half = np.where(k > 0, np.left_shift(np.int64(1), np.maximum(k - 1, 0)), 0)
+    return (np.asarray(v, np.int64) + half) >> k
+
+
 def requantize_rows(acc: np.ndarray, m0, shift, k: np.ndarray, zero_point: int = 0, qmin: int = -(1 << 31),
                     qmax: int = (1 << 31) - 1, out_dtype=np.int64) -> np.ndarray:
     """requantize(acc, m0, shift) of rows whose input carried a per-row exponent k (from idynamic_int8): the
     multiplier is m0 * 2**(k - shift), so the row's shift is shift - k. Where that is below 1 the product
-    (at least 2**30 for any nonzero acc) saturates."""
+    (at least 2**30 for any nonzero acc, 2**22 with the 23-bit mantissas of block-4 products) saturates."""
     v = acc.astype(np.int64) * np.asarray(m0, dtype=np.int64)
     eff = np.asarray(shift, dtype=np.int64) - k
     safe = np.maximum(eff, 1)

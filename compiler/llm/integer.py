@@ -10,9 +10,10 @@ Numerics (scales are compile-time constants from calibration; every tensor is in
   requantization shifts; or static asymmetric int8 per tensor); its weight carries the smoothing factors of
   the projections it feeds (SmoothQuant: x / s into the norm, W * s into the weights; alpha chosen per site);
 - every matmul int8 x int8 -> int32 (weights symmetric per output channel), or, for a layer whose matrices
-  are 4-bit per block of 32 inputs (a Q4_0 / Q4_1 GGUF), int8 x the exact 4-bit blocks with the smoothing
-  factors as integer multipliers of the activations -> int64 (QLinear.make_block4; no int8 re-rounding of the
-  weights, which stay 4-bit in the library), requantized by a fixed-point multiply: q and k to int16 per head,
+  are 4-bit per block of 32 inputs (a Q4_0 / Q4_1 GGUF), int8 x the 4-bit blocks (block4.py: d and m on a fine
+  integer grid) with the smoothing factors as integer multipliers of the activations -> int64
+  (QLinear.make_block4; no int8 re-rounding of the weights, which stay 4-bit in the library), requantized by a
+  fixed-point multiply: q and k to int16 per head,
   then the rotary embedding (irope, positions at run time) to int8 per head (k straight onto the cache's
   scale); v straight onto the cache's int8 scale; the o and down projections onto the residual scale (int32),
   so the residual adds are exact; gate and up to int16;
@@ -105,22 +106,32 @@ class QLinear:
     @classmethod
     def make_block4(cls, bw: b4.Block4Weight, mult: np.ndarray, unit: float, in_scale: float, in_zp: int,
                     out_scale, bias: np.ndarray | None = None):
-        """The weight diag(mult * unit) @ (bw's float weight): bw exact, the smoothing as integer multipliers."""
+        """The weight diag(mult * unit) @ (bw's float weight): bw's blocks as they are, the smoothing as integer
+        multipliers."""
         w = mult.astype(np.int64)[:, None] * bw.values()
         ws = unit * bw.scale
         acc_scale = in_scale * ws
         b = None if bias is None else np.round(bias / acc_scale).astype(np.int64)
         m0, sh = quantize_multipliers(acc_scale / np.broadcast_to(out_scale, ws.shape), WIDE_MANTISSA_BITS)
+        # |acc| <= 256 sum_k |w| (int8 activations minus a zero point) plus the bias: the requantization's
+        # int64 product and its rounding half must stay below 2**63
+        top = 256 * np.abs(w).sum(axis=0) + (0 if b is None else np.abs(b))
+        if np.any(top.astype(np.float64) * m0 + np.ldexp(1.0, (sh - 1).astype(int)) >= 2.0 ** 63):
+            raise ValueError("a block-4 product's requantization would overflow int64 (bias too large?)")
         return cls(w, ws, b, int(in_zp), m0, sh, w.astype(np.float64), bw, mult.astype(np.int32))
 
-    def acc(self, a: np.ndarray) -> np.ndarray:
+    def acc(self, a: np.ndarray, rows_k=None) -> np.ndarray:
+        """The accumulator with the bias; rows_k: the input's per-row exponents, which the bias (on the base
+        scale) is brought under (il.shift_rows)."""
         acc = np.matmul(a.astype(np.float64) - self.in_zp, self.wf).astype(np.int64)
-        return acc if self.bias is None else acc + self.bias
+        if self.bias is None:
+            return acc
+        return acc + (self.bias if rows_k is None else il.shift_rows(self.bias, rows_k))
 
     def __call__(self, a: np.ndarray, qmin: int, qmax: int, dtype, zp: int = 0, rows_k=None) -> np.ndarray:
         """Requantized outputs; rows_k: the per-row exponents of a dynamic int8 input (idynamic_int8)."""
         if rows_k is not None:
-            return il.requantize_rows(self.acc(a), self.m0, self.sh, rows_k, zp, qmin, qmax, dtype)
+            return il.requantize_rows(self.acc(a, rows_k), self.m0, self.sh, rows_k, zp, qmin, qmax, dtype)
         return requantize(self.acc(a), self.m0, self.sh, zp, qmin, qmax, dtype)
 
 
@@ -217,7 +228,8 @@ class IntLlama:
             g = ly.gate(f, -32768, 32767, np.int16, rows_k=kf)
             u = ly.up(f, -32768, 32767, np.int16, rows_k=kf)
             h, kexp = il.isilu_gate_dynamic(g, ly.gate_scale, u, 0, *ly.gated)
-            x = np.clip(x + il.requantize_rows(ly.down.acc(h), ly.down.m0, ly.down.sh, kexp), INT32_MIN, INT32_MAX)
+            down = il.requantize_rows(ly.down.acc(h, kexp), ly.down.m0, ly.down.sh, kexp)
+            x = np.clip(x + down, INT32_MIN, INT32_MAX)
         cache.advance(positions)
         xf = il.irmsnorm(x, self.final_norm)
         return self.head(xf, INT32_MIN, INT32_MAX, np.int32)
@@ -244,7 +256,7 @@ def _site_factors(r: Ranges, name: str, i: int, w: np.ndarray, alpha, expand=Non
                   four_bit: bool = False):
     """Smoothing factors of one matmul input (per channel of the activation), alpha fixed or chosen (AUTO).
     expand maps factors of w's grouping onto the activation's channels (the grouped o projection); four_bit:
-    the factors are integer multiples of one unit (_block4_factors) and the weights exact, also in the search."""
+    the factors are integer multiples of one unit (_block4_factors) and the weights kept, also in the search."""
     xabs = r.absmax(name, i)
     wrows = np.abs(w).max(axis=1)
     if expand is not None:
@@ -275,7 +287,7 @@ def _norm_out(r: Ranges, name: str, i: int, s: np.ndarray, dynamic: bool) -> tup
 
 def layer_fits_block4(lw) -> bool:
     """Every matrix of the layer is 4-bit per block of 32 inputs (compiler/intmath/block4.py), as a GGUF's Q4_0 /
-    Q4_1 layers are, with outputs in whole column blocks of the kernels: the layer keeps them exactly (block-4)
+    Q4_1 layers are, with outputs in whole column blocks of the kernels: the layer keeps their blocks (block-4)
     instead of re-quantizing them to int8."""
     from schedules.block4_gemm import COLUMNS
 
@@ -335,7 +347,7 @@ def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: i
     per site on the calibration rows), a number for every site, or None (off); dynamic_norms: the layers'
     RMSNorm outputs as dynamic per-row int8 (like the down projection's input; the default: SmolLM2-135M +2.8%
     against +3.7% static on 50 held-out articles) instead of static per tensor; block4: layers whose matrices are
-    all 4-bit per block of 32 inputs (a GGUF's Q4_0 / Q4_1) keep them exactly (layer_fits_block4), else int8."""
+    all 4-bit per block of 32 inputs (a GGUF's Q4_0 / Q4_1) keep their blocks (layer_fits_block4), else int8."""
     sh = w.shape
     resid_max = max(float(r.absmax(n, i).max()) for n, i in r.names("resid") + r.names("resid_mid"))
     resid_scale = resid_max / RESID_CODE

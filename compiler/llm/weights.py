@@ -85,6 +85,10 @@ def from_transformers(model) -> LlamaWeights:
         at, mlp = blk.self_attn, blk.mlp
         bias = {n: (_np(getattr(at, p).bias) if getattr(at, p).bias is not None else None)
                 for n, p in (("bq", "q_proj"), ("bk", "k_proj"), ("bv", "v_proj"))}
+        extra = [p for p, mod in (("o_proj", at.o_proj), ("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj),
+                                  ("down_proj", mlp.down_proj)) if getattr(mod, "bias", None) is not None]
+        if extra:
+            raise IntformerError(f"biases on {', '.join(extra)}: only q/k/v biases (Qwen2-style) are supported")
         layers.append(LayerWeights(
             attn_norm=_np(blk.input_layernorm.weight), wq=_np(at.q_proj.weight).T, wk=_np(at.k_proj.weight).T,
             wv=_np(at.v_proj.weight).T, wo=_np(at.o_proj.weight).T,

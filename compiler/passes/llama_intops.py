@@ -108,6 +108,12 @@ def emit_silu_gate_dynamic(bb, gate, gate_scale: float, up, up_zp: int, m0: int,
     return emit_dynamic_int8(bb, t)
 
 
+def emit_shift_rows(bb, v, k, out_dtype: str):
+    """il.shift_rows: round(v / 2**k) half up, v a constant (N,) on the base scale, k (M, 1) int64 -> (M, N)."""
+    half = bb.emit(R.right_shift(emit_pow2(bb, k), _i64(1)))  # 0 at k = 0
+    return _as(bb, bb.emit(R.right_shift(bb.emit(R.add(_i64(np.asarray(v, np.int64)), half)), k)), out_dtype)
+
+
 def emit_requantize_rows(bb, acc, m0, shift, k, qmin: int = -(1 << 31), qmax: int = (1 << 31) - 1,
                          out_dtype: str = "int64"):
     """il.requantize_rows (zero point 0): the row's shift is shift - k; below 1 the product saturates."""

@@ -51,6 +51,24 @@ def tiny_llama(seed: int = 0, init_std: float = 0.08):
     return model
 
 
+def tiny_qwen2(seed: int = 0, init_std: float = 0.08):
+    """The same shape as Qwen2 (q/k/v biases, no o bias), its biases drawn loud enough to matter."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=128, vocab_size=256, max_position_embeddings=256, rms_norm_eps=1e-5,
+                      initializer_range=init_std, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
+                      pad_token_id=None, attn_implementation="eager", use_sliding_window=False)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for blk in model.model.layers:
+            for proj in (blk.self_attn.q_proj, blk.self_attn.k_proj, blk.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.5)
+    return model
+
+
 def train(model, tokenizer, steps: int, seed: int = 0):
     """A few Adam steps of next-byte prediction on generated sentences (deterministic for a seed)."""
     import torch
@@ -88,12 +106,13 @@ def to_q4_1(model) -> None:
                 p.copy_(torch.from_numpy(q4_1_blocks(p.detach().numpy())))
 
 
-def make_tiny_llama(folder: str, seed: int = 0, train_steps: int = 120, q4: bool = False) -> str:
-    """Write the model and its tokenizer into `folder` (q4: its layers' matrices as Q4_1 blocks, to_q4_1);
-    returns the folder."""
+def make_tiny_llama(folder: str, seed: int = 0, train_steps: int = 120, q4: bool = False, qwen2: bool = False
+                    ) -> str:
+    """Write the model and its tokenizer into `folder` (q4: its layers' matrices as Q4_1 blocks, to_q4_1;
+    qwen2: the Qwen2 layout with q/k/v biases, tiny_qwen2); returns the folder."""
     os.makedirs(folder, exist_ok=True)
     tok = byte_tokenizer()
-    model = tiny_llama(seed)
+    model = tiny_qwen2(seed) if qwen2 else tiny_llama(seed)
     if train_steps:
         train(model, tok, train_steps, seed)
     if q4:

@@ -1,7 +1,8 @@
 """4-bit block weights (compiler/intmath/block4.py): the block form is found exactly for Q4_1 and Q4_0 blocks and
 refused for anything else; the integers reproduce the source to 1 / max_weight of each column's range and stay
-within the int32 bound; the kernels' way of forming the product (block sums, wrapping int32) equals the exact
-product; smoothing factors become integer multipliers within 1..256."""
+within the int32 bound, as is every partial sum the kernels form (kernel_sums: their order of operations),
+and a K whose grid would be coarser than int8 stays int8; smoothing factors become integer multipliers within
+1..256."""
 
 from __future__ import annotations
 
@@ -62,23 +63,35 @@ def test_constant_blocks():
     np.testing.assert_allclose(bw.values() * bw.scale, w, atol=1e-6)
 
 
-def test_kernel_form_equals_the_product_at_the_extremes():
+@pytest.mark.parametrize("k", [32, 576, 1536, 4096])
+def test_the_kernels_int32_sums_stay_in_bounds_at_the_extremes(k):
+    """Columns at the bound (blocks of d = 0, m = +limit, then one of the widest d): every int32 value the kernels
+    form, block terms and running sums, stays below 2**31 for activations of +-256 and 0..255."""
     rng = np.random.default_rng(2)
-    k, n = 1536, 16
+    n = 16
     bw = b4.fit_block4(_q4_1(rng, k, n))
     limit = b4.max_weight_for(k)
-    d, m = bw.d.copy(), bw.m.copy()
-    d[:, 0], m[:, 0] = (2 * limit) // 15, -limit  # column 0: |W| reaches the bound
-    bw = b4.Block4Weight(bw.q, d, m, bw.scale)
-    a = np.full((2, k), -b4.ACT_BOUND, np.int64)
-    a[1] = b4.ACT_BOUND - 1
-    exact = b4.matmul(a, bw)
-    assert np.abs(exact).max() < 2 ** 31
-    np.testing.assert_array_equal(b4.block_terms(a, bw), exact)
+    d, m, q = bw.d.copy(), bw.m.copy(), bw.q.copy()
+    d[:, 0], m[:, 0] = 0, limit  # column 0: every weight +limit
+    d[:, 1], m[:, 1], q[:, 1] = (2 * limit) // 15, -limit, 15  # column 1: the widest d, codes 15
+    d[-1, 2], m[-1, 2], q[-32:, 2] = (2 * limit) // 15, -limit, 15  # column 2: only the last block wide
+    m[:-1, 2], d[:-1, 2] = limit, 0
+    bw = b4.Block4Weight(q, d, m, bw.scale)
+    assert np.abs(bw.values()).max() <= limit
+    for x in (np.full((1, k), -256), np.full((1, k), 255), np.where(np.arange(k) % 2, 255, 0)[None]):
+        got, peak = b4.kernel_sums(x, bw)
+        np.testing.assert_array_equal(got, b4.matmul(x, bw))
+        assert peak < 2 ** 31, (k, peak)
+
+
+def test_a_grid_coarser_than_int8_stays_int8():
+    rng = np.random.default_rng(4)
+    assert b4.fit_block4(_q4_1(rng, 4096, 16)) is not None
+    assert b4.max_weight_for(4096 + 32) < b4.MIN_GRID and b4.fit_block4(_q4_1(rng, 4096 + 32, 16)) is None
 
 
 def test_integer_multipliers():
-    s = np.array([1e-3, 0.01, 0.5, 1.0, 3.0, 8.0])
+    s = np.array([1e-3, 0.01, 0.5, 1.0, 3.0, 8.0, 1.2345, 0.777])
     mult, unit = b4.integer_multipliers(s)
     assert mult.dtype == np.int32 and mult.min() >= 1 and mult.max() == b4.MULT_LEVELS
     assert unit == pytest.approx(8.0 / b4.MULT_LEVELS)
