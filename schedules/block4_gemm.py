@@ -101,7 +101,7 @@ def block4_primfunc(m: int, k: int, n: int, isa: str):
     nb, nblk = n // lanes, k // BLOCK
     g = _group(nb)
     ng = nb // g
-    decode = m == 1  # one row, the G column blocks of a group at once, prefetched; else rt rows, one column block
+    decode = m == 1  # one row and the G column blocks of a group, prefetched; else rt rows, 1 or 2 column blocks
     rt, nr, tasks = (1, g, ng) if decode else (_rows(m), PREFILL_COLUMNS[g], nb // PREFILL_COLUMNS[g])
     record = g * SLOTS * lanes  # int32 words per (group, block)
     total = ng * nblk * record
