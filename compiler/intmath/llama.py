@@ -150,14 +150,13 @@ def idynamic_int8(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     and 2**k <= max|t| / 64 when k > 0 (a step at most twice that of an exact per-row int8 scale)."""
     t = t.astype(np.int64)
     k = dynamic_exponent(t)
-    half = np.where(k > 0, np.left_shift(np.int64(1), np.maximum(k - 1, 0)), 0)
-    return np.clip((t + half) >> k, -DYN_QMAX, DYN_QMAX).astype(np.int8), k
+    return np.clip(shift_rows(t, k), -DYN_QMAX, DYN_QMAX).astype(np.int8), k
 
 
 def shift_rows(v: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """round(v / 2**k) (half up) per row: a constant on the base scale (a bias, (N,)) onto rows that carry a
-    dynamic exponent k ((M, 1), from idynamic_int8), whose accumulators are in units of base * 2**k. |error| <= 1/2
-    accumulator unit."""
+    """round(v / 2**k) (half up) per row, k (M, 1): a row's codes onto its dynamic exponent (idynamic_int8), or
+    a constant on the base scale (a bias, (N,)) onto rows whose accumulators are in units of base * 2**k.
+    |error| <= 1/2 unit."""
     k = np.asarray(k, np.int64)
     half = np.where(k > 0, np.left_shift(np.int64(1), np.maximum(k - 1, 0)), 0)
     return (np.asarray(v, np.int64) + half) >> k

@@ -136,14 +136,13 @@ class QLinear:
 
 
 def _linear(w: np.ndarray, rows, cols, in_scale: float, in_zp: int, out_scale, bias=None,
-            four_bit: bool = False) -> QLinear:
+            bw: b4.Block4Weight | None = None) -> QLinear:
     """The QLinear of diag(rows) @ w / cols (rows: the input's smoothing factors, cols: factors folded into the
-    output channels; None for ones): block-4 when four_bit (w must fit, rows integer multiples of one unit:
-    _block4_factors), else int8 of the product."""
+    output channels; None for ones): block-4 when bw, w's block form, is given (rows then integer multiples of
+    one unit: _block4_factors), else int8 of the product."""
     rows_v = np.ones(w.shape[0]) if rows is None else np.asarray(rows, np.float64)
     cols_v = np.ones(w.shape[1]) if cols is None else np.asarray(cols, np.float64)
-    if four_bit:
-        bw = b4.fit_block4(w)
+    if bw is not None:
         mult, unit = b4.integer_multipliers(rows_v)
         bw = b4.Block4Weight(bw.q, bw.d, bw.m, bw.scale / cols_v)
         return QLinear.make_block4(bw, mult, unit, in_scale, in_zp, out_scale, bias)
@@ -285,20 +284,32 @@ def _norm_out(r: Ranges, name: str, i: int, s: np.ndarray, dynamic: bool) -> tup
     return _smoothed_asym(r, name, i, s)
 
 
-def layer_fits_block4(lw) -> bool:
-    """Every matrix of the layer is 4-bit per block of 32 inputs (compiler/intmath/block4.py), as a GGUF's Q4_0 /
-    Q4_1 layers are, with outputs in whole column blocks of the kernels: the layer keeps their blocks (block-4)
-    instead of re-quantizing them to int8."""
+LAYER_MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def layer_blocks(lw) -> dict[str, b4.Block4Weight] | None:
+    """Each matrix's block form (compiler/intmath/block4.py), fitted once, if every matrix of the layer is 4-bit
+    per block of 32 inputs, as a GGUF's Q4_0 / Q4_1 layers are, with outputs in whole column blocks of the
+    kernels: the layer keeps their blocks (block-4) instead of re-quantizing them to int8; else None."""
     from schedules.block4_gemm import COLUMNS
 
-    mats = (lw.wq, lw.wk, lw.wv, lw.wo, lw.w_gate, lw.w_up, lw.w_down)
-    return all(m.shape[1] % COLUMNS == 0 for m in mats) and all(b4.fit_block4(m) is not None for m in mats)
+    mats = {name: getattr(lw, name) for name in LAYER_MATRICES}
+    if any(m.shape[1] % COLUMNS for m in mats.values()):
+        return None
+    blocks = {}
+    for name, m in mats.items():
+        blocks[name] = b4.fit_block4(m)
+        if blocks[name] is None:
+            return None
+    return blocks
 
 
 def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, dynamic_norms: bool = False,
-                four_bit: bool = False) -> IntLayer:
+                blocks: dict | None = None) -> IntLayer:
+    """One integer layer; blocks: its matrices' block forms (layer_blocks), or None for int8 weights."""
     sh, lw = w.shape, w.layers[i]
     H, D, G = sh.heads, sh.head_dim, sh.groups
+    four_bit = blocks is not None
     # attention input: smoothing folded into the norm weight and the q/k/v rows
     wqkv = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)
     s_a = _site_factors(r, "attn_in", i, wqkv, alpha, dynamic=dynamic_norms, four_bit=four_bit)
@@ -325,20 +336,20 @@ def build_layer(w: LlamaWeights, r: Ranges, i: int, resid_scale: float, alpha, d
     gate16 = float(r.absmax("gate", i).max()) * INT16_HEADROOM / 32767
     up16 = float((r.absmax("up", i) / s_m).max()) * INT16_HEADROOM / 32767
     rep = lambda per_head, n: np.repeat(per_head, n)  # noqa: E731  per head -> per channel
-    lin = lambda *args, **kw: _linear(*args, four_bit=four_bit, **kw)  # noqa: E731
+    lin = lambda name, *args: _linear(getattr(lw, name), *args, bw=blocks and blocks[name])  # noqa: E731
     return IntLayer(
         attn_norm=_norm(lw.attn_norm / s_a, resid_scale, sh.eps, attn_in), attn_in=attn_in,
-        q=lin(lw.wq, s_a, None, attn_in[0], attn_in[1], rep(q16, D), lw.bq),
-        k=lin(lw.wk, s_a, None, attn_in[0], attn_in[1], rep(k16, D), lw.bk),
-        v=lin(lw.wv, s_a, s_o, attn_in[0], attn_in[1], rep(v8, D), bv),
+        q=lin("wq", s_a, None, attn_in[0], attn_in[1], rep(q16, D), lw.bq),
+        k=lin("wk", s_a, None, attn_in[0], attn_in[1], rep(k16, D), lw.bk),
+        v=lin("wv", s_a, s_o, attn_in[0], attn_in[1], rep(v8, D), bv),
         q_rope=il.rope_constants(q16, q8), k_rope=il.rope_constants(k16, k8),
         attn=il.AttentionConstants(q8, k8, v8, attn_out[0], attn_out[1], D),
-        o=lin(lw.wo, s_o_q, None, attn_out[0], attn_out[1], resid_scale),
+        o=lin("wo", s_o_q, None, attn_out[0], attn_out[1], resid_scale),
         ffn_norm=_norm(lw.ffn_norm / s_f, resid_scale, sh.eps, ffn_in), ffn_in=ffn_in,
-        gate=lin(lw.w_gate, s_f, None, ffn_in[0], ffn_in[1], gate16),
-        up=lin(lw.w_up, s_f, s_m, ffn_in[0], ffn_in[1], up16),
+        gate=lin("w_gate", s_f, None, ffn_in[0], ffn_in[1], gate16),
+        up=lin("w_up", s_f, s_m, ffn_in[0], ffn_in[1], up16),
         gate_scale=gate16, gated=il.gated_constants(gate16, up16, ffn_base), ffn_base=ffn_base,
-        down=lin(lw.w_down, s_m, None, ffn_base, 0, resid_scale))
+        down=lin("w_down", s_m, None, ffn_base, 0, resid_scale))
 
 
 def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: int | None = None,
@@ -347,14 +358,14 @@ def build_integer_llama(w: LlamaWeights, r: Ranges, alpha=AUTO, max_positions: i
     per site on the calibration rows), a number for every site, or None (off); dynamic_norms: the layers'
     RMSNorm outputs as dynamic per-row int8 (like the down projection's input; the default: SmolLM2-135M +2.8%
     against +3.7% static on 50 held-out articles) instead of static per tensor; block4: layers whose matrices are
-    all 4-bit per block of 32 inputs (a GGUF's Q4_0 / Q4_1) keep their blocks (layer_fits_block4), else int8."""
+    all 4-bit per block of 32 inputs (a GGUF's Q4_0 / Q4_1) keep their blocks (layer_blocks), else int8."""
     sh = w.shape
     resid_max = max(float(r.absmax(n, i).max()) for n, i in r.names("resid") + r.names("resid_mid"))
     resid_scale = resid_max / RESID_CODE
     eq, es = quantize_weight(w.embed.T)  # per vocabulary row
     em0, esh = quantize_multipliers(es / resid_scale)
     layers = tuple(build_layer(w, r, i, resid_scale, alpha, dynamic_norms,
-                               four_bit=block4 and layer_fits_block4(w.layers[i])) for i in range(sh.layers))
+                               blocks=layer_blocks(w.layers[i]) if block4 else None) for i in range(sh.layers))
     s_fin = _site_factors(r, "final", 0, w.lm_head[:: HEAD_SEARCH_STRIDE].T, alpha)
     final = _smoothed_asym(r, "final", 0, s_fin)
     logit_scale = float(r.absmax("logits", 0).max()) / LOGIT_CODE

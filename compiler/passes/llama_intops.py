@@ -93,9 +93,7 @@ def emit_dynamic_int8(bb, t):
     t = _as(bb, t, "int64")
     amax = bb.emit(R.max(bb.emit(R.maximum(t, bb.emit(R.negative(t)))), axis=[-1], keepdims=True))
     k = bb.emit(R.maximum(bb.emit(R.subtract(emit_bit_length(bb, amax, 63), _i64(il.DYN_CODE_BITS))), _i64(0)))
-    half = bb.emit(R.right_shift(emit_pow2(bb, k), _i64(1)))  # 0 at k=0
-    q = bb.emit(R.right_shift(bb.emit(R.add(t, half)), k))
-    return _clip_cast(bb, q, -il.DYN_QMAX, il.DYN_QMAX, "int8"), k
+    return _clip_cast(bb, emit_shift_rows(bb, t, k, "int64"), -il.DYN_QMAX, il.DYN_QMAX, "int8"), k
 
 
 def emit_silu_gate_dynamic(bb, gate, gate_scale: float, up, up_zp: int, m0: int, shift: int):
@@ -109,9 +107,10 @@ def emit_silu_gate_dynamic(bb, gate, gate_scale: float, up, up_zp: int, m0: int,
 
 
 def emit_shift_rows(bb, v, k, out_dtype: str):
-    """il.shift_rows: round(v / 2**k) half up, v a constant (N,) on the base scale, k (M, 1) int64 -> (M, N)."""
+    """il.shift_rows: round(v / 2**k) half up, v int64 rows (..., N) or a constant (N,), k (M, 1) int64."""
+    v = v if isinstance(v, relax.Expr) else _i64(np.asarray(v, np.int64))
     half = bb.emit(R.right_shift(emit_pow2(bb, k), _i64(1)))  # 0 at k = 0
-    return _as(bb, bb.emit(R.right_shift(bb.emit(R.add(_i64(np.asarray(v, np.int64)), half)), k)), out_dtype)
+    return _as(bb, bb.emit(R.right_shift(bb.emit(R.add(v, half)), k)), out_dtype)
 
 
 def emit_requantize_rows(bb, acc, m0, shift, k, qmin: int = -(1 << 31), qmax: int = (1 << 31) - 1,
