@@ -19,7 +19,7 @@ from compiler.intmath import integer_ops as io
 from compiler.intmath.fixed_point import quantize_multiplier, quantize_multipliers, requantize
 
 # ---- RMSNorm ---------------------------------------------------------------------------------------------
-RMS_FRAC_BITS = 16  # the normalized value x / rms in Q16 (|u| <= sqrt(H) * 2**16: u * m0 fits int64 for H < 2**16)
+RMS_FRAC_BITS = 16  # x / rms in at least Q16 (|u| <= sqrt(H) * 2**16: u * m0 fits int64 for H < 2**16)
 RMS_SQUARE_BITS = 25  # |x| is shifted below 2**25 before squaring: mean squares < 2**50, inside isqrt's range
 RMS_RECIP_BITS = 30  # per-row reciprocal of rms: one division per row, a multiply and a shift per element
 RMS_MAX_SHIFT = 40
@@ -35,14 +35,15 @@ def rmsnorm_shift(bound: int) -> int:
 @dataclass(frozen=True, eq=False)
 class RMSNormConstants:
     """Compile-time constants of irmsnorm (rmsnorm_constants): shift of the input codes (> 0 right, < 0 left),
-    eps in the shifted squares' units, per-channel signed multipliers m0 with their right shifts sh, and the
-    output zero point."""
+    eps in the shifted squares' units, per-channel signed multipliers m0 with their right shifts sh, the
+    output zero point, and the fraction bits of the normalized value (frac >= RMS_FRAC_BITS)."""
 
     shift: int
     eps: int
     m0: np.ndarray
     sh: np.ndarray
     zp: int
+    frac: int = RMS_FRAC_BITS
 
 
 def rmsnorm_constants(scale: float, bound: int, eps: float, gamma: np.ndarray, out_scale: float,
@@ -50,13 +51,26 @@ def rmsnorm_constants(scale: float, bound: int, eps: float, gamma: np.ndarray, o
     """Compile-time constants of irmsnorm: input codes of `scale` (zero point 0) with |x| <= bound, the weight
     gamma (per channel, any sign; a smoothing factor may be folded in), int output of out_scale / out_zp."""
     k = rmsnorm_shift(bound)
-    eps_int = int(round(eps / (scale * scale) / 4.0 ** k))
+    eps_int = max(int(round(eps / (scale * scale) / 4.0 ** k)), 0)
     g = np.asarray(gamma, dtype=np.float64)
-    m0, sh = quantize_multipliers(np.abs(g) / (out_scale * (1 << RMS_FRAC_BITS)))
+    frac = rmsnorm_frac_bits(bound >> k if k >= 0 else bound << -k, eps_int, max(g.size, 1))
+    m0, sh = quantize_multipliers(np.abs(g) / (out_scale * 2.0 ** frac))
     over = np.maximum(sh - RMS_MAX_SHIFT, 0)  # tiny gammas: round the mantissa down to a shift <= 40
     m0 = (m0 + np.where(over > 0, np.left_shift(np.int64(1), np.maximum(over - 1, 0)), 0)) >> over
-    return RMSNormConstants(shift=k, eps=max(eps_int, 0), m0=m0 * np.where(g < 0, -1, 1), sh=sh - over,
-                            zp=int(out_zp))
+    return RMSNormConstants(shift=k, eps=eps_int, m0=m0 * np.where(g < 0, -1, 1), sh=sh - over,
+                            zp=int(out_zp), frac=frac)
+
+
+def rmsnorm_frac_bits(ymax: int, eps_int: int, h: int) -> int:
+    """Fraction bits of x / rms: RMS_FRAC_BITS, plus as many as eps leaves room for. |x| / rms is at most
+    ymax / sqrt(ymax**2 / H + eps), which is sqrt(H) when eps is negligible but far below it when eps dominates
+    (tiny inputs): there Q16 would leave the normalized value a few dozen units. The extra bits keep
+    |u| <= sqrt(H) * 2**16 (so u * m0 still fits int64) and the reciprocal's shift RMS_RECIP_BITS + e - frac
+    non-negative for the smallest e that eps allows."""
+    top = math.sqrt(h) / (ymax / math.sqrt(ymax * ymax / h + eps_int)) if ymax > 0 else 1.0
+    extra = max(int(math.floor(math.log2(top))), 0)
+    e_min = (max(eps_int, 1).bit_length() + 1) >> 1
+    return RMS_FRAC_BITS + min(extra, RMS_RECIP_BITS + e_min - RMS_FRAC_BITS)
 
 
 def irmsnorm(x: np.ndarray, c: RMSNormConstants, qmin: int = -128, qmax: int = 127, out_dtype=np.int8) -> np.ndarray:
@@ -64,7 +78,7 @@ def irmsnorm(x: np.ndarray, c: RMSNormConstants, qmin: int = -128, qmax: int = 1
 
     x: integer codes (zero point 0; real = scale * x), |x| <= the bound given to rmsnorm_constants. The scale of x
     cancels except in eps (folded into c.eps). Steps: y = x shifted (c.shift), n = sum(y*y) // H + eps in
-    int64, rms = isqrt(n) (exact floor), the normalized value in Q16 through one reciprocal per row
+    int64, rms = isqrt(n) (exact floor), the normalized value in Q(c.frac) through one reciprocal per row
     2**(30 + e) // rms (rms < 2**e), then gamma / out_scale per channel as a fixed-point multiply, rounded half up.
     Bound (tested): within RMSNORM_MAX_ERROR_STEPS output steps of round(float RMSNorm / out_scale) + zp, for
     unclipped outputs and rms of at least 2**6 input units after the shift (rms below that is eps territory).
@@ -77,7 +91,7 @@ def irmsnorm(x: np.ndarray, c: RMSNormConstants, qmin: int = -128, qmax: int = 1
     rms = io.isqrt(n)
     e = (io.bit_length(n) + 1) >> 1
     recip = np.left_shift(np.int64(1), RMS_RECIP_BITS + e) // rms
-    u = (y * recip) >> (RMS_RECIP_BITS + e - RMS_FRAC_BITS)
+    u = (y * recip) >> (RMS_RECIP_BITS + e - c.frac)
     sh = c.sh
     out = (u * c.m0 + (np.int64(1) << (sh - 1))) >> sh
     return np.clip(out + c.zp, qmin, qmax).astype(out_dtype)

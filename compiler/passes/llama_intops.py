@@ -61,7 +61,7 @@ def emit_rmsnorm(bb, x, c: il.RMSNormConstants, out_dtype: str = "int8"):
     top = emit_pow2(bb, bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS))))
     recip = bb.emit(R.floor_divide(top, rms))
     u = bb.emit(R.right_shift(bb.emit(R.multiply(y, recip)),
-                              bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS - il.RMS_FRAC_BITS)))))
+                              bb.emit(R.add(e, _i64(il.RMS_RECIP_BITS - c.frac)))))
     v = _round_shift(bb, bb.emit(R.multiply(u, _i64(c.m0))), c.sh)
     if c.zp:
         v = bb.emit(R.add(v, _i64(c.zp)))

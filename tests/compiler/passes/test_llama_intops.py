@@ -27,7 +27,7 @@ def _run(build, args):
     return [r.numpy() for r in res] if several else res.numpy()
 
 
-@pytest.mark.parametrize("h,bound,scale", [(64, 2 ** 31 - 1, 1e-6), (17, 127, 0.05)])
+@pytest.mark.parametrize("h,bound,scale", [(64, 2 ** 31 - 1, 1e-6), (17, 127, 0.05), (3, 127, 1e-6)])
 def test_rmsnorm_emitter_equals_twin(h, bound, scale):
     rng = np.random.default_rng(h)
     x = rng.integers(-bound, bound, size=(5, h)).astype(np.int32)
