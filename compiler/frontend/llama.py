@@ -2,9 +2,11 @@
 token ids -> int32 logits, built from the emitters of compiler/passes/llama_intops.py so that it computes the
 reference's integers (tests/compiler/llm/test_llama_library.py checks the compiled library bit for bit).
 
-Two functions of the same step, `prefill` (a chunk of a fixed length) and `decode` (one token): each takes the
-int8 KV cache as run-time inputs and returns, beside the logits, the chunk's int8 keys and values, which the
-caller writes into its cache (compiler/llm/library.py).
+Three functions of the same step: `prefill` (a chunk of a fixed length, the logits of every token: perplexity),
+`prefill_last` (the same chunk, the logits of one token chosen at run time: a prompt before generation, where
+the vocabulary-wide head on every row would be a tenth of the work for nothing) and `decode` (one token). Each
+takes the int8 KV cache as run-time inputs and returns, beside the logits, the chunk's int8 keys and values,
+which the caller writes into its cache (compiler/llm/library.py).
 """
 
 from __future__ import annotations
@@ -98,11 +100,14 @@ def _layer_of(bb, cache, i: int):
     return bb.emit(R.squeeze(bb.emit(R.strided_slice(cache, axes=[0], begin=[i], end=[i + 1])), axis=[0]))
 
 
-def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: str = "generic") -> None:
+def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: str = "generic",
+                      last: bool = False) -> None:
     """`name(ids int32 (seq,), positions int32 (seq,), keys int8 (layers, kv_heads, d, context), values int8
     (layers, kv_heads, context, d)) -> (logits int32 (seq, vocab), new_keys int8 (layers, kv_heads, d, seq),
     new_values int8 (layers, kv_heads, seq, d))`. The keys are kept transposed: the scores' matmul reads the
     cache as it is, where a transpose of every layer's cache per step took a third of a decode step.
+    With `last`, a third input `last` int32 (1,) (0 <= last < seq) picks the one row whose logits are made:
+    logits (1, vocab).
 
     The chunk at `positions` (ascending, run time) attends to the cache entries before positions[0] and to
     itself under the causal mask; the caller writes new_keys/new_values into its cache at `positions`. The
@@ -113,7 +118,8 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: s
     ids = relax.Var("ids", tensor_type((seq,), "int32"))
     positions = relax.Var("positions", tensor_type((seq,), "int32"))
     cache = (relax.Var("keys", tensor_type(keys_shape, "int8")), relax.Var("values", tensor_type(values_shape, "int8")))
-    with bb.function(name, [ids, positions, *cache]):
+    row = relax.Var("last", tensor_type((1,), "int32")) if last else None
+    with bb.function(name, [ids, positions, *([row] if last else []), *cache]):
         with bb.dataflow():
             x = _embed(bb, m, ids)
             # the rotation's factors and the causal mask depend on the positions only: made once for every layer
@@ -123,6 +129,8 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: s
                 x, k8, v = _layer(bb, m, i, x, positions, shared, seq, cache, isa)
                 keys.append(bb.emit(R.expand_dims(k8, axis=[0])))
                 values.append(bb.emit(R.expand_dims(v, axis=[0])))
+            if last:  # the final norm and the head on the chosen row only
+                x = bb.emit(R.take(x, row, axis=0))
             xf, kx = _norm_rows(bb, x, m.final_norm, False)
             logits = _linear(bb, xf, m.head, kx, INT32_MIN, INT32_MAX, "int32")
             out = bb.emit_output(relax.Tuple([logits, bb.emit(R.concat(keys, axis=0)),
@@ -131,10 +139,12 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: s
 
 
 def decoder_module(m: IntLlama, chunk: int, context: int, isa: str = "generic"):
-    """The library's integer functions: `prefill` (a chunk of `chunk` tokens) and `decode` (one token), both
-    against an int8 cache of `context` positions (add_step_function); block-4 weights on ``isa``'s kernel
-    (schedules/block4_gemm.select_isa of the target; "generic" runs anywhere)."""
+    """The library's integer functions: `prefill` and `prefill_last` (a chunk of `chunk` tokens: every row's
+    logits, or one row's) and `decode` (one token), all against an int8 cache of `context` positions
+    (add_step_function); block-4 weights on ``isa``'s kernel (schedules/block4_gemm.select_isa of the target;
+    "generic" runs anywhere)."""
     bb = relax.BlockBuilder()
     add_step_function(bb, m, "prefill", chunk, context, isa)
+    add_step_function(bb, m, "prefill_last", chunk, context, isa, last=True)
     add_step_function(bb, m, "decode", 1, context, isa)
     return bb.get()

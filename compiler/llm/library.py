@@ -1,6 +1,6 @@
 """A compiled decoder-only LM library at run time: the int8 KV cache held here (host memory) and passed to the
-library's `prefill` and `decode` entry points as state, chunked prefill of any prompt up to the context, the
-logits' scale, the tokenizer the library carries; and on top, the perplexity protocol and token generation.
+library's `prefill`, `prefill_last` and `decode` entry points as state, chunked prefill of any prompt up to the
+context, the logits' scale, the tokenizer the library carries; and on top, the perplexity protocol and token generation.
 
 Only the TVM runtime, NumPy and transformers' tokenizer are needed (no compiler imports beyond the runtime's and,
 for a device over RPC, compiler/device.py's)."""
@@ -19,7 +19,8 @@ from compiler.llm.spec import LlmSpec, load_tokenizer
 
 class LlmLibrary:
     """`lib.forward(ids, start) -> int32 logit codes (len, vocab)` for tokens at positions start.., writing
-    their keys and values into the cache; `lib.reset()` empties it."""
+    their keys and values into the cache (`last_only=True`: the last token's logits only, (1, vocab), which is
+    all generation needs); `lib.reset()` empties it."""
 
     def __init__(self, path: str, remote=None):
         """remote: a targets.remote.RemoteSpec to run on a device over TVM RPC (the library uploaded there)."""
@@ -33,15 +34,21 @@ class LlmLibrary:
                                  "compile a .gguf file or a LLaMA-family folder with `intformer compile`")
         self.path = path
         self.spec = LlmSpec.from_json(first.manifest.llm)
+        # libraries from before prefill_last run the full prefill where it would serve
+        names = {e.name for e in first.manifest.entries}
         if remote is None:  # one loaded module, a VM per entry point
             share = {"module": first.module, "manifest": first.manifest}
             self.prefill = CompiledModel(path, first.device, entry="prefill", **share)
             self.decode = CompiledModel(path, first.device, entry="decode", **share)
+            self.prefill_last = (CompiledModel(path, first.device, entry="prefill_last", **share)
+                                 if "prefill_last" in names else None)
         else:  # one session and upload, a RemoteModel per entry point
             from compiler.device import RemoteModel
 
             self.prefill = first if first.entry == "prefill" else RemoteModel(path, remote, "prefill", share=first)
             self.decode = RemoteModel(path, remote, "decode", share=first)
+            self.prefill_last = (RemoteModel(path, remote, "prefill_last", share=first)
+                                 if "prefill_last" in names else None)
         # keys transposed: (layers, kv heads, d, positions); values (layers, kv heads, positions, d)
         self.keys = self._cache("keys", self.spec.keys_shape())
         self.values = self._cache("values", self.spec.cache_shape())
@@ -55,9 +62,12 @@ class LlmLibrary:
         if made is None:
             return np.zeros(shape, np.int8)
         tensor, view = made
-        for model in (self.prefill, self.decode):
+        for model in self._models():
             model.alias_input(name, view, tensor)
         return view
+
+    def _models(self) -> list:
+        return [m for m in (self.prefill, self.decode, self.prefill_last) if m is not None]
 
     @property
     def tokenizer(self):
@@ -72,22 +82,26 @@ class LlmLibrary:
         self.length = 0
 
     def _run(self, model, ids: np.ndarray, start: int, n: int) -> np.ndarray:
-        """One call on a (padded) chunk whose first n tokens are real: their logits; their keys and values go
-        into the cache. Padding continues the positions, so no real query sees it (positions past the context
-        stay inside the compiled rotary table)."""
+        """One call on a (padded) chunk whose first n tokens are real: their logits (of the n-th alone on
+        prefill_last); their keys and values go into the cache. Padding continues the positions, so no real
+        query sees it (positions past the context stay inside the compiled rotary table)."""
         seq = model.inputs[0].shape[0]
         padded = np.zeros(seq, np.int32)
         padded[:n] = ids
         positions = np.arange(start, start + seq, dtype=np.int32)
-        logits, new_k, new_v = model({"ids": padded, "positions": positions, "keys": self.keys,
-                                      "values": self.values})
+        feed = {"ids": padded, "positions": positions, "keys": self.keys, "values": self.values}
+        one = model is self.prefill_last
+        if one:
+            feed["last"] = np.array([n - 1], np.int32)
+        logits, new_k, new_v = model(feed)
         self.keys[..., start:start + n] = new_k[..., :n]
         self.values[:, :, start:start + n] = new_v[:, :, :n]
-        return np.array(logits[:n])
+        return np.array(logits if one else logits[:n])
 
-    def forward(self, ids, start: int | None = None) -> np.ndarray:
+    def forward(self, ids, start: int | None = None, last_only: bool = False) -> np.ndarray:
         """int32 logit codes of tokens `ids` at positions start.. (default: after the cached ones); one token runs
-        the decode entry, more run prefill chunks."""
+        the decode entry, more run prefill chunks. last_only: the last token's logits alone, (1, vocab) (the
+        chunks run prefill_last, whose head makes one row)."""
         ids = np.asarray(ids, dtype=np.int32).reshape(-1)
         start = self.length if start is None else int(start)
         if not 0 <= start <= self.length:
@@ -99,13 +113,15 @@ class LlmLibrary:
             raise IntformerError(f"token ids must lie in [0, {self.spec.vocab})")
         if len(ids) == 1:
             out = self._run(self.decode, ids, start, 1)
+        elif len(ids) == 0:
+            out = np.zeros((0, self.spec.vocab), np.int32)
         else:
             c = self.spec.chunk
-            out = np.concatenate([self._run(self.prefill, ids[i:i + c], start + i, len(ids[i:i + c]))
-                                  for i in range(0, len(ids), c)]) if len(ids) else np.zeros((0, self.spec.vocab),
-                                                                                             np.int32)
+            model = self.prefill_last if last_only and self.prefill_last is not None else self.prefill
+            out = np.concatenate([self._run(model, ids[i:i + c], start + i, len(ids[i:i + c]))
+                                  for i in range(0, len(ids), c)])
         self.length = start + len(ids)
-        return out
+        return out[-1:] if last_only else out
 
     def logits(self, codes: np.ndarray) -> np.ndarray:
         """The edge: int32 codes -> float64 logits (one multiply)."""
@@ -178,7 +194,7 @@ def generate_tokens(lib: LlmLibrary, prompt_ids: list[int], max_new_tokens: int,
                              f"{lib.spec.context}: shorten it or recompile with a larger --context")
     rng = np.random.default_rng(sampling.seed)
     lib.reset()
-    logits = lib.forward(prompt_ids, 0)[-1]
+    logits = lib.forward(prompt_ids, 0, last_only=True)[-1]
     for i in range(max_new_tokens):
         t = choose(lib.logits(logits), sampling, rng)
         if t == lib.spec.eos:

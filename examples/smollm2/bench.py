@@ -1,6 +1,8 @@
 """Speed of a compiled decoder-only LM library against llama.cpp on the same GGUF (issue 15's benchmark).
 
 Prints, at each thread count: prefill tokens/s of one prompt of --prompt-len tokens (a held-out BBC News article),
+making the last token's logits as generation needs them (llama.cpp's `eval` makes only those too; intformer's
+`prefill_last` entry; its full `prefill`, every token's logits as perplexity needs them, is printed beside it),
 decode tokens/s (one token per step after that prompt, --decode steps; the next tokens are the prompt's own, the
 same for both engines, so sampling is not timed), the memory each engine holds while
 decoding (resident set), and the library's size. Every engine runs in its own process per thread count (at 2
@@ -60,7 +62,7 @@ def time_rounds(reset, prefill, decode, ids: list[int], n_decode: int, repeats: 
             steps.append(time.perf_counter() - s0)
         if r:
             pre.append(t1 - t0)
-            dec.append(statistics.median(steps))
+            dec.append(statistics.median(steps) if steps else 0.0)
     now, peak = rss_mb()
     return {"prefill_s": statistics.median(pre), "decode_s": statistics.median(dec), "tokens": len(ids),
             "rss_mb": now, "peak_mb": peak}
@@ -77,8 +79,10 @@ def child_intformer(lib_path: str, threads: int, n_prompt: int, n_decode: int, r
     ids = lib.tokenizer(prompt_text(), add_special_tokens=False)["input_ids"][:n_prompt]
     if len(ids) < n_prompt:
         raise SystemExit(f"the prompt has only {len(ids)} tokens")
-    return time_rounds(lib.reset, lambda t: lib.forward(t, 0), lambda tok: lib.forward([tok]), ids, n_decode,
-                       repeats)
+    out = time_rounds(lib.reset, lambda t: lib.forward(t, 0, last_only=True), lambda tok: lib.forward([tok]), ids,
+                      n_decode, repeats)
+    every = time_rounds(lib.reset, lambda t: lib.forward(t, 0), lambda tok: None, ids, 0, repeats)
+    return {**out, "prefill_all_s": every["prefill_s"]}
 
 
 def child_llama_cpp(gguf: str, threads: int, n_prompt: int, n_decode: int, repeats: int) -> dict:
@@ -142,6 +146,9 @@ def main() -> int:
             print(f"{engine:10s} {t:7d} {1e3 * r['prefill_s']:10.1f} {r['tokens'] / r['prefill_s']:13.1f} "
                   f"{1e3 * r['decode_s']:9.2f} {1 / r['decode_s']:12.1f} {r['rss_mb']:7.0f} {r['peak_mb']:8.0f}",
                   flush=True)
+            if "prefill_all_s" in r:
+                print(f"{'':18s} prefill with every token's logits (perplexity): {1e3 * r['prefill_all_s']:.1f} ms",
+                      flush=True)
     for t in args.threads:
         a, b = rows.get(("intformer", t)), rows.get(("llama.cpp", t))
         if a and b:
