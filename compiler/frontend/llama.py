@@ -17,7 +17,8 @@ from tvm import relax
 from compiler.llm.integer import INT32_MAX, INT32_MIN, IntLlama, QLinear
 from compiler.passes import llama_intops as li
 from compiler.passes.intops import emit_pow2
-from compiler.tvm_compat import const, tensor_type
+from compiler.tvm_compat import const, tensor_info, tensor_type
+from schedules import decode_attention
 from schedules.block4_gemm import emit_block4_matmul
 
 R = relax.op
@@ -82,10 +83,13 @@ def _layer(bb, m: IntLlama, i: int, x, positions, shared, seq: int, cache, isa: 
     rope, allowed = shared
     q8 = li.emit_rope(bb, q, rope, *ly.q_rope)
     k8 = li.emit_rope(bb, k, rope, *ly.k_rope, qmin=-127)
-    old_k, old_v = (_layer_of(bb, c, i) for c in cache)
     k8 = bb.emit(R.permute_dims(k8, [0, 2, 1]))  # the chunk's keys, transposed as the cache keeps them
-    values = bb.emit(R.concat([old_v, v], axis=1))
-    o = li.emit_gqa_attention_cached(bb, q8, (old_k, k8), values, positions, ly.attn, allowed)
+    if seq == 1 and decode_attention.supported(tensor_info(cache[0])[1][3]):  # the cache read in place
+        o = li.emit_gqa_attention_decode(bb, q8, cache, i, k8, v, positions, ly.attn, allowed)
+    else:
+        old_k, old_v = (_layer_of(bb, c, i) for c in cache)
+        values = bb.emit(R.concat([old_v, v], axis=1))
+        o = li.emit_gqa_attention_cached(bb, q8, (old_k, k8), values, positions, ly.attn, allowed)
     x = _residual_add(bb, x, _linear(bb, o, ly.o, None, INT32_MIN, INT32_MAX, "int64", isa))
     f, kf = _norm_rows(bb, x, ly.ffn_norm, m.dynamic_norms)
     g = _linear(bb, f, ly.gate, kf, -32768, 32767, "int16", isa)

@@ -1,6 +1,7 @@
 """Relax emitters of the LLaMA decoder's integer ops; each produces the bits of its NumPy twin in
 compiler/intmath/llama.py (tests/compiler/passes/test_llama_intops.py checks them compiled). Attention runs
-every head in one batch against the KV cache passed in (emit_gqa_attention_cached)."""
+every head in one batch against the KV cache passed in (emit_gqa_attention_cached; one token's step reads the
+cache in place: emit_gqa_attention_decode)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tvm import relax
 from compiler.intmath import integer_ops as io, llama as il
 from compiler.passes.intops import emit_bit_length, emit_exp_q15, emit_horner, emit_isqrt, emit_pow2, emit_softmax
 from compiler.tvm_compat import const, tensor_info
+from schedules.decode_attention import emit_pv_decode, emit_qk_decode
 
 R = relax.op
 
@@ -187,12 +189,7 @@ def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionCon
     qg = bb.emit(R.reshape(q, (kv_heads, rows, d)))
     scores = [bb.emit(R.matmul(qg, k, out_dtype="int32")) for k in parts]
     scores = scores[0] if len(scores) == 1 else bb.emit(R.concat(scores, axis=2))
-    scores = bb.emit(R.reshape(scores, (heads, seq, key_len)))
-    if allowed is None:
-        allowed = emit_cached_mask(bb, positions, key_len - seq)
-    scores = bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
-    p = emit_softmax(bb, scores, [c.score_scale(h) for h in range(heads)], fine=True)  # per-head scales
-    p = bb.emit(R.reshape(bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX))), (kv_heads, rows, key_len)))
+    p = _probabilities(bb, scores, positions, c, allowed, (heads, seq, key_len))
     # P.V in two 8-bit halves of the 16-bit probabilities, each as int8 (u - 128) so that both products are
     # int8 x int8 on the project's batch kernels: sum (u - 128) v + 128 sum v = sum u v, exactly in int32
     hi = bb.emit(R.astype(bb.emit(R.subtract(bb.emit(R.right_shift(p, _i32(8))), _i32(128))), "int8"))
@@ -202,6 +199,40 @@ def emit_gqa_attention_cached(bb, q, keys, values, positions, c: il.AttentionCon
     acc_hi = bb.emit(R.add(bb.emit(R.matmul(hi, values, out_dtype="int32")), vsum))
     acc_lo = bb.emit(R.add(bb.emit(R.matmul(lo, values, out_dtype="int32")), vsum))
     acc = bb.emit(R.add(bb.emit(R.left_shift(acc_hi, _i32(8))), acc_lo))
+    return _attention_out(bb, acc, c, (heads, seq, d))
+
+
+def emit_gqa_attention_decode(bb, q, caches, layer: int, k_new, v_new, positions, c: il.AttentionConstants,
+                              allowed=None):
+    """emit_gqa_attention_cached for one token (seq 1), reading layer `layer` of the whole-model cache where it
+    lies (schedules/decode_attention.py: no copy of the layer's keys and values, the probabilities' two bytes
+    inside the P.V kernel). caches: (keys int8 (layers, kv_heads, d, context), values int8 (layers, kv_heads,
+    context, d)); k_new int8 (kv_heads, d, 1), v_new int8 (kv_heads, 1, d): the step's own. The same integers
+    as emit_gqa_attention_cached. -> int8 (1, heads * d)."""
+    if not c.fine_probs:
+        raise NotImplementedError("the emitter implements the 16-bit probabilities (the decoder's default)")
+    heads, seq, d = tensor_info(q)[1]
+    context = tensor_info(caches[0])[1][3]
+    scores = emit_qk_decode(bb, q, caches[0], k_new, layer)
+    p = _probabilities(bb, scores, positions, c, allowed, (heads, seq, context + seq))
+    return _attention_out(bb, emit_pv_decode(bb, p, caches[1], v_new, layer), c, (heads, seq, d))
+
+
+def _probabilities(bb, scores, positions, c: il.AttentionConstants, allowed, shape):
+    """Scores (kv_heads, rows, keys) -> the masked fine softmax per head, clipped to ATTN_FINE_MAX, same shape."""
+    heads, seq, key_len = shape
+    kv_rows = tensor_info(scores)[1][:2]
+    scores = bb.emit(R.reshape(scores, (heads, seq, key_len)))
+    if allowed is None:
+        allowed = emit_cached_mask(bb, positions, key_len - seq)
+    scores = bb.emit(R.where(allowed, scores, _i32(il.MASKED_SCORE)))
+    p = emit_softmax(bb, scores, [c.score_scale(h) for h in range(heads)], fine=True)  # per-head scales
+    return bb.emit(R.reshape(bb.emit(R.minimum(p, _i32(il.ATTN_FINE_MAX))), (*kv_rows, key_len)))
+
+
+def _attention_out(bb, acc, c: il.AttentionConstants, shape):
+    """P.V accumulators (kv_heads, rows, d) -> requantized per head, int8 (seq, heads * d)."""
+    heads, seq, d = shape
     acc = bb.emit(R.reshape(acc, (heads, seq, d)))
     mult = [c.out_multiplier(h) for h in range(heads)]
     out = emit_fixed_requantize(bb, acc, np.array([m for m, _ in mult]).reshape(-1, 1, 1),

@@ -13,6 +13,7 @@ from tvm import relax
 from compiler.report import BLOCK4_WEIGHT, DATA_MOVEMENT, GraphReport, OpRecord  # noqa: F401  (re-exported)
 from compiler.tvm_compat import tensor_info
 from schedules.block4_gemm import KERNEL_PREFIX as BLOCK4_KERNEL
+from schedules.decode_attention import KERNEL_PREFIX as ATTN_DECODE_KERNEL
 
 
 def _dtype(expr) -> str:
@@ -54,6 +55,12 @@ def list_ops(mod: tvm.IRModule, func_name: str = "main") -> list[OpRecord]:
         if _is_block4(expr):  # int8 activations x 4-bit block weights (schedules/block4_gemm.py): a matmul
             records.append(OpRecord("relax.matmul", (_dtype(expr.args[1][0]), BLOCK4_WEIGHT), _dtype(expr)))
             continue
+        if _kernel_name(expr).startswith(ATTN_DECODE_KERNEL):  # schedules/decode_attention.py: Q.K int8 x int8;
+            # P.V the probabilities' two bytes (0..127 and 0..255) x the int8 values: two matmuls
+            pv = _kernel_name(expr).startswith(ATTN_DECODE_KERNEL + "pv")
+            records.extend([OpRecord("relax.matmul", ("uint8", "int8"), "int32")] * 2 if pv else
+                           [OpRecord("relax.matmul", ("int8", "int8"), "int32")])
+            continue
         ins = tuple(_dtype(a) for a in expr.args if tensor_info(a)[0] is not None)
         edge = ""
         if expr.op.name == "relax.dequantize" and b.var in outs:
@@ -64,9 +71,15 @@ def list_ops(mod: tvm.IRModule, func_name: str = "main") -> list[OpRecord]:
     return records
 
 
+def _kernel_name(call) -> str:
+    """The name of a call_tir's kernel ("" for any other call)."""
+    if call.op.name == "relax.call_tir" and isinstance(call.args[0], tvm.ir.GlobalVar):
+        return call.args[0].name_hint
+    return ""
+
+
 def _is_block4(call) -> bool:
-    return (call.op.name == "relax.call_tir" and isinstance(call.args[0], tvm.ir.GlobalVar)
-            and call.args[0].name_hint.startswith(BLOCK4_KERNEL))
+    return _kernel_name(call).startswith(BLOCK4_KERNEL)
 
 
 def summarize(records: list[OpRecord], onnx_matmuls: int) -> GraphReport:

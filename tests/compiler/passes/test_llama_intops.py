@@ -93,3 +93,27 @@ def test_cached_gqa_attention_emitter_equals_twin():
                   lib_values, positions])
     assert np.array_equal(split, got)
     assert np.array_equal(got, il.igqa_attention(q, keys, values, positions, c))
+
+
+def test_decode_attention_emitter_reads_the_cache_in_place_and_equals_twin():
+    """One token at position 5 against a 3-layer cache of 16 positions (5 written, the rest stale codes that
+    must stay masked), read at layer 1 where it lies; the twin sees the 6 keys in position order. A query whose
+    probability sits on one key reaches the fine softmax's cap."""
+    rng = np.random.default_rng(3)
+    heads, kv_heads, d, layers, context, pos = 6, 2, 16, 3, 16, 5
+    q = rng.integers(-127, 128, size=(heads, 1, d)).astype(np.int8)
+    keys = rng.integers(-127, 128, size=(kv_heads, pos + 1, d)).astype(np.int8)
+    values = rng.integers(-128, 128, size=(kv_heads, pos + 1, d)).astype(np.int8)
+    q[4], keys[1, 2] = 127, 127
+    cache_k = rng.integers(-128, 128, size=(layers, kv_heads, d, context)).astype(np.int8)  # stale everywhere
+    cache_v = rng.integers(-128, 128, size=(layers, kv_heads, context, d)).astype(np.int8)
+    cache_k[1, :, :, :pos] = keys[:, :pos].transpose(0, 2, 1)
+    cache_v[1, :, :pos] = values[:, :pos]
+    k_new = np.ascontiguousarray(keys[:, pos:].transpose(0, 2, 1))  # (kv, d, 1)
+    v_new = np.ascontiguousarray(values[:, pos:])
+    positions = np.array([pos], np.int32)
+    c = il.AttentionConstants(rng.uniform(0.01, 0.05, heads), rng.uniform(0.01, 0.05, kv_heads),
+                              rng.uniform(0.005, 0.02, kv_heads), 0.02, -2, d)
+    got = _run(lambda bb, a, ck, cv, kn, vn, p: li.emit_gqa_attention_decode(bb, a, (ck, cv), 1, kn, vn, p, c),
+               [q, cache_k, cache_v, k_new, v_new, positions])
+    assert np.array_equal(got, il.igqa_attention(q, keys, values, positions, c))
