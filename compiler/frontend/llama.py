@@ -2,14 +2,17 @@
 token ids -> int32 logits, built from the emitters of compiler/passes/llama_intops.py so that it computes the
 reference's integers (tests/compiler/llm/test_llama_library.py checks the compiled library bit for bit).
 
-Three functions of the same step: `prefill` (a chunk of a fixed length, the logits of every token: perplexity),
+Functions of the same step (STEPS): `prefill` (a chunk of a fixed length, the logits of every token: perplexity),
 `prefill_last` (the same chunk, the logits of one token chosen at run time: a prompt before generation, where
-the vocabulary-wide head on every row would be a tenth of the work for nothing) and `decode` (one token). Each
-takes the int8 KV cache as run-time inputs and returns, beside the logits, the chunk's int8 keys and values,
-which the caller writes into its cache (compiler/llm/library.py).
+the vocabulary-wide head on every row would be a tenth of the work for nothing), `decode` (one token), and
+`prefill_first` / `prefill_first_last`, the same chunks at position 0, which have no cache to attend to. Each
+takes the int8 KV cache as run-time inputs (but the first chunks) and returns, beside the logits, the chunk's
+int8 keys and values, which the caller writes into its cache (compiler/llm/library.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import relax
@@ -84,7 +87,9 @@ def _layer(bb, m: IntLlama, i: int, x, positions, shared, seq: int, cache, isa: 
     q8 = li.emit_rope(bb, q, rope, *ly.q_rope)
     k8 = li.emit_rope(bb, k, rope, *ly.k_rope, qmin=-127)
     k8 = bb.emit(R.permute_dims(k8, [0, 2, 1]))  # the chunk's keys, transposed as the cache keeps them
-    if seq == 1 and decode_attention.supported(tensor_info(cache[0])[1][3]):  # the cache read in place
+    if cache is None:  # the first chunk: nothing cached to attend to
+        o = li.emit_gqa_attention_cached(bb, q8, (k8,), v, positions, ly.attn, allowed)
+    elif seq == 1 and decode_attention.supported(tensor_info(cache[0])[1][3]):  # the cache read in place
         o = li.emit_gqa_attention_decode(bb, q8, cache, i, k8, v, positions, ly.attn, allowed)
     else:
         old_k, old_v = (_layer_of(bb, c, i) for c in cache)
@@ -105,13 +110,15 @@ def _layer_of(bb, cache, i: int):
 
 
 def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: str = "generic",
-                      last: bool = False) -> None:
+                      last: bool = False, cached: bool = True) -> None:
     """`name(ids int32 (seq,), positions int32 (seq,), keys int8 (layers, kv_heads, d, context), values int8
     (layers, kv_heads, context, d)) -> (logits int32 (seq, vocab), new_keys int8 (layers, kv_heads, d, seq),
     new_values int8 (layers, kv_heads, seq, d))`. The keys are kept transposed: the scores' matmul reads the
     cache as it is, where a transpose of every layer's cache per step took a third of a decode step.
     With `last`, a third input `last` int32 (1,) (0 <= last < seq) picks the one row whose logits are made:
-    logits (1, vocab).
+    logits (1, vocab). Without `cached`, no cache inputs: the chunk at positions 0.. of a prompt, which has
+    nothing before it, attends to itself alone (a third of the keys of a 128-token chunk against a context of
+    256, and no copy of the cache).
 
     The chunk at `positions` (ascending, run time) attends to the cache entries before positions[0] and to
     itself under the causal mask; the caller writes new_keys/new_values into its cache at `positions`. The
@@ -123,14 +130,15 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: s
     positions = relax.Var("positions", tensor_type((seq,), "int32"))
     cache = (relax.Var("keys", tensor_type(keys_shape, "int8")), relax.Var("values", tensor_type(values_shape, "int8")))
     row = relax.Var("last", tensor_type((1,), "int32")) if last else None
-    with bb.function(name, [ids, positions, *([row] if last else []), *cache]):
+    with bb.function(name, [ids, positions, *([row] if last else []), *(cache if cached else [])]):
         with bb.dataflow():
             x = _embed(bb, m, ids)
             # the rotation's factors and the causal mask depend on the positions only: made once for every layer
-            shared = (li.emit_rope_factors(bb, positions, m.rope_tables), li.emit_cached_mask(bb, positions, context))
+            shared = (li.emit_rope_factors(bb, positions, m.rope_tables),
+                      li.emit_cached_mask(bb, positions, context if cached else 0))
             keys, values = [], []
             for i in range(s.layers):
-                x, k8, v = _layer(bb, m, i, x, positions, shared, seq, cache, isa)
+                x, k8, v = _layer(bb, m, i, x, positions, shared, seq, cache if cached else None, isa)
                 keys.append(bb.emit(R.expand_dims(k8, axis=[0])))
                 values.append(bb.emit(R.expand_dims(v, axis=[0])))
             if last:  # the final norm and the head on the chosen row only
@@ -142,13 +150,30 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: s
         bb.emit_func_output(out)
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one entry point runs (add_step_function): a prompt chunk or one token, every row's logits or one
+    row's, against the cache or (the chunk at position 0) without one."""
+
+    chunk: bool
+    last: bool = False
+    cached: bool = True
+
+
+STEPS = {  # entry point -> its step; the library (compiler/llm/library.py) picks among them by name
+    "prefill": Step(chunk=True),  # perplexity's chunks after the first
+    "decode": Step(chunk=False),
+    "prefill_last": Step(chunk=True, last=True),  # generate's prompt chunks after the first
+    "prefill_first": Step(chunk=True, cached=False),  # a document's first chunk
+    "prefill_first_last": Step(chunk=True, last=True, cached=False),  # a prompt's first chunk
+}
+
+
 def decoder_module(m: IntLlama, chunk: int, context: int, isa: str = "generic"):
-    """The library's integer functions: `prefill` and `prefill_last` (a chunk of `chunk` tokens: every row's
-    logits, or one row's) and `decode` (one token), all against an int8 cache of `context` positions
-    (add_step_function); block-4 weights on ``isa``'s kernel (schedules/block4_gemm.select_isa of the target;
-    "generic" runs anywhere)."""
+    """The library's integer functions, one per STEPS entry: chunks of `chunk` tokens or one token, against an
+    int8 cache of `context` positions (add_step_function); block-4 weights on ``isa``'s kernel
+    (schedules/block4_gemm.select_isa of the target; "generic" runs anywhere)."""
     bb = relax.BlockBuilder()
-    add_step_function(bb, m, "prefill", chunk, context, isa)
-    add_step_function(bb, m, "prefill_last", chunk, context, isa, last=True)
-    add_step_function(bb, m, "decode", 1, context, isa)
+    for name, step in STEPS.items():
+        add_step_function(bb, m, name, chunk if step.chunk else 1, context, isa, step.last, step.cached)
     return bb.get()

@@ -3,8 +3,8 @@ integer Relax module, ready for the module stages of compiler/pipeline.py (sched
 
 Steps: load (transformers, fp32) and check the architecture; calibrate on text (real prefill and decode steps
 of the fp32 reference, compiler/llm/calibrate.py); the integer model (compiler/llm/integer.py, the NumPy twin);
-its Relax functions `prefill`, `prefill_last` and `decode` (compiler/frontend/llama.py); the op report of
-them all (every matmul int8, no float op) and the manifest entries, with the tokenizer's files in the manifest.
+its Relax functions, one per entry point (compiler/frontend/llama.py STEPS); the op report of them all
+(every matmul int8, no float op) and the manifest entries, with the tokenizer's files in the manifest.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ LLAMA_FAMILY = ("llama", "qwen2", "mistral")  # same layer layout: RMSNorm, RoPE
 DEFAULT_CONTEXT = 256
 MAX_CHUNK = 128  # prefill chunk: the context, at most 128 tokens (longer prompts run in several chunks)
 CALIBRATION_MAX_LEN = 128  # tokens per calibration document (at most the context)
-ENTRIES = ("prefill", "decode", "prefill_last")  # name -> the chunk, one token, the chunk with one row's logits
 
 
 def is_llm(path: str) -> bool:
@@ -115,21 +114,24 @@ def calibration_documents(tokenizer, text_path: str, max_len: int) -> list[np.nd
     return docs
 
 
-def _tensor_specs(spec: LlmSpec, seq: int, last: bool) -> tuple[tuple, tuple]:
+def _tensor_specs(spec: LlmSpec, seq: int, step) -> tuple[tuple, tuple]:
+    """Inputs and outputs of one entry point (step: a compiler.frontend.llama.Step)."""
+    last = step.last
     cache_out = (spec.layers, spec.kv_heads, seq, spec.head_dim)
     keys_out = (spec.layers, spec.kv_heads, spec.head_dim, seq)
+    cache = (TensorSpec("keys", spec.keys_shape(), "int8"), TensorSpec("values", spec.cache_shape(), "int8"))
     inputs = (TensorSpec("ids", (seq,), "int32"), TensorSpec("positions", (seq,), "int32"),
-              *([TensorSpec("last", (1,), "int32")] if last else []),
-              TensorSpec("keys", spec.keys_shape(), "int8"), TensorSpec("values", spec.cache_shape(), "int8"))
+              *([TensorSpec("last", (1,), "int32")] if last else []), *(cache if step.cached else ()))
     outputs = (TensorSpec("logits", (1 if last else seq, spec.vocab), "int32"),
                TensorSpec("new_keys", keys_out, "int8"), TensorSpec("new_values", cache_out, "int8"))
     return inputs, outputs
 
 
 def _report(mod, calibration: CalibrationInfo) -> CompileReport:
+    from compiler.frontend.llama import STEPS
     from compiler.passes.op_report import list_ops, summarize
 
-    graphs = {name: summarize(list_ops(mod, name), 0).summary() for name in ENTRIES}
+    graphs = {name: summarize(list_ops(mod, name), 0).summary() for name in STEPS}
     return CompileReport.of(GraphReport.merge(graphs), graphs=tuple(graphs.items()), calibration=calibration)
 
 
@@ -142,8 +144,8 @@ def _check_integer(report: CompileReport, options: CompileOptions, path: str) ->
 
 def llm_state(path: str, options: CompileOptions, target_spec, calibration_text: str,
               context: int = DEFAULT_CONTEXT) -> CompileState:
-    """The module stages' input: the integer step functions (ENTRIES), their report and entries."""
-    from compiler.frontend.llama import decoder_module
+    """The module stages' input: the integer step functions (STEPS), their report and entries."""
+    from compiler.frontend.llama import STEPS, decoder_module
     from compiler.llm.calibrate import calibrate
     from compiler.llm.integer import build_integer_llama
 
@@ -174,11 +176,11 @@ def llm_state(path: str, options: CompileOptions, target_spec, calibration_text:
                    tok.eos_token_id, str(model.config.model_type), files)
     sha = model_sha256(path)
     entries = []
-    for name in ENTRIES:
-        seq, last = (1, False) if name == "decode" else (chunk, name == "prefill_last")
-        ins, outs = _tensor_specs(spec, seq, last)
+    for name, step in STEPS.items():
+        seq = chunk if step.chunk else 1
+        ins, outs = _tensor_specs(spec, seq, step)
         bounds = (IndexBound("ids", 0, s.vocab - 1), IndexBound("positions", 0, context + chunk - 1),
-                  *([IndexBound("last", 0, seq - 1)] if last else []))
+                  *([IndexBound("last", 0, seq - 1)] if step.last else []))
         entries.append(EntrySpec(name, ins, outs, (IOQuant("logits", spec.logit_scale, 0),), bounds, sha))
     return CompileState(model_path=path, options=options, target_spec=target_spec, model_sha256=sha,
                         inputs=entries[0].inputs, outputs=entries[0].outputs, relax_mod=mod, report=report,

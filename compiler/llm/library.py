@@ -1,6 +1,7 @@
 """A compiled decoder-only LM library at run time: the int8 KV cache held here (host memory) and passed to the
-library's `prefill`, `prefill_last` and `decode` entry points as state, chunked prefill of any prompt up to the
-context, the logits' scale, the tokenizer the library carries; and on top, the perplexity protocol and token generation.
+library's entry points (`prefill`, `decode` and the variants of compiler/frontend/llama.py STEPS) as state,
+chunked prefill of any prompt up to the context, the logits' scale, the tokenizer the library carries; and on
+top, the perplexity protocol and token generation.
 
 Only the TVM runtime, NumPy and transformers' tokenizer are needed (no compiler imports beyond the runtime's and,
 for a device over RPC, compiler/device.py's)."""
@@ -34,21 +35,17 @@ class LlmLibrary:
                                  "compile a .gguf file or a LLaMA-family folder with `intformer compile`")
         self.path = path
         self.spec = LlmSpec.from_json(first.manifest.llm)
-        # libraries from before prefill_last run the full prefill where it would serve
-        names = {e.name for e in first.manifest.entries}
+        # entry points by name (compiler/frontend/llama.py STEPS); libraries from before prefill_last and
+        # prefill_first run the full prefill where those would serve
+        names = [e.name for e in first.manifest.entries]
         if remote is None:  # one loaded module, a VM per entry point
             share = {"module": first.module, "manifest": first.manifest}
-            self.prefill = CompiledModel(path, first.device, entry="prefill", **share)
-            self.decode = CompiledModel(path, first.device, entry="decode", **share)
-            self.prefill_last = (CompiledModel(path, first.device, entry="prefill_last", **share)
-                                 if "prefill_last" in names else None)
+            self.entries = {n: CompiledModel(path, first.device, entry=n, **share) for n in names}
         else:  # one session and upload, a RemoteModel per entry point
             from compiler.device import RemoteModel
 
-            self.prefill = first if first.entry == "prefill" else RemoteModel(path, remote, "prefill", share=first)
-            self.decode = RemoteModel(path, remote, "decode", share=first)
-            self.prefill_last = (RemoteModel(path, remote, "prefill_last", share=first)
-                                 if "prefill_last" in names else None)
+            self.entries = {n: first if first.entry == n else RemoteModel(path, remote, n, share=first) for n in names}
+        self.prefill, self.decode = self.entries["prefill"], self.entries["decode"]
         # keys transposed: (layers, kv heads, d, positions); values (layers, kv heads, positions, d)
         self.keys = self._cache("keys", self.spec.keys_shape())
         self.values = self._cache("values", self.spec.cache_shape())
@@ -67,7 +64,13 @@ class LlmLibrary:
         return view
 
     def _models(self) -> list:
-        return [m for m in (self.prefill, self.decode, self.prefill_last) if m is not None]
+        return list(self.entries.values())
+
+    def _chunk_model(self, at_start: bool, last_only: bool):
+        """The entry for a prompt chunk: at position 0 the one without a cache, one row's logits if asked."""
+        wanted = {(True, True): ("prefill_first_last", "prefill_last", "prefill_first"),
+                  (False, True): ("prefill_last",), (True, False): ("prefill_first",), (False, False): ()}
+        return next((self.entries[n] for n in wanted[at_start, last_only] if n in self.entries), self.prefill)
 
     @property
     def tokenizer(self):
@@ -83,14 +86,15 @@ class LlmLibrary:
 
     def _run(self, model, ids: np.ndarray, start: int, n: int) -> np.ndarray:
         """One call on a (padded) chunk whose first n tokens are real: their logits (of the n-th alone on
-        prefill_last); their keys and values go into the cache. Padding continues the positions, so no real
-        query sees it (positions past the context stay inside the compiled rotary table)."""
+        the entries with one row's logits); their keys and values go into the cache. Padding continues the
+        positions, so no real query sees it (positions past the context stay inside the compiled rotary
+        table)."""
         seq = model.inputs[0].shape[0]
         padded = np.zeros(seq, np.int32)
         padded[:n] = ids
         positions = np.arange(start, start + seq, dtype=np.int32)
         feed = {"ids": padded, "positions": positions, "keys": self.keys, "values": self.values}
-        one = model is self.prefill_last
+        one = model.outputs[0].shape[0] == 1 and seq > 1  # the logits of the last real token alone
         if one:
             feed["last"] = np.array([n - 1], np.int32)
         logits, new_k, new_v = model(feed)
@@ -100,8 +104,8 @@ class LlmLibrary:
 
     def forward(self, ids, start: int | None = None, last_only: bool = False) -> np.ndarray:
         """int32 logit codes of tokens `ids` at positions start.. (default: after the cached ones); one token runs
-        the decode entry, more run prefill chunks. last_only: the last token's logits alone, (1, vocab) (the
-        chunks run prefill_last, whose head makes one row)."""
+        the decode entry, more run prefill chunks (the first, at position 0, without reading the cache).
+        last_only: the last token's logits alone, (1, vocab) (the chunks' heads make one row)."""
         ids = np.asarray(ids, dtype=np.int32).reshape(-1)
         start = self.length if start is None else int(start)
         if not 0 <= start <= self.length:
@@ -117,9 +121,8 @@ class LlmLibrary:
             out = np.zeros((0, self.spec.vocab), np.int32)
         else:
             c = self.spec.chunk
-            model = self.prefill_last if last_only and self.prefill_last is not None else self.prefill
-            out = np.concatenate([self._run(model, ids[i:i + c], start + i, len(ids[i:i + c]))
-                                  for i in range(0, len(ids), c)])
+            out = np.concatenate([self._run(self._chunk_model(start + i == 0, last_only), ids[i:i + c], start + i,
+                                            len(ids[i:i + c])) for i in range(0, len(ids), c)])
         self.length = start + len(ids)
         return out[-1:] if last_only else out
 

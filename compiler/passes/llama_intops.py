@@ -160,11 +160,13 @@ def emit_cached_mask(bb, positions, cache_len: int):
     """bool (seq, cache_len + seq): cache entry j is visible to every query iff j < positions[0] (the cache
     holds the positions before the chunk); chunk entry i to the query at p iff positions[i] <= p."""
     seq = tensor_info(positions)[1][0]
+    new = bb.emit(R.less_equal(bb.emit(R.expand_dims(positions, axis=[0])), bb.emit(R.expand_dims(positions,
+                                                                                                   axis=[1]))))
+    if cache_len == 0:  # no cache: the causal mask of the chunk alone
+        return new
     start = bb.emit(R.strided_slice(positions, axes=[0], begin=[0], end=[1]))
     old = bb.emit(R.less(const(np.arange(cache_len)[None, :], "int32"), bb.emit(R.expand_dims(start, axis=[1]))))
     old = bb.emit(R.broadcast_to(old, (seq, cache_len)))
-    new = bb.emit(R.less_equal(bb.emit(R.expand_dims(positions, axis=[0])), bb.emit(R.expand_dims(positions,
-                                                                                                   axis=[1]))))
     return bb.emit(R.concat([old, new], axis=1))
 
 

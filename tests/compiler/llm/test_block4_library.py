@@ -54,4 +54,4 @@ def test_the_report_counts_block4_matmuls_as_int8(compiled):
     rep = compiled.report
     assert rep.float_ops == [] and rep.matmuls.int8 == rep.matmuls.total
     block4 = [o for o in rep.ops if o.op == "relax.matmul" and BLOCK4_WEIGHT in o.inputs]
-    assert len(block4) == 3 * 2 * 7  # prefill, prefill_last and decode, 2 layers, 7 matrices each
+    assert len(block4) == 5 * 2 * 7  # the 5 entry points, 2 layers, 7 matrices each

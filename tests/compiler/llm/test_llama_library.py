@@ -1,4 +1,4 @@
-"""The tiny LLaMA compiled into one library (`prefill`, `prefill_last` and `decode` entries, the int8 KV cache
+"""The tiny LLaMA compiled into one library (the entries of compiler/frontend/llama.py STEPS, the int8 KV cache
 passed as state)
 equals the integer NumPy reference (compiler/llm/integer.py) bit for bit: a prefill, a second prefill chunk
 after cached tokens, then decode steps; logits codes and cache contents. Perplexity and generation through the
@@ -50,17 +50,21 @@ def test_prefill_chunks_then_decode_equal_the_reference(compiled, lib):
 
 
 def test_prefill_last_makes_the_last_rows_logits_and_the_same_cache(compiled, lib):
+    """The one-row entries against the every-row ones, at position 0 (the entries without a cache) and after
+    cached tokens; the every-row entries equal the reference (test above)."""
     from compiler.errors import IntformerError
 
     im = compiled[0].llm_model
     ids = _ids(lib)[:CONTEXT - 1]
-    for n in (2, 13, len(ids)):  # a short prompt, an odd length, nearly the whole chunk
-        full = lib.forward(ids[:n], 0)
-        keys, values = lib.keys[..., :n].copy(), lib.values[:, :, :n].copy()
-        lib.keys[:], lib.values[:] = 0, 0
-        last = lib.forward(ids[:n], 0, last_only=True)
+    # a short prompt, an odd length, nearly the whole chunk; then a chunk after 5 cached tokens
+    for start, n in ((0, 2), (0, 13), (0, len(ids)), (5, 13)):
+        lib.forward(ids[:start], 0)
+        full = lib.forward(ids[start:start + n], start)
+        keys, values = lib.keys[..., :start + n].copy(), lib.values[:, :, :start + n].copy()
+        lib.keys[..., start:], lib.values[:, :, start:] = 0, 0
+        last = lib.forward(ids[start:start + n], start, last_only=True)
         assert last.shape == (1, full.shape[1]) and np.array_equal(last, full[-1:])
-        assert np.array_equal(lib.keys[..., :n], keys) and np.array_equal(lib.values[:, :, :n], values)
+        assert np.array_equal(lib.keys[..., :start + n], keys) and np.array_equal(lib.values[:, :, :start + n], values)
     cache = im.new_cache(CONTEXT)  # a decode step after it reads that cache
     im.forward(ids[:-1], np.arange(len(ids) - 1, dtype=np.int32), cache)
     lib.forward(ids[:-1], 0, last_only=True)
@@ -69,7 +73,7 @@ def test_prefill_last_makes_the_last_rows_logits_and_the_same_cache(compiled, li
     feed = {"ids": np.zeros(CONTEXT, np.int32), "positions": np.arange(CONTEXT, dtype=np.int32),
             "last": np.array([CONTEXT], np.int32), "keys": lib.keys, "values": lib.values}
     with pytest.raises(IntformerError, match="'last' has values out of range"):
-        lib.prefill_last(feed)
+        lib.entries["prefill_last"](feed)
 
 
 def test_the_report_is_integer_only_and_the_manifest_carries_the_tokenizer(compiled):
@@ -79,7 +83,7 @@ def test_the_report_is_integer_only_and_the_manifest_carries_the_tokenizer(compi
     on_disk = json.loads((d / "report.json").read_text())
     assert on_disk["float_ops"] == []
     m = res.manifest
-    assert [e.name for e in m.entries] == ["prefill", "decode", "prefill_last"]
+    assert [e.name for e in m.entries] == ["prefill", "decode", "prefill_last", "prefill_first", "prefill_first_last"]
     assert m.entry_spec("decode").inputs[0].shape == (1,)
     assert m.llm["context"] == CONTEXT and "tokenizer.json" in m.llm["tokenizer"]
 
