@@ -14,12 +14,15 @@ from compiler.llm.perplexity import perplexity
 from tests.helpers.tiny_llama import compile_tiny, sentences
 
 CONTEXT = 40
+CHUNK = 16  # prompts longer than a chunk run in several: the first without a cache, the others with it
 
 
 @pytest.fixture(scope="module")
 def compiled(tiny_llama_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_llama_lib")
-    res = compile_tiny(tiny_llama_dir, d, CONTEXT, seed=21, report_path=str(d / "report.json"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("compiler.llm.build.MAX_CHUNK", CHUNK)
+        res = compile_tiny(tiny_llama_dir, d, CONTEXT, seed=21, report_path=str(d / "report.json"))
     return res, d
 
 
@@ -38,15 +41,20 @@ def test_prefill_chunks_then_decode_equal_the_reference(compiled, lib):
     im = compiled[0].llm_model
     ids = _ids(lib)
     cache = im.new_cache(CONTEXT)
-    steps = [(0, 10), (10, 19)] + [(t, t + 1) for t in range(19, 25)]  # prefill, prefill after the cache, decode
+    assert lib.spec.chunk == CHUNK
+    # a first chunk, two chunks after the cache (19 tokens), decode steps
+    steps = [(0, 10), (10, 29)] + [(t, t + 1) for t in range(29, 35)]
     for a, b in steps:
         got = lib.forward(ids[a:b])
         want = im.forward(ids[a:b], np.arange(a, b, dtype=np.int32), cache)
         assert got.dtype == np.int32 and got.shape == want.shape
         assert np.array_equal(got, want), (a, b, int(np.abs(got.astype(np.int64) - want).max()))
-    assert np.array_equal(lib.keys[..., :25], cache.keys[:, :, :25].transpose(0, 1, 3, 2))  # kept transposed
-    assert np.array_equal(lib.values[:, :, :25], cache.values[:, :, :25])
-    assert lib.length == 25
+    assert np.array_equal(lib.keys[..., :35], cache.keys[:, :, :35].transpose(0, 1, 3, 2))  # kept transposed
+    assert np.array_equal(lib.values[:, :, :35], cache.values[:, :, :35])
+    assert lib.length == 35
+    lib.reset()  # a 20-token prompt from position 0: the first chunk without the cache, the rest with it
+    want = im.forward(ids[:20], np.arange(20, dtype=np.int32), im.new_cache(CONTEXT))
+    assert np.array_equal(lib.forward(ids[:20]), want)
 
 
 def test_prefill_last_makes_the_last_rows_logits_and_the_same_cache(compiled, lib):
@@ -56,8 +64,8 @@ def test_prefill_last_makes_the_last_rows_logits_and_the_same_cache(compiled, li
 
     im = compiled[0].llm_model
     ids = _ids(lib)[:CONTEXT - 1]
-    # a short prompt, an odd length, nearly the whole chunk; then a chunk after 5 cached tokens
-    for start, n in ((0, 2), (0, 13), (0, len(ids)), (5, 13)):
+    # a short prompt, an odd length, a whole chunk, several chunks; then chunks after 5 cached tokens
+    for start, n in ((0, 2), (0, 13), (0, CHUNK), (0, len(ids)), (5, 13), (5, 30)):
         lib.forward(ids[:start], 0)
         full = lib.forward(ids[start:start + n], start)
         keys, values = lib.keys[..., :start + n].copy(), lib.values[:, :, :start + n].copy()
@@ -70,8 +78,8 @@ def test_prefill_last_makes_the_last_rows_logits_and_the_same_cache(compiled, li
     lib.forward(ids[:-1], 0, last_only=True)
     want = im.forward(ids[-1:], np.array([len(ids) - 1], np.int32), cache)
     assert np.array_equal(lib.forward(ids[-1:]), want)
-    feed = {"ids": np.zeros(CONTEXT, np.int32), "positions": np.arange(CONTEXT, dtype=np.int32),
-            "last": np.array([CONTEXT], np.int32), "keys": lib.keys, "values": lib.values}
+    feed = {"ids": np.zeros(CHUNK, np.int32), "positions": np.arange(CHUNK, dtype=np.int32),
+            "last": np.array([CHUNK], np.int32), "keys": lib.keys, "values": lib.values}
     with pytest.raises(IntformerError, match="'last' has values out of range"):
         lib.entries["prefill_last"](feed)
 
