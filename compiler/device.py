@@ -38,8 +38,9 @@ class RemoteModel(CompiledModel):
                                   f"uploading and loading {name}")
         else:
             self.session, module = share.session, share.module
-        self._remote(lambda: CompiledModel.__init__(self, path, device=self.session.cpu(), module=module, entry=entry),
-                     "starting the VM")
+        manifest = share.manifest if share is not None else None  # parsed once, not fetched again per entry
+        self._remote(lambda: CompiledModel.__init__(self, path, device=self.session.cpu(), module=module, entry=entry,
+                                                    manifest=manifest), "starting the VM")
 
     def _remote(self, fn: Callable[[], T], what: str) -> T:
         return call_with_timeout(fn, self.spec.timeout, what, self.spec.where)

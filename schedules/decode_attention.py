@@ -17,10 +17,11 @@ Guarantees:
   in int32 (|sum| <= d * 2**14, exact).
 - ``pv_decode_primfunc(layers, kv, groups, context, d)``: ``(p int32 (kv, groups, context + 1), values, v_new
   int8 (kv, 1, d), layer int32 (1,)) -> int32 (kv, groups, d)``: ``sum_j p[j] * V[j]`` over the cache and the
-  new value, for probabilities 0 <= p < 2**15 whose row sums stay below 2**16 (the fine softmax's): each p as
-  its two bytes, ``256 * (hi . V) + (lo . V)``, two 8-bit x int8 products summed in int32 as the batch kernels
-  sum the two halves: |hi . V| <= 2**15 (the hi bytes sum below 2**8), |lo . V| < (context + 1) * 2**15, the
-  result below 2**23: int32 for any context below 2**16.
+  new value, for the fine softmax's probabilities (0 <= p <= 65535, a row summing to at most 65535 + keys / 2:
+  compiler/intmath/llama.py ATTN_FINE_MAX): each p as its two bytes, ``256 * (hi . V) + (lo . V)``, two
+  uint8 x int8 products summed in int32 as the batch kernels sum the two halves: |hi . V| <= (256 + keys /
+  512) * 128, |lo . V| <= keys * 255 * 128, the result at most (65535 + keys / 2) * 128: int32 for any
+  context below 2**16.
 - ``emit_qk_decode`` / ``emit_pv_decode`` add the kernels and return their calls; KERNEL_PREFIX names them
   (the op report counts QK as one int8 matmul and P.V as two).
 

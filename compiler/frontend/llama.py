@@ -142,7 +142,7 @@ def add_step_function(bb, m: IntLlama, name: str, seq: int, context: int, isa: s
                 keys.append(bb.emit(R.expand_dims(k8, axis=[0])))
                 values.append(bb.emit(R.expand_dims(v, axis=[0])))
             if last:  # the final norm and the head on the chosen row only
-                x = bb.emit(R.take(x, row, axis=0))
+                x = bb.emit(R.take(x, row, axis=0, mode="clip"))  # checked by the runtime too (IndexBound)
             xf, kx = _norm_rows(bb, x, m.final_norm, False)
             logits = _linear(bb, xf, m.head, kx, INT32_MIN, INT32_MAX, "int32")
             out = bb.emit_output(relax.Tuple([logits, bb.emit(R.concat(keys, axis=0)),

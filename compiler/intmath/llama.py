@@ -21,6 +21,7 @@ from compiler.intmath.fixed_point import quantize_multiplier, quantize_multiplie
 # ---- RMSNorm ---------------------------------------------------------------------------------------------
 RMS_FRAC_BITS = 16  # x / rms in at least Q16 (|u| <= sqrt(H) * 2**16: u * m0 fits int64 for H < 2**16)
 RMS_SQUARE_BITS = 25  # |x| is shifted below 2**25 before squaring: mean squares < 2**50, inside isqrt's range
+RMS_EPS_BITS = 52  # eps in the shifted squares' units below 2**52: mean square + eps < 2**54, isqrt's range
 RMS_RECIP_BITS = 30  # per-row reciprocal of rms: one division per row, a multiply and a shift per element
 RMS_MAX_SHIFT = 40
 RMSNORM_MAX_ERROR_STEPS = 1.0  # bound (tested): output codes within 1 step of round(float / out_scale)
@@ -51,7 +52,10 @@ def rmsnorm_constants(scale: float, bound: int, eps: float, gamma: np.ndarray, o
     """Compile-time constants of irmsnorm: input codes of `scale` (zero point 0) with |x| <= bound, the weight
     gamma (per channel, any sign; a smoothing factor may be folded in), int output of out_scale / out_zp."""
     k = rmsnorm_shift(bound)
-    eps_int = max(int(round(eps / (scale * scale) / 4.0 ** k)), 0)
+    e0 = max(eps, 0.0) / (scale * scale)  # eps in squared input units
+    while k < 0 and e0 / 4.0 ** k >= 2.0 ** RMS_EPS_BITS:  # a left shift only appends zero bits: take fewer
+        k += 1  # where eps in the shifted units would leave isqrt's range
+    eps_int = min(int(round(e0 / 4.0 ** k)), 1 << RMS_EPS_BITS)
     g = np.asarray(gamma, dtype=np.float64)
     frac = rmsnorm_frac_bits(bound >> k if k >= 0 else bound << -k, eps_int, max(g.size, 1))
     m0, sh = quantize_multipliers(np.abs(g) / (out_scale * 2.0 ** frac))
@@ -81,7 +85,9 @@ def irmsnorm(x: np.ndarray, c: RMSNormConstants, qmin: int = -128, qmax: int = 1
     int64, rms = isqrt(n) (exact floor), the normalized value in Q(c.frac) through one reciprocal per row
     2**(30 + e) // rms (rms < 2**e), then gamma / out_scale per channel as a fixed-point multiply, rounded half up.
     Bound (tested): within RMSNORM_MAX_ERROR_STEPS output steps of round(float RMSNorm / out_scale) + zp, for
-    unclipped outputs and rms of at least 2**6 input units after the shift (rms below that is eps territory).
+    unclipped outputs and rms (eps included) of at least 2**6 input units after the shift. Below that the
+    shift has rounded the row's values to a few units: a row of |x| < 2**shift reads as zeros (for the
+    decoder's int32 residual stream, shift 6: rows below 64 codes, which its scale never makes).
     """
     y = x.astype(np.int64)
     k = c.shift

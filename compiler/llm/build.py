@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from compiler.calibrate.table import CalibrationInfo
 from compiler.config import CompileOptions, TensorSpec
 from compiler.errors import IntformerError
 from compiler.llm.spec import LlmSpec, pack_tokenizer
+
+if TYPE_CHECKING:
+    from compiler.frontend.llama import Step
 from compiler.progress import status
 from compiler.report import CompileReport, GraphReport
 from compiler.state import CompileState, LlmParts
@@ -114,7 +118,7 @@ def calibration_documents(tokenizer, text_path: str, max_len: int) -> list[np.nd
     return docs
 
 
-def _tensor_specs(spec: LlmSpec, seq: int, step) -> tuple[tuple, tuple]:
+def _tensor_specs(spec: LlmSpec, seq: int, step: Step) -> tuple[tuple, tuple]:
     """Inputs and outputs of one entry point (step: a compiler.frontend.llama.Step)."""
     last = step.last
     cache_out = (spec.layers, spec.kv_heads, seq, spec.head_dim)
@@ -179,7 +183,8 @@ def llm_state(path: str, options: CompileOptions, target_spec, calibration_text:
     for name, step in STEPS.items():
         seq = chunk if step.chunk else 1
         ins, outs = _tensor_specs(spec, seq, step)
-        bounds = (IndexBound("ids", 0, s.vocab - 1), IndexBound("positions", 0, context + chunk - 1),
+        top = context + chunk - 1 if step.cached else seq - 1  # a first chunk sits at positions 0..seq-1
+        bounds = (IndexBound("ids", 0, s.vocab - 1), IndexBound("positions", 0, top),
                   *([IndexBound("last", 0, seq - 1)] if step.last else []))
         entries.append(EntrySpec(name, ins, outs, (IOQuant("logits", spec.logit_scale, 0),), bounds, sha))
     return CompileState(model_path=path, options=options, target_spec=target_spec, model_sha256=sha,

@@ -45,6 +45,10 @@ class LlmLibrary:
             from compiler.device import RemoteModel
 
             self.entries = {n: first if first.entry == n else RemoteModel(path, remote, n, share=first) for n in names}
+        missing = [n for n in ("prefill", "decode") if n not in self.entries]
+        if missing:
+            raise IntformerError(f"{path}: the library has no {' or '.join(missing)} entry point (it has {names}); "
+                                 "recompile it with `intformer compile`")
         self.prefill, self.decode = self.entries["prefill"], self.entries["decode"]
         # keys transposed: (layers, kv heads, d, positions); values (layers, kv heads, positions, d)
         self.keys = self._cache("keys", self.spec.keys_shape())
@@ -94,7 +98,7 @@ class LlmLibrary:
         padded[:n] = ids
         positions = np.arange(start, start + seq, dtype=np.int32)
         feed = {"ids": padded, "positions": positions, "keys": self.keys, "values": self.values}
-        one = model.outputs[0].shape[0] == 1 and seq > 1  # the logits of the last real token alone
+        one = any(i.name == "last" for i in model.inputs)  # the logits of the last real token alone
         if one:
             feed["last"] = np.array([n - 1], np.int32)
         logits, new_k, new_v = model(feed)

@@ -56,7 +56,7 @@ def list_ops(mod: tvm.IRModule, func_name: str = "main") -> list[OpRecord]:
             records.append(OpRecord("relax.matmul", (_dtype(expr.args[1][0]), BLOCK4_WEIGHT), _dtype(expr)))
             continue
         if _kernel_name(expr).startswith(ATTN_DECODE_KERNEL):  # schedules/decode_attention.py: Q.K int8 x int8;
-            # P.V the probabilities' two bytes (0..127 and 0..255) x the int8 values: two matmuls
+            # P.V the probabilities' two bytes (each 0..255) x the int8 values: two matmuls
             pv = _kernel_name(expr).startswith(ATTN_DECODE_KERNEL + "pv")
             records.extend([OpRecord("relax.matmul", ("uint8", "int8"), "int32")] * 2 if pv else
                            [OpRecord("relax.matmul", ("int8", "int8"), "int32")])

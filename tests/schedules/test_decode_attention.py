@@ -10,6 +10,7 @@ import pytest
 import tvm
 from tvm import relax
 
+from compiler.intmath.llama import ATTN_FINE_MAX
 from compiler.tvm_compat import build_tir, export_library, make_target, tensor_type
 from schedules.decode_attention import (
     LANES,
@@ -32,15 +33,15 @@ def _case(seed: int, layers: int, kv: int, groups: int, d: int, context: int):
     k_new = rng.integers(-128, 128, (kv, d, 1)).astype(np.int8)
     v_new = rng.integers(-128, 128, (kv, 1, d)).astype(np.int8)
     q[0], keys[:, 0, :, 1], values[:, 0, 1] = -128, -128, -128  # the extreme products
-    # probabilities: random rows summing to about 2**15, one row with all the weight on the new token, one at
-    # the cap on a cached position
-    p = rng.dirichlet(np.ones(context + 1), (kv, groups)) * 32767
-    p = np.floor(p).astype(np.int32)
+    # the fine softmax's probabilities (compiler/intmath/llama.py): rows summing to about 65535 + keys / 2, one
+    # with all the weight on the new token, one at the cap on a cached position (high bytes up to 255)
+    p = rng.dirichlet(np.ones(context + 1), (kv, groups)) * (ATTN_FINE_MAX + (context + 1) // 2)
+    p = np.minimum(np.floor(p), ATTN_FINE_MAX).astype(np.int32)
     p[0, 0] = 0
-    p[0, 0, context] = 32767
+    p[0, 0, context] = ATTN_FINE_MAX
     if groups > 1:
         p[-1, 1] = 0
-        p[-1, 1, 1] = 32767
+        p[-1, 1, 1] = ATTN_FINE_MAX
     return q, keys, values, k_new, v_new, p
 
 

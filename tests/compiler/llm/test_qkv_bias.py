@@ -49,6 +49,10 @@ def test_library_with_biases_equals_the_reference(tiny_qwen2_dir, tmp_path_facto
 
     res = compile_tiny(tiny_qwen2_dir, tmp_path_factory.mktemp("qwen2_lib"), CONTEXT, seed=21)
     lib, im = LlmLibrary(res.library), res.llm_model
+    # the decode step (context 32: attention on schedules/decode_attention.py) counts per layer 7 projections,
+    # Q.K and P.V's two halves as matmuls, all int8, and the head
+    decode = dict(res.report.graphs)["decode"]
+    assert decode.matmuls.total == decode.matmuls.int8 == 10 * im.shape.layers + 1
     ids = np.array(lib.tokenizer.encode("we see the big red tree over the river", add_special_tokens=False), np.int32)
     cache = im.new_cache(CONTEXT)
     for a, b in [(0, 9)] + [(t, t + 1) for t in range(9, 14)]:
