@@ -21,12 +21,12 @@ from compiler.calibrate.table import CalibrationInfo
 from compiler.config import CompileOptions, TensorSpec
 from compiler.errors import IntformerError
 from compiler.llm.spec import LlmSpec, pack_tokenizer
-
-if TYPE_CHECKING:
-    from compiler.frontend.llama import Step
 from compiler.progress import status
 from compiler.report import CompileReport, GraphReport
 from compiler.state import CompileState, LlmParts
+
+if TYPE_CHECKING:
+    from compiler.frontend.llama import Step
 
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")  # same layer layout: RMSNorm, RoPE, GQA, SiLU-gated FFN
 DEFAULT_CONTEXT = 256
