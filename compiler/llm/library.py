@@ -55,6 +55,7 @@ class LlmLibrary:
         self.values = self._cache("values", self.spec.cache_shape())
         self.length = 0  # positions written
         self._tok = None
+        self._small: dict = {}  # entry name -> {input: NumPy view of its device tensor} (None: upload each call)
 
     def _cache(self, name: str, shape: tuple) -> np.ndarray:
         """A zeroed int8 cache. On the local CPU it is the memory of one device tensor, given to both entry
@@ -69,6 +70,23 @@ class LlmLibrary:
 
     def _models(self) -> list:
         return list(self.entries.values())
+
+    def _small_inputs(self, model) -> dict | None:
+        """Views of device tensors for an entry's ids, positions and row index, written in place every call as
+        the cache is (on the local CPU; a fresh upload of two tiny arrays cost ~0.2 ms of a 4.5 ms decode
+        step, measured against the bare VM call). None for a remote device."""
+        if model.entry not in self._small:
+            views = {}
+            for spec in model.inputs:
+                if spec.name in ("ids", "positions", "last"):
+                    made = model.device_view(spec.shape, spec.dtype)
+                    if made is None:
+                        views = None
+                        break
+                    tensor, views[spec.name] = made
+                    model.alias_input(spec.name, views[spec.name], tensor)
+            self._small[model.entry] = views
+        return self._small[model.entry]
 
     def _chunk_model(self, at_start: bool, last_only: bool):
         """The entry for a prompt chunk: at position 0 the one without a cache, one row's logits if asked."""
@@ -94,14 +112,15 @@ class LlmLibrary:
         positions, so no real query sees it (positions past the context stay inside the compiled rotary
         table)."""
         seq = model.inputs[0].shape[0]
-        padded = np.zeros(seq, np.int32)
-        padded[:n] = ids
-        positions = np.arange(start, start + seq, dtype=np.int32)
-        feed = {"ids": padded, "positions": positions, "keys": self.keys, "values": self.values}
         one = any(i.name == "last" for i in model.inputs)  # the logits of the last real token alone
+        feed = self._small_inputs(model) or {"ids": np.zeros(seq, np.int32), "positions": np.zeros(seq, np.int32),
+                                             **({"last": np.zeros(1, np.int32)} if one else {})}
+        feed["ids"][:n] = ids
+        feed["ids"][n:] = 0
+        feed["positions"][:] = np.arange(start, start + seq, dtype=np.int32)
         if one:
-            feed["last"] = np.array([n - 1], np.int32)
-        logits, new_k, new_v = model(feed)
+            feed["last"][0] = n - 1
+        logits, new_k, new_v = model({**feed, "keys": self.keys, "values": self.values})
         self.keys[..., start:start + n] = new_k[..., :n]
         self.values[:, :, start:start + n] = new_v[:, :, :n]
         return np.array(logits if one else logits[:n])
