@@ -90,6 +90,7 @@ def _build_stages() -> Stages:
         Stage("apply_db", s.apply_db, SCHEDULED, SCHEDULED),     # kernels with a --db record -> tuned schedules
         Stage("default_schedule", s.default_schedule, SCHEDULED, SCHEDULED),  # the rest: the default schedule
         Stage("share_kernels", s.share_kernels, SCHEDULED, SCHEDULED),  # one kernel per class equal but for constants
+        Stage("share_buckets", s.share_buckets, SCHEDULED, SCHEDULED),  # ranged: one kernel per site over all lengths
         Stage("codegen", s.codegen, SCHEDULED, ARTIFACT),        # kernels + VM plan + int8 constants
     ]
 
@@ -164,7 +165,8 @@ def run_ranged_pipeline(model_path: str, options: CompileOptions, until: Optiona
             st = replace(st, table=top.table, table_sha256=top.table_sha256)
         done.append((b, _run(st, back, label=label)))
     linked = s.link_buckets(top, done)
-    stages = [*module[:1], Stage("dispatch", s.dispatch, SCHEDULED, SCHEDULED), *_build_stages()]
+    stages = [Stage("share_constants", s.share_constants, INTEGER, INTEGER), *module[:1],
+              Stage("dispatch", s.dispatch, SCHEDULED, SCHEDULED), *_build_stages()]
     return _run(linked, stages, until=until)
 
 

@@ -348,6 +348,16 @@ def share_kernels(st: CompileState) -> CompileState:
     return replace(st, lowered_mod=_share(st.lowered_mod)[0])
 
 
+def share_buckets(st: CompileState) -> CompileState:
+    """Ranged dims: the buckets' copies of a kernel -> one kernel over a symbolic length, where exact and as fast."""
+    from compiler import ranged
+    from compiler.passes.share_buckets import share_buckets as _share
+
+    buckets = [b.as_dict() for b in st.buckets]
+    mod, _ = _share(st.lowered_mod, buckets, [ranged.bucket_name(b) for b in buckets])
+    return replace(st, lowered_mod=mod)
+
+
 def codegen(st: CompileState) -> CompileState:
     """The scheduled module -> the executable: kernels, VM plan, int8 constants for the target."""
     from compiler.build import codegen as _codegen
@@ -366,6 +376,16 @@ def link_buckets(top: CompileState, done: list[tuple[dict[str, int], CompileStat
     report = replace(largest.report, buckets=tuple(ranged.bucket_name(b)[5:] for b, _ in done))
     return replace(largest, inputs=top.inputs, outputs=outputs, relax_mod=mod, lowered_mod=None, report=report,
                    buckets=tuple(ranged.Bucket.of(b) for b, _ in done))
+
+
+def share_constants(st: CompileState) -> CompileState:
+    """Ranged dims: a smaller bucket's length-dependent constants -> slices of the largest bucket's (stored once)."""
+    from compiler import ranged
+    from compiler.passes.share_bucket_constants import share_bucket_constants
+
+    buckets = [b.as_dict() for b in st.buckets]
+    mod, _ = share_bucket_constants(st.relax_mod, buckets, [ranged.bucket_name(b) for b in buckets])
+    return replace(st, relax_mod=mod)
 
 
 def dispatch(st: CompileState) -> CompileState:

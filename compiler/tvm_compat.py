@@ -181,6 +181,16 @@ def build_tir(func, target):
     return tvm.tirx.build(func, target)
 
 
+def parse_prim_func(text: str):
+    """TVMScript of one PrimFunc -> the PrimFunc (tvm.script.from_source; `tirx` was `tir` before 0.2x)."""
+    return tvm.script.from_source(text)
+
+
+def simplify_prim_func(func):
+    """`func` through TIR's arithmetic simplifier (tir.transform.Simplify before 0.2x), for comparing kernels."""
+    return tvm.tirx.transform.StmtSimplify()(IRModule({"f": func}))["f"]
+
+
 def llvm_triple(target) -> str:
     """The target's LLVM triple (``mtriple``, else the host's), e.g. "aarch64-linux-gnu"."""
     from tvm.target import codegen
@@ -252,7 +262,8 @@ __all__ = [
     "constant_value", "legalize", "fuse_ops", "fuse", "fuse_for", "compile_module", "export_library", "rpc_connect",
     "rpc_connect_tracker",
     "dead_code_elimination", "string_const", "Schedule", "TensorIntrin", "tir_script", "normalize_prim_func",
-    "build_tir", "llvm_triple", "llvm_cpu_has_features", "IRModule", "structural_equal", "structural_hash",
+    "build_tir", "parse_prim_func", "simplify_prim_func", "llvm_triple", "llvm_cpu_has_features", "IRModule",
+    "structural_equal", "structural_hash",
     "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",
     "PrimCall", "mutate_ir", "visit_ir", "walk_ir",
 ]

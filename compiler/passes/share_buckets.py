@@ -1,0 +1,272 @@
+"""Make the buckets' copies of a kernel one kernel over a symbolic length, shared by every bucket.
+
+A ranged library (compiler/ranged.py) holds one Relax function per length bucket, all built from the same graph,
+so call site k of every bucket function runs the same operation at another length: the same loops, with the
+bucket's size (and its multiples, quotients and the schedule's splits of it) written into the code. Compiled
+apart, every bucket carried its own copy of every kernel (about 0.25 MB each for MiniLM), which is what bounded
+the number of buckets under the size budget.
+
+Expects: a module after share_kernels (scheduled PrimFuncs called through ``call_tir``) whose bucket functions
+are named by `compiler.ranged.bucket_name`, with their sizes (`buckets`); their call sites line up one to one.
+Guarantees: at each call site, the kernels that buckets differing along one ranged dim call there, when their
+TVMScript is equal but for integer literals and variable names, become one kernel with an int64 parameter
+``n`` (placed after its inputs) in which each differing literal is an exact function ``(p*n + q) // d`` of
+the bucket's size along that dim; each call passes its bucket's size as a PrimValue. Kernels equal in every
+literal are merged without a parameter. A shared kernel is used only if, specialized at each member's size
+and simplified, it is structurally equal to that member simplified: each call computes what it did before.
+Kernels that differ in structure (a schedule that parallelizes only the longer buckets, say) stay apart, or
+form their own shared kernel with the buckets they match.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import tokenize
+from collections import defaultdict
+from fractions import Fraction
+
+import tvm
+from tvm import relax
+
+from compiler.tvm_compat import (
+    PrimFunc,
+    PyExprMutator,
+    SBlock,
+    dead_code_elimination,
+    expr_functor_mutator,
+    parse_prim_func,
+    simplify_prim_func,
+    structural_equal,
+    tirx,
+    walk_ir,
+)
+
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+_FIXED_LOOPS = (tirx.ForKind.VECTORIZED, tirx.ForKind.UNROLLED)
+_DIVISIONS = (tirx.Div, tirx.Mod, tirx.FloorDiv, tirx.FloorMod)
+_DESCRIPTIVE_ATTRS = ("intformer.kernel",)  # names the kernel's static shape (read by tuning, before this pass)
+_DTYPE_NAME = re.compile(r"u?int\d+|float\d+|bfloat\d+")
+
+
+def _script(func: PrimFunc) -> str:
+    for attr in _DESCRIPTIVE_ATTRS:
+        if func.attrs is not None and attr in func.attrs:
+            func = func.without_attr(attr)
+    return re.sub(r"def \w+\(", "def kernel(", func.script(), count=1)
+
+
+class _Tokens:
+    """A kernel's TVMScript split into tokens: the integer literals (with whether they are written as
+    ``T.int64(k)``), and a key that is equal for two kernels equal but for those literals and variable names."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+        self.ints: list[tuple[int, int, bool]] = []  # (token index, value, written as T.int64(value))
+        names: dict[str, str] = {}
+        key = []
+        for i, t in enumerate(self.toks):
+            if t.type == tokenize.NUMBER and t.string.isdigit():
+                wide = i >= 4 and [x.string for x in self.toks[i - 4:i]] == ["T", ".", "int64", "("]
+                self.ints.append((i, int(t.string), wide))
+                key.append("#")
+            elif t.type == tokenize.NAME and any(c.isdigit() for c in t.string) and not _DTYPE_NAME.fullmatch(
+                    t.string):
+                key.append(names.setdefault(t.string, f"v{len(names)}"))
+            else:
+                key.append(t.string)
+        self.key = "\x00".join(key)
+
+    def offset(self, pos: tuple[int, int]) -> int:
+        lines = self.text.splitlines(keepends=True)
+        return sum(len(line) for line in lines[: pos[0] - 1]) + pos[1]
+
+
+def _fit(points: list[tuple[int, int]]) -> tuple[int, int, int] | None:
+    """(p, q, d) with value == (p*size + q) // d exactly at every (size, value), or None."""
+    (s1, v1), (s2, v2) = points[0], points[1]
+    slope = Fraction(v2 - v1, s2 - s1)
+    offset = v1 - slope * s1
+    d = slope.denominator * offset.denominator // math.gcd(slope.denominator, offset.denominator)
+    p, q = int(slope * d), int(offset * d)
+    if d <= 0 or any((p * s + q) % d or (p * s + q) // d != v for s, v in points):
+        return None
+    return p, q, d
+
+
+def _expr(p: int, q: int, d: int, wide: bool) -> str:
+    n = "n" if wide else 'T.Cast("int32", n)'
+    text = n if p == 1 else f"{n} * {p}"
+    if q:
+        text = f"{text} + {q}" if q > 0 else f"{text} - {-q}"
+    return f"(({text}) // {d})" if d != 1 else f"({text})"
+
+
+def _symbolic(members: dict[int, PrimFunc], n_inputs: int) -> PrimFunc | None:
+    """One kernel over `n` for {size: kernel} (same key), or None when no exact one exists."""
+    sizes = sorted(members)
+    toks = {s: _Tokens(_script(members[s])) for s in sizes}
+    first = toks[sizes[0]]
+    edits = []
+    for k, (i, _, wide) in enumerate(first.ints):
+        values = [toks[s].ints[k][1] for s in sizes]
+        if len(set(values)) == 1:
+            continue
+        fitted = _fit(list(zip(sizes, values)))
+        if fitted is None:
+            return None
+        start, end = (first.toks[i - 4].start, first.toks[i + 1].end) if wide else (first.toks[i].start,
+                                                                                     first.toks[i].end)
+        edits.append((first.offset(start), first.offset(end), _expr(*fitted, wide)))
+    text = first.text
+    for a, b, new in sorted(edits, reverse=True):
+        text = text[:a] + new + text[b:]
+    text = text.replace("def kernel(", "def kernel(n: T.int64, ", 1)
+    try:
+        func = parse_prim_func(text)
+    except Exception:  # noqa: BLE001  (a kernel TVMScript does not read back: leave it per bucket)
+        return None
+    n_var, *rest = func.params
+    func = PrimFunc([*rest[:n_inputs], n_var, *rest[n_inputs:]], func.body, func.ret_type, func.attrs)
+    if _slower(func, n_var):
+        return None
+    for s in sizes:
+        special = func.specialize({n_var: tirx.IntImm("int64", s)})
+        original = members[s]
+        for attr in _DESCRIPTIVE_ATTRS:
+            if original.attrs is not None and attr in original.attrs:
+                original = original.without_attr(attr)
+        if not structural_equal(simplify_prim_func(special), simplify_prim_func(original)):
+            return None
+    return func
+
+
+def _uses(expr, var) -> bool:
+    found = []
+    walk_ir(expr, lambda node: found.append(True) if isinstance(node, tirx.Var) and node.same_as(var) else None)
+    return bool(found)
+
+
+def _slower(func: PrimFunc, n) -> bool:
+    """Whether a symbolic `n` cannot be, or would cost the kernel speed: a vectorized or unrolled loop of `n`
+    iterations (the target has no scalable vectors), a division or remainder by a value of `n` (no longer a
+    multiply and shift: the bucket's reshapes and slices index with them per element), or a scratch buffer sized
+    by `n` (the static kernel's buffers shrink to what one task touches; these become allocations per call)."""
+    slow = []
+
+    def visit(node):
+        if isinstance(node, _DIVISIONS) and _uses(node.b, n):
+            slow.append(node)
+        elif isinstance(node, tirx.For) and node.kind in _FIXED_LOOPS and _uses(node.extent, n):
+            slow.append(node)
+        elif isinstance(node, SBlock) and any(_uses(dim, n) for b in node.alloc_buffers for dim in b.ty.shape):
+            slow.append(node)
+
+    walk_ir(func.body, visit)
+    return bool(slow)
+
+
+def _sites(mod, name: str) -> list:
+    calls = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op.same_as(_CALL_TIR):
+            calls.append(e)
+
+    relax.analysis.post_order_visit(mod[name], visit)
+    return calls
+
+
+@expr_functor_mutator
+class _CallSymbolic(PyExprMutator):
+    """Call site k of a bucket function -> the shared kernel planned for it, with the bucket's size."""
+
+    def __init__(self, mod, plan: dict):
+        super().__init__(mod)
+        self.plan = plan  # (function name, call's kernel name, n-th call of it) -> (GlobalVar, size or None)
+        self.function = ""
+        self.seen: dict = defaultdict(int)
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if not call.op.same_as(_CALL_TIR):
+            return call
+        key = (self.function, call.args[0].name_hint)
+        index = self.seen[key]
+        self.seen[key] += 1
+        target = self.plan.get((*key, index))
+        if target is None:
+            return call
+        gv, size = target
+        fields = list(call.args[1].fields)
+        if size is not None:
+            fields.append(relax.prim_value(tirx.IntImm("int64", size)))
+        return relax.Call(call.op, [gv, relax.Tuple(fields), *call.args[2:]], call.attrs, call.ty_args)
+
+
+def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
+    """The module with the buckets' kernels shared (see the module docstring); returns (module, kernels
+    removed). `names[i]` is the function of `buckets[i]`."""
+    if len(buckets) < 2:
+        return mod, 0
+    varying = [v for v in buckets[0] if len({b[v] for b in buckets}) > 1]
+    dim = max(varying, key=lambda v: len({b[v] for b in buckets}))
+    sites = {name: _sites(mod, name) for name in names}
+    if len({len(c) for c in sites.values()}) != 1:
+        return mod, 0  # the bucket functions do not line up (never seen): keep every bucket's kernels
+    bb = relax.BlockBuilder(mod)
+    made: dict = {}  # members (as names) -> (GlobalVar, has n)
+    plan: dict = {}
+    counters = {name: defaultdict(int) for name in names}
+    for k in range(len(sites[names[0]])):
+        groups: dict = defaultdict(dict)  # (other dims' sizes, key) -> {size: (name, call)}
+        for b, name in zip(buckets, names):
+            call = sites[name][k]
+            gv = call.args[0]
+            occurrence = counters[name][gv.name_hint]
+            counters[name][gv.name_hint] += 1
+            n_inputs = len(call.args[1].fields)
+            other = tuple((v, b[v]) for v in b if v != dim)
+            key = _Tokens(_script(mod[gv])).key
+            groups[(other, n_inputs, key)][b[dim]] = (name, gv, occurrence)
+        for (_, n_inputs, _), members in groups.items():
+            if len(members) < 2:
+                continue
+            ident = tuple((s, gv.name_hint) for s, (_, gv, _) in sorted(members.items()))
+            if ident not in made:
+                made[ident] = _shared(bb, mod, members, n_inputs)
+            gv_new, sized = made[ident]
+            if gv_new is None:
+                continue
+            for s, (name, gv, occurrence) in members.items():
+                plan[(name, gv.name_hint, occurrence)] = (gv_new, s if sized else None)
+    if not plan:
+        return mod, 0
+    out = bb.get()
+    before = sum(1 for f in out.functions.values() if isinstance(f, PrimFunc))
+    mutator = _CallSymbolic(out, plan)
+    for name in names:
+        mutator.function = name
+        gv = out.get_global_var(name)
+        mutator.builder_.update_func(gv, mutator.visit_expr(out[gv]))
+    out = dead_code_elimination()(mutator.builder_.get())
+    after = sum(1 for f in out.functions.values() if isinstance(f, PrimFunc))
+    return out, before - after
+
+
+def _shared(bb, mod, members: dict, n_inputs: int):
+    """(GlobalVar of the kernel shared by `members` {size: (function, kernel, occurrence)}, whether it takes
+    n), or (None, False)."""
+    funcs = {s: mod[gv] for s, (_, gv, _) in members.items()}
+    first = funcs[min(funcs)]
+    if all(structural_equal(f, first) for f in funcs.values()):
+        return members[min(members)][1], False
+    func = _symbolic(funcs, n_inputs)
+    if func is None:
+        return None, False
+    return bb.add_func(func, f"{members[min(members)][1].name_hint}_n"), True
+
+
+__all__ = ["share_buckets"]

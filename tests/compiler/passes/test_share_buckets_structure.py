@@ -1,0 +1,146 @@
+"""share_buckets, Before/Expected: the buckets' copies of a kernel that differ only in their length become one
+kernel over `n` (after its inputs), called with each bucket's size; a copy whose symbolic form would divide by
+`n` stays per bucket; kernels equal in every literal are merged without `n`. Numerics: the built module gives
+each bucket's NumPy result."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import ir as I, relax as R
+
+from compiler.passes.share_buckets import share_buckets
+from compiler.tvm_compat import PrimFunc, parse_prim_func, structural_equal, tir_script as T
+
+
+@I.ir_module
+class Before:
+    @T.prim_func(private=True, s_tir=True)
+    def rows16(x: T.Buffer((T.int64(16), T.int64(8)), "int64"), y: T.Buffer((T.int64(16), T.int64(8)), "int64")):
+        for i in range(T.int64(16)):
+            for j in T.vectorized(T.int64(8)):
+                with T.sblock("y"):
+                    vi = T.axis.spatial(T.int64(16), i)
+                    vj = T.axis.spatial(T.int64(8), j)
+                    y[vi, vj] = x[vi, vj] * T.int64(3)
+
+    @T.prim_func(private=True, s_tir=True)
+    def rows32(x: T.Buffer((T.int64(32), T.int64(8)), "int64"), y: T.Buffer((T.int64(32), T.int64(8)), "int64")):
+        for i in range(T.int64(32)):
+            for j in T.vectorized(T.int64(8)):
+                with T.sblock("y"):
+                    vi = T.axis.spatial(T.int64(32), i)
+                    vj = T.axis.spatial(T.int64(8), j)
+                    y[vi, vj] = x[vi, vj] * T.int64(3)
+
+    @T.prim_func(private=True, s_tir=True)
+    def flat16(x: T.Buffer((T.int64(16), T.int64(8)), "int64"), y: T.Buffer((T.int64(16), T.int64(8)), "int64")):
+        for k in range(T.int64(128)):
+            with T.sblock("y"):
+                vi = T.axis.spatial(T.int64(16), k % T.int64(16))
+                vj = T.axis.spatial(T.int64(8), k // T.int64(16))
+                y[vi, vj] = x[vi, vj] + T.int64(1)
+
+    @T.prim_func(private=True, s_tir=True)
+    def flat32(x: T.Buffer((T.int64(32), T.int64(8)), "int64"), y: T.Buffer((T.int64(32), T.int64(8)), "int64")):
+        for k in range(T.int64(256)):
+            with T.sblock("y"):
+                vi = T.axis.spatial(T.int64(32), k % T.int64(32))
+                vj = T.axis.spatial(T.int64(8), k // T.int64(32))
+                y[vi, vj] = x[vi, vj] + T.int64(1)
+
+    @T.prim_func(private=True, s_tir=True)
+    def head_a(x: T.Buffer((T.int64(4),), "int64"), y: T.Buffer((T.int64(4),), "int64")):
+        for i in range(T.int64(4)):
+            with T.sblock("y"):
+                vi = T.axis.spatial(T.int64(4), i)
+                y[vi] = x[vi] * T.int64(2)
+
+    @T.prim_func(private=True, s_tir=True)
+    def head_b(x: T.Buffer((T.int64(4),), "int64"), y: T.Buffer((T.int64(4),), "int64")):
+        for i in range(T.int64(4)):
+            with T.sblock("y"):
+                vi = T.axis.spatial(T.int64(4), i)
+                y[vi] = x[vi] * T.int64(2)
+
+    @R.function
+    def main_16(x: R.Tensor((16, 8), "int64"), h: R.Tensor((4,), "int64")):
+        cls = Before
+        with R.dataflow():
+            a = R.call_tir(cls.rows16, (x,), out_ty=R.Tensor((16, 8), "int64"))
+            b = R.call_tir(cls.flat16, (a,), out_ty=R.Tensor((16, 8), "int64"))
+            c = R.call_tir(cls.head_a, (h,), out_ty=R.Tensor((4,), "int64"))
+            R.output(b, c)
+        return (b, c)
+
+    @R.function
+    def main_32(x: R.Tensor((32, 8), "int64"), h: R.Tensor((4,), "int64")):
+        cls = Before
+        with R.dataflow():
+            a = R.call_tir(cls.rows32, (x,), out_ty=R.Tensor((32, 8), "int64"))
+            b = R.call_tir(cls.flat32, (a,), out_ty=R.Tensor((32, 8), "int64"))
+            c = R.call_tir(cls.head_b, (h,), out_ty=R.Tensor((4,), "int64"))
+            R.output(b, c)
+        return (b, c)
+
+
+_ROWS_N = """
+# from tvm.script import tirx as T
+@T.prim_func(private=True, s_tir=True)
+def rows_n(n: T.int64, x: T.Buffer((n, T.int64(8)), "int64"), y: T.Buffer((n, T.int64(8)), "int64")):
+    for i in range(n):
+        for j in T.vectorized(T.int64(8)):
+            with T.sblock("y"):
+                vi = T.axis.spatial(n, i)
+                vj = T.axis.spatial(T.int64(8), j)
+                y[vi, vj] = x[vi, vj] * T.int64(3)
+"""
+
+
+def _calls(func) -> list:
+    calls = []
+    relax.analysis.post_order_visit(func, lambda e: calls.append(e) if isinstance(e, relax.Call) and hasattr(
+        e.args[0], "name_hint") and e.op.name == "relax.call_tir" else None)
+    return calls
+
+
+def _shared():
+    return share_buckets(Before, [{"seq": 16}, {"seq": 32}], ["main_16", "main_32"])
+
+
+def test_length_copies_become_one_kernel_over_n():
+    got, removed = _shared()
+    c16, c32 = _calls(got["main_16"]), _calls(got["main_32"])
+    assert c16[0].args[0].same_as(c32[0].args[0]) and c16[0].args[0].name_hint == "rows16_n"
+    assert [int(f.value) for f in c16[0].args[1].fields[1:]] == [16]
+    assert [int(f.value) for f in c32[0].args[1].fields[1:]] == [32]
+    rows_n = parse_prim_func(_ROWS_N)
+    n, x, y = rows_n.params
+    expected = PrimFunc([x, n, y], rows_n.body, rows_n.ret_type, rows_n.attrs)
+    assert structural_equal(got["rows16_n"].without_attr("global_symbol") if "global_symbol" in (
+        got["rows16_n"].attrs or {}) else got["rows16_n"], expected)
+    # a division by n (the flattened loop's remainder) would cost a multiply-and-shift per element: kept apart
+    assert c16[1].args[0].name_hint == "flat16" and c32[1].args[0].name_hint == "flat32"
+    # equal in every literal: one kernel, no n
+    assert c16[2].args[0].same_as(c32[2].args[0]) and len(c32[2].args[1].fields) == 1
+    names = {gv.name_hint for gv in got.get_global_vars()}
+    assert not names & {"rows16", "rows32", "head_b"} and removed == 3  # rows16, rows32 (for rows16_n), head_b
+
+
+def test_one_bucket_is_left_alone():
+    got, removed = share_buckets(Before, [{"seq": 16}], ["main_16"])
+    assert got.same_as(Before) and removed == 0
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_shared_kernels_give_each_buckets_result(size):
+    from compiler.build import codegen
+    from targets import resolve_target
+
+    got, _ = _shared()
+    vm = relax.VirtualMachine(codegen(got, resolve_target("host").tvm_target()), tvm.cpu())
+    x = np.arange(size * 8, dtype="int64").reshape(size, 8) - 50
+    h = np.array([1, -2, 3, 4], "int64")
+    b, c = vm[f"main_{size}"](tvm.runtime.tensor(x), tvm.runtime.tensor(h))
+    np.testing.assert_array_equal(b.numpy(), x * 3 + 1)
+    np.testing.assert_array_equal(c.numpy(), h * 2)
