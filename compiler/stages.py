@@ -286,7 +286,8 @@ def schedule(st: CompileState) -> CompileState:
 
     target = st.target_spec.tvm_target()
     mod = st.relax_mod
-    for p in (FuseGemmEpilogue(target), LowerIntMatmul(target)):
+    rows_free = len(st.buckets) > 1  # the buckets' kernels differ only in length: share_buckets makes them one
+    for p in (FuseGemmEpilogue(target, rows_free), LowerIntMatmul(target, rows_free)):
         mod = p(mod)
     return replace(st, lowered_mod=mod)
 

@@ -69,6 +69,8 @@ MAX_TILE_ROWS = 12
 PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
 L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (half a 2 MiB L2)
 MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
+ROWS_FREE_M = 8  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 8 rows,
+# which divides every default bucket's length
 LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
 
@@ -184,6 +186,16 @@ def select_batch_kernel(target) -> GemmKernel:
 
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
+
+
+def default_tile(kern: GemmKernel, m: int, n: int, rows_free: bool = False, batch: bool = False) -> tuple[int, int]:
+    """(mr, nr) of a kernel's register tile. ``rows_free`` (a library of several lengths): the same tile at every
+    length, the one for ``ROWS_FREE_M`` rows; a batch kernel's N may be the length too, so one column vector."""
+    if not rows_free:
+        return kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    if batch:
+        return kern.tile(1, ROWS_FREE_M)
+    return kern.tile(_round_up(n, kern.lanes) // kern.lanes, ROWS_FREE_M)
 
 
 def pack_weight(w_q: np.ndarray, lanes: int = 16, k_group: int = 4) -> np.ndarray:
@@ -311,12 +323,15 @@ def _gemm_compute_blocked(m: int, k: int, n: int, kern: GemmKernel, mr: int):
 
 
 def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None = None,
-                   m_split: bool | None = None):
+                   m_split: bool | None = None, rows_free: bool = False):
     """Tile out (batch..., i, j, r) into (mr x nr*lanes) register tiles, tensorize, parallelize; vectorize the
     operand-preparation stages. A blocked kernel (``rows`` > 1, smmla) accumulates each tile in a local ``acc``
     (registers) and unpacks it into out after the tile's k loop. ``func`` is a PrimFunc or a Schedule
     (MetaSchedule's, when tuning: schedules/tune.py chooses mr, nr and m_split); ``m_split`` None: chosen from
-    the weight size."""
+    the weight size. ``rows_free``: no loop order, parallel split or vector width that depends on the row count
+    M (nor, in a batch kernel, on N or K), so the kernels of different lengths differ only in loop extents
+    and shapes (compiler/passes/share_buckets.py makes them one): row tiles outside column tiles, the parallel
+    loop over (row tile, column tile), or over the batch in a batch kernel."""
     s = func if isinstance(func, Schedule) else Schedule(func)
     epilogue = _has_block(s, EPILOGUE_BLOCK)
     if epilogue and kern.rows > 1:
@@ -336,8 +351,8 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     # M tiles, and A is converted once, serially.
     if m_split is None:
         m_split = w_bytes <= L2_WEIGHT_BYTES and s.get(io).extent.value >= MIN_ROW_TILES
-    m_split = m_split and not batch
-    outer = (io, jo) if m_split else (jo, io)
+    m_split = m_split and not batch and not rows_free
+    outer = (io, jo) if m_split or rows_free else (jo, io)
     if kern.rows > 1:
         s.reorder(*outer, ro, iv, jv, ii, ji, ri)  # (ii, ji, ri) is the intrinsic's (rows, lanes, k_group) block
     elif kern.intrin is not None:
@@ -351,7 +366,10 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
         if kern.intrin is not None and kern.rows == 1:
             intrin = intrin or kern.intrin.local_name  # the dot product accumulating into a "local" C
     # Parallel (and compute_at) before tensorize: they need the reduction block still whole.
-    s.parallel(io if m_split else s.fuse(*batch, jo, io))
+    if rows_free:
+        s.parallel(s.fuse(*batch) if batch else s.fuse(io, jo))
+    else:
+        s.parallel(io if m_split else s.fuse(*batch, jo, io))
     if kern.intrin is None:
         s.vectorize(ji)  # like parallel: before decompose_reduction
     init = s.decompose_reduction(out, ro)
@@ -377,6 +395,13 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     s.vectorize(ji0)
     # M split: converted in parallel by rows, the same static split as the main loop, so each thread converts
     # the rows it reads. Otherwise serial: converting M*K bytes costs less than a second fork-join.
+    if batch and rows_free:  # parallel over the batch, the rows and columns of each kept apart (no divisor)
+        _schedule_per_batch(s, "a_in", 16)
+        if _has_block(s, "b_pack"):
+            _schedule_per_batch(s, "b_pack", kern.lanes)
+        if _has_block(s, "b_bias"):
+            _schedule_colsum(s, "b_bias", kern.lanes, per_batch=True)
+        return s.mod["main"]
     if kern.rows > 1:
         _schedule_row_blocks(s, "a_in", parallel=m_split)
     else:
@@ -421,13 +446,24 @@ def _schedule_elementwise(s, name: str, vec: int = 64, parallel: bool = True):
     s.vectorize(inner)
 
 
-def _schedule_colsum(s, name: str, lanes: int):
-    """bias[b, n] = init + sum_k x[b, k, n]: k outside a vector of n lanes."""
+def _schedule_per_batch(s, name: str, vec: int):
+    """A batch kernel's operand stage, parallel over the batch; the innermost loop in vectors of ``vec`` when
+    its extent is a multiple of it (else left to LLVM), the others as they are."""
+    loops = s.get_loops(s.get_sblock(name))
+    s.parallel(loops[0])
+    extent = s.get(loops[-1]).extent.value
+    if len(loops) > 1 and extent % vec == 0:
+        s.vectorize(s.split(loops[-1], [None, vec])[1] if extent > vec else loops[-1])
+
+
+def _schedule_colsum(s, name: str, lanes: int, per_batch: bool = False):
+    """bias[b, n] = init + sum_k x[b, k, n]: k outside a vector of n lanes (parallel over (b, n blocks), or over
+    b alone with ``per_batch``)."""
     blk = s.get_sblock(name)
     b, n, k = s.get_loops(blk)
     no, ni = s.split(n, [None, lanes])
     s.reorder(b, no, k, ni)
-    s.parallel(s.fuse(b, no))
+    s.parallel(b if per_batch else s.fuse(b, no))
     s.vectorize(ni)  # before decompose_reduction: vectorize needs the reduction block whole
     init = s.decompose_reduction(blk, k)
     s.vectorize(s.get_loops(init)[-1])
@@ -538,45 +574,47 @@ def _batch_kernel(kern: GemmKernel) -> GemmKernel:
 
 
 @lru_cache(maxsize=64)
-def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel):
+def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel, rows_free: bool = False):
     """The scheduled PrimFunc (a int8 (bt, m, k), b int8 (bt, k, n)) -> out int32 (bt, Mp, Np), (Mp, Np) from
     ``batch_out_shape``."""
     if kern.tiles:
         return amx_gemm.amx_batch_primfunc(bt, m, k, n).with_attrs(
             {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, FIXED_ATTR: AMX_FIXED})
     kern = _batch_kernel(kern)
-    mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    mr, nr = default_tile(kern, m, n, rows_free, batch=True)
     intrin = kern.intrin.word_name if kern.intrin is not None else None
-    func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin)
+    func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin, rows_free=rows_free)
     return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True,
                             KERNEL_ATTR: f"bmm {bt} {m} {k} {n}"})
 
 
-def gemm_compute(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | None = None):
+def gemm_compute(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | None = None,
+                 rows_free: bool = False):
     """The unscheduled GEMM (M padded to the default row tile), with ``epilogue`` fused if given."""
-    mr, _ = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    mr, _ = default_tile(kern, m, n, rows_free)
     core = _gemm_compute(m, k, n, kern, mr)
     return core if epilogue is None else with_epilogue(core, epilogue, m, n)
 
 
 @lru_cache(maxsize=64)
 def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | None = None,
-                  tile: tuple | None = None):
+                  tile: tuple | None = None, rows_free: bool = False):
     """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np); with an
     epilogue, (…, its constants) -> y (m, n) of the epilogue's type. ``tile``: (mr, nr, m_split) chosen by
     tuning (schedules/tune.py), else the default. A tile-unit kernel (AMX) is fixed: built by amx_gemm, no
-    ``KERNEL_ATTR`` (tuning leaves it alone)."""
+    ``KERNEL_ATTR`` (tuning leaves it alone). ``rows_free``: see ``_schedule_gemm``."""
     if kern.tiles:
         func = amx_gemm.amx_primfunc(m, k, n, epilogue)
         attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, FIXED_ATTR: AMX_FIXED}
         if epilogue is not None:
             attrs[EPILOGUE_ATTR] = epilogue.to_json()
         return func.with_attrs(attrs)
-    mr, nr = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    mr, nr = default_tile(kern, m, n, rows_free)
     m_split = None
     if tile is not None:
         mr, nr, m_split = tile
-    func = _schedule_gemm(gemm_compute(m, k, n, kern, epilogue), kern, mr, nr, m_split=m_split)
+    func = _schedule_gemm(gemm_compute(m, k, n, kern, epilogue, rows_free), kern, mr, nr, m_split=m_split,
+                          rows_free=rows_free and tile is None)
     attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, KERNEL_ATTR: f"gemm {m} {k} {n}"}
     if epilogue is not None:
         attrs[EPILOGUE_ATTR] = epilogue.to_json()
@@ -594,19 +632,20 @@ def _static_int8(expr, what: str) -> tuple[int, ...]:
     return shape
 
 
-def gemm_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
+def gemm_out_shape(m: int, n: int, kern: GemmKernel, rows_free: bool = False, batch: bool = False
+                   ) -> tuple[int, int]:
     """(Mp, Np): the shape gemm_primfunc writes (M padded to the row tile, N to the lanes)."""
     if kern.tiles:
         mp, _, np_ = amx_gemm.padded_shape(m, 1, n)
         return mp, np_
-    mr, _ = kern.tile(_round_up(n, kern.lanes) // kern.lanes, m)
+    mr, _ = default_tile(kern, m, n, rows_free, batch)
     return _round_up(m, mr), _round_up(n, kern.lanes)
 
 
-def batch_out_shape(m: int, n: int, kern: GemmKernel) -> tuple[int, int]:
+def batch_out_shape(m: int, n: int, kern: GemmKernel, rows_free: bool = False) -> tuple[int, int]:
     """(Mp, Np) of each matrix batch_primfunc writes: unpadded (m, n) for a tile kernel, else the padded shape of
     the register-tile kernel that runs the batch (``_batch_kernel``)."""
-    return (m, n) if kern.tiles else gemm_out_shape(m, n, _batch_kernel(kern))
+    return (m, n) if kern.tiles else gemm_out_shape(m, n, _batch_kernel(kern), rows_free, batch=True)
 
 
 def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
@@ -624,7 +663,7 @@ def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
 
 
 def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target,
-                     epilogue: Epilogue | None = None, operands: tuple = ()) -> relax.Expr:
+                     epilogue: Epilogue | None = None, operands: tuple = (), rows_free: bool = False) -> relax.Expr:
     """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact; with an ``epilogue``
     (its ``operands`` in step order: NumPy arrays, Relax values (..., M, 1) for "row" steps, such a value then a
     NumPy vector for "outer" steps) the chain of it applied in the kernel, of its type."""
@@ -639,15 +678,16 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     if epilogue is not None and kern.act_offset:  # the chain's leading int32 adds join the bias (the init)
         epilogue, operands, addend = fold_into_init(epilogue, operands, n)
         consts[1][:n] = (consts[1][:n] + addend).astype(np.int32)  # wraps as int32 arithmetic does
-    func = gemm_primfunc(rows, k, n, kern, epilogue)
-    name = f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
+    func = gemm_primfunc(rows, k, n, kern, epilogue, rows_free=rows_free)
+    name = (f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
+            + ("_rows_free" if rows_free else ""))
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
     args = [a2] + [const(v, str(v.dtype)) for v in consts] + [_operand_arg(bb, v, rows) for v in operands]
     if epilogue is not None:  # written unpadded, in the epilogue's type
         out = bb.emit(relax.call_tir(gv, args, tensor_type((rows, n), epilogue.out_dtype)))
         return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
-    mp, np_ = gemm_out_shape(rows, n, kern)
+    mp, np_ = gemm_out_shape(rows, n, kern, rows_free)
     out = bb.emit(relax.call_tir(gv, args, tensor_type((mp, np_), "int32")))
     if (mp, np_) != (rows, n):  # padded tile rows / lanes: slice them off (a copy; rare for Transformer shapes)
         out = bb.emit(relax.op.strided_slice(out, axes=[0, 1], begin=[0, 0], end=[rows, n]))
@@ -664,7 +704,8 @@ def _operand_arg(bb: relax.BlockBuilder, value, rows: int) -> relax.Expr:
     return bb.emit(relax.op.reshape(value, (rows,)))
 
 
-def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.Expr, target) -> relax.Expr:
+def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.Expr, target,
+                           rows_free: bool = False) -> relax.Expr:
     """int32 (..., M, N) = a_q (int8 (..., M, K)) @ b_q (int8 (..., K, N)), both at run time, bit-exact.
 
     Batch dims broadcast as in NumPy (a broadcast operand is materialized first)."""
@@ -675,8 +716,8 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
     batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
     bt = math.prod(batch)
     kern = select_batch_kernel(target)
-    func = batch_primfunc(bt, m, k, n, kern)
-    name = f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}"
+    func = batch_primfunc(bt, m, k, n, kern, rows_free)
+    name = f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}" + ("_rows_free" if rows_free else "")
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
 
     def as_3d(x, shape, rows, cols):
@@ -685,7 +726,7 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
         return x if len(batch) == 1 else bb.emit(relax.op.reshape(x, (bt, rows, cols)))
 
     a3, b3 = as_3d(a_q, a_shape, m, k), as_3d(b_q, b_shape, k, n)
-    mp, np_ = batch_out_shape(m, n, kern)
+    mp, np_ = batch_out_shape(m, n, kern, rows_free)
     out = bb.emit(relax.call_tir(gv, [a3, b3], tensor_type((bt, mp, np_), "int32")))
     if (mp, np_) != (m, n):
         out = bb.emit(relax.op.strided_slice(out, axes=[1, 2], begin=[0, 0], end=[m, n]))

@@ -220,10 +220,11 @@ def find_chains(func: relax.Function) -> dict:
 
 @expr_functor_mutator
 class _Fuse(PyExprMutator):
-    def __init__(self, mod, target, chains: dict):
+    def __init__(self, mod, target, chains: dict, rows_free: bool):
         super().__init__(mod)
         self.target = target
         self.chains = chains
+        self.rows_free = rows_free
         self.fused = 0
 
     def visit_var_binding_(self, binding):
@@ -232,7 +233,8 @@ class _Fuse(PyExprMutator):
             return super().visit_var_binding_(binding)
         bb = self.builder_
         operands = tuple(v if isinstance(v, np.ndarray) else self.visit_expr(v) for v in chain.operands)
-        y = emit_int8_matmul(bb, self.visit_expr(chain.a), chain.w, self.target, chain.epilogue, operands)
+        y = emit_int8_matmul(bb, self.visit_expr(chain.a), chain.w, self.target, chain.epilogue, operands,
+                             self.rows_free)
         for call in chain.layout:  # the same moves, on the epilogue's (narrower) result
             if call.op.name == "relax.permute_dims":
                 y = bb.emit(relax.op.permute_dims(y, call.attrs.axes))
@@ -249,8 +251,12 @@ class _Fuse(PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="IntformerFuseGemmEpilogue")
 class FuseGemmEpilogue:
-    def __init__(self, target):
+    """``rows_free``: kernels whose schedule does not depend on the row count (a library of several lengths,
+    schedules/int8_matmul.py)."""
+
+    def __init__(self, target, rows_free: bool = False):
         self.target = target
+        self.rows_free = rows_free
         self.fused = 0
 
     def transform_module(self, mod, ctx):
@@ -262,7 +268,7 @@ class FuseGemmEpilogue:
                 chains.update(find_chains(func))
         if not chains:
             return mod
-        mutator = _Fuse(mod, self.target, chains)
+        mutator = _Fuse(mod, self.target, chains, self.rows_free)
         mod = mutate_functions(mutator, mod)
         self.fused = mutator.fused
         return dead_code_elimination()(mod)  # the replaced matmuls and chain ops

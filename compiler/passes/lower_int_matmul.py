@@ -22,9 +22,10 @@ _MATMUL = tvm.ir.Op.get("relax.matmul")
 
 @expr_functor_mutator
 class _Lower(PyExprMutator):
-    def __init__(self, mod, target):
+    def __init__(self, mod, target, rows_free: bool):
         super().__init__(mod)
         self.target = target
+        self.rows_free = rows_free
         self.has_kernel = select_kernel(target).isa != "generic"
         self.lowered = 0
 
@@ -41,21 +42,24 @@ class _Lower(PyExprMutator):
         w = constant_value(b)
         self.lowered += 1
         if w is not None and w.ndim == 2:
-            return emit_int8_matmul(self.builder_, a, w, self.target)
+            return emit_int8_matmul(self.builder_, a, w, self.target, rows_free=self.rows_free)
         if w is None and len(a_shape) == len(b_shape) and len(a_shape) >= 2 and a_shape[:-2] == b_shape[:-2]:
-            return emit_int8_batch_matmul(self.builder_, a, b, self.target)
+            return emit_int8_batch_matmul(self.builder_, a, b, self.target, self.rows_free)
         self.lowered -= 1
         return call
 
 
 @tvm.transform.module_pass(opt_level=0, name="IntformerLowerIntMatmul")
 class LowerIntMatmul:
-    def __init__(self, target):
+    """``rows_free``: kernels whose schedule does not depend on the row count (a library of several lengths)."""
+
+    def __init__(self, target, rows_free: bool = False):
         self.target = target
+        self.rows_free = rows_free
         self.lowered = 0
 
     def transform_module(self, mod, ctx):
-        mutator = _Lower(mod, self.target)
+        mutator = _Lower(mod, self.target, self.rows_free)
         mod = mutate_functions(mutator, mod)  # with the kernels' PrimFuncs added
         self.lowered = mutator.lowered
         return mod

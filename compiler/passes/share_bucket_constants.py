@@ -9,8 +9,9 @@ Expects: an integer Relax module with the bucket functions named in `names`, of 
 ranged-dim sizes each), the last the largest in every dim.
 Guarantees: every constant of a smaller bucket with one axis whose size is that bucket's size of a ranged dim,
 and equal to the first entries along that axis of a constant of the largest bucket (the same shape otherwise),
-is replaced by a ``strided_slice`` of the largest bucket's constant: the same values, stored once. Constants
-below `MIN_BYTES` stay (a slice costs a kernel; a small constant costs less than it).
+is replaced by a ``strided_slice`` of the largest bucket's constant: the same values, stored once; the largest
+bucket reads such a constant through a slice of its whole extent, so the bucket functions keep one sequence of
+operations. Constants below `MIN_BYTES` stay (a slice costs a kernel; a small constant costs less than it).
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ def _constants(func) -> list:
 class _Slice(PyExprMutator):
     def __init__(self, mod, plan: dict):
         super().__init__(mod)
-        self.plan = plan  # a constant -> (largest bucket's constant, axis, size)
+        self.plan = plan  # a constant -> (largest bucket's constant, axis, size, ranged dim)
 
     def visit_generic_const_(self, const):
         found = self.plan.get(const)
         if found is None:
             return const
-        source, axis, size = found
+        source, axis, size, _ = found
         return self.builder_.emit(relax.op.strided_slice(source, axes=[axis], begin=[0], end=[size]),
                                   name_hint="bucket_const")
 
@@ -60,10 +61,10 @@ def share_bucket_constants(mod, buckets: list[dict[str, int]], names: list[str])
         if value is not None and value.nbytes >= MIN_BYTES:
             by_shape.setdefault((value.shape, str(value.dtype)), []).append((c, value))
     saved = 0
-    out = mod
+    plans: dict = {}
     for bucket, name in zip(buckets[:-1], names[:-1]):
         plan = {}
-        for c in _constants(out[name]):
+        for c in _constants(mod[name]):
             value = constant_value(c)
             if value is None or value.nbytes < MIN_BYTES:
                 continue
@@ -71,12 +72,28 @@ def share_bucket_constants(mod, buckets: list[dict[str, int]], names: list[str])
             if match is not None:
                 plan[c] = match
                 saved += value.nbytes
+        plans[name] = plan
+    # the largest bucket slices its own constants whole, so every bucket function keeps the same sequence of
+    # operations (share_buckets pairs their kernels call site by call site)
+    plans[names[-1]] = {c: (c, axis, top[var], var) for c, axis, var in _sliced_axes(plans, names[:-1])}
+    out = mod
+    for name, plan in plans.items():
         if plan:
             mutator = _Slice(out, plan)
             gv = out.get_global_var(name)
             mutator.builder_.update_func(gv, mutator.visit_expr(out[gv]))
             out = mutator.builder_.get()
     return out, saved
+
+
+def _sliced_axes(plans: dict, smaller: list[str]):
+    """(largest bucket's constant, axis, ranged dim) of every slice the smaller buckets take."""
+    seen = []
+    for name in smaller:
+        for source, axis, _, var in plans[name].values():
+            if not any(source.same_as(c) and axis == a for c, a, _ in seen):
+                seen.append((source, axis, var))
+    return seen
 
 
 def _match(value: np.ndarray, bucket: dict, top: dict, by_shape: dict):
@@ -90,5 +107,5 @@ def _match(value: np.ndarray, bucket: dict, top: dict, by_shape: dict):
             shape[axis] = top[var]
             for c, big in by_shape.get((tuple(shape), str(value.dtype)), []):
                 if np.array_equal(np.take(big, np.arange(size), axis=axis), value):
-                    return c, axis, size
+                    return c, axis, size, var
     return None

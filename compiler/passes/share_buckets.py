@@ -9,11 +9,13 @@ the number of buckets under the size budget.
 Expects: a module after share_kernels (scheduled PrimFuncs called through ``call_tir``) whose bucket functions
 are named by `compiler.ranged.bucket_name`, with their sizes (`buckets`); their call sites line up one to one.
 Guarantees: at each call site, the kernels that buckets differing along one ranged dim call there, when their
-TVMScript is equal but for integer literals and variable names, become one kernel with an int64 parameter
-``n`` (placed after its inputs) in which each differing literal is an exact function ``(p*n + q) // d`` of
-the bucket's size along that dim; each call passes its bucket's size as a PrimValue. Kernels equal in every
-literal are merged without a parameter. A shared kernel is used only if, specialized at each member's size
-and simplified, it is structurally equal to that member simplified: each call computes what it did before.
+TVMScript is equal but for integer literals and variable names, become one kernel with an integer parameter
+``n`` (int32 or int64 as the literals are; placed after its inputs) in which each differing literal is an exact
+function ``(p*n + q) // d`` of the bucket's size along that dim, or of the size rounded up to a tile
+(``ceil(n / c)`` for n); each call passes its bucket's size as a PrimValue. Kernels equal in every literal are
+merged without a parameter. A shared kernel is used only if, specialized at each member's size and simplified,
+it prints as the same TVMScript as that member simplified (but for variable names): each call computes what it
+did before. Replaced kernels no call refers to are removed (exported ones included).
 Kernels that differ in structure (a schedule that parallelizes only the longer buckets, say) stay apart, or
 form their own shared kernel with the buckets they match.
 """
@@ -46,15 +48,26 @@ from compiler.tvm_compat import (
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 _FIXED_LOOPS = (tirx.ForKind.VECTORIZED, tirx.ForKind.UNROLLED)
 _DIVISIONS = (tirx.Div, tirx.Mod, tirx.FloorDiv, tirx.FloorMod)
-_DESCRIPTIVE_ATTRS = ("intformer.kernel",)  # names the kernel's static shape (read by tuning, before this pass)
+# names the kernel's static shape (read by tuning, before this pass); the exported name (the shared kernel gets its own)
+_DESCRIPTIVE_ATTRS = ("intformer.kernel", "global_symbol")
 _DTYPE_NAME = re.compile(r"u?int\d+|float\d+|bfloat\d+")
 
 
-def _script(func: PrimFunc) -> str:
+def _plain(func: PrimFunc) -> PrimFunc:
     for attr in _DESCRIPTIVE_ATTRS:
         if func.attrs is not None and attr in func.attrs:
             func = func.without_attr(attr)
-    return re.sub(r"def \w+\(", "def kernel(", func.script(), count=1)
+    return func
+
+
+def _script(func: PrimFunc) -> str:
+    text = re.sub(r"def \w+\(", "def kernel(", _plain(func).script(), count=1)
+    # 0.27 prints a one-element buffer's read region as `buf.source[0]` and its load as `buf`, neither of which
+    # parses back; the check against each member (structural equality) confirms this reading of them
+    text = re.sub(r"\b(\w+)\.source\[", r"\1[", text)
+    for name in re.findall(r"(\w+): T\.Buffer\(\((?:T\.int64\()?1\)?,\)", text):
+        text = re.sub(rf"\b{name}\b(?!\s*[\[:.])", f"{name}[0]", text)
+    return text
 
 
 class _Tokens:
@@ -84,20 +97,29 @@ class _Tokens:
         return sum(len(line) for line in lines[: pos[0] - 1]) + pos[1]
 
 
-def _fit(points: list[tuple[int, int]]) -> tuple[int, int, int] | None:
-    """(p, q, d) with value == (p*size + q) // d exactly at every (size, value), or None."""
-    (s1, v1), (s2, v2) = points[0], points[1]
-    slope = Fraction(v2 - v1, s2 - s1)
-    offset = v1 - slope * s1
-    d = slope.denominator * offset.denominator // math.gcd(slope.denominator, offset.denominator)
-    p, q = int(slope * d), int(offset * d)
-    if d <= 0 or any((p * s + q) % d or (p * s + q) // d != v for s, v in points):
-        return None
-    return p, q, d
+def _fit(points: list[tuple[int, int]]) -> tuple[int, int, int, int] | None:
+    """(c, p, q, d) with value == (p*ceil(size / c) + q) // d exactly at every (size, value), or None. c = 1
+    is an affine function of the size; c > 1 a padded one (a dim rounded up to a tile or a vector, c | it)."""
+    for c in (1, 2, 4, 8, 16, 32, 64):
+        units = [(-(-s // c), v) for s, v in points]
+        if len({u for u, _ in units}) < 2:
+            continue
+        (s1, v1), (s2, v2) = units[0], next(uv for uv in units if uv[0] != units[0][0])
+        slope = Fraction(v2 - v1, s2 - s1)
+        offset = v1 - slope * s1
+        d = slope.denominator * offset.denominator // math.gcd(slope.denominator, offset.denominator)
+        p, q = int(slope * d), int(offset * d)
+        if all((p * u + q) % d == 0 and (p * u + q) // d == v for u, v in units):
+            return c, p, q, d
+    return None
 
 
-def _expr(p: int, q: int, d: int, wide: bool) -> str:
-    n = "n" if wide else 'T.Cast("int32", n)'
+def _expr(c: int, p: int, q: int, d: int, wide: bool, n_wide: bool) -> str:
+    """TVMScript of (p*ceil(n / c) + q) // d in the literal's type: int64 where it was written T.int64(k), else
+    int32; `n` is int64 when `n_wide` (a cast where the literal is int32)."""
+    n = "T.int32(n)" if n_wide and not wide else "n"
+    if c != 1:
+        n = f"(({n} + {c - 1}) // {c})"
     text = n if p == 1 else f"{n} * {p}"
     if q:
         text = f"{text} + {q}" if q > 0 else f"{text} - {-q}"
@@ -109,7 +131,7 @@ def _symbolic(members: dict[int, PrimFunc], n_inputs: int) -> PrimFunc | None:
     sizes = sorted(members)
     toks = {s: _Tokens(_script(members[s])) for s in sizes}
     first = toks[sizes[0]]
-    edits = []
+    changes = []
     for k, (i, _, wide) in enumerate(first.ints):
         values = [toks[s].ints[k][1] for s in sizes]
         if len(set(values)) == 1:
@@ -117,13 +139,18 @@ def _symbolic(members: dict[int, PrimFunc], n_inputs: int) -> PrimFunc | None:
         fitted = _fit(list(zip(sizes, values)))
         if fitted is None:
             return None
+        changes.append((i, wide, fitted))
+    # n takes the literals' type (int32 for the project's GEMMs, int64 for Relax's kernels); int64 if they mix
+    n_wide = any(wide for _, wide, _ in changes)
+    edits = []
+    for i, wide, fitted in changes:
         start, end = (first.toks[i - 4].start, first.toks[i + 1].end) if wide else (first.toks[i].start,
                                                                                      first.toks[i].end)
-        edits.append((first.offset(start), first.offset(end), _expr(*fitted, wide)))
+        edits.append((first.offset(start), first.offset(end), _expr(*fitted, wide, n_wide)))
     text = first.text
     for a, b, new in sorted(edits, reverse=True):
         text = text[:a] + new + text[b:]
-    text = text.replace("def kernel(", "def kernel(n: T.int64, ", 1)
+    text = text.replace("def kernel(", f"def kernel(n: T.{'int64' if n_wide else 'int32'}, ", 1)
     try:
         func = parse_prim_func(text)
     except Exception:  # noqa: BLE001  (a kernel TVMScript does not read back: leave it per bucket)
@@ -134,12 +161,12 @@ def _symbolic(members: dict[int, PrimFunc], n_inputs: int) -> PrimFunc | None:
         return None
     for s in sizes:
         original = members[s]
-        for attr in _DESCRIPTIVE_ATTRS:
-            if original.attrs is not None and attr in original.attrs:
-                original = original.without_attr(attr)
         try:
-            same = structural_equal(simplify_prim_func(func.specialize({n_var: tirx.IntImm("int64", s)})),
-                                    simplify_prim_func(original))
+            special = simplify_prim_func(func.specialize({n_var: tirx.IntImm(str(n_var.ty), s)}))
+            # compared as TVMScript: a parsed buffer's type carries a layout object that specialize leaves
+            # symbolic, which structural equality sees and the generated code does not
+            a, b = _Tokens(_script(special)), _Tokens(_script(simplify_prim_func(original)))
+            same = a.key == b.key and [v for _, v, _ in a.ints] == [v for _, v, _ in b.ints]
         except Exception:  # noqa: BLE001  (a form the simplifier rejects: not shown equal, so not shared)
             same = False
         if not same:
@@ -156,8 +183,8 @@ def _uses(expr, var) -> bool:
 def _slower(func: PrimFunc, n) -> bool:
     """Whether a symbolic `n` cannot be, or would cost the kernel speed: a vectorized or unrolled loop of `n`
     iterations (the target has no scalable vectors), a division or remainder by a value of `n` (no longer a
-    multiply and shift: the bucket's reshapes and slices index with them per element), or a scratch buffer sized
-    by `n` (the static kernel's buffers shrink to what one task touches; these become allocations per call)."""
+    multiply and shift: the bucket's reshapes and slices index with them per element), or a scratch buffer with
+    rows of `n` (measured: the softmax's scratch rows became allocations per task, 2x slower)."""
     slow = []
 
     def visit(node):
@@ -165,21 +192,30 @@ def _slower(func: PrimFunc, n) -> bool:
             slow.append(node)
         elif isinstance(node, tirx.For) and node.kind in _FIXED_LOOPS and _uses(node.extent, n):
             slow.append(node)
-        elif isinstance(node, SBlock) and any(_uses(dim, n) for b in node.alloc_buffers for dim in b.ty.shape):
+        elif isinstance(node, SBlock) and any(_row_sized(b, n) for b in node.alloc_buffers):
             slow.append(node)
 
     walk_ir(func.body, visit)
     return bool(slow)
 
 
-def _sites(mod, name: str) -> list:
+def _row_sized(buffer, n) -> bool:
+    """A scratch buffer whose rows are `n` long: its innermost dim (of more than one element) depends on `n`.
+    The static kernel's scratch is compacted to what one task touches (a row); with `n` in the row, every task
+    allocates. A buffer with `n` only in its outer dims still compacts to a fixed size per task."""
+    dims = [d for d in buffer.ty.shape if not (isinstance(d, tirx.IntImm) and d.value == 1)]
+    return bool(dims) and _uses(dims[-1], n)
+
+
+def _tir_calls(func) -> list:
+    """The ``call_tir`` calls of a Relax function, in binding order."""
     calls = []
 
     def visit(e):
         if isinstance(e, relax.Call) and e.op.same_as(_CALL_TIR):
             calls.append(e)
 
-    relax.analysis.post_order_visit(mod[name], visit)
+    relax.analysis.post_order_visit(func, visit)
     return calls
 
 
@@ -203,10 +239,10 @@ class _CallSymbolic(PyExprMutator):
         target = self.plan.get((*key, index))
         if target is None:
             return call
-        gv, size = target
+        gv, size, dtype = target
         fields = list(call.args[1].fields)
         if size is not None:
-            fields.append(relax.prim_value(tirx.IntImm("int64", size)))
+            fields.append(relax.prim_value(tirx.IntImm(dtype, size)))
         return relax.Call(call.op, [gv, relax.Tuple(fields), *call.args[2:]], call.attrs, call.ty_args)
 
 
@@ -217,7 +253,7 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
         return mod, 0
     varying = [v for v in buckets[0] if len({b[v] for b in buckets}) > 1]
     dim = max(varying, key=lambda v: len({b[v] for b in buckets}))
-    sites = {name: _sites(mod, name) for name in names}
+    sites = {name: _tir_calls(mod[name]) for name in names}
     if len({len(c) for c in sites.values()}) != 1:
         return mod, 0  # the bucket functions do not line up (never seen): keep every bucket's kernels
     bb = relax.BlockBuilder(mod)
@@ -241,11 +277,11 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
             ident = tuple((s, gv.name_hint) for s, (_, gv, _) in sorted(members.items()))
             if ident not in made:
                 made[ident] = _shared(bb, mod, members, n_inputs)
-            gv_new, sized = made[ident]
+            gv_new, dtype = made[ident]
             if gv_new is None:
                 continue
             for s, (name, gv, occurrence) in members.items():
-                plan[(name, gv.name_hint, occurrence)] = (gv_new, s if sized else None)
+                plan[(name, gv.name_hint, occurrence)] = (gv_new, s if dtype else None, dtype)
     if not plan:
         return mod, 0
     out = bb.get()
@@ -255,22 +291,40 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
         mutator.function = name
         gv = out.get_global_var(name)
         mutator.builder_.update_func(gv, mutator.visit_expr(out[gv]))
-    out = dead_code_elimination()(mutator.builder_.get())
+    out = _without_unused({kernel for _, kernel, _ in plan}, mutator.builder_.get())
     after = sum(1 for f in out.functions.values() if isinstance(f, PrimFunc))
     return out, before - after
 
 
+def _without_unused(replaced: set, mod):
+    """`mod` after dead-code elimination, and without the replaced kernels no call refers to any more (an
+    exported kernel, one with a global symbol, is an entry point to DCE and would stay)."""
+    mod = dead_code_elimination()(mod)
+    used = set()
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            for call in _tir_calls(func):
+                used.add(call.args[0].name_hint)
+    for gv in list(mod.get_global_vars()):
+        if isinstance(mod[gv], PrimFunc) and gv.name_hint in replaced and gv.name_hint not in used:
+            del mod[gv]
+    return mod
+
+
 def _shared(bb, mod, members: dict, n_inputs: int):
-    """(GlobalVar of the kernel shared by `members` {size: (function, kernel, occurrence)}, whether it takes
-    n), or (None, False)."""
+    """(GlobalVar of the kernel shared by `members` {size: (function, kernel, occurrence)}, the dtype of its
+    n or None when it takes none), or (None, None)."""
     funcs = {s: mod[gv] for s, (_, gv, _) in members.items()}
     first = funcs[min(funcs)]
     if all(structural_equal(f, first) for f in funcs.values()):
-        return members[min(members)][1], False
+        return members[min(members)][1], None
     func = _symbolic(funcs, n_inputs)
     if func is None:
-        return None, False
-    return bb.add_func(func, f"{members[min(members)][1].name_hint}_n"), True
+        return None, None
+    name = f"{members[min(members)][1].name_hint}_n"
+    if first.attrs is not None and "global_symbol" in first.attrs:
+        func = func.with_attr("global_symbol", name)
+    return bb.add_func(func, name), str(func.params[n_inputs].ty)
 
 
 __all__ = ["share_buckets"]

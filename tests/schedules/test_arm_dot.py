@@ -62,7 +62,8 @@ def _ref(a, b):
 
 
 def _cases():
-    """{function name: (inputs, expected, constant weight or None for a batch matmul)}, with int8 extremes."""
+    """{function name: (inputs, expected, constant weight or None for a batch matmul)}, with int8 extremes;
+    names ending in _rows_free: the same case on the kernels of a library of several lengths."""
     rng = np.random.default_rng(7)
     cases = {}
     for idx, (a_shape, n) in enumerate(GEMMS):
@@ -81,6 +82,8 @@ def _cases():
         a[..., 0, :] = -128
         b[..., :, 0] = -128
         cases[f"bmm{idx}"] = ({"a": a, "b": b}, _ref(a, b), None, None)
+    for name in ("gemm1", "gemm5", "epi0", "bmm0", "bmm1"):  # the kernels of a library of several lengths
+        cases[f"{name}_rows_free"] = cases[name]
     return cases
 
 
@@ -94,10 +97,11 @@ def _module(target):
         params = [relax.Var(k, tensor_type(v.shape, "int8")) for k, v in inputs.items()]
         with bb.function(name, params):
             with bb.dataflow():
+                rows_free = name.endswith("_rows_free")
                 if w is not None:
-                    out = emit_int8_matmul(bb, params[0], w, target, *(epilogue or ()))
+                    out = emit_int8_matmul(bb, params[0], w, target, *(epilogue or ()), rows_free=rows_free)
                 else:
-                    out = emit_int8_batch_matmul(bb, *params, target)
+                    out = emit_int8_batch_matmul(bb, *params, target, rows_free)
                 out = bb.emit_output(out)
             bb.emit_func_output(out)
     return bb.get()

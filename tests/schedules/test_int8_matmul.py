@@ -88,13 +88,15 @@ def _ref(a, b):
         ((1, 128, 384), 1),  # N = 1
     ],
 )
-def test_int8_matmul_bit_exact(target, a_shape, n):
+@pytest.mark.parametrize("rows_free", [False, True], ids=["", "rows_free"])
+def test_int8_matmul_bit_exact(target, a_shape, n, rows_free):
     rng = np.random.default_rng(sum(a_shape) + n)
     a = _rand_int8(rng, a_shape)
     w = _rand_int8(rng, (a_shape[-1], n))
     w[0, :] = -128  # extremes: the u8 x s8 offset trick must not saturate
     a.reshape(-1, a_shape[-1])[0, :] = -128
-    got, _ = _build_and_run(lambda bb, x: emit_int8_matmul(bb, x, w, target), {"a": a}, target)
+    got, _ = _build_and_run(lambda bb, x: emit_int8_matmul(bb, x, w, target, rows_free=rows_free), {"a": a},
+                            target)
     assert got.dtype == np.int32 and got.shape == (*a_shape[:-1], n)
     np.testing.assert_array_equal(got, _ref(a, w))
 
@@ -108,10 +110,12 @@ def test_int8_matmul_bit_exact(target, a_shape, n):
         ((2, 3, 9, 13), (3, 13, 21)),  # broadcast batch dims, odd sizes
     ],
 )
-def test_int8_batch_matmul_bit_exact(target, a_shape, b_shape):
+@pytest.mark.parametrize("rows_free", [False, True], ids=["", "rows_free"])
+def test_int8_batch_matmul_bit_exact(target, a_shape, b_shape, rows_free):
     rng = np.random.default_rng(sum(a_shape) + sum(b_shape))
     a, b = _rand_int8(rng, a_shape), _rand_int8(rng, b_shape)
-    got, _ = _build_and_run(lambda bb, x, y: emit_int8_batch_matmul(bb, x, y, target), {"a": a, "b": b}, target)
+    got, _ = _build_and_run(lambda bb, x, y: emit_int8_batch_matmul(bb, x, y, target, rows_free), {"a": a, "b": b},
+                            target)
     np.testing.assert_array_equal(got, _ref(a, b))
 
 

@@ -144,3 +144,17 @@ def test_shared_kernels_give_each_buckets_result(size):
     b, c = vm[f"main_{size}"](tvm.runtime.tensor(x), tvm.runtime.tensor(h))
     np.testing.assert_array_equal(b.numpy(), x * 3 + 1)
     np.testing.assert_array_equal(c.numpy(), h * 2)
+
+
+@pytest.mark.parametrize("points, expected", [
+    ([(16, 16), (32, 32), (128, 128)], (1, 1, 0, 1)),  # the length itself
+    ([(16, 96), (32, 192)], (1, 6, 0, 1)),  # a flattened (n, 6) loop
+    ([(16, 2), (32, 4), (128, 16)], (1, 1, 0, 8)),  # the row tiles of 8
+    ([(24, 32), (40, 48), (128, 128)], (16, 16, 0, 1)),  # rounded up to a vector of 16
+    ([(24, 2), (40, 3), (128, 8)], (16, 1, 0, 1)),  # the vectors of 16 it takes
+    ([(16, 3), (32, 5), (128, 100)], None),  # no such function: the kernels stay per bucket
+])
+def test_literals_are_fitted_exactly(points, expected):
+    from compiler.passes.share_buckets import _fit
+
+    assert _fit(points) == expected
