@@ -1,5 +1,5 @@
-"""Default bucket sizes of a ranged dim (compiler/ranged.py): steps of 8 up to 32, then powers of two, always the
-range's top; --buckets sizes outside the range are an error. The defaults follow the measurement in the README
+"""Default bucket sizes of a ranged dim (compiler/ranged.py): steps of 8 up to 48, of 16 up to 96, then x1.5 and
+x2 in turn, always the range's top; --buckets sizes outside the range are an error. The defaults follow the measurement in the README
 ("One library for every length"): short sentences land in the 8-wide steps, the size stays within 10% of a
 fixed-shape library on all-MiniLM-L6-v2."""
 
@@ -11,8 +11,9 @@ from compiler.ranged import bucket_sizes, default_sizes
 
 
 def test_default_sizes():
-    assert default_sizes(1, 128) == (8, 16, 24, 32, 64, 128)
-    assert default_sizes(20, 100) == (24, 32, 64, 100)
+    assert default_sizes(1, 128) == (8, 16, 24, 32, 40, 48, 64, 80, 96, 128)
+    assert default_sizes(20, 100) == (24, 32, 40, 48, 64, 80, 96, 100)
+    assert default_sizes(1, 512) == (8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512)
     assert default_sizes(1, 16) == (8, 16)  # a small range still sees the axis move
     assert default_sizes(1, 8) == (1, 8)
     assert default_sizes(5, 5) == (5,)
