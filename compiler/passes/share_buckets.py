@@ -225,7 +225,7 @@ class _CallSymbolic(PyExprMutator):
 
     def __init__(self, mod, plan: dict):
         super().__init__(mod)
-        self.plan = plan  # (function name, call's kernel name, n-th call of it) -> (GlobalVar, size or None)
+        self.plan = plan  # (function, call's kernel name, n-th call of it) -> (GlobalVar, size or None, n's dtype)
         self.function = ""
         self.seen: dict = defaultdict(int)
 
@@ -257,11 +257,12 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
     if len({len(c) for c in sites.values()}) != 1:
         return mod, 0  # the bucket functions do not line up (never seen): keep every bucket's kernels
     bb = relax.BlockBuilder(mod)
-    made: dict = {}  # members (as names) -> (GlobalVar, has n)
+    made: dict = {}  # members (as names) -> (GlobalVar, dtype of its n or None)
     plan: dict = {}
+    keys: dict = {}  # kernel name -> its _Tokens key (a kernel shared by several sites is printed once)
     counters = {name: defaultdict(int) for name in names}
     for k in range(len(sites[names[0]])):
-        groups: dict = defaultdict(dict)  # (other dims' sizes, key) -> {size: (name, call)}
+        groups: dict = defaultdict(dict)  # (other dims' sizes, inputs, key) -> {size: (function, kernel, n-th)}
         for b, name in zip(buckets, names):
             call = sites[name][k]
             gv = call.args[0]
@@ -269,8 +270,9 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
             counters[name][gv.name_hint] += 1
             n_inputs = len(call.args[1].fields)
             other = tuple((v, b[v]) for v in b if v != dim)
-            key = _Tokens(_script(mod[gv])).key
-            groups[(other, n_inputs, key)][b[dim]] = (name, gv, occurrence)
+            if gv.name_hint not in keys:
+                keys[gv.name_hint] = _Tokens(_script(mod[gv])).key
+            groups[(other, n_inputs, keys[gv.name_hint])][b[dim]] = (name, gv, occurrence)
         for (_, n_inputs, _), members in groups.items():
             if len(members) < 2:
                 continue
