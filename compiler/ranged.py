@@ -23,9 +23,10 @@ import numpy as np
 from compiler.config import DimRange, TensorSpec
 from compiler.errors import IntformerError
 
-# default sizes of a ranged dim: steps of 8 up to 48 (where most sentences end), of 16 up to 96, then x1.5 and x2
-# in turn, then HI. A bucket costs its VM code (its kernels are shared with the other buckets'), about 0.22 MB for
-# all-MiniLM-L6-v2 (see README "One library for every length" for the measurement and the size budget)
+# default sizes of a ranged dim: steps of 8 up to 48 (where most sentences end), of 16 up to 96, then 128, 192, 256,
+# 384, ... (each at most 1.5x the one before), then HI. A bucket costs its VM code (its kernels are shared with the
+# other buckets'), about 0.22 MB for all-MiniLM-L6-v2 (see README "One library for every length": the measurement
+# and the size budget)
 DEFAULT_STEPS = (8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
 

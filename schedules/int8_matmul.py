@@ -63,6 +63,7 @@ from schedules.intrinsics.x86_vnni import AVXVNNI_8x4, VNNI_16x4
 KERNEL_ATTR = "intformer.kernel"  # "gemm M K N" / "bmm BT M K N": how schedules/tune.py rebuilds the compute
 FIXED_ATTR = "intformer.fixed"  # a kernel tuning leaves alone, and why (the AMX tile kernels)
 AMX_FIXED = "AMX tiles"
+ROWS_FREE_FIXED = "one schedule for every length of a ranged library"
 OP_PATTERN_OPAQUE = 8  # relax OpPatternKind::kOpaque: FuseOps leaves the call alone
 ACT_OFFSET = 128  # int8 activation + 128 = uint8 operand of vpdpbusd
 MAX_TILE_ROWS = 12
@@ -329,9 +330,10 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     (registers) and unpacks it into out after the tile's k loop. ``func`` is a PrimFunc or a Schedule
     (MetaSchedule's, when tuning: schedules/tune.py chooses mr, nr and m_split); ``m_split`` None: chosen from
     the weight size. ``rows_free``: no loop order, parallel split or vector width that depends on the row count
-    M (nor, in a batch kernel, on N or K), so the kernels of different lengths differ only in loop extents
-    and shapes (compiler/passes/share_buckets.py makes them one): row tiles outside column tiles, the parallel
-    loop over (row tile, column tile), or over the batch in a batch kernel."""
+    M (nor, in a batch kernel, on N), so the kernels of different lengths differ only in loop extents and
+    shapes (compiler/passes/share_buckets.py makes them one): row tiles outside column tiles, the parallel loop
+    over (row tile, column tile), or over the batch in a batch kernel. (A batch kernel's operand conversion is
+    vectorized when K is a multiple of 16: where K is the length, P.V, lengths fall into up to three kernels.)"""
     s = func if isinstance(func, Schedule) else Schedule(func)
     epilogue = _has_block(s, EPILOGUE_BLOCK)
     if epilogue and kern.rows > 1:
@@ -584,8 +586,8 @@ def batch_primfunc(bt: int, m: int, k: int, n: int, kern: GemmKernel, rows_free:
     mr, nr = default_tile(kern, m, n, rows_free, batch=True)
     intrin = kern.intrin.word_name if kern.intrin is not None else None
     func = _schedule_gemm(_batch_compute(bt, m, k, n, kern, mr), kern, mr, nr, intrin, rows_free=rows_free)
-    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True,
-                            KERNEL_ATTR: f"bmm {bt} {m} {k} {n}"})
+    tuning = {FIXED_ATTR: ROWS_FREE_FIXED} if rows_free else {KERNEL_ATTR: f"bmm {bt} {m} {k} {n}"}
+    return func.with_attrs({"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, **tuning})
 
 
 def gemm_compute(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | None = None,
@@ -615,7 +617,9 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
         mr, nr, m_split = tile
     func = _schedule_gemm(gemm_compute(m, k, n, kern, epilogue, rows_free), kern, mr, nr, m_split=m_split,
                           rows_free=rows_free and tile is None)
-    attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, KERNEL_ATTR: f"gemm {m} {k} {n}"}
+    # a rows-free kernel has no static M that tuning could rebuild it at (schedules/tune.py): left alone
+    tuning = {FIXED_ATTR: ROWS_FREE_FIXED} if rows_free and tile is None else {KERNEL_ATTR: f"gemm {m} {k} {n}"}
+    attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, **tuning}
     if epilogue is not None:
         attrs[EPILOGUE_ATTR] = epilogue.to_json()
     return func.with_attrs(attrs)

@@ -3,7 +3,7 @@
 A ranged library's bucket functions (compiler/ranged.py) share their weights (the VM's constant pool keeps one
 copy of structurally equal constants), but a constant whose shape follows the length, such as the position
 embeddings of positions 0..L-1 folded into the graph, differs between buckets: every bucket stored its own
-(for MiniLM 384 int64 values a position, 3.3 MB for sixteen buckets).
+(for MiniLM 384 int64 values a position: 3.3 MB for the sixteen buckets 8, 16, ..., 128).
 
 Expects: an integer Relax module with the bucket functions named in `names`, of sizes `buckets` (one dict of
 ranged-dim sizes each), the last the largest in every dim.
@@ -11,7 +11,8 @@ Guarantees: every constant of a smaller bucket with one axis whose size is that 
 and equal to the first entries along that axis of a constant of the largest bucket (the same shape otherwise),
 is replaced by a ``strided_slice`` of the largest bucket's constant: the same values, stored once; the largest
 bucket reads such a constant through a slice of its whole extent, so the bucket functions keep one sequence of
-operations. Constants below `MIN_BYTES` stay (a slice costs a kernel; a small constant costs less than it).
+operations. Constants whose largest-bucket form is below `MIN_BYTES` stay (a slice may cost a kernel; a small
+constant costs less), in every bucket alike.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def share_bucket_constants(mod, buckets: list[dict[str, int]], names: list[str])
         plan = {}
         for c in _constants(mod[name]):
             value = constant_value(c)
-            if value is None or value.nbytes < MIN_BYTES:
+            if value is None:
                 continue
-            match = _match(value, bucket, top, by_shape)
+            match = _match(value, bucket, top, by_shape)  # whatever its size here: every bucket slices alike
             if match is not None:
                 plan[c] = match
                 saved += value.nbytes

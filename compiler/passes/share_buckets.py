@@ -50,7 +50,7 @@ _FIXED_LOOPS = (tirx.ForKind.VECTORIZED, tirx.ForKind.UNROLLED)
 _DIVISIONS = (tirx.Div, tirx.Mod, tirx.FloorDiv, tirx.FloorMod)
 # names the kernel's static shape (read by tuning, before this pass); the exported name (the shared kernel gets its own)
 _DESCRIPTIVE_ATTRS = ("intformer.kernel", "global_symbol")
-_DTYPE_NAME = re.compile(r"u?int\d+|float\d+|bfloat\d+")
+_DTYPE_NAME = re.compile(r"(u?int|float|bfloat)\d+(x\d+)?")
 
 
 def _plain(func: PrimFunc) -> PrimFunc:
@@ -85,8 +85,8 @@ class _Tokens:
                 wide = i >= 4 and [x.string for x in self.toks[i - 4:i]] == ["T", ".", "int64", "("]
                 self.ints.append((i, int(t.string), wide))
                 key.append("#")
-            elif t.type == tokenize.NAME and any(c.isdigit() for c in t.string) and not _DTYPE_NAME.fullmatch(
-                    t.string):
+            elif (t.type == tokenize.NAME and any(c.isdigit() for c in t.string)
+                  and not _DTYPE_NAME.fullmatch(t.string) and not (i and self.toks[i - 1].string == ".")):
                 key.append(names.setdefault(t.string, f"v{len(names)}"))
             else:
                 key.append(t.string)
@@ -252,7 +252,9 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
     if len(buckets) < 2:
         return mod, 0
     varying = [v for v in buckets[0] if len({b[v] for b in buckets}) > 1]
-    dim = max(varying, key=lambda v: len({b[v] for b in buckets}))
+    if not varying:
+        return mod, 0
+    dim = max(varying, key=lambda v: len({b[v] for b in buckets}))  # the sequence, when it has the most sizes
     sites = {name: _tir_calls(mod[name]) for name in names}
     if len({len(c) for c in sites.values()}) != 1:
         return mod, 0  # the bucket functions do not line up (never seen): keep every bucket's kernels
@@ -318,15 +320,15 @@ def _shared(bb, mod, members: dict, n_inputs: int):
     n or None when it takes none), or (None, None)."""
     funcs = {s: mod[gv] for s, (_, gv, _) in members.items()}
     first = funcs[min(funcs)]
-    if all(structural_equal(f, first) for f in funcs.values()):
+    if all(structural_equal(_plain(f), _plain(first)) for f in funcs.values()):
         return members[min(members)][1], None
     func = _symbolic(funcs, n_inputs)
     if func is None:
         return None, None
-    name = f"{members[min(members)][1].name_hint}_n"
-    if first.attrs is not None and "global_symbol" in first.attrs:
-        func = func.with_attr("global_symbol", name)
-    return bb.add_func(func, name), str(func.params[n_inputs].ty)
+    gv = bb.add_func(func, f"{members[min(members)][1].name_hint}_n")
+    if first.attrs is not None and "global_symbol" in first.attrs:  # exported under its own (unique) name
+        bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    return gv, str(func.params[n_inputs].ty)
 
 
 __all__ = ["share_buckets"]

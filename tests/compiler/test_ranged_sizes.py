@@ -1,5 +1,5 @@
-"""Default bucket sizes of a ranged dim (compiler/ranged.py): steps of 8 up to 48, of 16 up to 96, then x1.5 and
-x2 in turn, always the range's top; --buckets sizes outside the range are an error. The defaults follow the
+"""Default bucket sizes of a ranged dim (compiler/ranged.py): steps of 8 up to 48, of 16 up to 96, then 128, 192,
+256, 384, ..., always the range's top; --buckets sizes outside the range are an error. The defaults follow the
 measurement in the README ("One library for every length"): short sentences land in the 8-wide steps, the size
 stays within 10% of a fixed-shape library on all-MiniLM-L6-v2."""
 

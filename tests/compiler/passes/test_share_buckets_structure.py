@@ -158,3 +158,20 @@ def test_literals_are_fitted_exactly(points, expected):
     from compiler.passes.share_buckets import _fit
 
     assert _fit(points) == expected
+
+
+def test_a_kernel_called_twice_is_replaced_at_each_call():
+    """Call sites pair up by position: the second call of rows16 pairs with the second call of rows32."""
+    bb = relax.BlockBuilder(Before)
+    for size in (16, 32):
+        x = relax.Var("x", relax.TensorType((size, 8), "int64"))
+        with bb.function(f"twice_{size}", [x]):
+            with bb.dataflow():
+                rows = Before.get_global_var(f"rows{size}")
+                a = bb.emit(relax.call_tir(rows, [x], relax.TensorType((size, 8), "int64")))
+                b = bb.emit_output(relax.call_tir(rows, [a], relax.TensorType((size, 8), "int64")))
+            bb.emit_func_output(b)
+    got, _ = share_buckets(bb.get(), [{"seq": 16}, {"seq": 32}], ["twice_16", "twice_32"])
+    calls = [c for name in ("twice_16", "twice_32") for c in _calls(got[name])]
+    assert len({c.args[0].name_hint for c in calls}) == 1
+    assert [int(c.args[1].fields[1].value) for c in calls] == [16, 16, 32, 32]
