@@ -10,7 +10,7 @@ from tvm import relax
 from tvm.script import ir as I, relax as R
 
 from compiler.passes.share_buckets import share_buckets
-from compiler.tvm_compat import PrimFunc, parse_prim_func, structural_equal, tir_script as T
+from compiler.tvm_compat import PrimFunc, parse_prim_func, structural_equal, tensor_type, tir_script as T
 
 
 @I.ir_module
@@ -164,12 +164,12 @@ def test_a_kernel_called_twice_is_replaced_at_each_call():
     """Call sites pair up by position: the second call of rows16 pairs with the second call of rows32."""
     bb = relax.BlockBuilder(Before)
     for size in (16, 32):
-        x = relax.Var("x", relax.TensorType((size, 8), "int64"))
+        x = relax.Var("x", tensor_type((size, 8), "int64"))
         with bb.function(f"twice_{size}", [x]):
             with bb.dataflow():
                 rows = Before.get_global_var(f"rows{size}")
-                a = bb.emit(relax.call_tir(rows, [x], relax.TensorType((size, 8), "int64")))
-                b = bb.emit_output(relax.call_tir(rows, [a], relax.TensorType((size, 8), "int64")))
+                a = bb.emit(relax.call_tir(rows, [x], tensor_type((size, 8), "int64")))
+                b = bb.emit_output(relax.call_tir(rows, [a], tensor_type((size, 8), "int64")))
             bb.emit_func_output(b)
     got, _ = share_buckets(bb.get(), [{"seq": 16}, {"seq": 32}], ["twice_16", "twice_32"])
     calls = [c for name in ("twice_16", "twice_32") for c in _calls(got[name])]
