@@ -611,14 +611,15 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
         if epilogue is not None:
             attrs[EPILOGUE_ATTR] = epilogue.to_json()
         return func.with_attrs(attrs)
+    rows_free = rows_free and tile is None  # a tuned tile is for one static M
     mr, nr = default_tile(kern, m, n, rows_free)
     m_split = None
     if tile is not None:
         mr, nr, m_split = tile
     func = _schedule_gemm(gemm_compute(m, k, n, kern, epilogue, rows_free), kern, mr, nr, m_split=m_split,
-                          rows_free=rows_free and tile is None)
+                          rows_free=rows_free)
     # a rows-free kernel has no static M that tuning could rebuild it at (schedules/tune.py): left alone
-    tuning = {FIXED_ATTR: ROWS_FREE_FIXED} if rows_free and tile is None else {KERNEL_ATTR: f"gemm {m} {k} {n}"}
+    tuning = {FIXED_ATTR: ROWS_FREE_FIXED} if rows_free else {KERNEL_ATTR: f"gemm {m} {k} {n}"}
     attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, **tuning}
     if epilogue is not None:
         attrs[EPILOGUE_ATTR] = epilogue.to_json()

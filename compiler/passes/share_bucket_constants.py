@@ -25,11 +25,13 @@ MIN_BYTES = 4096
 
 
 def _constants(func) -> list:
+    """(constant, its NumPy value) of every constant of a Relax function (each value read once)."""
     found = []
 
     def visit(e):
-        if constant_value(e) is not None:
-            found.append(e)
+        value = constant_value(e)
+        if value is not None:
+            found.append((e, value))
 
     relax.analysis.post_order_visit(func, visit)
     return found
@@ -57,18 +59,14 @@ def share_bucket_constants(mod, buckets: list[dict[str, int]], names: list[str])
         return mod, 0
     top = buckets[-1]
     by_shape: dict = {}
-    for c in _constants(mod[names[-1]]):
-        value = constant_value(c)
-        if value is not None and value.nbytes >= MIN_BYTES:
+    for c, value in _constants(mod[names[-1]]):
+        if value.nbytes >= MIN_BYTES:
             by_shape.setdefault((value.shape, str(value.dtype)), []).append((c, value))
     saved = 0
     plans: dict = {}
     for bucket, name in zip(buckets[:-1], names[:-1]):
         plan = {}
-        for c in _constants(mod[name]):
-            value = constant_value(c)
-            if value is None:
-                continue
+        for c, value in _constants(mod[name]):
             match = _match(value, bucket, top, by_shape)  # whatever its size here: every bucket slices alike
             if match is not None:
                 plan[c] = match

@@ -63,7 +63,7 @@ def _plain(func: PrimFunc) -> PrimFunc:
 def _script(func: PrimFunc) -> str:
     text = re.sub(r"def \w+\(", "def kernel(", _plain(func).script(), count=1)
     # 0.27 prints a one-element buffer's read region as `buf.source[0]` and its load as `buf`, neither of which
-    # parses back; the check against each member (structural equality) confirms this reading of them
+    # parses back; the check of the parsed kernel against each member confirms this reading of them
     text = re.sub(r"\b(\w+)\.source\[", r"\1[", text)
     for name in re.findall(r"(\w+): T\.Buffer\(\((?:T\.int64\()?1\)?,\)", text):
         text = re.sub(rf"\b{name}\b(?!\s*[\[:.])", f"{name}[0]", text)
@@ -91,10 +91,13 @@ class _Tokens:
             else:
                 key.append(t.string)
         self.key = "\x00".join(key)
+        self._line_starts = [0]
+        for line in text.splitlines(keepends=True):
+            self._line_starts.append(self._line_starts[-1] + len(line))
 
     def offset(self, pos: tuple[int, int]) -> int:
-        lines = self.text.splitlines(keepends=True)
-        return sum(len(line) for line in lines[: pos[0] - 1]) + pos[1]
+        """Character offset in the text of a token's (row, column)."""
+        return self._line_starts[pos[0] - 1] + pos[1]
 
 
 def _fit(points: list[tuple[int, int]]) -> tuple[int, int, int, int] | None:
@@ -126,10 +129,10 @@ def _expr(c: int, p: int, q: int, d: int, wide: bool, n_wide: bool) -> str:
     return f"(({text}) // {d})" if d != 1 else f"({text})"
 
 
-def _symbolic(members: dict[int, PrimFunc], n_inputs: int) -> PrimFunc | None:
-    """One kernel over `n` for {size: kernel} (same key), or None when no exact one exists."""
+def _symbolic(members: dict[int, PrimFunc], toks: dict[int, _Tokens], n_inputs: int) -> PrimFunc | None:
+    """One kernel over `n` for {size: kernel} (same key; `toks`: their tokens), or None when no exact one
+    exists."""
     sizes = sorted(members)
-    toks = {s: _Tokens(_script(members[s])) for s in sizes}
     first = toks[sizes[0]]
     changes = []
     for k, (i, _, wide) in enumerate(first.ints):
@@ -261,7 +264,7 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
     bb = relax.BlockBuilder(mod)
     made: dict = {}  # members (as names) -> (GlobalVar, dtype of its n or None)
     plan: dict = {}
-    keys: dict = {}  # kernel name -> its _Tokens key (a kernel shared by several sites is printed once)
+    tokens: dict = {}  # kernel name -> its _Tokens (a kernel shared by several sites is printed once)
     counters = {name: defaultdict(int) for name in names}
     for k in range(len(sites[names[0]])):
         groups: dict = defaultdict(dict)  # (other dims' sizes, inputs, key) -> {size: (function, kernel, n-th)}
@@ -272,15 +275,15 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
             counters[name][gv.name_hint] += 1
             n_inputs = len(call.args[1].fields)
             other = tuple((v, b[v]) for v in b if v != dim)
-            if gv.name_hint not in keys:
-                keys[gv.name_hint] = _Tokens(_script(mod[gv])).key
-            groups[(other, n_inputs, keys[gv.name_hint])][b[dim]] = (name, gv, occurrence)
+            if gv.name_hint not in tokens:
+                tokens[gv.name_hint] = _Tokens(_script(mod[gv]))
+            groups[(other, n_inputs, tokens[gv.name_hint].key)][b[dim]] = (name, gv, occurrence)
         for (_, n_inputs, _), members in groups.items():
             if len(members) < 2:
                 continue
             ident = tuple((s, gv.name_hint) for s, (_, gv, _) in sorted(members.items()))
             if ident not in made:
-                made[ident] = _shared(bb, mod, members, n_inputs)
+                made[ident] = _shared(bb, mod, members, tokens, n_inputs)
             gv_new, dtype = made[ident]
             if gv_new is None:
                 continue
@@ -315,14 +318,14 @@ def _without_unused(replaced: set, mod):
     return mod
 
 
-def _shared(bb, mod, members: dict, n_inputs: int):
+def _shared(bb, mod, members: dict, tokens: dict, n_inputs: int):
     """(GlobalVar of the kernel shared by `members` {size: (function, kernel, occurrence)}, the dtype of its
     n or None when it takes none), or (None, None)."""
     funcs = {s: mod[gv] for s, (_, gv, _) in members.items()}
     first = funcs[min(funcs)]
     if all(structural_equal(_plain(f), _plain(first)) for f in funcs.values()):
         return members[min(members)][1], None
-    func = _symbolic(funcs, n_inputs)
+    func = _symbolic(funcs, {s: tokens[gv.name_hint] for s, (_, gv, _) in members.items()}, n_inputs)
     if func is None:
         return None, None
     gv = bb.add_func(func, f"{members[min(members)][1].name_hint}_n")
