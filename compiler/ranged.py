@@ -211,6 +211,35 @@ def link(mods: dict):
     return bb.get()
 
 
+LENGTH_PARAM = "length"  # a bucket function's last parameter when it computes only the input's rows
+
+
+def add_length_params(mod, bucket_list) -> tuple[object, dict]:
+    """One ranged dim: each bucket function gains an int64 parameter ``length`` (the input's size along that
+    dim, which the dispatching `main` passes) -> (module, {function name: (bucket size, that parameter)}) for
+    the GEMM lowering (passes/lower_int_matmul.py: a GEMM over exactly the bucket's rows computes only the
+    input's). Several ranged dims (a batch range too): the rows that hold input are not a prefix; no change."""
+    from compiler.tvm_compat import BlockBuilder, prim_type, relax, with_param
+
+    names = {k for b in bucket_list for k in b}
+    if len(names) != 1:
+        return mod, {}
+    active, funcs = {}, {}
+    for b in bucket_list:
+        name = bucket_name(b)
+        var = relax.Var(LENGTH_PARAM, prim_type("int64"))
+        funcs[name] = with_param(mod[name], var)
+        active[name] = (next(iter(b.values())), var)
+    # a new module: the global vars record the functions' types, and the dispatch's calls are checked against them
+    bb = BlockBuilder()
+    for gv, func in mod.functions.items():
+        bb.add_func(funcs.get(gv.name_hint, func), gv.name_hint)
+    out = bb.get()
+    for key, value in (mod.attrs or {}).items():
+        out = out.with_attr(key, value)
+    return out, active
+
+
 def _add_kernel(bb, func, name):
     return bb.add_func(func.with_attr("global_symbol", name), name)
 
@@ -270,6 +299,9 @@ def add_dispatch(mod, inputs, outputs, bucket_list):
                 args.append(bind(f"{s.name}_padded", relax.call_tir(gv, [p], out)))
             else:
                 args.append(p)
+        callee = mod[bucket_name(bucket)]
+        if len(callee.params) == len(args) + 1 and callee.params[-1].name == LENGTH_PARAM:
+            args.append(relax.prim_value(syms[next(iter(bucket))]))  # add_length_params
         res = bind("result", relax.Call(mod.get_global_var(bucket_name(bucket)), args))
         outs = []
         for i, s in enumerate(outputs):

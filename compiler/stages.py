@@ -287,7 +287,12 @@ def schedule(st: CompileState) -> CompileState:
     target = st.target_spec.tvm_target()
     mod = st.relax_mod
     rows_free = len(st.buckets) > 1  # the buckets' kernels differ only in length: share_buckets makes them one
-    for p in (FuseGemmEpilogue(target, rows_free), LowerIntMatmul(target, rows_free)):
+    active = {}
+    if rows_free:  # the GEMMs over a bucket's rows compute only the input's (the rest of the bucket: zeros)
+        from compiler import ranged
+
+        mod, active = ranged.add_length_params(mod, [b.as_dict() for b in st.buckets])
+    for p in (FuseGemmEpilogue(target, rows_free, active), LowerIntMatmul(target, rows_free, active)):
         mod = p(mod)
     return replace(st, lowered_mod=mod)
 

@@ -15,11 +15,14 @@ PyExprMutator = relax.PyExprMutator
 expr_functor_mutator = relax.expr_functor.mutator
 
 
-def mutate_functions(mutator, mod):
+def mutate_functions(mutator, mod, on_function=None):
     """Run a PyExprMutator over every Relax function of `mod`; the result includes any function the mutator
-    added through its block builder (e.g. scheduled PrimFuncs)."""
+    added through its block builder (e.g. scheduled PrimFuncs). `on_function(name)`, if given, is called before
+    each function is visited (a mutator whose rewrite depends on the function)."""
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
+            if on_function is not None:
+                on_function(gv.name_hint)
             mutator.builder_.update_func(gv, mutator.visit_expr(func))
     return mutator.builder_.get()
 
@@ -47,6 +50,16 @@ def import_onnx(model_proto):
 
 def tensor_type(shape, dtype: str):
     return relax.TensorType(shape, dtype)
+
+
+def prim_type(dtype: str):
+    """The Relax type of a scalar (relax.PrimStructInfo before 0.27)."""
+    return tvm.ir.PrimType(dtype)
+
+
+def with_param(func, var):
+    """A Relax function with `var` appended to its parameters (``ret_ty`` was ``ret_struct_info`` before 0.27)."""
+    return relax.Function([*func.params, var], func.body, func.ret_ty, func.is_pure, func.attrs)
 
 
 def const(value, dtype: str):
@@ -258,6 +271,7 @@ def walk_ir(node, visit) -> None:
 # What the rest of intformer imports from here (the re-exported TVM names included: they are this module's point).
 __all__ = [
     "tvm", "relax", "te", "BlockBuilder", "PyExprMutator", "expr_functor_mutator", "mutate_functions", "make_target",
+    "prim_type", "with_param",
     "host_cpu_name", "onnx_supported_ops", "import_onnx", "tensor_type", "const", "tensor_info", "expr_type",
     "constant_value", "legalize", "fuse_ops", "fuse", "fuse_for", "compile_module", "export_library", "rpc_connect",
     "rpc_connect_tracker",

@@ -49,9 +49,11 @@ from compiler.tvm_compat import (
     llvm_cpu_has_features,
     llvm_triple,
     make_target,
+    mutate_ir,
     tensor_info,
     tensor_type,
     tir_script as T,
+    tirx,
 )
 from schedules import amx_gemm
 from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
@@ -70,8 +72,9 @@ MAX_TILE_ROWS = 12
 PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
 L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (half a 2 MiB L2)
 MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
-ROWS_FREE_M = 8  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 8 rows,
-# which divides every default bucket's length
+ROWS_FREE_M = 4  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 4 rows,
+# which divides every default bucket's length; told the input's length (with_active_rows), the kernel computes
+# it rounded up to 4 rows. Zen 4, 40x384x1536 alone: 4x4 accumulators 104.2 us, 8x3 103.6, 2x8 107.8.
 LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
 
@@ -415,6 +418,46 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     return s.mod["main"]
 
 
+def with_active_rows(func, mr: int, col_tiles: int):
+    """A scheduled rows-free GEMM (one parallel loop over (row tile, column tile), row tiles outer) over its
+    first ``rows`` rows only: a scalar int64 parameter ``rows`` before the output; the parallel loop stops after
+    ceil(min(rows, M) / mr) row tiles and the output's rows after those tiles are written as zeros.
+
+    A ranged library's bucket runs at its own length B; ``rows`` is the input's length (<= B). The rows past
+    it are padding, which only other padding rows and masked attention keys read, so zeros are as good as what
+    the padded tokens would give (the real rows stay bit-exact), and are the same on every call, whatever the
+    memory held before. The activation conversion ("a_in", a few microseconds) still covers all B rows."""
+    *inputs, out = func.params
+    m_out, n_out = (int(d) for d in out.shape)
+    rows = tirx.Var("rows", "int64")
+    found = []
+
+    def on_for(loop, mutator):
+        if loop.kind != tirx.ForKind.PARALLEL:
+            return mutator.default_mutate(loop)
+        if int(loop.extent) != _round_up(m_out, mr) // mr * col_tiles:
+            raise ValueError(f"with_active_rows: the parallel loop has {loop.extent} iterations, not "
+                             f"{_round_up(m_out, mr) // mr} row tiles x {col_tiles} column tiles")
+        found.append(loop)
+        dt = str(loop.extent.ty)
+        # in the loop's type (int32): int64 literals would make a shared kernel's n int64 (share_buckets)
+        tiles = tirx.ceildiv(tirx.min(tirx.Cast(dt, rows), tirx.IntImm(dt, m_out)), tirx.IntImm(dt, mr))
+        start = tiles * tirx.IntImm(dt, mr)
+        i, j = tirx.Var("zero_i", dt), tirx.Var("zero_j", dt)
+        zero = tirx.For(i, start, tirx.max(tirx.IntImm(dt, m_out) - start, tirx.IntImm(dt, 0)),
+                        tirx.ForKind.SERIAL,
+                        tirx.For(j, tirx.IntImm(dt, 0), tirx.IntImm(dt, n_out), tirx.ForKind.SERIAL,
+                                 tirx.BufferStore(out, tirx.const(0, out.dtype), [i, j])))
+        loop = tirx.For(loop.loop_var, loop.min, tiles * tirx.IntImm(dt, col_tiles), loop.kind, loop.body,
+                        loop.thread_binding, loop.annotations)
+        return tirx.SeqStmt([loop, zero])
+
+    body = mutate_ir(func.body, [(tirx.For, on_for)])
+    if len(found) != 1:
+        raise ValueError(f"with_active_rows: expected one parallel loop, found {len(found)}")
+    return tirx.PrimFunc([*inputs, rows, out], body, func.ret_type, func.attrs)
+
+
 def _schedule_epilogue(s, vec: int):
     """The epilogue under its tile: (rows, columns) unrolled, columns in vectors of ``vec`` (one accumulator
     vector of a dot-product kernel, one tile row of a blocked one)."""
@@ -600,11 +643,13 @@ def gemm_compute(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | 
 
 @lru_cache(maxsize=64)
 def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue | None = None,
-                  tile: tuple | None = None, rows_free: bool = False):
+                  tile: tuple | None = None, rows_free: bool = False, active_rows: bool = False):
     """The scheduled PrimFunc (a int8 (m, k), packed w, [bias int32 (Np,)]) -> out int32 (Mp, Np); with an
     epilogue, (…, its constants) -> y (m, n) of the epilogue's type. ``tile``: (mr, nr, m_split) chosen by
     tuning (schedules/tune.py), else the default. A tile-unit kernel (AMX) is fixed: built by amx_gemm, no
-    ``KERNEL_ATTR`` (tuning leaves it alone). ``rows_free``: see ``_schedule_gemm``."""
+    ``KERNEL_ATTR`` (tuning leaves it alone). ``rows_free``: see ``_schedule_gemm``; with ``active_rows`` (and
+    rows_free, no tile unit) an int64 ``rows`` before the output: only the first rows are computed
+    (``with_active_rows``)."""
     if kern.tiles:
         func = amx_gemm.amx_primfunc(m, k, n, epilogue)
         attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, FIXED_ATTR: AMX_FIXED}
@@ -618,6 +663,10 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
         mr, nr, m_split = tile
     func = _schedule_gemm(gemm_compute(m, k, n, kern, epilogue, rows_free), kern, mr, nr, m_split=m_split,
                           rows_free=rows_free)
+    if active_rows:
+        if not rows_free:
+            raise ValueError("active_rows needs a rows-free kernel (no tuned tile)")
+        func = with_active_rows(func, mr, _round_up(n, kern.lanes) // (nr * kern.lanes))
     # a rows-free kernel has no static M that tuning could rebuild it at (schedules/tune.py): left alone
     tuning = {FIXED_ATTR: ROWS_FREE_FIXED} if rows_free else {KERNEL_ATTR: f"gemm {m} {k} {n}"}
     attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, **tuning}
@@ -668,10 +717,13 @@ def gemm_args(w_q: np.ndarray, kern: GemmKernel) -> list[np.ndarray]:
 
 
 def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, target,
-                     epilogue: Epilogue | None = None, operands: tuple = (), rows_free: bool = False) -> relax.Expr:
+                     epilogue: Epilogue | None = None, operands: tuple = (), rows_free: bool = False,
+                     active: relax.Expr | None = None) -> relax.Expr:
     """int32 (..., M, N) = a_q (int8 (..., M, K)) @ w_q (constant int8 (K, N)), bit-exact; with an ``epilogue``
     (its ``operands`` in step order: NumPy arrays, Relax values (..., M, 1) for "row" steps, such a value then a
-    NumPy vector for "outer" steps) the chain of it applied in the kernel, of its type."""
+    NumPy vector for "outer" steps) the chain of it applied in the kernel, of its type. ``active`` (a rows-free
+    kernel; an int64 Relax value): only the first ``active`` rows (of the flattened M) are computed, rounded up
+    to the row tile; the rows after them are zeros (``with_active_rows``)."""
     shape = _static_int8(a_q, "a_q")
     w = np.asarray(w_q)
     if w.dtype != np.int8 or w.ndim != 2 or w.shape[0] != shape[-1]:
@@ -683,12 +735,15 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
     if epilogue is not None and kern.act_offset:  # the chain's leading int32 adds join the bias (the init)
         epilogue, operands, addend = fold_into_init(epilogue, operands, n)
         consts[1][:n] = (consts[1][:n] + addend).astype(np.int32)  # wraps as int32 arithmetic does
-    func = gemm_primfunc(rows, k, n, kern, epilogue, rows_free=rows_free)
+    active = active if rows_free and not kern.tiles else None
+    func = gemm_primfunc(rows, k, n, kern, epilogue, rows_free=rows_free, active_rows=active is not None)
     name = (f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
-            + ("_rows_free" if rows_free else ""))
+            + ("_rows_free" if rows_free else "") + ("_active" if active is not None else ""))
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))
     args = [a2] + [const(v, str(v.dtype)) for v in consts] + [_operand_arg(bb, v, rows) for v in operands]
+    if active is not None:
+        args.append(active)
     if epilogue is not None:  # written unpadded, in the epilogue's type
         out = bb.emit(relax.call_tir(gv, args, tensor_type((rows, n), epilogue.out_dtype)))
         return out if len(shape) == 2 else bb.emit(relax.op.reshape(out, (*shape[:-1], n)))

@@ -33,6 +33,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from compiler.passes.lower_int_matmul import active_arg
 from compiler.tvm_compat import (
     PyExprMutator,
     constant_value,
@@ -225,6 +226,7 @@ class _Fuse(PyExprMutator):
         self.target = target
         self.chains = chains
         self.rows_free = rows_free
+        self.current = None  # (B, rows var) of the function being visited (lower_int_matmul.active_arg)
         self.fused = 0
 
     def visit_var_binding_(self, binding):
@@ -233,8 +235,9 @@ class _Fuse(PyExprMutator):
             return super().visit_var_binding_(binding)
         bb = self.builder_
         operands = tuple(v if isinstance(v, np.ndarray) else self.visit_expr(v) for v in chain.operands)
-        y = emit_int8_matmul(bb, self.visit_expr(chain.a), chain.w, self.target, chain.epilogue, operands,
-                             self.rows_free)
+        a = self.visit_expr(chain.a)
+        y = emit_int8_matmul(bb, a, chain.w, self.target, chain.epilogue, operands, self.rows_free,
+                             active_arg(self.current, tensor_info(a)[1]))
         for call in chain.layout:  # the same moves, on the epilogue's (narrower) result
             if call.op.name == "relax.permute_dims":
                 y = bb.emit(relax.op.permute_dims(y, call.attrs.axes))
@@ -254,9 +257,10 @@ class FuseGemmEpilogue:
     """``rows_free``: kernels whose schedule does not depend on the row count (a library of several lengths,
     schedules/int8_matmul.py)."""
 
-    def __init__(self, target, rows_free: bool = False):
+    def __init__(self, target, rows_free: bool = False, active_rows: dict | None = None):
         self.target = target
         self.rows_free = rows_free
+        self.active_rows = active_rows or {}  # as LowerIntMatmul's (lower_int_matmul.py)
         self.fused = 0
 
     def transform_module(self, mod, ctx):
@@ -269,6 +273,10 @@ class FuseGemmEpilogue:
         if not chains:
             return mod
         mutator = _Fuse(mod, self.target, chains, self.rows_free)
-        mod = mutate_functions(mutator, mod)
+
+        def on_function(name):
+            mutator.current = self.active_rows.get(name)
+
+        mod = mutate_functions(mutator, mod, on_function)
         self.fused = mutator.fused
         return dead_code_elimination()(mod)  # the replaced matmuls and chain ops

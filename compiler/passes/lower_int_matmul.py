@@ -7,7 +7,9 @@ weights and the dot-product intrinsic where the target has one: x86 VNNI / AVX2,
 computing the same int32 values bit for bit (tests/schedules). Targets whose kernel is "generic" (no intrinsic
 of the project's, e.g. 32-bit ARM) keep plain matmuls. Runs after the report and the reference are taken, so
 both still see plain matmuls, and after FuseGemmEpilogue, which already lowered the constant-weight matmuls
-whose requantize chain it fused (fuse_gemm_epilogue.py).
+whose requantize chain it fused (fuse_gemm_epilogue.py). With ``active_rows`` (a ranged library: function name
+-> (its length B, an int64 parameter of it holding the input's length)), a GEMM of B rows in that function
+computes only the input's rows (schedules/int8_matmul.with_active_rows; the rest are zeros).
 """
 
 from __future__ import annotations
@@ -20,12 +22,27 @@ from schedules.int8_matmul import emit_int8_batch_matmul, emit_int8_matmul, sele
 _MATMUL = tvm.ir.Op.get("relax.matmul")
 
 
+def active_arg(current, a_shape):
+    """The rows argument of a GEMM whose activation is `a_shape` in a function with `current` = (B, rows var),
+    or None: only a GEMM over exactly B rows (a batch of one, the length flattened into M) computes just the
+    input's rows; other row counts (several sequences, pooled rows) keep every row."""
+    if current is None or a_shape is None:
+        return None
+    length, var = current
+    rows = 1
+    for d in a_shape[:-1]:
+        rows *= int(d)
+    return var if rows == length else None
+
+
 @expr_functor_mutator
 class _Lower(PyExprMutator):
-    def __init__(self, mod, target, rows_free: bool):
+    def __init__(self, mod, target, rows_free: bool, active_rows: dict):
         super().__init__(mod)
         self.target = target
         self.rows_free = rows_free
+        self.active_rows = active_rows
+        self.current = None  # (B, rows var) of the function being visited, if it has them
         self.has_kernel = select_kernel(target).isa != "generic"
         self.lowered = 0
 
@@ -42,7 +59,8 @@ class _Lower(PyExprMutator):
         w = constant_value(b)
         self.lowered += 1
         if w is not None and w.ndim == 2:
-            return emit_int8_matmul(self.builder_, a, w, self.target, rows_free=self.rows_free)
+            return emit_int8_matmul(self.builder_, a, w, self.target, rows_free=self.rows_free,
+                                    active=active_arg(self.current, a_shape))
         if w is None and len(a_shape) == len(b_shape) and len(a_shape) >= 2 and a_shape[:-2] == b_shape[:-2]:
             return emit_int8_batch_matmul(self.builder_, a, b, self.target, self.rows_free)
         self.lowered -= 1
@@ -51,15 +69,21 @@ class _Lower(PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="IntformerLowerIntMatmul")
 class LowerIntMatmul:
-    """``rows_free``: kernels whose schedule does not depend on the row count (a library of several lengths)."""
+    """``rows_free``: kernels whose schedule does not depend on the row count (a library of several lengths);
+    ``active_rows``: see the module's docstring."""
 
-    def __init__(self, target, rows_free: bool = False):
+    def __init__(self, target, rows_free: bool = False, active_rows: dict | None = None):
         self.target = target
         self.rows_free = rows_free
+        self.active_rows = active_rows or {}
         self.lowered = 0
 
     def transform_module(self, mod, ctx):
-        mutator = _Lower(mod, self.target, self.rows_free)
-        mod = mutate_functions(mutator, mod)  # with the kernels' PrimFuncs added
+        mutator = _Lower(mod, self.target, self.rows_free, self.active_rows)
+
+        def on_function(name):
+            mutator.current = self.active_rows.get(name)
+
+        mod = mutate_functions(mutator, mod, on_function)  # with the kernels' PrimFuncs added
         self.lowered = mutator.lowered
         return mod

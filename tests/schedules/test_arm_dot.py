@@ -21,7 +21,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from compiler.tvm_compat import build_tir, export_library, tensor_type
+from compiler.tvm_compat import build_tir, export_library, prim_type, tensor_type
 from schedules.int8_matmul import (
     INTRINSICS,
     emit_int8_batch_matmul,
@@ -84,6 +84,11 @@ def _cases():
         cases[f"bmm{idx}"] = ({"a": a, "b": b}, _ref(a, b), None, None)
     for name in ("gemm1", "gemm5", "epi0", "bmm0", "bmm1"):  # the kernels of a library of several lengths
         cases[f"{name}_rows_free"] = cases[name]
+    for name, length in (("gemm2", 12), ("epi0", 8)):  # told the input's length: the rows after it are zeros
+        inputs, expected, w, epilogue = cases[name]
+        flat = expected.reshape(-1, expected.shape[-1]).copy()
+        flat[length:] = 0  # a multiple of 4: of every rows-free row tile (ROWS_FREE_M)
+        cases[f"{name}_active"] = ({**inputs, "length": length}, flat.reshape(expected.shape), w, epilogue)
     return cases
 
 
@@ -94,12 +99,15 @@ def _module(target):
     """One Relax module with a function per case (a remote call returns one tensor, not a tuple)."""
     bb = relax.BlockBuilder()
     for name, (inputs, _, w, epilogue) in CASES.items():
-        params = [relax.Var(k, tensor_type(v.shape, "int8")) for k, v in inputs.items()]
+        params = [relax.Var(k, prim_type("int64") if k == "length" else tensor_type(v.shape, "int8"))
+                  for k, v in inputs.items()]
         with bb.function(name, params):
             with bb.dataflow():
-                rows_free = name.endswith("_rows_free")
+                rows_free = name.endswith(("_rows_free", "_active"))
+                active = params[-1] if name.endswith("_active") else None
                 if w is not None:
-                    out = emit_int8_matmul(bb, params[0], w, target, *(epilogue or ()), rows_free=rows_free)
+                    out = emit_int8_matmul(bb, params[0], w, target, *(epilogue or ()), rows_free=rows_free,
+                                           active=active)
                 else:
                     out = emit_int8_batch_matmul(bb, *params, target, rows_free)
                 out = bb.emit_output(out)
@@ -269,7 +277,7 @@ def test_kernels_bit_exact_on_board(arm_libs, boards, preset):
     dev = sess.cpu()
     vm = relax.VirtualMachine(_upload(sess, arm_libs[preset]), dev)
     for name, (inputs, expected, _, _) in CASES.items():
-        args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
+        args = [v if k == "length" else tvm.runtime.tensor(v, dev) for k, v in inputs.items()]
         got = call_with_timeout(lambda name=name, args=args: vm[name](*args).numpy(), 120, f"running {name}", preset)
         assert got.dtype == expected.dtype and got.shape == expected.shape, name
         np.testing.assert_array_equal(got, expected, err_msg=f"{preset} {name}")

@@ -13,9 +13,10 @@ import tvm
 from tvm import relax
 
 from compiler.io_safety import amx_permitted
-from compiler.tvm_compat import PrimFunc, tensor_type
+from compiler.tvm_compat import PrimFunc, prim_type, tensor_type
 from schedules.int8_matmul import (
     INTRINSICS,
+    default_tile,
     emit_int8_batch_matmul,
     emit_int8_matmul,
     pack_weight,
@@ -99,6 +100,34 @@ def test_int8_matmul_bit_exact(target, a_shape, n, rows_free):
                             target)
     assert got.dtype == np.int32 and got.shape == (*a_shape[:-1], n)
     np.testing.assert_array_equal(got, _ref(a, w))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("a_shape,n", [((1, 40, 384), 384), ((24, 100), 20), ((8, 64), 1536)])
+def test_int8_matmul_active_rows(target, a_shape, n):
+    """A rows-free GEMM told the input's length (a ranged library's bucket): the rows up to it, rounded up to
+    the row tile, bit-exact; the rest zeros, whatever the output's memory held (AMX: every row computed)."""
+    rng = np.random.default_rng(sum(a_shape) + n)
+    a = _rand_int8(rng, a_shape)
+    w = _rand_int8(rng, (a_shape[-1], n))
+    m = int(np.prod(a_shape[:-1]))
+    bb = relax.BlockBuilder()
+    x, length = relax.Var("a", tensor_type(a_shape, "int8")), relax.Var("length", prim_type("int64"))
+    with bb.function("main", [x, length]):
+        with bb.dataflow():
+            out = bb.emit_output(emit_int8_matmul(bb, x, w, target, rows_free=True, active=length))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target), tvm.cpu())
+    kern = select_kernel(target)
+    mr, _ = default_tile(kern, m, n, rows_free=True)
+    ref = _ref(a, w).reshape(m, n)
+    for rows in (1, mr - 1, mr + 1, m - 1, m):
+        if rows < 1:
+            continue
+        got = vm["main"](tvm.runtime.tensor(a, tvm.cpu()), rows).numpy().reshape(m, n)
+        done = m if kern.tiles else min(m, -(-rows // mr) * mr)
+        np.testing.assert_array_equal(got[:done], ref[:done], err_msg=f"rows={rows}")
+        assert not got[done:].any(), f"rows={rows}: rows past {done} not zero"
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -3,10 +3,11 @@ checks the shape is inside the ranges, takes the smallest bucket that holds it, 
 inputs up to the bucket, calls the bucket's function and slices the ranged axes of the outputs back."""
 
 import tvm
+from tvm import relax
 from tvm.script import ir as I, relax as R
 
 from compiler.config import TensorSpec
-from compiler.ranged import add_dispatch
+from compiler.ranged import add_dispatch, add_length_params
 from compiler.tvm_compat import tir_script as T
 
 SEQ = ((1, 1, 4, "seq"),)  # axis 1 of x and y: any size in 1..4, named seq
@@ -113,3 +114,41 @@ def test_main_pads_to_the_smallest_bucket_that_holds_the_input_and_slices_back()
     outputs = (TensorSpec("y", (1, 4), "int32", ranges=SEQ),)
     after = add_dispatch(Before, inputs, outputs, [{"seq": 2}, {"seq": 4}])
     tvm.ir.assert_structural_equal(after, Expected)
+
+
+@I.ir_module
+class WithLength:
+    @R.function
+    def main_2(x: R.Tensor((1, 2), "int8"), length: R.Prim("int64")) -> R.Tensor((1, 2), "int32"):
+        y = R.astype(x, "int32")
+        return y
+
+    @R.function
+    def main_4(x: R.Tensor((1, 4), "int8"), length: R.Prim("int64")) -> R.Tensor((1, 4), "int32"):
+        y = R.astype(x, "int32")
+        return y
+
+
+def test_one_ranged_dim_the_buckets_take_the_length_and_main_passes_it():
+    """add_length_params: each bucket function gains `length` (its GEMMs then compute only the input's rows,
+    passes/lower_int_matmul.py); the dispatching `main` passes the input's size along the ranged dim."""
+    inputs = (TensorSpec("x", (1, 4), "int8", ranges=SEQ),)
+    outputs = (TensorSpec("y", (1, 4), "int32", ranges=SEQ),)
+    mod, active = add_length_params(Before, [{"seq": 2}, {"seq": 4}])
+    for name, size in (("main_2", 2), ("main_4", 4)):
+        tvm.ir.assert_structural_equal(mod[name], WithLength[name])
+        assert active[name][0] == size and active[name][1].same_as(mod[name].params[-1])
+    after = add_dispatch(mod, inputs, outputs, [{"seq": 2}, {"seq": 4}])
+    seq = after["main"].params[0].ty.shape.values[1]
+    calls = []
+    relax.analysis.post_order_visit(after["main"], lambda e: calls.append(e) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.GlobalVar) else None)
+    assert sorted(c.op.name_hint for c in calls) == ["main_2", "main_4"]
+    for c in calls:
+        assert c.args[-1].same_as(seq)  # a PrimValue is the TIR expression itself in 0.27
+
+
+def test_two_ranged_dims_keep_the_bucket_functions():
+    """Batch and length both ranged: the rows holding input are not a prefix of the GEMMs' rows; no change."""
+    mod, active = add_length_params(Before, [{"batch": 1, "seq": 2}, {"batch": 1, "seq": 4}])
+    assert mod is Before and active == {}
