@@ -334,8 +334,10 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     (MetaSchedule's, when tuning: schedules/tune.py chooses mr, nr and m_split); ``m_split`` None: chosen from
     the weight size. ``rows_free``: no loop order, parallel split or vector width that depends on the row count
     M (nor, in a batch kernel, on N), so the kernels of different lengths differ only in loop extents and
-    shapes (compiler/passes/share_buckets.py makes them one): row tiles outside column tiles, the parallel loop
-    over (row tile, column tile), or over the batch in a batch kernel. (A batch kernel's operand conversion is
+    shapes (compiler/passes/share_buckets.py makes them one): the parallel loop over column tiles, each running
+    its row tiles with its (K x nr*lanes) weight panel in cache (measured, Zen 4, 40x384x1536 with 16 weight
+    sets in turn, as in a model: 106 us; row tiles outside column tiles, which streams the whole weight from L3
+    for the first row tile, 121 us), or over the batch in a batch kernel. (A batch kernel's operand conversion is
     vectorized when K is a multiple of 16: where K is the length, P.V, lengths fall into up to three kernels.)"""
     s = func if isinstance(func, Schedule) else Schedule(func)
     epilogue = _has_block(s, EPILOGUE_BLOCK)
@@ -357,7 +359,7 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     if m_split is None:
         m_split = w_bytes <= L2_WEIGHT_BYTES and s.get(io).extent.value >= MIN_ROW_TILES
     m_split = m_split and not batch and not rows_free
-    outer = (io, jo) if m_split or rows_free else (jo, io)
+    outer = (io, jo) if m_split or (rows_free and batch) else (jo, io)
     if kern.rows > 1:
         s.reorder(*outer, ro, iv, jv, ii, ji, ri)  # (ii, ji, ri) is the intrinsic's (rows, lanes, k_group) block
     elif kern.intrin is not None:
@@ -372,7 +374,7 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
             intrin = intrin or kern.intrin.local_name  # the dot product accumulating into a "local" C
     # Parallel (and compute_at) before tensorize: they need the reduction block still whole.
     if rows_free:
-        s.parallel(s.fuse(*batch) if batch else s.fuse(io, jo))
+        s.parallel(s.fuse(*batch) if batch else jo)
     else:
         s.parallel(io if m_split else s.fuse(*batch, jo, io))
     if kern.intrin is None:
@@ -419,8 +421,8 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
 
 
 def with_active_rows(func, mr: int, col_tiles: int):
-    """A scheduled rows-free GEMM (one parallel loop over (row tile, column tile), row tiles outer) over its
-    first ``rows`` rows only: a scalar int64 parameter ``rows`` before the output; the parallel loop stops after
+    """A scheduled rows-free GEMM (a parallel loop over column tiles around a loop over row tiles) over its
+    first ``rows`` rows only: a scalar int64 parameter ``rows`` before the output; the row loop stops after
     ceil(min(rows, M) / mr) row tiles and the output's rows after those tiles are written as zeros.
 
     A ranged library's bucket runs at its own length B; ``rows`` is the input's length (<= B). The rows past
@@ -435,11 +437,13 @@ def with_active_rows(func, mr: int, col_tiles: int):
     def on_for(loop, mutator):
         if loop.kind != tirx.ForKind.PARALLEL:
             return mutator.default_mutate(loop)
-        if int(loop.extent) != _round_up(m_out, mr) // mr * col_tiles:
-            raise ValueError(f"with_active_rows: the parallel loop has {loop.extent} iterations, not "
-                             f"{_round_up(m_out, mr) // mr} row tiles x {col_tiles} column tiles")
+        row_loop = loop.body
+        if (int(loop.extent) != col_tiles or not isinstance(row_loop, tirx.For)
+                or int(row_loop.extent) != _round_up(m_out, mr) // mr):
+            raise ValueError(f"with_active_rows: expected a parallel loop over {col_tiles} column tiles around "
+                             f"one over {_round_up(m_out, mr) // mr} row tiles")
         found.append(loop)
-        dt = str(loop.extent.ty)
+        dt = str(row_loop.extent.ty)
         # in the loop's type (int32): int64 literals would make a shared kernel's n int64 (share_buckets)
         tiles = tirx.ceildiv(tirx.min(tirx.Cast(dt, rows), tirx.IntImm(dt, m_out)), tirx.IntImm(dt, mr))
         start = tiles * tirx.IntImm(dt, mr)
@@ -448,8 +452,10 @@ def with_active_rows(func, mr: int, col_tiles: int):
                         tirx.ForKind.SERIAL,
                         tirx.For(j, tirx.IntImm(dt, 0), tirx.IntImm(dt, n_out), tirx.ForKind.SERIAL,
                                  tirx.BufferStore(out, tirx.const(0, out.dtype), [i, j])))
-        loop = tirx.For(loop.loop_var, loop.min, tiles * tirx.IntImm(dt, col_tiles), loop.kind, loop.body,
-                        loop.thread_binding, loop.annotations)
+        row_loop = tirx.For(row_loop.loop_var, row_loop.min, tiles, row_loop.kind, row_loop.body,
+                            row_loop.thread_binding, row_loop.annotations)
+        loop = tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, row_loop, loop.thread_binding,
+                        loop.annotations)
         return tirx.SeqStmt([loop, zero])
 
     body = mutate_ir(func.body, [(tirx.For, on_for)])
