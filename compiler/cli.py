@@ -217,12 +217,15 @@ def _bench(a) -> int:
     from compiler import bench
 
     remote = _remote(a)
+    if a.separate and not a.workload:
+        raise _usage("--separate times engines on a workload: give --workload TEXTS.npz")
     if a.workload:
         from compiler import workload
 
         if remote is not None or a.per_op:
             raise _usage("--workload times engines on this machine; it cannot be combined with --rpc/--per-op")
-        rep = workload.run_workload(a.library, a.workload, threads=a.threads, model=a.model, batch=a.batch)
+        rep = workload.run_workload(a.library, a.workload, threads=a.threads, model=a.model, batch=a.batch,
+                                    interleave=not a.separate)
         workload.print_workload(rep)
         if a.json:
             import json
@@ -477,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1, metavar="N",
                    help="with --workload: throughput mode, batches of up to N texts of similar length")
     b.add_argument("--json", metavar="OUT.json", help="with --workload: also write the figures as JSON")
+    b.add_argument("--separate", action="store_true",
+                   help="with --workload at 1 thread: each engine alone in its own process (default: the engines "
+                        "take turns text by text in one process)")
     _add_remote_args(b)
     b.set_defaults(func=_bench)
 

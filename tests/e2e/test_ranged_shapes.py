@@ -1,5 +1,6 @@
 """Ranged input dims: one library for every sequence length (compiler/ranged.py), on the tiny random BERT."""
 
+import json
 import os
 import subprocess
 import sys
@@ -142,6 +143,21 @@ def test_bench_workload_against_onnxruntime_int8(ranged_lib, tiny_bert, tmp_path
                        engines=("intformer", "onnxruntime int8"))
     assert [r.engine for r in rep.rows] == ["intformer", "onnxruntime int8"]
     assert all(r.total_ms > 0 and r.tokens == 42 and r.batches == 5 for r in rep.rows), rep
+
+
+def test_bench_workload_separate_processes_from_the_cli(ranged_lib, tiny_bert, tmp_path, capsys):
+    """`bench --workload --separate` at 1 thread: each engine alone in its own process; --separate without a
+    workload is a usage error."""
+    from compiler.cli import main
+
+    _workload(tmp_path / "w.npz", [3, 16, 7])
+    out = tmp_path / "w.json"
+    assert main(["bench", ranged_lib[0], "--workload", str(tmp_path / "w.npz"), "--model", tiny_bert[0],
+                 "--separate", "--json", str(out)]) == 0
+    rows = {r["engine"]: r for r in json.load(open(out))["rows"]}
+    assert rows["intformer"]["total_ms"] > 0 and rows["onnxruntime int8"]["total_ms"] > 0, rows
+    assert main(["bench", ranged_lib[0], "--separate"]) != 0
+    assert "--separate" in capsys.readouterr().err
 
 
 def test_batch_range_pads_rows_and_equals_each_text_alone(tiny_bert, tiny_bert_lib, tmp_path):
