@@ -240,6 +240,20 @@ def add_length_params(mod, bucket_list) -> tuple[object, dict]:
     return out, active
 
 
+def length_arg(current, a_shape):
+    """The length argument of a GEMM whose activation is `a_shape` in a bucket function with `current` =
+    (B, its length parameter), or None: only a GEMM over exactly B rows (a batch of one, the length flattened
+    into M) computes just the input's rows; other row counts (several sequences, pooled rows) keep every row.
+    (A GEMM whose M equals B by chance, not along the length, would be cut too: none in the encoders tested.)"""
+    if current is None or a_shape is None:
+        return None
+    length, var = current
+    rows = 1
+    for d in a_shape[:-1]:
+        rows *= int(d)
+    return var if rows == length else None
+
+
 def _add_kernel(bb, func, name):
     return bb.add_func(func.with_attr("global_symbol", name), name)
 

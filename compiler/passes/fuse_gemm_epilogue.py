@@ -33,7 +33,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from compiler.passes.lower_int_matmul import active_arg
+from compiler.ranged import length_arg
 from compiler.tvm_compat import (
     PyExprMutator,
     constant_value,
@@ -226,7 +226,7 @@ class _Fuse(PyExprMutator):
         self.target = target
         self.chains = chains
         self.rows_free = rows_free
-        self.current = None  # (B, rows var) of the function being visited (lower_int_matmul.active_arg)
+        self.current = None  # (B, length var) of the function being visited (ranged.length_arg)
         self.fused = 0
 
     def visit_var_binding_(self, binding):
@@ -237,7 +237,7 @@ class _Fuse(PyExprMutator):
         operands = tuple(v if isinstance(v, np.ndarray) else self.visit_expr(v) for v in chain.operands)
         a = self.visit_expr(chain.a)
         y = emit_int8_matmul(bb, a, chain.w, self.target, chain.epilogue, operands, self.rows_free,
-                             active_arg(self.current, tensor_info(a)[1]))
+                             length_arg(self.current, tensor_info(a)[1]))
         for call in chain.layout:  # the same moves, on the epilogue's (narrower) result
             if call.op.name == "relax.permute_dims":
                 y = bb.emit(relax.op.permute_dims(y, call.attrs.axes))

@@ -16,23 +16,11 @@ from __future__ import annotations
 
 import tvm
 
+from compiler.ranged import length_arg
 from compiler.tvm_compat import PyExprMutator, constant_value, expr_functor_mutator, mutate_functions, tensor_info
 from schedules.int8_matmul import emit_int8_batch_matmul, emit_int8_matmul, select_kernel
 
 _MATMUL = tvm.ir.Op.get("relax.matmul")
-
-
-def active_arg(current, a_shape):
-    """The rows argument of a GEMM whose activation is `a_shape` in a function with `current` = (B, rows var),
-    or None: only a GEMM over exactly B rows (a batch of one, the length flattened into M) computes just the
-    input's rows; other row counts (several sequences, pooled rows) keep every row."""
-    if current is None or a_shape is None:
-        return None
-    length, var = current
-    rows = 1
-    for d in a_shape[:-1]:
-        rows *= int(d)
-    return var if rows == length else None
 
 
 @expr_functor_mutator
@@ -60,7 +48,7 @@ class _Lower(PyExprMutator):
         self.lowered += 1
         if w is not None and w.ndim == 2:
             return emit_int8_matmul(self.builder_, a, w, self.target, rows_free=self.rows_free,
-                                    active=active_arg(self.current, a_shape))
+                                    active=length_arg(self.current, a_shape))
         if w is None and len(a_shape) == len(b_shape) and len(a_shape) >= 2 and a_shape[:-2] == b_shape[:-2]:
             return emit_int8_batch_matmul(self.builder_, a, b, self.target, self.rows_free)
         self.lowered -= 1

@@ -7,8 +7,8 @@ from tvm import relax
 from tvm.script import ir as I, relax as R
 
 from compiler.config import TensorSpec
-from compiler.ranged import add_dispatch, add_length_params
-from compiler.tvm_compat import tir_script as T
+from compiler.ranged import add_dispatch, add_length_params, length_arg
+from compiler.tvm_compat import prim_type, tir_script as T
 
 SEQ = ((1, 1, 4, "seq"),)  # axis 1 of x and y: any size in 1..4, named seq
 
@@ -152,3 +152,12 @@ def test_two_ranged_dims_keep_the_bucket_functions():
     """Batch and length both ranged: the rows holding input are not a prefix of the GEMMs' rows; no change."""
     mod, active = add_length_params(Before, [{"batch": 1, "seq": 2}, {"batch": 1, "seq": 4}])
     assert mod is Before and active == {}
+
+
+def test_only_gemms_over_the_buckets_rows_take_the_length():
+    var = relax.Var("length", prim_type("int64"))
+    assert length_arg((8, var), (1, 8, 32)) is var  # (batch 1, seq 8, hidden): the length along M
+    assert length_arg((8, var), (8, 32)) is var
+    assert length_arg((8, var), (2, 8, 32)) is None  # two sequences: the input's rows are not a prefix
+    assert length_arg((8, var), (1, 32)) is None  # pooled rows
+    assert length_arg(None, (1, 8, 32)) is None  # a function without the length parameter
