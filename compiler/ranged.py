@@ -218,11 +218,14 @@ def add_length_params(mod, bucket_list) -> tuple[object, dict]:
     """One ranged dim: each bucket function gains an int64 parameter ``length`` (the input's size along that
     dim, which the dispatching `main` passes) -> (module, {function name: (bucket size, that parameter)}) for
     the GEMM lowering (passes/lower_int_matmul.py: a GEMM over exactly the bucket's rows computes only the
-    input's). Several ranged dims (a batch range too): the rows that hold input are not a prefix; no change."""
+    input's first rows). Several ranged dims (a batch range too): the rows that hold input are not a prefix;
+    nor when the buckets do not have as many GEMMs over their own size (a fixed row count equal to one
+    bucket's size); no change then."""
     from compiler.tvm_compat import BlockBuilder, prim_type, relax, with_param
 
     names = {k for b in bucket_list for k in b}
-    if len(names) != 1:
+    if len(names) != 1 or len({_rows_of_length(mod[bucket_name(b)], next(iter(b.values())))
+                                for b in bucket_list}) != 1:
         return mod, {}
     active, funcs = {}, {}
     for b in bucket_list:
@@ -240,11 +243,32 @@ def add_length_params(mod, bucket_list) -> tuple[object, dict]:
     return out, active
 
 
+def _rows_of_length(func, length: int) -> int:
+    """How many constant-weight int8 matmuls of `func` run over exactly `length` rows. Equal in every bucket when
+    those rows follow the ranged dim; a matmul whose rows are fixed (a batch of 8 pooled rows, say) counts in
+    the one bucket of its size only, and then no GEMM is given the length."""
+    from compiler.tvm_compat import constant_value, relax, tensor_info, tvm
+
+    matmul = tvm.ir.Op.get("relax.matmul")
+    count = [0]
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op.same_as(matmul):
+            dtype, shape = tensor_info(e.args[0])
+            if dtype == "int8" and shape and int(np.prod(shape[:-1])) == length \
+                    and constant_value(e.args[1]) is not None:
+                count[0] += 1
+
+    relax.analysis.post_order_visit(func, visit)
+    return count[0]
+
+
 def length_arg(current, a_shape):
     """The length argument of a GEMM whose activation is `a_shape` in a bucket function with `current` =
-    (B, its length parameter), or None: only a GEMM over exactly B rows (a batch of one, the length flattened
-    into M) computes just the input's rows; other row counts (several sequences, pooled rows) keep every row.
-    (A GEMM whose M equals B by chance, not along the length, would be cut too: none in the encoders tested.)"""
+    (B, its length parameter), or None: only a GEMM over exactly B rows (the ranged dim flattened into M with
+    no other dim above 1) computes just the input's first rows; other row counts (several sequences, pooled
+    rows) keep every row. add_length_params gives no function a length when a GEMM's rows equal a bucket's
+    size by chance (its count of such GEMMs differs between buckets)."""
     if current is None or a_shape is None:
         return None
     length, var = current

@@ -214,9 +214,11 @@ class CompiledModel:
         out = self._fn(*args)
         outs = [out] if hasattr(out, "numpy") else list(out)
         if self._local_cpu():  # zero-copy views (each keeps its tensor alive): a decoder step's 32000-wide
-            # log-probabilities cost ~0.1 ms to copy; an output that is a reused input tensor is copied
-            return [np.from_dlpack(o).copy() if any(o.same_as(a) for a in args) else np.from_dlpack(o)
-                    for o in outs]
+            # log-probabilities cost ~0.1 ms to copy; an output sharing memory with a reused input tensor (the
+            # input itself, a reshape of it) is copied: the next call writes there
+            staged = [v for t, v in self._staging.values() if any(t.same_as(a) for a in args)]
+            arrays = [np.from_dlpack(o) for o in outs]
+            return [a.copy() if any(np.may_share_memory(a, v) for v in staged) else a for a in arrays]
         return [o.numpy() for o in outs]
 
     def device_view(self, shape: tuple, dtype: str):

@@ -5,7 +5,8 @@ TVM's dict form, e.g. ``{"kind": "llvm", "mcpu": "rocketlake", "mtriple": "x86_6
 
 Guarantees:
 - ``emit_int8_matmul`` / ``emit_int8_batch_matmul`` return an int32 Relax expression equal bit for bit to
-  ``a.astype(int32) @ b.astype(int32)`` (int32 wrap-around, as NumPy does).
+  ``a.astype(int32) @ b.astype(int32)`` (int32 wrap-around, as NumPy does); given ``active`` (a ranged
+  library's length), only the rows up to it rounded up to the row tile, the later rows zeros.
 - Each emits one ``call_tir`` to a PrimFunc that is already scheduled (tiled from the target's vector width,
   tensorized with a dot-product intrinsic where the ISA has one, outer loop parallel over TVM's thread pool).
   The PrimFunc carries ``op_pattern = kOpaque`` and ``tir.is_scheduled``, so the default Relax pipeline
@@ -72,9 +73,10 @@ MAX_TILE_ROWS = 12
 PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
 L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (half a 2 MiB L2)
 MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
-ROWS_FREE_M = 4  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 4 rows,
-# which divides every default bucket's length; told the input's length (with_active_rows), the kernel computes
-# it rounded up to 4 rows. Zen 4, 40x384x1536 alone: 4x4 accumulators 104.2 us, 8x3 103.6, 2x8 107.8.
+ROWS_FREE_M = 4  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 4 rows
+# (a bucket it does not divide, the range's top, say, pads its output and slices it); told the input's length
+# (with_active_rows), the kernel computes it rounded up to 4 rows. Zen 4, 40x384x1536 alone: 4x4 accumulators
+# 104.2 us, 8x3 103.6, 2x8 107.8.
 LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
 
@@ -445,7 +447,9 @@ def with_active_rows(func, mr: int, col_tiles: int):
         found.append(loop)
         dt = str(row_loop.extent.ty)
         # in the loop's type (int32): int64 literals would make a shared kernel's n int64 (share_buckets)
-        tiles = tirx.ceildiv(tirx.min(tirx.Cast(dt, rows), tirx.IntImm(dt, m_out)), tirx.IntImm(dt, mr))
+        # rows clamped to [0, 2**30] before the cast (a bucket function called directly with any int64)
+        clamped = tirx.Cast(dt, tirx.min(tirx.max(rows, tirx.IntImm("int64", 0)), tirx.IntImm("int64", 1 << 30)))
+        tiles = tirx.ceildiv(tirx.min(clamped, tirx.IntImm(dt, m_out)), tirx.IntImm(dt, mr))
         start = tiles * tirx.IntImm(dt, mr)
         i, j = tirx.Var("zero_i", dt), tirx.Var("zero_j", dt)
         zero = tirx.For(i, start, tirx.max(tirx.IntImm(dt, m_out) - start, tirx.IntImm(dt, 0)),

@@ -128,6 +128,11 @@ def test_int8_matmul_active_rows(target, a_shape, n):
         done = m if kern.tiles else min(m, -(-rows // mr) * mr)
         np.testing.assert_array_equal(got[:done], ref[:done], err_msg=f"rows={rows}")
         assert not got[done:].any(), f"rows={rows}: rows past {done} not zero"
+    if not kern.tiles:  # a bucket function called directly: any int64, clamped (0 rows: all zeros)
+        for rows, done in ((0, 0), (-3, 0), (1 << 40, m)):
+            got = vm["main"](tvm.runtime.tensor(a, tvm.cpu()), rows).numpy().reshape(m, n)
+            np.testing.assert_array_equal(got[:done], ref[:done], err_msg=f"rows={rows}")
+            assert not got[done:].any(), f"rows={rows}"
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -161,3 +161,31 @@ def test_only_gemms_over_the_buckets_rows_take_the_length():
     assert length_arg((8, var), (2, 8, 32)) is None  # two sequences: the input's rows are not a prefix
     assert length_arg((8, var), (1, 32)) is None  # pooled rows
     assert length_arg(None, (1, 8, 32)) is None  # a function without the length parameter
+
+
+def _buckets_with_gemms(fixed_rows: int):
+    """main_8 / main_16: a GEMM over the bucket's rows, and one over `fixed_rows` rows in both."""
+    import numpy as np
+
+    from compiler.tvm_compat import BlockBuilder, const, tensor_type
+
+    w = const(np.ones((4, 4), np.int8), "int8")
+    bb = BlockBuilder()
+    for size in (8, 16):
+        x = relax.Var("x", tensor_type((size, 4), "int8"))
+        y = relax.Var("y", tensor_type((fixed_rows, 4), "int8"))
+        with bb.function(f"main_{size}", [x, y]):
+            a = bb.emit(relax.op.matmul(x, w, out_dtype="int32"))
+            b = bb.emit(relax.op.matmul(y, w, out_dtype="int32"))
+            bb.emit_func_output(relax.Tuple([a, b]))
+    return bb.get()
+
+
+def test_no_length_when_a_fixed_gemm_matches_one_buckets_size():
+    """A GEMM of 8 fixed rows (a batch of 8 pooled rows, say) in the 8 bucket is not along the length: the
+    buckets count different numbers of GEMMs over their own size, and no function takes the length."""
+    buckets = [{"seq": 8}, {"seq": 16}]
+    mod, active = add_length_params(_buckets_with_gemms(8), buckets)
+    assert active == {} and len(mod["main_8"].params) == 2
+    mod, active = add_length_params(_buckets_with_gemms(3), buckets)
+    assert sorted(active) == ["main_16", "main_8"] and len(mod["main_8"].params) == 3
