@@ -255,8 +255,7 @@ def _rows_of_length(func, length: int) -> int:
     def visit(e):
         if isinstance(e, relax.Call) and e.op.same_as(matmul):
             dtype, shape = tensor_info(e.args[0])
-            if dtype == "int8" and shape and int(np.prod(shape[:-1])) == length \
-                    and constant_value(e.args[1]) is not None:
+            if dtype == "int8" and shape and _flat_rows(shape) == length and constant_value(e.args[1]) is not None:
                 count[0] += 1
 
     relax.analysis.post_order_visit(func, visit)
@@ -272,10 +271,12 @@ def length_arg(current, a_shape):
     if current is None or a_shape is None:
         return None
     length, var = current
-    rows = 1
-    for d in a_shape[:-1]:
-        rows *= int(d)
-    return var if rows == length else None
+    return var if _flat_rows(a_shape) == length else None
+
+
+def _flat_rows(shape) -> int:
+    """The rows of a GEMM's activation: every dim but the last, flattened."""
+    return int(np.prod([int(d) for d in shape[:-1]]))
 
 
 def _add_kernel(bb, func, name):

@@ -216,7 +216,8 @@ class CompiledModel:
         if self._local_cpu():  # zero-copy views (each keeps its tensor alive): a decoder step's 32000-wide
             # log-probabilities cost ~0.1 ms to copy; an output sharing memory with a reused input tensor (the
             # input itself, a reshape of it) is copied: the next call writes there
-            staged = [v for t, v in self._staging.values() if any(t.same_as(a) for a in args)]
+            staged = [hit[1] for hit in (self._staging.get((s.name, np.shape(feed[s.name]))) for s in self.inputs)
+                      if hit is not None and any(hit[0].same_as(a) for a in args)]
             arrays = [np.from_dlpack(o) for o in outs]
             return [a.copy() if any(np.may_share_memory(a, v) for v in staged) else a for a in arrays]
         return [o.numpy() for o in outs]

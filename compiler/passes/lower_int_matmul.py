@@ -25,11 +25,10 @@ _MATMUL = tvm.ir.Op.get("relax.matmul")
 
 @expr_functor_mutator
 class _Lower(PyExprMutator):
-    def __init__(self, mod, target, rows_free: bool, active_rows: dict):
+    def __init__(self, mod, target, rows_free: bool):
         super().__init__(mod)
         self.target = target
         self.rows_free = rows_free
-        self.active_rows = active_rows
         self.current = None  # (B, rows var) of the function being visited, if it has them
         self.has_kernel = select_kernel(target).isa != "generic"
         self.lowered = 0
@@ -67,7 +66,7 @@ class LowerIntMatmul:
         self.lowered = 0
 
     def transform_module(self, mod, ctx):
-        mutator = _Lower(mod, self.target, self.rows_free, self.active_rows)
+        mutator = _Lower(mod, self.target, self.rows_free)
 
         def on_function(name):
             mutator.current = self.active_rows.get(name)
