@@ -45,6 +45,8 @@ import numpy as np
 from tvm import relax
 
 from compiler.tvm_compat import (
+    SBlock,
+    SBlockRealize,
     Schedule,
     const,
     llvm_cpu_has_features,
@@ -55,6 +57,7 @@ from compiler.tvm_compat import (
     tensor_type,
     tir_script as T,
     tirx,
+    visit_ir,
 )
 from schedules import amx_gemm
 from schedules.gemm_epilogue import EPILOGUE_ATTR, EPILOGUE_BLOCK, Epilogue, fold_into_init, with_epilogue
@@ -75,7 +78,8 @@ L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (ha
 MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
 ROWS_FREE_M = 4  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 4 rows
 # (a bucket it does not divide, the range's top, say, pads its output and slices it); told the input's length
-# (with_active_rows), the kernel computes it rounded up to 4 rows. Zen 4, 40x384x1536 alone: 4x4 accumulators
+# (with_active_rows), the kernel computes its whole 4-row tiles and a remainder of 1-2 rows in one 2-row tile (3
+# rows: one more 4-row tile). Zen 4, 40x384x1536 alone: 4x4 accumulators
 # 104.2 us, 8x3 103.6, 2x8 107.8.
 LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
@@ -422,10 +426,17 @@ def _schedule_gemm(func, kern: GemmKernel, mr: int, nr: int, intrin: str | None 
     return s.mod["main"]
 
 
-def with_active_rows(func, mr: int, col_tiles: int):
+def with_active_rows(func, mr: int, col_tiles: int, tail=None, tail_mr: int = 0):
     """A scheduled rows-free GEMM (a parallel loop over column tiles around a loop over row tiles) over its
-    first ``rows`` rows only: a scalar int64 parameter ``rows`` before the output; the row loop stops after
-    ceil(min(rows, M) / mr) row tiles and the output's rows after those tiles are written as zeros.
+    first ``rows`` rows only: a scalar int64 parameter ``rows`` before the output. Each column tile runs the
+    input's whole ``mr``-row tiles; a remainder of at most ``tail_mr`` rows runs one ``tail_mr``-row tile of
+    ``tail`` (the same GEMM scheduled with ``tail_mr`` rows and the same column tiles: its row loop is moved
+    under this kernel's column loop, on this kernel's buffers), a longer one another ``mr``-row tile. The
+    output's rows after the computed tiles are written as zeros.
+
+    Zen 4 (alone, 384x1536, hot weights): a 2-row tile of 4 column vectors takes as long as a 1-row one, 5.9
+    us, half of a 4-row tile (11.2 us, loads bound the narrow tiles); so a remainder of 1 or 2 rows costs half
+    a tile instead of a whole one, a remainder of 3 a whole one.
 
     A ranged library's bucket runs at its own length B; ``rows`` is the input's length (<= B). The rows past
     it are padding, which only other padding rows and masked attention keys read, so zeros are as good as what
@@ -434,6 +445,8 @@ def with_active_rows(func, mr: int, col_tiles: int):
     *inputs, out = func.params
     m_out, n_out = (int(d) for d in out.shape)
     rows = tirx.Var("rows", "int64")
+    half = tail_mr if tail is not None else 0
+    tail_loop = _tail_row_loop(func, tail, col_tiles) if tail is not None else None
     found = []
 
     def on_for(loop, mutator):
@@ -446,26 +459,77 @@ def with_active_rows(func, mr: int, col_tiles: int):
                              f"one over {_round_up(m_out, mr) // mr} row tiles")
         found.append(loop)
         dt = str(row_loop.extent.ty)
+
+        def c(v):
+            return tirx.IntImm(dt, v)
+
         # in the loop's type (int32): int64 literals would make a shared kernel's n int64 (share_buckets)
         # rows clamped to [0, 2**30] before the cast (a bucket function called directly with any int64)
         clamped = tirx.Cast(dt, tirx.min(tirx.max(rows, tirx.IntImm("int64", 0)), tirx.IntImm("int64", 1 << 30)))
-        tiles = tirx.ceildiv(tirx.min(clamped, tirx.IntImm(dt, m_out)), tirx.IntImm(dt, mr))
-        start = tiles * tirx.IntImm(dt, mr)
+        length = tirx.min(clamped, c(m_out))
+        # whole tiles, one more when the remainder is longer than a tail tile
+        tiles = tirx.floordiv(length + c(mr - half - 1), c(mr))
+        start = tiles * c(mr)
+        body = [tirx.For(row_loop.loop_var, row_loop.min, tiles, row_loop.kind, row_loop.body,
+                         row_loop.thread_binding, row_loop.annotations)]
+        end = start
+        if tail_loop is not None:
+            extra = tirx.floordiv(tirx.max(length - start, c(0)) + c(half - 1), c(half))  # 0 or 1 tail tile
+            body.append(tail_loop(loop.loop_var, tirx.floordiv(start, c(half)), extra))
+            end = start + extra * c(half)
         i, j = tirx.Var("zero_i", dt), tirx.Var("zero_j", dt)
-        zero = tirx.For(i, start, tirx.max(tirx.IntImm(dt, m_out) - start, tirx.IntImm(dt, 0)),
-                        tirx.ForKind.SERIAL,
-                        tirx.For(j, tirx.IntImm(dt, 0), tirx.IntImm(dt, n_out), tirx.ForKind.SERIAL,
+        zero = tirx.For(i, end, tirx.max(c(m_out) - end, c(0)), tirx.ForKind.SERIAL,
+                        tirx.For(j, c(0), c(n_out), tirx.ForKind.SERIAL,
                                  tirx.BufferStore(out, tirx.const(0, out.dtype), [i, j])))
-        row_loop = tirx.For(row_loop.loop_var, row_loop.min, tiles, row_loop.kind, row_loop.body,
-                            row_loop.thread_binding, row_loop.annotations)
-        loop = tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, row_loop, loop.thread_binding,
-                        loop.annotations)
+        loop = tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
+                        tirx.SeqStmt(body) if len(body) > 1 else body[0], loop.thread_binding, loop.annotations)
         return tirx.SeqStmt([loop, zero])
 
     body = mutate_ir(func.body, [(tirx.For, on_for)])
     if len(found) != 1:
         raise ValueError(f"with_active_rows: expected one parallel loop, found {len(found)}")
     return tirx.PrimFunc([*inputs, rows, out], body, func.ret_type, func.attrs)
+
+
+def _tail_row_loop(func, tail, col_tiles: int):
+    """fn(column tile variable, first tile, tiles) -> `tail`'s row loop over those of its row tiles, for one
+    column tile of `func`, on `func`'s buffers (the parameters in order, the converted activation "a_in"); the
+    tail's own other buffers (its tile's accumulators) allocated in a block around it."""
+    loops = []
+
+    def find(node, visitor):
+        if isinstance(node, tirx.For) and node.kind == tirx.ForKind.PARALLEL:
+            loops.append(node)
+            return
+        visitor.default_visit(node)
+
+    visit_ir(tail.body, find)
+    if len(loops) != 1 or int(loops[0].extent) != col_tiles or not isinstance(loops[0].body, tirx.For):
+        raise ValueError(f"with_active_rows: the tail kernel needs one parallel loop over {col_tiles} column tiles "
+                         "around its row loop")
+    par, row_loop = loops[0], loops[0].body
+    mine = {b.name: b for b in func.body.block.alloc_buffers}
+    pairs = list(zip(tail.params, func.params))
+    own = []
+    for b in tail.body.block.alloc_buffers:
+        if b.name == "a_in" and b.name in mine:
+            pairs.append((b, mine[b.name]))
+        else:
+            own.append(b)
+
+    def build(col, first, count):
+        vmap = [*pairs, (par.loop_var, col)]
+
+        def on_var(v, _mutator):
+            return next((new for old, new in vmap if old.same_as(v)), v)
+
+        loop = tirx.For(row_loop.loop_var, first, count, tirx.ForKind.SERIAL, row_loop.body)
+        loop = mutate_ir(loop, [(type(par.loop_var), on_var)])
+        if not own:
+            return loop
+        return SBlockRealize([], tirx.const(True, "bool"), SBlock([], [], [], "tail_rows", loop, alloc_buffers=own))
+
+    return build
 
 
 def _schedule_epilogue(s, vec: int):
@@ -676,7 +740,12 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
     if active_rows:
         if not rows_free:
             raise ValueError("active_rows needs a rows-free kernel (no tuned tile)")
-        func = with_active_rows(func, mr, _round_up(n, kern.lanes) // (nr * kern.lanes))
+        tail, half = None, mr // 2
+        if half >= max(kern.rows, 2) and half % kern.rows == 0:  # a tile of half the rows for the remainder
+            core = _gemm_compute(m, k, n, kern, half)
+            tail = _schedule_gemm(core if epilogue is None else with_epilogue(core, epilogue, m, n), kern, half, nr,
+                                  rows_free=True)
+        func = with_active_rows(func, mr, _round_up(n, kern.lanes) // (nr * kern.lanes), tail, half)
     # a rows-free kernel has no static M that tuning could rebuild it at (schedules/tune.py): left alone
     tuning = {FIXED_ATTR: ROWS_FREE_FIXED} if rows_free else {KERNEL_ATTR: f"gemm {m} {k} {n}"}
     attrs = {"op_pattern": OP_PATTERN_OPAQUE, "tir.is_scheduled": True, **tuning}

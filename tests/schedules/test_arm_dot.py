@@ -84,11 +84,15 @@ def _cases():
         cases[f"bmm{idx}"] = ({"a": a, "b": b}, _ref(a, b), None, None)
     for name in ("gemm1", "gemm5", "epi0", "bmm0", "bmm1"):  # the kernels of a library of several lengths
         cases[f"{name}_rows_free"] = cases[name]
-    for name, length in (("gemm2", 12), ("epi0", 8)):  # told the input's length: the rows after it are zeros
+    # told the input's length: the rows after the computed ones are zeros; whole 4-row tiles (ROWS_FREE_M), a
+    # remainder of 1 or 2 rows in a 2-row tile (9 -> 10 rows computed), of 3 in a 4-row tile (11 -> 12)
+    for name, length, done in (("gemm2", 12, 12), ("epi0", 8, 8), ("gemm2", 9, 10), ("epi0", 11, 12),
+                               ("epi0", 6, 6)):
         inputs, expected, w, epilogue = cases[name]
         flat = expected.reshape(-1, expected.shape[-1]).copy()
-        flat[length:] = 0  # a multiple of 4: of every rows-free row tile (ROWS_FREE_M)
-        cases[f"{name}_active"] = ({**inputs, "length": length}, flat.reshape(expected.shape), w, epilogue)
+        flat[done:] = 0
+        suffix = "" if length == done and length % 4 == 0 else str(length)
+        cases[f"{name}{suffix}_active"] = ({**inputs, "length": length}, flat.reshape(expected.shape), w, epilogue)
     return cases
 
 

@@ -103,10 +103,11 @@ def test_int8_matmul_bit_exact(target, a_shape, n, rows_free):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("a_shape,n", [((1, 40, 384), 384), ((24, 100), 20), ((8, 64), 1536)])
+@pytest.mark.parametrize("a_shape,n", [((1, 40, 384), 384), ((24, 100), 20), ((8, 64), 1536), ((17, 136), 48)])
 def test_int8_matmul_active_rows(target, a_shape, n):
-    """A rows-free GEMM told the input's length (a ranged library's bucket): the rows up to it, rounded up to
-    the row tile, bit-exact; the rest zeros, whatever the output's memory held (AMX: every row computed)."""
+    """A rows-free GEMM told the input's length (a ranged library's bucket), at every length: the rows up to it
+    bit-exact; the input's whole row tiles computed, a remainder of at most half a tile in a half tile, a longer
+    one in a whole tile; the rest zeros, whatever the output's memory held (AMX: every row computed)."""
     rng = np.random.default_rng(sum(a_shape) + n)
     a = _rand_int8(rng, a_shape)
     w = _rand_int8(rng, (a_shape[-1], n))
@@ -120,19 +121,24 @@ def test_int8_matmul_active_rows(target, a_shape, n):
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target), tvm.cpu())
     kern = select_kernel(target)
     mr, _ = default_tile(kern, m, n, rows_free=True)
+    half = mr // 2 if mr // 2 >= max(kern.rows, 2) and (mr // 2) % kern.rows == 0 else 0
     ref = _ref(a, w).reshape(m, n)
-    for rows in (1, mr - 1, mr + 1, m - 1, m):
-        if rows < 1:
-            continue
+
+    def computed(rows):  # the rows the kernel computes for an input of `rows` rows
+        r = min(max(rows, 0), m)
+        if kern.tiles:
+            return m
+        whole = (r + mr - half - 1) // mr * mr
+        return min(whole + (-(-(r - whole) // half) * half if half and r > whole else 0), m)
+
+    if half:  # the half tile's reason: a remainder of 1 or 2 rows costs half a tile
+        assert (computed(mr + 1), computed(mr + 2), computed(mr + half + 1)) == (mr + half, mr + half, 2 * mr)
+    for rows in [*range(1, m + 1), 0, -3, 1 << 40]:
         got = vm["main"](tvm.runtime.tensor(a, tvm.cpu()), rows).numpy().reshape(m, n)
-        done = m if kern.tiles else min(m, -(-rows // mr) * mr)
+        done = computed(rows)
+        assert done >= min(max(rows, 0), m)
         np.testing.assert_array_equal(got[:done], ref[:done], err_msg=f"rows={rows}")
         assert not got[done:].any(), f"rows={rows}: rows past {done} not zero"
-    if not kern.tiles:  # a bucket function called directly: any int64, clamped (0 rows: all zeros)
-        for rows, done in ((0, 0), (-3, 0), (1 << 40, m)):
-            got = vm["main"](tvm.runtime.tensor(a, tvm.cpu()), rows).numpy().reshape(m, n)
-            np.testing.assert_array_equal(got[:done], ref[:done], err_msg=f"rows={rows}")
-            assert not got[done:].any(), f"rows={rows}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
