@@ -224,8 +224,13 @@ def _bench(a) -> int:
 
         if remote is not None or a.per_op:
             raise _usage("--workload times engines on this machine; it cannot be combined with --rpc/--per-op")
+        if a.rounds < 1:
+            raise _usage(f"--rounds must be at least 1, not {a.rounds}")
+        if a.rounds > 1 and a.threads == 1 and not a.separate:
+            raise _usage("--rounds repeats engines in separate processes: at 1 thread add --separate (the default "
+                         "interleaves the engines text by text in one process)")
         rep = workload.run_workload(a.library, a.workload, threads=a.threads, model=a.model, batch=a.batch,
-                                    interleave=not a.separate)
+                                    interleave=not a.separate, rounds=a.rounds)
         workload.print_workload(rep)
         if a.json:
             import json
@@ -483,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--separate", action="store_true",
                    help="with --workload at 1 thread: each engine alone in its own process (default: the engines "
                         "take turns text by text in one process)")
+    b.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="with --workload in separate processes (2+ threads, --separate): N rounds, the engines in "
+                        "turn each round, each engine's best round shown (a shared machine's slow spells)")
     _add_remote_args(b)
     b.set_defaults(func=_bench)
 

@@ -31,10 +31,11 @@ PASSES = 3  # timed passes over the whole workload (after one warm-up pass); the
 @dataclass(frozen=True)
 class WorkloadRow:
     engine: str
-    total_ms: float  # median over passes of the time for every sample
+    total_ms: float  # median over passes of the time for every sample (the best round's, with several)
     tokens: int  # real tokens (sum of the lengths)
     batches: int
     note: str = ""
+    rounds_ms: tuple[float, ...] = ()  # every round's total (separate processes, several rounds)
 
     @property
     def tokens_per_s(self) -> float:
@@ -205,9 +206,14 @@ def openvino_int8(model: str, threads: int, calibration: list[dict]):
 
 
 def run_workload(library: str, workload: str, threads: int = 1, model: str | None = None, batch: int = 1,
-                 engines=ENGINES, calibration: str | None = None, interleave: bool = True) -> WorkloadReport:
+                 engines=ENGINES, calibration: str | None = None, interleave: bool = True,
+                 rounds: int = 1) -> WorkloadReport:
     """At 1 thread the engines take turns text by text in one process (interleave); otherwise each engine runs
-    in its own process. Engines that cannot run (no --model, OpenVINO missing) are left out or noted."""
+    in its own process, ``rounds`` times in turn (the engines alternate, each round in fresh processes) and
+    each engine's best round counts: on a shared machine a neighbour's load can slow every call of one process
+    for seconds (Zen 4 under KVM, 2 threads: 1.6x for a whole run, then back), which one run per engine would
+    charge to whichever engine ran then. Engines that cannot run (no --model, OpenVINO missing) are left out
+    or noted."""
     from compiler.progress import status
 
     samples = load_workload(workload)
@@ -229,16 +235,28 @@ def run_workload(library: str, workload: str, threads: int = 1, model: str | Non
             rows.append(WorkloadRow(r["engine"], r["total_ms"], tokens, r["batches"]))
         return WorkloadReport(workload, threads, len(samples), tokens / len(samples), batch,
                               tuple(rows + rows_missing))
+    totals: dict[str, list[float]] = {e: [] for e in engines}
+    failed: dict[str, str] = {}
+    for k in range(rounds):  # each round: every engine once, in turn, each in a fresh process
+        for engine in (e for e in engines if e not in failed):
+            status(f"timing {engine} on {len(samples)} samples ({threads} thread(s), batch {batch})"
+                   + (f", round {k + 1}/{rounds}" if rounds > 1 else ""))
+            code = ("import json\nfrom compiler.workload import time_engine\n"
+                    f"r = time_engine({engine!r}, {library!r}, {model!r}, {workload!r}, {threads}, {batch}, "
+                    f"{calibration!r})\nprint('RESULT ' + json.dumps([r]))\n")
+            try:
+                (r,) = _subprocess(code, threads)
+                totals[engine].append(r["total_ms"])
+                batches_of = r["batches"]
+            except IntformerError as e:
+                failed[engine] = str(e)[:160]
     for engine in engines:
-        status(f"timing {engine} on {len(samples)} samples ({threads} thread(s), batch {batch})")
-        code = ("import json\nfrom compiler.workload import time_engine\n"
-                f"r = time_engine({engine!r}, {library!r}, {model!r}, {workload!r}, {threads}, {batch}, "
-                f"{calibration!r})\nprint('RESULT ' + json.dumps([r]))\n")
-        try:
-            (r,) = _subprocess(code, threads)
-            rows.append(WorkloadRow(engine, r["total_ms"], tokens, r["batches"]))
-        except IntformerError as e:
-            rows.append(WorkloadRow(engine, float("nan"), tokens, 0, note=str(e)[:160]))
+        if engine in failed:
+            rows.append(WorkloadRow(engine, float("nan"), tokens, 0, note=failed[engine]))
+        else:
+            t = totals[engine]
+            note = "rounds: " + ", ".join(f"{v:.0f}" for v in t) + " ms (best shown)" if len(t) > 1 else ""
+            rows.append(WorkloadRow(engine, min(t), tokens, batches_of, note=note, rounds_ms=tuple(t)))
     return WorkloadReport(workload, threads, len(samples), tokens / len(samples), batch, tuple(rows + rows_missing))
 
 
@@ -274,4 +292,4 @@ def to_json(rep: WorkloadReport) -> dict:
     return {"workload": rep.workload, "threads": rep.threads, "samples": rep.samples,
             "mean_tokens": rep.mean_tokens, "batch": rep.batch,
             "rows": [{"engine": r.engine, "total_ms": r.total_ms, "tokens_per_s": r.tokens_per_s,
-                      "batches": r.batches, "note": r.note} for r in rep.rows]}
+                      "batches": r.batches, "note": r.note, "rounds_ms": list(r.rounds_ms)} for r in rep.rows]}

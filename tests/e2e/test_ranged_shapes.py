@@ -146,18 +146,25 @@ def test_bench_workload_against_onnxruntime_int8(ranged_lib, tiny_bert, tmp_path
 
 
 def test_bench_workload_separate_processes_from_the_cli(ranged_lib, tiny_bert, tmp_path, capsys):
-    """`bench --workload --separate` at 1 thread: each engine alone in its own process; --separate without a
-    workload is a usage error."""
+    """`bench --workload --separate --rounds 2` at 1 thread: each engine alone in its own process, twice in
+    turn, the best round shown and both recorded; --separate without a workload, --rounds 0 and --rounds
+    without separate processes are usage errors."""
     from compiler.cli import main
 
     _workload(tmp_path / "w.npz", [3, 16, 7])
     out = tmp_path / "w.json"
     assert main(["bench", ranged_lib[0], "--workload", str(tmp_path / "w.npz"), "--model", tiny_bert[0],
-                 "--separate", "--json", str(out)]) == 0
+                 "--separate", "--rounds", "2", "--json", str(out)]) == 0
     rows = {r["engine"]: r for r in json.load(open(out))["rows"]}
-    assert rows["intformer"]["total_ms"] > 0 and rows["onnxruntime int8"]["total_ms"] > 0, rows
-    assert main(["bench", ranged_lib[0], "--separate"]) != 0
-    assert "--separate" in capsys.readouterr().err
+    for engine in ("intformer", "onnxruntime int8"):
+        r = rows[engine]
+        assert len(r["rounds_ms"]) == 2 and r["total_ms"] == min(r["rounds_ms"]) > 0, r
+        assert r["note"].startswith("rounds: "), r
+    capsys.readouterr()
+    for args, word in ((["--separate"], "--separate"), (["--workload", "w.npz", "--rounds", "0"], "--rounds"),
+                       (["--workload", "w.npz", "--rounds", "2"], "--separate")):
+        assert main(["bench", ranged_lib[0], *args]) != 0
+        assert word in capsys.readouterr().err
 
 
 def test_batch_range_pads_rows_and_equals_each_text_alone(tiny_bert, tiny_bert_lib, tmp_path):
