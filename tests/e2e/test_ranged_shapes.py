@@ -67,7 +67,7 @@ def test_manifest_and_buckets(ranged_lib):
     assert res.report.buckets == ("8", "16")
 
 
-@pytest.mark.parametrize("n", [1, 3, 4, 7, 11, 16])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 9, 10, 11, 13, 16])  # 4-row GEMM tiles + 0/1/2/3 rows
 def test_every_length_equals_the_reference_and_the_padded_text(ranged_lib, tiny_bert_lib, n):
     """The VM's main at the text's own length: bit-exact with the NumPy reference, and equal at the real positions
     to the fixed-shape library (same calibration data) run on the text padded to 16."""
@@ -204,3 +204,27 @@ def test_pooled_head_output_without_a_ranged_axis(tmp_path):
         padded = m(_feed(n, seed=n, pad_to=16))[0]
         assert own.shape == (1, 32)
         assert np.array_equal(own, padded), (n, np.abs(own - padded).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,dynamo,opset,head", [
+    ("roberta", True, 18, "none"), ("distilbert", False, 17, "classifier"), ("bert", True, 18, "cls")])
+def test_other_exports_every_length_equals_the_reference(kind, dynamo, opset, head, tmp_path):
+    """Other families, exporters and heads through a ranged compile (about 35 s each, hence slow): at lengths
+    that end the GEMMs' 4-row tiles with 0, 1, 2 and 3 rows, in both buckets, bit-exact with the NumPy reference
+    and with the text padded to the top of the range."""
+    from compiler.runtime import CompiledModel
+    from tests.helpers.tiny_models import export_tiny, input_names, sample_inputs
+
+    model = export_tiny(kind, str(tmp_path / "m.onnx"), dynamo=dynamo, opset=opset, head=head)
+    np.savez(tmp_path / "calib.npz", **sample_inputs(kind, 12, seed=3))
+    lib = str(tmp_path / "m.so")
+    res = compile_model(model, lib, CompileOptions(input_shapes=RANGE, calibration_data=str(tmp_path / "calib.npz"),
+                                                   buckets=(("seq", (8,)),)))
+    m, ref, names = CompiledModel(lib), res.reference(), input_names(kind)
+    for n in (1, 2, 5, 9, 10, 13, 16):
+        feed = {k: v for k, v in _feed(n, seed=n).items() if k in names}
+        own = m(feed)[0]
+        assert np.array_equal(own, ref(feed)[0]), n
+        padded = m({k: np.pad(v, [(0, 0), (0, 16 - n)]) for k, v in feed.items()})[0]
+        assert np.array_equal(own, padded[:, :n] if head == "none" else padded), n
