@@ -219,6 +219,8 @@ def _bench(a) -> int:
     remote = _remote(a)
     if a.separate and not a.workload:
         raise _usage("--separate times engines on a workload: give --workload TEXTS.npz")
+    if a.rounds != 1 and not a.workload:
+        raise _usage("--rounds repeats engines on a workload: give --workload TEXTS.npz")
     if a.workload:
         from compiler import workload
 

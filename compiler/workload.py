@@ -216,6 +216,9 @@ def run_workload(library: str, workload: str, threads: int = 1, model: str | Non
     or noted."""
     from compiler.progress import status
 
+    if rounds < 1 or (rounds > 1 and threads == 1 and interleave):
+        raise ValueError(f"rounds={rounds}: at least 1, and several only with each engine in its own process "
+                         "(threads > 1 or interleave=False)")
     samples = load_workload(workload)
     tokens = _tokens(samples)
     rows = []
@@ -236,7 +239,8 @@ def run_workload(library: str, workload: str, threads: int = 1, model: str | Non
         return WorkloadReport(workload, threads, len(samples), tokens / len(samples), batch,
                               tuple(rows + rows_missing))
     totals: dict[str, list[float]] = {e: [] for e in engines}
-    failed: dict[str, str] = {}
+    batches_of: dict[str, int] = {}
+    failed: dict[str, str] = {}  # an engine that fails a round is not run again: its error is its row
     for k in range(rounds):  # each round: every engine once, in turn, each in a fresh process
         for engine in (e for e in engines if e not in failed):
             status(f"timing {engine} on {len(samples)} samples ({threads} thread(s), batch {batch})"
@@ -247,16 +251,17 @@ def run_workload(library: str, workload: str, threads: int = 1, model: str | Non
             try:
                 (r,) = _subprocess(code, threads)
                 totals[engine].append(r["total_ms"])
-                batches_of = r["batches"]
+                batches_of[engine] = r["batches"]
             except IntformerError as e:
-                failed[engine] = str(e)[:160]
+                failed[engine] = (f"round {k + 1}: " if rounds > 1 else "") + str(e)[:160]
     for engine in engines:
         if engine in failed:
-            rows.append(WorkloadRow(engine, float("nan"), tokens, 0, note=failed[engine]))
+            rows.append(WorkloadRow(engine, float("nan"), tokens, 0, note=failed[engine],
+                                    rounds_ms=tuple(totals[engine])))
         else:
             t = totals[engine]
             note = "rounds: " + ", ".join(f"{v:.0f}" for v in t) + " ms (best shown)" if len(t) > 1 else ""
-            rows.append(WorkloadRow(engine, min(t), tokens, batches_of, note=note, rounds_ms=tuple(t)))
+            rows.append(WorkloadRow(engine, min(t), tokens, batches_of[engine], note=note, rounds_ms=tuple(t)))
     return WorkloadReport(workload, threads, len(samples), tokens / len(samples), batch, tuple(rows + rows_missing))
 
 

@@ -78,9 +78,9 @@ L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (ha
 MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
 ROWS_FREE_M = 4  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 4 rows
 # (a bucket it does not divide, the range's top, say, pads its output and slices it); told the input's length
-# (with_active_rows), the kernel computes its whole 4-row tiles and a remainder of 1-2 rows in one 2-row tile (3
-# rows: one more 4-row tile). Zen 4, 40x384x1536 alone: 4x4 accumulators
-# 104.2 us, 8x3 103.6, 2x8 107.8.
+# (with_active_rows), a kernel with a 4-row tile computes the whole tiles and a remainder of 1-2 rows in one
+# 2-row tile (3 rows: one more 4-row tile; a 2-row tile, AVX2's at N >= 32, has no tail). Zen 4, 40x384x1536
+# alone: 4x4 accumulators 104.2 us, 8x3 103.6, 2x8 107.8.
 LOAD_COST = 0.25  # per operand load of a k step, in units of one dot-product instruction
 
 
@@ -446,6 +446,8 @@ def with_active_rows(func, mr: int, col_tiles: int, tail=None, tail_mr: int = 0)
     m_out, n_out = (int(d) for d in out.shape)
     rows = tirx.Var("rows", "int64")
     half = tail_mr if tail is not None else 0
+    if tail is not None and not (0 < half < mr and mr % half == 0):
+        raise ValueError(f"with_active_rows: a tail tile of {half} rows does not divide the {mr}-row tile")
     tail_loop = _tail_row_loop(func, tail, col_tiles) if tail is not None else None
     found = []
 
@@ -509,6 +511,9 @@ def _tail_row_loop(func, tail, col_tiles: int):
                          "around its row loop")
     par, row_loop = loops[0], loops[0].body
     mine = {b.name: b for b in func.body.block.alloc_buffers}
+    if len(tail.params) != len(func.params):
+        raise ValueError(f"with_active_rows: the tail kernel takes {len(tail.params)} parameters, not "
+                         f"{len(func.params)}")
     pairs = list(zip(tail.params, func.params))
     own = []
     for b in tail.body.block.alloc_buffers:
@@ -741,7 +746,7 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
         if not rows_free:
             raise ValueError("active_rows needs a rows-free kernel (no tuned tile)")
         tail, half = None, mr // 2
-        if half >= max(kern.rows, 2) and half % kern.rows == 0:  # a tile of half the rows for the remainder
+        if mr % 2 == 0 and half >= max(kern.rows, 2) and half % kern.rows == 0:  # half the rows: the remainder
             core = _gemm_compute(m, k, n, kern, half)
             tail = _schedule_gemm(core if epilogue is None else with_epilogue(core, epilogue, m, n), kern, half, nr,
                                   rows_free=True)

@@ -162,7 +162,7 @@ def test_bench_workload_separate_processes_from_the_cli(ranged_lib, tiny_bert, t
         assert r["note"].startswith("rounds: "), r
     capsys.readouterr()
     for args, word in ((["--separate"], "--separate"), (["--workload", "w.npz", "--rounds", "0"], "--rounds"),
-                       (["--workload", "w.npz", "--rounds", "2"], "--separate")):
+                       (["--workload", "w.npz", "--rounds", "2"], "--separate"), (["--rounds", "2"], "--workload")):
         assert main(["bench", ranged_lib[0], *args]) != 0
         assert word in capsys.readouterr().err
 
@@ -211,8 +211,8 @@ def test_pooled_head_output_without_a_ranged_axis(tmp_path):
     ("roberta", True, 18, "none"), ("distilbert", False, 17, "classifier"), ("bert", True, 18, "cls")])
 def test_other_exports_every_length_equals_the_reference(kind, dynamo, opset, head, tmp_path):
     """Other families, exporters and heads through a ranged compile (about 35 s each, hence slow): at lengths
-    that end the GEMMs' 4-row tiles with 0, 1, 2 and 3 rows, in both buckets, bit-exact with the NumPy reference
-    and with the text padded to the top of the range."""
+    that end the GEMMs' 4-row tiles with 0, 1, 2 and 3 rows, in both buckets (8 and 16), bit-exact with the
+    NumPy reference and with the text padded to the top of the range."""
     from compiler.runtime import CompiledModel
     from tests.helpers.tiny_models import export_tiny, input_names, sample_inputs
 
@@ -222,7 +222,7 @@ def test_other_exports_every_length_equals_the_reference(kind, dynamo, opset, he
     res = compile_model(model, lib, CompileOptions(input_shapes=RANGE, calibration_data=str(tmp_path / "calib.npz"),
                                                    buckets=(("seq", (8,)),)))
     m, ref, names = CompiledModel(lib), res.reference(), input_names(kind)
-    for n in (1, 2, 5, 9, 10, 13, 16):
+    for n in (1, 2, 3, 5, 8, 9, 10, 11, 13, 16):
         feed = {k: v for k, v in _feed(n, seed=n).items() if k in names}
         own = m(feed)[0]
         assert np.array_equal(own, ref(feed)[0]), n
