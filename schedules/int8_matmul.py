@@ -493,6 +493,13 @@ def with_active_rows(func, mr: int, col_tiles: int, tail=None, tail_mr: int = 0)
     return tirx.PrimFunc([*inputs, rows, out], body, func.ret_type, func.attrs)
 
 
+def tail_tile(kern: GemmKernel, mr: int) -> int:
+    """The rows of the tile that runs a short remainder of an ``mr``-row kernel told the input's length: half
+    the tile when that is a whole number of the kernel's row blocks and at least 2 rows, else 0 (no tail)."""
+    half = mr // 2
+    return half if mr % 2 == 0 and half >= max(kern.rows, 2) and half % kern.rows == 0 else 0
+
+
 def _tail_row_loop(func, tail, col_tiles: int):
     """fn(column tile variable, first tile, tiles) -> `tail`'s row loop over those of its row tiles, for one
     column tile of `func`, on `func`'s buffers (the parameters in order, the converted activation "a_in"); the
@@ -745,8 +752,8 @@ def gemm_primfunc(m: int, k: int, n: int, kern: GemmKernel, epilogue: Epilogue |
     if active_rows:
         if not rows_free:
             raise ValueError("active_rows needs a rows-free kernel (no tuned tile)")
-        tail, half = None, mr // 2
-        if mr % 2 == 0 and half >= max(kern.rows, 2) and half % kern.rows == 0:  # half the rows: the remainder
+        tail, half = None, tail_tile(kern, mr)
+        if half:
             core = _gemm_compute(m, k, n, kern, half)
             tail = _schedule_gemm(core if epilogue is None else with_epilogue(core, epilogue, m, n), kern, half, nr,
                                   rows_free=True)

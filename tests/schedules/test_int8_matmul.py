@@ -22,6 +22,7 @@ from schedules.int8_matmul import (
     pack_weight,
     select_batch_kernel,
     select_kernel,
+    tail_tile,
 )
 
 
@@ -121,7 +122,7 @@ def test_int8_matmul_active_rows(target, a_shape, n):
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target), tvm.cpu())
     kern = select_kernel(target)
     mr, _ = default_tile(kern, m, n, rows_free=True)
-    half = mr // 2 if mr // 2 >= max(kern.rows, 2) and (mr // 2) % kern.rows == 0 else 0
+    half = tail_tile(kern, mr)
     ref = _ref(a, w).reshape(m, n)
 
     def computed(rows):  # the rows the kernel computes for an input of `rows` rows
