@@ -118,7 +118,9 @@ def share_kernels(mod):
 
 
 def codegen(mod, target):
-    """The scheduled module -> an executable: kernels, VM plan, int8 constants."""
+    """The scheduled module -> an executable: kernels, VM plan, int8 constants. The kernels' small scratch
+    buffers go on the stack (compiler/passes/stack_scratch.py), not TVM's workspace pool."""
+    from compiler.passes.stack_scratch import stack_scratch
     from compiler.tvm_compat import compile_module
 
-    return compile_module(mod, target)
+    return compile_module(mod, target, tir_passes=[stack_scratch()])

@@ -136,10 +136,20 @@ def fuse_for(mod, target, group=None):
         return fuse(mod, group)
 
 
-def compile_module(mod, target):
+def compile_module(mod, target, tir_passes=()):
     """Compile a fused, scheduled Relax module into an executable: kernels, VM plan, constants (the last of the
-    build's stages: compiler/pipeline.py)."""
-    return tvm.compile(mod, target)
+    build's stages: compiler/pipeline.py). `tir_passes` run on the lowered kernels after TVM's own TIR lowering
+    (the s_tir pipeline), before LowerTVMBuiltin."""
+    if not tir_passes:
+        return tvm.compile(mod, target)
+    from tvm.s_tir.pipeline import default_s_tir_pipeline  # 0.27: tvm.tirx.build takes TIR pipelines by name
+
+    def factory():
+        lower, finalize_host, finalize_device = default_s_tir_pipeline()
+        return tvm.transform.Sequential([lower, *tir_passes]), finalize_host, finalize_device
+
+    tvm.tirx.register_tir_pipeline("intformer", factory)
+    return tvm.compile(mod, target, tir_pipeline="intformer")
 
 
 def export_library(executable, path: str, cross_compiler=None) -> None:
@@ -233,6 +243,14 @@ from tvm.s_tir import (  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x
     meta_schedule,  # noqa: E402
 )
 from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
+from tvm.tirx.stmt import AllocBuffer  # noqa: E402  (tvm.tir.Allocate before 0.27)
+
+
+def on_stack(alloc):
+    """An AllocBuffer that LowerTVMBuiltin leaves as a plain (stack) allocation instead of a
+    TVMBackendAllocWorkspace call (0.27's annotation; an Allocate's before)."""
+    return AllocBuffer(alloc.buffer, annotations={**dict(alloc.annotations or {}),
+                                                  "disable_lower_builtin": IntImm("bool", 1)})
 from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 
 
@@ -279,5 +297,5 @@ __all__ = [
     "build_tir", "parse_prim_func", "simplify_prim_func", "llvm_triple", "llvm_cpu_has_features", "IRModule",
     "structural_equal", "structural_hash",
     "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",
-    "PrimCall", "mutate_ir", "visit_ir", "walk_ir",
+    "PrimCall", "mutate_ir", "visit_ir", "walk_ir", "AllocBuffer", "on_stack",
 ]

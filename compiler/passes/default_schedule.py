@@ -11,7 +11,8 @@ Guarantees: every other PrimFunc that one of the `RULES` matches gets a schedule
   * the outer loops are fused and run in parallel only when the kernel does at least `parallel_min_work`
     element operations (a fork-join costs microseconds; small kernels stay on one thread);
   * a row-wise kernel (softmax: max -> exp -> sum -> normalize; LayerNorm: mean -> variance -> normalize)
-    runs its rows in parallel with every stage of a row computed under the row loop, inner loops vectorized;
+    runs its rows in parallel with every stage of a row computed under the row loop, inner loops vectorized
+    (under its last stage's rows; under its first stage's when a stage before the last writes a result too);
   * a single reduction over a non-innermost axis (column sums) reduces with the columns as vector lanes.
 The schedule only reorders, splits, inlines and annotates loops: results are bit-exact. A PrimFunc no rule
 can handle (or whose scheduling raises) is left as it was and counted in a debug log line; the build never
@@ -274,14 +275,24 @@ def _rows(sch, blocks, p: CpuParams) -> bool:
             order.append(rf[0])
             partials.append(rf)
         order.append(b.block_rv)
-    last = order[-1]
-    loops = sch.get_loops(last)
-    if blocks[-1].is_injective() and len(loops) > lead:
-        loops = _vectorize_inner(sch, last, p)
-    row = _parallel(sch, list(loops[:lead]), work, p)
-    for b in reversed(order[:-1]):
-        sch.compute_at(b, row, preserve_unit_loops=True)
-    for b in blocks[:-1]:
+    outputs = list(sch.mod["main"].params)
+    if any(_writes_output(sch, b, outputs) for b in order[:-1]):
+        # a result mid-row (a per-row scale the next matmul reads beside the row's int8 values): an output block
+        # cannot move under a consumer's loop, so the first block's rows carry every later block instead
+        row = _parallel(sch, list(sch.get_loops(order[0])[:lead]), work, p)
+        for b in order[1:]:
+            sch.reverse_compute_at(b, row, preserve_unit_loops=True)
+        inner = blocks
+    else:
+        last = order[-1]
+        loops = sch.get_loops(last)
+        if blocks[-1].is_injective() and len(loops) > lead:
+            loops = _vectorize_inner(sch, last, p)
+        row = _parallel(sch, list(loops[:lead]), work, p)
+        for b in reversed(order[:-1]):
+            sch.compute_at(b, row, preserve_unit_loops=True)
+        inner = blocks[:-1]
+    for b in inner:
         if b.is_injective() and len(sch.get_loops(b.block_rv)) > 1:
             _vectorize_inner(sch, b.block_rv, p)
     for rf, lanes in partials:

@@ -14,12 +14,15 @@ Guarantees: every maximal group of bindings that
   * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
-A group never has a path that leaves it and comes back (so the graph stays acyclic) and has one result read
-outside it (a group with a result mid-way is split there); then each group takes in the row ops left outside
-every group whose results only it reads (a per-row exponent's chain before a requantization); groups of one
-binding are left to FuseOps. Only the
-grouping changes: each op computes what it computed before, bit for bit, and compiler/passes/default_schedule.py
-then computes every stage of a row under one row loop.
+A group never has a path that leaves it and comes back (so the graph stays acyclic). Of the results it hands
+out (read outside it: the function returns a tuple when there are several) at most one is a whole row; the
+others are per-row scalars (..., 1): a per-row quantization is one kernel handing out the int8 codes with each
+row's shift and zero point, where it was seven. A group with a second whole row read outside is split at the
+first. Then each group takes in the row ops left outside every group whose results only it reads (a per-row
+exponent's chain before a requantization), and the last op of another group when it reads only that group's
+per-row scalars; groups of one binding are left to FuseOps. Only the grouping changes: each op computes what it
+computed before, bit for bit, and compiler/passes/default_schedule.py then computes every stage of a row under
+one row loop.
 """
 
 from __future__ import annotations
@@ -199,24 +202,27 @@ def _uses(expr) -> list:
     return _var_args(expr)
 
 
-def _single_output(members: list[int], producers: dict, exported) -> list[list[int]]:
-    """Split a group until each part has one result read outside it (a kernel stage that writes a result and
-    feeds later stages cannot be scheduled under the row loop): the members a mid-group result depends on
-    become a group of their own, ending in that result. Both parts stay convex (no path leaves a part and
-    comes back) because the whole was."""
+def _one_wide_output(members: list[int], producers: dict, exported, wide) -> list[list[int]]:
+    """Split a group until at most one of the results read outside it is a whole row (wide(i)); the others
+    are per-row scalars (..., 1): a requantization's int8 row with its per-row exponent and zero point, which
+    the next matmul reads. A second whole row read outside (LayerNorm's int16 output and the int64 residual a
+    later group reads) would be written out in full: the members a mid-group whole-row result depends on become
+    a group of their own, ending in that result. Both parts stay convex (no path leaves a part and comes back)
+    because the whole was."""
     member_set = set(members)
-    mids = [i for i in members[:-1] if exported(i, member_set)]
-    if not mids:
+    wides = [i for i in members if wide(i) and exported(i, member_set)]
+    if len(wides) <= 1:
         return [members] if len(members) > 1 else []
-    cut, stack = set(), [mids[0]]
-    while stack:  # mids[0] and everything in the group it depends on
+    cut, stack = set(), [wides[0]]
+    while stack:  # wides[0] and everything in the group it depends on
         i = stack.pop()
         if i not in cut:
             cut.add(i)
             stack += [j for j in producers[i] if j in member_set]
     head = [i for i in members if i in cut]
     tail = [i for i in members if i not in cut]
-    return _single_output(head, producers, exported) + _single_output(tail, producers, exported)
+    return (_one_wide_output(head, producers, exported, wide)
+            + _one_wide_output(tail, producers, exported, wide))
 
 
 def _depends_on(i: int, members: set, producers: dict) -> bool:
@@ -235,13 +241,14 @@ def _depends_on(i: int, members: set, producers: dict) -> bool:
     return False
 
 
-def _absorb_producers(mod, bindings, groups: list[list[int]], producers: dict, internal) -> list[list[int]]:
+def _absorb_producers(mod, bindings, groups: list[list[int]], producers: dict, internal, wide) -> list[list[int]]:
     """Each group takes in the producers whose results only it reads (internal(i, group)), over the same rows,
-    producer after producer: a single row op, or another group whole (its one result read by this group only).
-    That is a per-row exponent's chain (the shift less the exponent, its floor at 1, the rounding constant) the
-    greedy grouping left apart because the exponent's own group reads out to several consumers. A producer that
-    reads a member's result through ops outside stays out (the group would depend on itself); the group keeps
-    its one result read outside."""
+    producer after producer: a single row op, another group whole (its results read by this group only), or
+    the last op of another group that reads only that group's per-row scalars (the shift less a row's
+    exponent: the other group then hands out the scalar, not a whole row computed from it). That is a per-row
+    exponent's chain (the shift less the exponent, its floor at 1, the rounding constant) the greedy grouping
+    left apart because the exponent's own group reads out to several consumers. A producer that reads a
+    member's result through ops outside stays out (the group would depend on itself)."""
     unit = {i: k for k, members in enumerate(groups) for i in members}  # binding -> the group holding it
     parts = [set(members) for members in groups]
     for k in range(len(parts)):
@@ -254,17 +261,22 @@ def _absorb_producers(mod, bindings, groups: list[list[int]], producers: dict, i
             for p in producers[todo.pop()]:
                 if p in group:
                     continue
-                taken = parts[unit[p]] if p in unit else {p}
-                merged = group | taken
-                if (any(_row_key(mod, bindings[i]) != key or not internal(i, merged) for i in taken)
-                        or any(_depends_on(i, group, producers) for i in taken)):
-                    continue
-                for i in taken:
-                    unit[i] = k
-                group |= taken
-                todo += list(taken)
-                if taken is not parts[k] and any(taken is q for q in parts):
-                    taken.clear()  # a whole group taken in: its part is empty now
+                own = parts[unit[p]] if p in unit else None
+                options = [own if own is not None else {p}]
+                if own is not None and len(own) > 1 and not any(wide(j) for j in producers[p] if j in own):
+                    options.append({p})
+                for taken in options:
+                    merged = group | taken
+                    if (any(_row_key(mod, bindings[i]) != key or not internal(i, merged) for i in taken)
+                            or any(_depends_on(i, group, producers) for i in taken)):
+                        continue
+                    for i in taken:
+                        unit[i] = k
+                    group |= taken
+                    todo += list(taken)
+                    if own is not None:  # its group, whole, is empty now; or it lost its last op
+                        own -= taken
+                    break
         parts[k] = group
     return [sorted(g) for g in parts if len(g) > 1]
 
@@ -282,9 +294,13 @@ def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
     def exported(i: int, group: set) -> bool:
         return bindings[i].var in later_uses or bool(readers.get(i, set()) - group)
 
+    def wide(i: int) -> bool:
+        shape = _shape(bindings[i].var)
+        return not shape or shape[-1] != 1
+
     groups = [part for members in group_bindings(mod, bindings)
-              for part in _single_output(members, producers, exported)]
-    groups = _absorb_producers(mod, bindings, groups, producers, lambda i, g: not exported(i, g))
+              for part in _one_wide_output(members, producers, exported, wide)]
+    groups = _absorb_producers(mod, bindings, groups, producers, lambda i, g: not exported(i, g), wide)
     if not groups:
         return block
     unit_of = {i: ("g", k) for k, members in enumerate(groups) for i in members}

@@ -171,3 +171,39 @@ def test_column_sums_reduce_in_vector_lanes(shape, axis):
     vm = relax.VirtualMachine(tvm.compile(ds.apply_default_schedules(fused, target, PARAMS), target), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_array_equal(got, data.astype(np.int32).sum(axis=axis, keepdims=True))
+
+
+def test_a_row_kernel_with_per_row_results_runs_under_one_row_loop():
+    """Per-row quantization (int8 codes with each row's shift k and zero point z, which the next matmul reads)
+    is one row kernel with three results (fuse_rows): scheduled by the "rows" rule from its first block's rows,
+    every stage under that one parallel loop, and bit-exact against the unscheduled build and intmath."""
+    from compiler.build import fuse_kernels
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", C.tensor_type((ROWS, 4 * HIDDEN), "int16"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            q, k, z = intops.emit_row_quantize(bb, x)
+            out = bb.emit_output(relax.Tuple([q, k, z]))
+        bb.emit_func_output(out)
+    target = tvm.target.Target(TARGET)
+    fused = fuse_kernels(bb.get(), target)
+    kernels = _kernels(fused)
+    assert len(kernels) == 1, list(kernels)  # one kernel, three results
+    (name, func), = kernels.items()
+    assert len(func.params) == 5  # x, the span thresholds; k, z and the codes
+    sched, rule = ds.schedule_primfunc(func, PARAMS)
+    assert rule == "rows", rule
+    text = sched.script()
+    assert text.count("T.parallel") == 1 and "T.vectorized" in text
+    xs = np.random.default_rng(3).integers(-30000, 30000, (ROWS, 4 * HIDDEN)).astype(np.int16)
+    xs[0] = 7  # a flat row: k = 0
+    xs[1, ::2] = 0  # a small span
+    xs[1, 1::2] = 3
+    plain = _run(fused, target, [xs])
+    out = fused.clone()
+    out[out.get_global_var(name)] = sched.with_attr("tir.is_scheduled", True)
+    got = _run(out, target, [xs])
+    want = io.row_quantize(xs)
+    for a, b, c in zip(got, plain, want):
+        assert a.dtype == c.dtype and np.array_equal(a, b) and np.array_equal(a, c)

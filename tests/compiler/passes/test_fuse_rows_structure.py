@@ -166,3 +166,66 @@ def test_a_group_takes_in_the_ops_only_it_reads():
     got, groups = fuse_rows(legal)
     assert groups == 2
     tvm.ir.assert_structural_equal(got, expected)
+
+
+def test_per_row_results_read_outside_stay_in_the_group():
+    """A row's max read outside beside the row minus it (a per-row quantization's shift and codes, both read by
+    the next matmul): one group with two results, main taking them from its tuple."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((4, 8), "int32")):
+            with R.dataflow():
+                m = R.max(x, axis=[-1], keepdims=True)
+                d = R.subtract(x, m)
+                out = (d, m)
+                R.output(out)
+            return out
+
+    legal = _legalized(Before)
+    kernel = {name: legal.get_global_var(name) for name in ("max", "subtract")}
+    rows, row = tensor_type((4, 8), "int32"), tensor_type((4, 1), "int32")
+    bb = BlockBuilder(legal)
+    x0 = relax.Var("x0", rows)
+    with bb.function("fused_rows0", [x0], attrs={"Primitive": True}, private=True):
+        with bb.dataflow():
+            m = bb.emit(relax.call_tir(kernel["max"], [x0], row))
+            d = bb.emit(relax.call_tir(kernel["subtract"], [x0, m], rows))
+            out = bb.emit_output(relax.Tuple([m, d]))
+        bb.emit_func_output(out)
+    group = bb.get().get_global_var("fused_rows0")
+    x = relax.Var("x", rows)
+    main = BlockBuilder()
+    with main.function("main", [x]):
+        with main.dataflow():
+            both = main.emit(relax.Call(group, [x]))
+            mm = main.emit(relax.TupleGetItem(both, 0))
+            dd = main.emit(relax.TupleGetItem(both, 1))
+            out = main.emit_output(relax.Tuple([dd, mm]))
+        main.emit_func_output(out)
+    bb.update_func(legal.get_global_var("main"), main.get()["main"])
+    expected = relax.transform.Normalize()(bb.get())
+
+    got, groups = fuse_rows(legal)
+    assert groups == 1
+    tvm.ir.assert_structural_equal(got, expected)
+
+
+def test_two_whole_rows_read_outside_split_the_group():
+    """a = x + x and b = a * a both read outside: a group would write two whole rows (LayerNorm's output and the
+    int64 residual a later group reads), so it splits at a; each part is a lone op, left to FuseOps."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((4, 8), "int32")):
+            with R.dataflow():
+                a = R.add(x, x)
+                b = R.multiply(a, a)
+                out = (a, b)
+                R.output(out)
+            return out
+
+    legal = _legalized(Before)
+    got, groups = fuse_rows(legal)
+    assert groups == 0
+    tvm.ir.assert_structural_equal(got, relax.transform.Normalize()(legal))
