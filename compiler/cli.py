@@ -370,8 +370,9 @@ def _add_model_options(c) -> None:
                    help="shape of an input, e.g. input_ids=1x128 (repeat per input); a dim may be a range LO..HI, "
                         "e.g. input_ids=1x1..128: the library then takes every size in it")
     c.add_argument("--buckets", action="append", default=[], metavar="DIM=SIZES",
-                   help="sizes compiled for a ranged dim, e.g. seq=16,32,64,128 (default: 8, 16, 24, 32, then powers "
-                        "of two, and the range's top); an input runs at the smallest that holds it")
+                   help="sizes compiled for a ranged dim, e.g. seq=16,32,64,128 (default: steps of 8 up to 48, of 16 "
+                        "up to 96, then 128, 192, 256, 384, ..., and the range's top); an input runs at the smallest "
+                        "that holds it")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--calibration-data", metavar="CALIB.npz", help="calibration inputs (.npz, leading sample axis)")
     g.add_argument("--calibration-table", metavar="TABLE.json", help="reuse a saved calibration table")
