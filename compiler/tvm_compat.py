@@ -5,6 +5,8 @@ Everything else in intformer imports TVM names from here, so a TVM upgrade touch
 
 from __future__ import annotations
 
+import threading
+
 import tvm  # noqa: F401  (the compiler needs the full TVM; the runtime loader does not import this module)
 from tvm import relax, te  # noqa: F401  (te: compute definitions of small kernels)
 from tvm.ir.expr import GenericConst as _GenericConst  # relax.Constant before 0.2x
@@ -136,6 +138,9 @@ def fuse_for(mod, target, group=None):
         return fuse(mod, group)
 
 
+_PIPELINE_LOCK = threading.Lock()
+
+
 def compile_module(mod, target, tir_passes=()):
     """Compile a fused, scheduled Relax module into an executable: kernels, VM plan, constants (the last of the
     build's stages: compiler/pipeline.py). `tir_passes` run on the lowered kernels after TVM's own TIR lowering
@@ -148,8 +153,9 @@ def compile_module(mod, target, tir_passes=()):
         lower, finalize_host, finalize_device = default_s_tir_pipeline()
         return tvm.transform.Sequential([lower, *tir_passes]), finalize_host, finalize_device
 
-    tvm.tirx.register_tir_pipeline("intformer", factory)
-    return tvm.compile(mod, target, tir_pipeline="intformer")
+    with _PIPELINE_LOCK:  # the name is global: two compiles at once must not swap their passes
+        tvm.tirx.register_tir_pipeline("intformer", factory)
+        return tvm.compile(mod, target, tir_pipeline="intformer")
 
 
 def export_library(executable, path: str, cross_compiler=None) -> None:

@@ -242,9 +242,15 @@ def _lane_partials(sch, block, kinds: str, p: CpuParams):
         return None
 
 
-def _vectorize_partials(sch, rf, lanes: int):
-    """The partials block under the row loop: its lane loop (extent `lanes`) moved innermost and vectorized."""
+def _vectorize_partials(sch, rf, lanes: int, moved: bool = True):
+    """The partials block under the row loop: its lane loop (extent `lanes`) moved innermost and vectorized.
+    A block left where rfactor put it (the first block of a kernel scheduled from its first block's rows) has
+    its lane loop innermost already."""
     loops = list(sch.get_loops(rf))
+    if not moved:
+        if _extent(sch, loops[-1]) == lanes:
+            sch.vectorize(loops[-1])
+        return
     lane = next((lp for lp in loops[1:] if _extent(sch, lp) == lanes), None)  # compute_at puts it first
     if lane is None:
         return
@@ -278,7 +284,11 @@ def _rows(sch, blocks, p: CpuParams) -> bool:
     outputs = list(sch.mod["main"].params)
     if any(_writes_output(sch, b, outputs) for b in order[:-1]):
         # a result mid-row (a per-row scale the next matmul reads beside the row's int8 values): an output block
-        # cannot move under a consumer's loop, so the first block's rows carry every later block instead
+        # cannot move under a consumer's loop, so the first block's rows carry every later block instead. Each
+        # later block must read a buffer computed here: one that reads only the kernel's inputs would run over
+        # every row inside each row's iteration.
+        if any(not sch.get_producers(b) for b in order[1:]):
+            return False
         row = _parallel(sch, list(sch.get_loops(order[0])[:lead]), work, p)
         for b in order[1:]:
             sch.reverse_compute_at(b, row, preserve_unit_loops=True)
@@ -296,7 +306,7 @@ def _rows(sch, blocks, p: CpuParams) -> bool:
         if b.is_injective() and len(sch.get_loops(b.block_rv)) > 1:
             _vectorize_inner(sch, b.block_rv, p)
     for rf, lanes in partials:
-        _vectorize_partials(sch, rf, lanes)
+        _vectorize_partials(sch, rf, lanes, moved=not rf.same_as(order[0]))
     return True
 
 

@@ -14,13 +14,13 @@ Guarantees: every maximal group of bindings that
   * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
-A group never has a path that leaves it and comes back (so the graph stays acyclic). Of the results it hands
-out (read outside it: the function returns a tuple when there are several) at most one is a whole row; the
-others are per-row scalars (..., 1): a per-row quantization is one kernel handing out the int8 codes with each
-row's shift and zero point, where it was seven. A group with a second whole row read outside is split at the
-first. Then each group takes in the row ops left outside every group whose results only it reads (a per-row
-exponent's chain before a requantization), and the last op of another group when it reads only that group's
-per-row scalars; groups of one binding are left to FuseOps. Only the grouping changes: each op computes what it
+A group never has a path that leaves it and comes back (so the graph stays acyclic). It hands out one result
+(read outside it), or, when one op starts it (every other member reads a member), one whole row and per-row
+scalars (..., 1), the function returning a tuple: a per-row quantization is one kernel handing out the int8
+codes with each row's shift and zero point, where it was seven. Any other group is split at its first result. Then
+each group takes in the row ops left outside every group whose results only it reads (a per-row exponent's chain
+before a requantization), and the last op of another group when it reads only that group's per-row scalars; groups
+of one binding are left to FuseOps. Only the grouping changes: each op computes what it
 computed before, bit for bit, and compiler/passes/default_schedule.py then computes every stage of a row under
 one row loop.
 """
@@ -202,27 +202,42 @@ def _uses(expr) -> list:
     return _var_args(expr)
 
 
-def _one_wide_output(members: list[int], producers: dict, exported, wide) -> list[list[int]]:
-    """Split a group until at most one of the results read outside it is a whole row (wide(i)); the others
-    are per-row scalars (..., 1): a requantization's int8 row with its per-row exponent and zero point, which
-    the next matmul reads. A second whole row read outside (LayerNorm's int16 output and the int64 residual a
-    later group reads) would be written out in full: the members a mid-group whole-row result depends on become
-    a group of their own, ending in that result. Both parts stay convex (no path leaves a part and comes back)
-    because the whole was."""
+def _results(group: set, exported) -> list[int]:
+    return sorted(i for i in group if exported(i, group))
+
+
+def _schedulable(group: set, producers: dict, exported, wide) -> bool:
+    """One result read outside; or one whole row (wide(i)) and per-row scalars, from a group with one first op
+    (the row schedule then runs every op under that op's rows: compiler/passes/default_schedule.py)."""
+    results = _results(group, exported)
+    if len(results) <= 1:
+        return True
+    sources = [i for i in group if not any(j in group for j in producers[i])]
+    return len(sources) == 1 and sum(1 for i in results if wide(i)) <= 1
+
+
+def _split_results(members: list[int], producers: dict, exported, wide) -> list[list[int]]:
+    """Split a group until it is `_schedulable`: a requantization's int8 row goes out with each row's exponent
+    and zero point, which the next matmul reads; a second whole row read outside (LayerNorm's int16 output and
+    the int64 residual a later group reads) would be written out in full, and a group with two first ops cannot
+    run from one op's rows. The members the first result to cut depends on become a group of their own, ending
+    in that result. Both parts stay convex (no path leaves a part and comes back) because the whole was."""
     member_set = set(members)
-    wides = [i for i in members if wide(i) and exported(i, member_set)]
-    if len(wides) <= 1:
+    if _schedulable(member_set, producers, exported, wide):
         return [members] if len(members) > 1 else []
-    cut, stack = set(), [wides[0]]
-    while stack:  # wides[0] and everything in the group it depends on
+    results = _results(member_set, exported)
+    sources = [i for i in members if not any(j in member_set for j in producers[i])]
+    cuts = [i for i in results if wide(i)] if len(sources) == 1 else results
+    cut, stack = set(), [cuts[0]]
+    while stack:  # the first result to cut and everything in the group it depends on
         i = stack.pop()
         if i not in cut:
             cut.add(i)
             stack += [j for j in producers[i] if j in member_set]
     head = [i for i in members if i in cut]
     tail = [i for i in members if i not in cut]
-    return (_one_wide_output(head, producers, exported, wide)
-            + _one_wide_output(tail, producers, exported, wide))
+    return (_split_results(head, producers, exported, wide)
+            + _split_results(tail, producers, exported, wide))
 
 
 def _depends_on(i: int, members: set, producers: dict) -> bool:
@@ -241,14 +256,16 @@ def _depends_on(i: int, members: set, producers: dict) -> bool:
     return False
 
 
-def _absorb_producers(mod, bindings, groups: list[list[int]], producers: dict, internal, wide) -> list[list[int]]:
+def _absorb_producers(mod, bindings, groups: list[list[int]], producers: dict, internal, schedulable,
+                      wide) -> list[list[int]]:
     """Each group takes in the producers whose results only it reads (internal(i, group)), over the same rows,
     producer after producer: a single row op, another group whole (its results read by this group only), or
     the last op of another group that reads only that group's per-row scalars (the shift less a row's
     exponent: the other group then hands out the scalar, not a whole row computed from it). That is a per-row
     exponent's chain (the shift less the exponent, its floor at 1, the rounding constant) the greedy grouping
     left apart because the exponent's own group reads out to several consumers. A producer that reads a
-    member's result through ops outside stays out (the group would depend on itself)."""
+    member's result through ops outside stays out (the group would depend on itself), and so does one that
+    would leave either group not `schedulable`."""
     unit = {i: k for k, members in enumerate(groups) for i in members}  # binding -> the group holding it
     parts = [set(members) for members in groups]
     for k in range(len(parts)):
@@ -268,7 +285,8 @@ def _absorb_producers(mod, bindings, groups: list[list[int]], producers: dict, i
                 for taken in options:
                     merged = group | taken
                     if (any(_row_key(mod, bindings[i]) != key or not internal(i, merged) for i in taken)
-                            or any(_depends_on(i, group, producers) for i in taken)):
+                            or any(_depends_on(i, group, producers) for i in taken)
+                            or not schedulable(merged) or own is not None and not schedulable(own - taken)):
                         continue
                     for i in taken:
                         unit[i] = k
@@ -299,8 +317,9 @@ def _rewrite_block(bb, mod, block, later_uses: set, counter: list[int]):
         return not shape or shape[-1] != 1
 
     groups = [part for members in group_bindings(mod, bindings)
-              for part in _one_wide_output(members, producers, exported, wide)]
-    groups = _absorb_producers(mod, bindings, groups, producers, lambda i, g: not exported(i, g), wide)
+              for part in _split_results(members, producers, exported, wide)]
+    groups = _absorb_producers(mod, bindings, groups, producers, lambda i, g: not exported(i, g),
+                               lambda g: _schedulable(g, producers, exported, wide), wide)
     if not groups:
         return block
     unit_of = {i: ("g", k) for k, members in enumerate(groups) for i in members}

@@ -207,3 +207,66 @@ def test_a_row_kernel_with_per_row_results_runs_under_one_row_loop():
     want = io.row_quantize(xs)
     for a, b, c in zip(got, plain, want):
         assert a.dtype == c.dtype and np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_a_group_with_two_first_ops_hands_out_one_result_per_kernel():
+    """f = x as int32; a = 2f; hi, lo = row max, min; d = f - hi - lo; a, d and hi read outside. {hi, lo, d}
+    would start at two reductions of f (an input of that kernel): a row schedule from one of them would run the
+    other over every row inside each row. fuse_rows splits such a group at its results instead; every kernel
+    gets a real schedule (no per-block fallback) and the results are bit-exact."""
+    from compiler.build import fuse_kernels
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", C.tensor_type((ROWS, 4 * HIDDEN), "int16"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            f = bb.emit(R.astype(x, "int32"))
+            a = bb.emit(R.multiply(f, R.const(2, "int32")))
+            hi = bb.emit(R.max(f, axis=[-1], keepdims=True))
+            lo = bb.emit(R.min(f, axis=[-1], keepdims=True))
+            d = bb.emit(R.subtract(R.subtract(f, hi), lo))
+            out = bb.emit_output(relax.Tuple([a, d, hi]))
+        bb.emit_func_output(out)
+    target = tvm.target.Target(TARGET)
+    fused = fuse_kernels(bb.get(), target)
+    scheduled = fused.clone()
+    for name, func in _kernels(fused).items():
+        sched, rule = ds.schedule_primfunc(func, PARAMS)
+        assert rule != "per_block", name
+        scheduled[scheduled.get_global_var(name)] = sched.with_attr("tir.is_scheduled", True)
+    xs = np.random.default_rng(4).integers(-30000, 30000, (ROWS, 4 * HIDDEN)).astype(np.int16)
+    got = _run(scheduled, target, [xs])
+    f32 = xs.astype(np.int32)
+    hi32, lo32 = f32.max(axis=1, keepdims=True), f32.min(axis=1, keepdims=True)
+    for g, w in zip(got, (2 * f32, f32 - hi32 - lo32, hi32)):
+        assert np.array_equal(g, w)
+
+
+def test_a_row_kernel_with_two_first_stages_and_a_mid_result_is_not_run_from_one_stages_rows():
+    """hi = row max of X, lo = row min of X, D = X - hi - lo, with hi a result too: scheduled from hi's rows, lo
+    (which reads only X) would run over every row inside each row's iteration; the rows rule declines."""
+    from compiler.tvm_compat import tir_script as T
+
+    @T.prim_func(s_tir=True)
+    def kernel(X: T.Buffer((32, 64), "int32"), HI: T.Buffer((32, 1), "int32"), D: T.Buffer((32, 64), "int32")):
+        LO = T.sblock_alloc_buffer((32, 1), "int32")
+        for i, k, j in T.grid(32, 1, 64):
+            with T.sblock("hi"):
+                vi, vk, vj = T.axis.remap("SSR", [i, k, j])
+                with T.init():
+                    HI[vi, vk] = -2147483647
+                HI[vi, vk] = T.max(HI[vi, vk], X[vi, vj])
+        for i, k, j in T.grid(32, 1, 64):
+            with T.sblock("lo"):
+                vi, vk, vj = T.axis.remap("SSR", [i, k, j])
+                with T.init():
+                    LO[vi, vk] = 2147483647
+                LO[vi, vk] = T.min(LO[vi, vk], X[vi, vj])
+        for i, j in T.grid(32, 64):
+            with T.sblock("d"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                D[vi, vj] = X[vi, vj] - HI[vi, 0] - LO[vi, 0]
+
+    sch = C.Schedule(kernel)
+    blocks = ds._inline(sch, C.normalize_prim_func(sch))
+    assert not ds._rows(sch, blocks, PARAMS)

@@ -112,9 +112,10 @@ def test_a_row_scalar_against_a_channel_vector_joins_the_row_group():
 
 
 def test_a_group_takes_in_the_ops_only_it_reads():
-    """k (a per-row max) feeds two groups through e1 = c1 - k and e2 = c2 - k. The greedy grouping puts k, e1 and
-    e2 together, which splits back into single ops (k is read by both consumers); each group then takes in the
-    e it alone reads, and k stays a kernel of its own."""
+    """k (a per-row max) feeds two groups through e1 = c1 - k and e2 = c2 - k. The greedy grouping puts k with e1
+    (and e2 with its own consumer); the group {k, e1} would hand out the whole row e1, so y1's group takes e1 in
+    (it reads only k, a per-row scalar, from its group: the only test of that step) and k stays a kernel of its
+    own, read by both groups."""
     c = [relax.const(np.arange(8, dtype=np.int32) + i) for i in range(4)]
     rows, row = tensor_type((1, 8), "int32"), tensor_type((1, 1), "int32")
     x, z = relax.Var("x", rows), relax.Var("z", rows)
