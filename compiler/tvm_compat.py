@@ -250,6 +250,7 @@ from tvm.s_tir import (  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x
 )
 from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
 from tvm.tirx.stmt import AllocBuffer  # noqa: E402  (tvm.tir.Allocate before 0.27)
+from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 
 
 def on_stack(alloc):
@@ -257,7 +258,6 @@ def on_stack(alloc):
     TVMBackendAllocWorkspace call (0.27's annotation; an Allocate's before)."""
     return AllocBuffer(alloc.buffer, annotations={**dict(alloc.annotations or {}),
                                                   "disable_lower_builtin": IntImm("bool", 1)})
-from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 
 
 def mutate_ir(node, callbacks):

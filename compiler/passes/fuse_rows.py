@@ -14,15 +14,14 @@ Guarantees: every maximal group of bindings that
   * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
-A group never has a path that leaves it and comes back (so the graph stays acyclic). It hands out one result
-(read outside it), or, when one op starts it (every other member reads a member), one whole row and per-row
-scalars (..., 1), the function returning a tuple: a per-row quantization is one kernel handing out the int8
-codes with each row's shift and zero point, where it was seven. Any other group is split at its first result. Then
-each group takes in the row ops left outside every group whose results only it reads (a per-row exponent's chain
-before a requantization), and the last op of another group when it reads only that group's per-row scalars; groups
-of one binding are left to FuseOps. Only the grouping changes: each op computes what it
-computed before, bit for bit, and compiler/passes/default_schedule.py then computes every stage of a row under
-one row loop.
+A group never has a path that leaves it and comes back (so the graph stays acyclic). It hands out one result (read
+outside it), or, when one op starts it (every other member reads a member), one whole row and per-row scalars (...,
+1), the function returning a tuple: a per-row quantization is one kernel handing out the int8 codes with each row's
+shift and zero point, where it was seven. Any other group is split at its first result. Then each group takes in
+the row ops left outside every group whose results only it reads (a per-row exponent's chain before a
+requantization), and the last op of another group when it reads only that group's per-row scalars; groups of one
+binding are left to FuseOps. Only the grouping changes: each op computes what it computed before, bit for bit, and
+compiler/passes/default_schedule.py then computes every stage of a row under one row loop.
 """
 
 from __future__ import annotations

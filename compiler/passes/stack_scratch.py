@@ -2,8 +2,9 @@
 
 TVM lowers every kernel-local buffer of 1 KiB or more (and every "local" one) to a TVMBackendAllocWorkspace /
 TVMBackendFreeWorkspace pair at the place it is allocated: inside a loop, once per iteration. MiniLM at 16 tokens
-made 1,210 such pairs per call: the GEMMs' accumulator tiles (4 x 64 int32 = exactly 1 KiB) once per column tile
-(49 in a 384x1536 GEMM), the row kernels' int64 / int32 row buffers once per row.
+made 1,210 such pairs per call: the row kernels' int64 / int32 row buffers once per row (on the stack now: 690
+pairs left), and the length-shared GEMMs' accumulators once per column tile (49 in a 384x1536 GEMM), which stay
+in the pool: they are (n, 64) for the kernel's symbolic n.
 
 Expects: lowered TIR PrimFuncs for a CPU target, after the s_tir lowering pipeline (flattened buffers, blocks
 gone) and before LowerTVMBuiltin (the build's ``codegen`` stage runs it there: compiler/tvm_compat.py
