@@ -205,14 +205,18 @@ def _results(group: set, exported) -> list[int]:
     return sorted(i for i in group if exported(i, group))
 
 
+def _first_ops(group: set, producers: dict) -> list[int]:
+    """The members that read no member."""
+    return [i for i in group if not any(j in group for j in producers[i])]
+
+
 def _schedulable(group: set, producers: dict, exported, wide) -> bool:
     """One result read outside; or one whole row (wide(i)) and per-row scalars, from a group with one first op
     (the row schedule then runs every op under that op's rows: compiler/passes/default_schedule.py)."""
     results = _results(group, exported)
     if len(results) <= 1:
         return True
-    sources = [i for i in group if not any(j in group for j in producers[i])]
-    return len(sources) == 1 and sum(1 for i in results if wide(i)) <= 1
+    return len(_first_ops(group, producers)) == 1 and sum(1 for i in results if wide(i)) <= 1
 
 
 def _split_results(members: list[int], producers: dict, exported, wide) -> list[list[int]]:
@@ -225,8 +229,7 @@ def _split_results(members: list[int], producers: dict, exported, wide) -> list[
     if _schedulable(member_set, producers, exported, wide):
         return [members] if len(members) > 1 else []
     results = _results(member_set, exported)
-    sources = [i for i in members if not any(j in member_set for j in producers[i])]
-    cuts = [i for i in results if wide(i)] if len(sources) == 1 else results
+    cuts = [i for i in results if wide(i)] if len(_first_ops(member_set, producers)) == 1 else results
     cut, stack = set(), [cuts[0]]
     while stack:  # the first result to cut and everything in the group it depends on
         i = stack.pop()

@@ -15,6 +15,12 @@ def _legalized(mod):
     return tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern()])(mod)
 
 
+def _with_main(bb, legal, main):
+    """The expected module: bb's functions (the groups) with `main` (a BlockBuilder holding it) as legal's main."""
+    bb.update_func(legal.get_global_var("main"), main.get()["main"])
+    return relax.transform.Normalize()(bb.get())
+
+
 def _main_calls_the_group(bb, legal, rows, extra=()):
     """The expected module: bb's functions, main(x) calling fused_rows0(x, *extra) and returning its result."""
     group = bb.get().get_global_var("fused_rows0")
@@ -24,8 +30,7 @@ def _main_calls_the_group(bb, legal, rows, extra=()):
         with main.dataflow():
             y = main.emit_output(relax.Call(group, [x, *extra]))
         main.emit_func_output(y)
-    bb.update_func(legal.get_global_var("main"), main.get()["main"])
-    return relax.transform.Normalize()(bb.get())
+    return _with_main(bb, legal, main)
 
 
 def test_a_row_chain_becomes_one_primitive_function():
@@ -161,8 +166,7 @@ def test_a_group_takes_in_the_ops_only_it_reads():
             y2 = main.emit(relax.Call(g1, [c[2], k, zm, c[0]]))
             out = main.emit_output(relax.Tuple([y1, y2]))
         main.emit_func_output(out)
-    want.update_func(legal.get_global_var("main"), main.get()["main"])
-    expected = relax.transform.Normalize()(want.get())
+    expected = _with_main(want, legal, main)
 
     got, groups = fuse_rows(legal)
     assert groups == 2
@@ -204,8 +208,7 @@ def test_per_row_results_read_outside_stay_in_the_group():
             dd = main.emit(relax.TupleGetItem(both, 1))
             out = main.emit_output(relax.Tuple([dd, mm]))
         main.emit_func_output(out)
-    bb.update_func(legal.get_global_var("main"), main.get()["main"])
-    expected = relax.transform.Normalize()(bb.get())
+    expected = _with_main(bb, legal, main)
 
     got, groups = fuse_rows(legal)
     assert groups == 1
