@@ -91,6 +91,7 @@ def _build_stages() -> Stages:
         Stage("default_schedule", s.default_schedule, SCHEDULED, SCHEDULED),  # the rest: the default schedule
         Stage("share_kernels", s.share_kernels, SCHEDULED, SCHEDULED),  # one kernel per class equal but for constants
         Stage("share_buckets", s.share_buckets, SCHEDULED, SCHEDULED),  # ranged: one kernel per site over all lengths
+        Stage("bound_rows", s.bound_rows, SCHEDULED, SCHEDULED),  # ranged: row kernels over the input's rows only
         Stage("codegen", s.codegen, SCHEDULED, ARTIFACT),        # kernels + VM plan + int8 constants
     ]
 

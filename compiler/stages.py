@@ -364,6 +364,18 @@ def share_buckets(st: CompileState) -> CompileState:
     return replace(st, lowered_mod=mod)
 
 
+def bound_rows(st: CompileState) -> CompileState:
+    """Ranged dims: row kernels over a bucket's tokens compute only the input's rows, as its GEMMs do."""
+    from compiler import ranged
+    from compiler.passes.bound_rows import bound_rows as _bound
+
+    buckets = [b.as_dict() for b in st.buckets]
+    if not buckets or len(buckets[0]) != 1:  # fixed shapes, or a batch range too: the rows are not a prefix
+        return st
+    mod, _ = _bound(st.lowered_mod, {ranged.bucket_name(b): next(iter(b.values())) for b in buckets})
+    return replace(st, lowered_mod=mod)
+
+
 def codegen(st: CompileState) -> CompileState:
     """The scheduled module -> the executable: kernels, VM plan, int8 constants for the target."""
     from compiler.build import codegen as _codegen

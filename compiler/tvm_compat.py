@@ -248,9 +248,18 @@ from tvm.s_tir import (  # noqa: E402  (tvm.tir.Block / BlockRealize before 0.2x
     SBlockRealize,
     meta_schedule,  # noqa: E402
 )
+from tvm.sym import Analyzer  # noqa: E402  (tvm.arith.Analyzer before 0.27)
 from tvm.tirx import IntImm, PrimFunc  # noqa: E402  (tvm.tir.IntImm / PrimFunc before 0.2x)
 from tvm.tirx.stmt import AllocBuffer  # noqa: E402  (tvm.tir.Allocate before 0.27)
 from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
+
+
+def is_buffer(param) -> bool:
+    """Whether a PrimFunc parameter is a buffer (0.27: a Var of BufferType; a tvm.tir.Buffer in buffer_map
+    before), not a scalar."""
+    from tvm.tirx.buffer import BufferType
+
+    return isinstance(param.ty, BufferType)
 
 
 def on_stack(alloc):
@@ -303,5 +312,5 @@ __all__ = [
     "build_tir", "parse_prim_func", "simplify_prim_func", "llvm_triple", "llvm_cpu_has_features", "IRModule",
     "structural_equal", "structural_hash",
     "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",
-    "PrimCall", "mutate_ir", "visit_ir", "walk_ir", "AllocBuffer", "on_stack",
+    "PrimCall", "mutate_ir", "visit_ir", "walk_ir", "AllocBuffer", "on_stack", "Analyzer", "is_buffer",
 ]

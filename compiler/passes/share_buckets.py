@@ -210,7 +210,7 @@ def _row_sized(buffer, n) -> bool:
     return bool(dims) and _uses(dims[-1], n)
 
 
-def _tir_calls(func) -> list:
+def tir_calls(func) -> list:
     """The ``call_tir`` calls of a Relax function, in binding order."""
     calls = []
 
@@ -223,12 +223,10 @@ def _tir_calls(func) -> list:
 
 
 @expr_functor_mutator
-class _CallSymbolic(PyExprMutator):
-    """Call site k of a bucket function -> the shared kernel planned for it, with the bucket's size."""
-
+class _Redirect(PyExprMutator):
     def __init__(self, mod, plan: dict):
         super().__init__(mod)
-        self.plan = plan  # (function, call's kernel name, n-th call of it) -> (GlobalVar, size or None, n's dtype)
+        self.plan = plan
         self.function = ""
         self.seen: dict = defaultdict(int)
 
@@ -242,11 +240,20 @@ class _CallSymbolic(PyExprMutator):
         target = self.plan.get((*key, index))
         if target is None:
             return call
-        gv, size, dtype = target
-        fields = list(call.args[1].fields)
-        if size is not None:
-            fields.append(relax.prim_value(tirx.IntImm(dtype, size)))
+        gv, extra = target
+        fields = [*call.args[1].fields, *extra]
         return relax.Call(call.op, [gv, relax.Tuple(fields), *call.args[2:]], call.attrs, call.ty_args)
+
+
+def redirect_calls(mod, plan: dict, names: list[str]):
+    """`mod` with call sites of the functions `names` sent to other kernels: `plan` maps (function, call's
+    kernel name, n-th call of that kernel in the function) -> (GlobalVar, arguments appended to the call's)."""
+    mutator = _Redirect(mod, plan)
+    for name in names:
+        mutator.function = name
+        gv = mod.get_global_var(name)
+        mutator.builder_.update_func(gv, mutator.visit_expr(mod[gv]))
+    return mutator.builder_.get()
 
 
 def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
@@ -258,7 +265,7 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
     if not varying:
         return mod, 0
     dim = max(varying, key=lambda v: len({b[v] for b in buckets}))  # the sequence, when it has the most sizes
-    sites = {name: _tir_calls(mod[name]) for name in names}
+    sites = {name: tir_calls(mod[name]) for name in names}
     if len({len(c) for c in sites.values()}) != 1:
         return mod, 0  # the bucket functions do not line up (never seen): keep every bucket's kernels
     bb = relax.BlockBuilder(mod)
@@ -288,17 +295,13 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
             if gv_new is None:
                 continue
             for s, (name, gv, occurrence) in members.items():
-                plan[(name, gv.name_hint, occurrence)] = (gv_new, s if dtype else None, dtype)
+                size = [relax.prim_value(tirx.IntImm(dtype, s))] if dtype else []
+                plan[(name, gv.name_hint, occurrence)] = (gv_new, size)
     if not plan:
         return mod, 0
     out = bb.get()
     before = sum(1 for f in out.functions.values() if isinstance(f, PrimFunc))
-    mutator = _CallSymbolic(out, plan)
-    for name in names:
-        mutator.function = name
-        gv = out.get_global_var(name)
-        mutator.builder_.update_func(gv, mutator.visit_expr(out[gv]))
-    out = _without_unused({kernel for _, kernel, _ in plan}, mutator.builder_.get())
+    out = _without_unused({kernel for _, kernel, _ in plan}, redirect_calls(out, plan, names))
     after = sum(1 for f in out.functions.values() if isinstance(f, PrimFunc))
     return out, before - after
 
@@ -310,7 +313,7 @@ def _without_unused(replaced: set, mod):
     used = set()
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
-            for call in _tir_calls(func):
+            for call in tir_calls(func):
                 used.add(call.args[0].name_hint)
     for gv in list(mod.get_global_vars()):
         if isinstance(mod[gv], PrimFunc) and gv.name_hint in replaced and gv.name_hint not in used:
@@ -334,4 +337,4 @@ def _shared(bb, mod, members: dict, tokens: dict, n_inputs: int):
     return gv, str(func.params[n_inputs].ty)
 
 
-__all__ = ["share_buckets"]
+__all__ = ["redirect_calls", "share_buckets", "tir_calls"]
