@@ -8,17 +8,22 @@ for all-MiniLM-L6-v2 at 16 tokens on Zen 4, a third of a token's whole cost.
 Expects: a module after share_buckets whose bucket functions (named by `compiler.ranged.bucket_name`, one ranged
 dim) take the input's length as their last parameter ``length`` (ranged.LENGTH_PARAM) and whose call sites line
 up one to one across the buckets.
-Guarantees: at a call site where, in two buckets of different sizes at least, the kernel is one loop (under the
-root block) of k iterations per row of the bucket (the same k), and every access of iteration i to a parameter
-whose first axis above 1 is the bucket's length is to row i // k of it, the kernel is replaced by a copy with an
-int64 parameter ``rows`` (after its inputs; the call passes ``length``) in those buckets where what reads its
-result sees only the input's rows: other such kernels, the GEMMs given the length, views (reshapes) and tuple
-items of it read that way, or the bucket function's result (the dispatch slices it). The loop runs
-min(rows, B) * k iterations (rows clamped to [0, B]) and the outputs' rows from there to B are written as zeros,
-the same on every call whatever the memory held. The rows below the length are computed exactly as before:
-iteration i writes only row i // k, and the dropped iterations come after every kept one. Kernels that do not
-pass (a softmax over heads x queries, the attention's key transposes, a mask or a gather index over positions,
-a pooling's input, reshapes, which the VM runs as views) keep every row. Nothing changes for a library of fixed
+Guarantees: at a call site where, in two buckets of different sizes at least, the kernel is one serial or
+parallel loop (under the root block) of k iterations per row of the bucket (the same k), and every access of
+iteration i to a parameter whose first axis above 1 is the bucket's length is a load or store of row i // k of it
+(followed through loops and block bindings; a let, an aliasing buffer, a matched region, a pointer or an extern
+call rejects the kernel), the kernel is replaced by a copy with an int64 parameter ``rows`` (after its inputs;
+the call passes ``length``) in those buckets where every reader of its result sees only the input's rows: other
+such kernels; a GEMM given the length (schedules/int8_matmul.py: it reads its activation's rows up to its row
+tile, and a per-row operand only in an epilogue without a division or a table lookup, which a zero row could
+fault); a view (reshape) whose first axis above 1 is still the rows, or a tuple item, read that way; the bucket
+function's result (the dispatch slices the rows off). A use the pass does not follow keeps the kernel whole.
+The loop runs min(rows, B) * k iterations (rows clamped to [0, B]) and the outputs' rows from there to B are
+written as zeros, the same on every call whatever the memory held. The rows below the length are computed
+exactly as before: iteration i writes only row i // k, and the dropped iterations come after every kept one.
+Kernels that do not pass (a softmax over heads x queries, the attention's key transposes, a mask or a gather
+index over positions, a pooling's input, reshapes, which the VM runs as views) keep every row. Inputs whose rows
+are not the bucket's (constants, per-column vectors) are read as before. Nothing changes for a library of fixed
 shapes or of several ranged dims.
 """
 
@@ -32,6 +37,7 @@ from tvm import relax
 from compiler.passes.share_buckets import redirect_calls
 from compiler.tvm_compat import (
     Analyzer,
+    PrimCall,
     PrimFunc,
     SBlockRealize,
     TensorLoad,
@@ -40,18 +46,21 @@ from compiler.tvm_compat import (
     tirx,
     visit_ir,
 )
+from schedules.gemm_epilogue import EPILOGUE_ATTR
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 ROWS_SUFFIX = "_rows"  # a bounded kernel's name: the original's with this suffix
 
 
 def _row_loop(func: PrimFunc):
-    """The kernel's one top-level loop from 0 (the root block's whole body), or None."""
+    """The kernel's one top-level serial or parallel loop from 0 (the root block's whole body), or None (a
+    vectorized or unrolled loop cannot take a run-time extent)."""
     body = func.body
     if not isinstance(body, SBlockRealize):
         return None
     inner = body.block.body
-    if isinstance(inner, tirx.For) and _is_zero(inner.min) and not body.block.init:
+    if (isinstance(inner, tirx.For) and inner.kind in (tirx.ForKind.SERIAL, tirx.ForKind.PARALLEL)
+            and _is_zero(inner.min) and not body.block.init):
         return inner
     return None
 
@@ -74,6 +83,15 @@ class _Buffers:
 
     def __contains__(self, buf) -> bool:
         return any(b.same_as(buf) for b, _ in self.items)
+
+
+_OPAQUE = (tirx.LetStmt, tirx.Let, tirx.DeclBuffer, tirx.AttrStmt)
+_OPAQUE_CALLS = ("address_of", "access_ptr", "extern", "packed", "call_llvm")
+
+
+def _opaque_call(call) -> bool:
+    name = getattr(call.op, "name", "")
+    return any(word in name for word in _OPAQUE_CALLS)
 
 
 def _row_axis(buf, extent, per_row: int, analyzer) -> int | None:
@@ -116,7 +134,7 @@ def _rows_only(func: PrimFunc, loop, per_row: int, n_outputs: int) -> list | Non
             analyzer.bind(node.loop_var, tvm.ir.Range.from_min_extent(node.min, node.extent))
         elif isinstance(node, SBlockRealize):
             block = node.block
-            if any(m.source.buffer in rowed for m in block.match_buffers):
+            if block.match_buffers:  # a buffer region under another name: not followed
                 ok[0] = False
                 return
             for iv, value in zip(block.iter_vars, node.iter_values):
@@ -125,12 +143,15 @@ def _rows_only(func: PrimFunc, loop, per_row: int, n_outputs: int) -> list | Non
             access(node.buffer, node.indices)
         elif isinstance(node, TensorLoad):
             access(node.source, node.indices)
-        elif isinstance(node, (tirx.LetStmt, tirx.Let)):
-            ok[0] = False  # an index through a let is not followed
+        elif isinstance(node, _OPAQUE) or (isinstance(node, PrimCall) and _opaque_call(node)):
+            ok[0] = False  # a let, an aliasing buffer, a pointer or an extern call: what it reads is not followed
             return
         visitor.default_visit(node)
 
-    visit_ir(loop.body, visit)
+    try:
+        visit_ir(loop.body, visit)
+    except (RuntimeError, ValueError):  # a TVM error (a loop variable bound twice, say): not proven
+        return None
     return [(o, rowed.get(o)) for o in outputs] if ok[0] else None
 
 
@@ -193,63 +214,69 @@ def _tir_bindings(func) -> list:
 
 
 def _uses(func) -> tuple[dict, set]:
-    """({var: [the bound values that use it]}, the vars the function returns) of a Relax function."""
+    """({var: [the bindings whose value uses it]}, the vars the function returns) of a Relax function."""
     uses: dict = defaultdict(list)
-
-    def note(value, user):
-        if isinstance(value, relax.Var):
-            uses[value].append(user)
-        elif isinstance(value, relax.Tuple):
-            for f in value.fields:
-                note(f, user)
-
     for block in func.body.blocks:
         for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Call):
-                for a in value.args:
-                    note(a, binding)
-            elif isinstance(value, relax.TupleGetItem):
-                note(value.tuple_value, binding)
-            else:
-                note(value, binding)
-    returned: set = set()
-
-    def ret(value):
-        if isinstance(value, relax.Var):
-            returned.add(value)
-        elif isinstance(value, relax.Tuple):
-            for f in value.fields:
-                ret(f)
-
-    ret(func.body.body)
+            for var in relax.analysis.free_vars(binding.value):
+                uses[var].append(binding)
+    returned = set(relax.analysis.free_vars(func.body.body))
     return uses, returned
 
 
-def _rows_respected(mod, func, chosen: set, length) -> set:
+# epilogue steps of a GEMM that a zero per-row operand could make fault (a division) or index out of a table
+_UNSAFE_STEPS = ("floor_divide", "floor_mod", "divide", "take")
+_GEMM_PREFIX = "intformer_q"  # the project's GEMM kernels (schedules/int8_matmul.py), the ones given the length
+
+
+def _gemm_reads_rows_only(kernel, name: str, var, call) -> bool:
+    """A GEMM given the length computes the input's rows (rounded up to its tile: up to 3 padded rows) from
+    `var`: as its activation, or as a per-row operand of an epilogue that cannot fault on the zero rows."""
+    if not name.startswith(_GEMM_PREFIX) or not isinstance(kernel, PrimFunc):
+        return False
+    if call.args[1].fields and call.args[1].fields[0].same_as(var):
+        return True
+    epilogue = str((kernel.attrs or {}).get(EPILOGUE_ATTR, ""))
+    return not any(f'"{op}"' in epilogue for op in _UNSAFE_STEPS)
+
+
+def _keeps_rows(struct, size: int) -> bool:
+    """A view's result whose first axis above 1 is the bucket's rows (a row stays a row)."""
+    shape = getattr(struct, "shape", None)
+    dims = [int(d) for d in shape] if shape is not None and all(isinstance(d, tirx.IntImm) for d in shape) else None
+    return dims is not None and next((d for d in dims if d != 1), None) == size
+
+
+def _rows_respected(mod, func, chosen: set, length, size: int) -> set:
     """The bindings of `chosen` (call_tir bindings of `func` to bound) whose outputs' rows past the length are
-    read by nothing that would see them: only by other chosen kernels, by calls given the length (the GEMMs
-    over the input's rows), through views (reshapes) and tuple items, or returned (the dispatch slices the
-    rows off). Anything else (a softmax over keys, a gather, a pooling) keeps its producer unbounded."""
+    read by nothing that would see them: only by other chosen kernels, by the GEMMs given the length (which read
+    their activation's rows up to their tile, or a per-row operand in an epilogue that cannot fault on zeros),
+    through views keeping rows as rows and tuple items, or returned (the dispatch slices the rows off). Anything
+    else (a softmax over keys, a gather, a pooling, a use not followed) keeps its producer unbounded."""
     uses, returned = _uses(func)
     chosen = set(chosen)
 
     def safe(var, seen) -> bool:
-        if var in returned and not uses.get(var):
-            return True
-        for user in uses.get(var, []):
+        users = uses.get(var, [])
+        if not users and var not in returned:
+            return False  # a use not recorded: after dead-code elimination every binding has one
+        for user in users:
             value = user.value
             if user in chosen:
                 continue
             if isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR):
-                kernel = mod[value.args[0]]
+                gv = value.args[0]
+                kernel = mod[gv]
                 if any(isinstance(a, relax.Var) and a.same_as(length) for a in value.args[1].fields):
-                    continue
-                if isinstance(kernel, PrimFunc) and relax.analysis.has_reshape_pattern(kernel):
-                    if user.var in seen or safe(user.var, seen | {user.var}):
+                    if _gemm_reads_rows_only(kernel, gv.name_hint, var, value):
                         continue
+                    return False
+                view = isinstance(kernel, PrimFunc) and relax.analysis.has_reshape_pattern(kernel)
+                if view and _keeps_rows(user.var.ty, size) and (user.var in seen or safe(user.var, seen | {user.var})):
+                    continue
                 return False
-            if isinstance(value, (relax.TupleGetItem, relax.Var, relax.Tuple)):
+            if isinstance(value, (relax.TupleGetItem, relax.Var, relax.Tuple)) and not isinstance(
+                    user, relax.MatchCast):
                 if user.var in seen or safe(user.var, seen | {user.var}):
                     continue
             return False
@@ -315,7 +342,7 @@ def bound_rows(mod, sizes: dict[str, int]):
     bounded: dict = {}  # (kernel name, per_row) -> the bounded kernel's GlobalVar
     plan: dict = {}
     for name, picked in candidates.items():
-        keep = _rows_respected(mod, mod[name], {sites[name][k] for k in picked}, lengths[name])
+        keep = _rows_respected(mod, mod[name], {sites[name][k] for k in picked}, lengths[name], sizes[name])
         for k, (gv, per_row, occurrence) in picked.items():
             if sites[name][k] not in keep:
                 continue

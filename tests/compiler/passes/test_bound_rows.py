@@ -12,6 +12,7 @@ from compiler import tvm_compat as C
 from compiler.passes.bound_rows import ROWS_SUFFIX, bound_rows
 from compiler.ranged import LENGTH_PARAM, bucket_name
 from compiler.tvm_compat import tir_script as T
+from schedules.gemm_epilogue import EPILOGUE_ATTR
 
 SIZES = (8, 16)
 
@@ -53,6 +54,20 @@ def _flat(b: int):
                     y[vi, vj] = x[vi, vj] + 1
 
     return flat
+
+
+def _flatten(b: int):
+    """(1, b, 4) -> (b * 4,): a reshape (the VM runs it as a view) that folds the rows into one axis."""
+
+    @T.prim_func(s_tir=True)
+    def flatten(x: T.Buffer((T.int64(1), T.int64(b), T.int64(4)), "int32"), y: T.Buffer((T.int64(b * 4),), "int32")):
+        T.func_attr({"tir.is_scheduled": True})
+        for f in range(T.int64(b * 4)):
+            with T.sblock("y"):
+                vf = T.axis.spatial(T.int64(b * 4), f)
+                y[vf] = x[T.int64(0), vf // T.int64(4), vf % T.int64(4)]
+
+    return flatten
 
 
 def _first_row(b: int):
@@ -105,6 +120,37 @@ def _colsum(b: int):
     return colsum
 
 
+def _vector_loop(b: int):
+    """y = x + 1 over b rows of one element as one vectorized loop (an extent LLVM needs at compile time)."""
+
+    @T.prim_func(s_tir=True)
+    def vec(x: T.Buffer((T.int64(b), T.int64(1)), "int32"), y: T.Buffer((T.int64(b), T.int64(1)), "int32")):
+        T.func_attr({"tir.is_scheduled": True})
+        for i in T.vectorized(T.int64(b)):
+            with T.sblock("y"):
+                vi = T.axis.spatial(T.int64(b), i)
+                y[vi, T.int64(0)] = x[vi, T.int64(0)] + 1
+
+    return vec
+
+
+def _gemm_like(b: int, epilogue: str):
+    """A stand-in for a GEMM given the length (schedules/int8_matmul.py's names and epilogue attribute): y = x + r,
+    `r` a per-row operand."""
+
+    @T.prim_func(s_tir=True)
+    def gemm(x: T.Buffer((T.int64(1), T.int64(b), T.int64(4)), "int32"),
+             r: T.Buffer((T.int64(1), T.int64(b), T.int64(4)), "int32"), rows: T.int64,
+             y: T.Buffer((T.int64(1), T.int64(b), T.int64(4)), "int32")):
+        T.func_attr({"tir.is_scheduled": True})
+        for j, i in T.grid(T.int64(4), T.int64(b)):  # columns outside rows, as the GEMMs' column tiles
+            with T.sblock("y"):
+                vj, vi = T.axis.remap("SS", [j, i])
+                y[T.int64(0), vi, vj] = x[T.int64(0), vi, vj] + r[T.int64(0), vi, vj]
+
+    return gemm.with_attr(EPILOGUE_ATTR, epilogue)
+
+
 @T.prim_func(s_tir=True)
 def _sixteen(x: T.Buffer((T.int64(16), T.int64(4)), "int32"), y: T.Buffer((T.int64(16), T.int64(4)), "int32")):
     T.func_attr({"tir.is_scheduled": True})
@@ -136,6 +182,20 @@ def _module(kernels, with_length: bool = True):
                         gv = bb.add_func(_private(_heads(b // 2)), f"heads{b}")
                     elif name == "scale":
                         arg, shape, gv = x, (1, b, 4), bb.add_func(_private(make(b)), f"scale{b}")
+                    elif name in ("gemm_add", "gemm_div"):  # the first kernel's result as its per-row operand
+                        op = "add" if name == "gemm_add" else "floor_divide"
+                        gv = bb.add_func(_private(_gemm_like(b, f'[["{op}", "int32", "row", "int32"]]')),
+                                         f"intformer_qgemm_{name}{b}")
+                        outs.append(bb.emit(relax.call_tir(gv, [x, outs.pop(0), params[-1]],
+                                                           C.tensor_type((1, b, 4), "int32"))))
+                        continue
+                    elif name == "flatten":  # a view of the first kernel's result that folds its rows
+                        outs.append(bb.emit(relax.call_tir(bb.add_func(_private(_flatten(b)), f"flatten{b}"),
+                                                           [outs.pop(0)], C.tensor_type((b * 4,), "int32"))))
+                        continue
+                    elif name == "vector":
+                        arg, shape = bb.emit(relax.op.reshape(x, (b * 4, 1))), (b * 4, 1)
+                        gv = bb.add_func(_private(_vector_loop(b * 4)), f"vector{b}")
                     elif name == "colsum":  # over the first kernel's result
                         arg, shape = outs.pop(0), (4,)
                         gv = bb.add_func(_private(make(b)), f"colsum{b}")
@@ -207,7 +267,8 @@ def test_row_kernel_runs_the_inputs_rows_in_every_bucket():
 def test_kernels_whose_iterations_are_not_the_tokens_keep_every_row(other):
     """Beside a row kernel (bounded): a kernel reading row 0 in every iteration; rows of (head, query), as many
     as the bucket's rows but heads first; a kernel of 16 rows in every bucket (one bucket's size by chance)."""
-    mod, sites = bound_rows(_module({"scale": _scale, other: _first_row}), _sizes())
+    makers = {"first_row": _first_row, "heads": _heads, "sixteen": None}  # heads, sixteen: built by _module
+    mod, sites = bound_rows(_module({"scale": _scale, other: makers[other]}), _sizes())
     assert sites == 2
     names = [gv.name_hint for gv in mod.get_global_vars()]
     assert sorted(n for n in names if n.endswith(ROWS_SUFFIX)) == sorted(f"scale{b}{ROWS_SUFFIX}" for b in SIZES), names
@@ -215,10 +276,22 @@ def test_kernels_whose_iterations_are_not_the_tokens_keep_every_row(other):
 
 def test_row_kernel_read_across_rows_downstream_keeps_every_row():
     """A row kernel whose result a kernel reads across its rows (a sum over tokens, as attention over keys): its
-    rows past the length would enter that sum, so it keeps every row; with a returned result beside it, too."""
+    rows past the length would enter that sum, so it keeps every row."""
     mod, sites = bound_rows(_module({"scale": _scale, "colsum": _colsum}), _sizes())
     assert sites == 0
     assert not [gv for gv in mod.get_global_vars() if gv.name_hint.endswith(ROWS_SUFFIX)]
+
+
+@pytest.mark.parametrize("consumer, bounded", [("gemm_add", 2), ("gemm_div", 0), ("flatten", 0), ("vector", 2)])
+def test_what_reads_a_bounded_result(consumer, bounded):
+    """A GEMM given the length may read the row kernel's result as a per-row operand unless its epilogue divides
+    by one (its padded tile rows would divide by zero); a view folding the rows into one axis hides them from
+    the checks, so its producer keeps every row; a vectorized loop over the rows is never bounded (its extent
+    must be known when compiled), the row kernel beside it is."""
+    mod, sites = bound_rows(_module({"scale": _scale, consumer: None}), _sizes())
+    assert sites == bounded
+    names = [gv.name_hint for gv in mod.get_global_vars() if gv.name_hint.endswith(ROWS_SUFFIX)]
+    assert all(n.startswith("scale") for n in names), names
 
 
 def test_flat_elementwise_loop_and_numbers():
