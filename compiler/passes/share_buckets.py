@@ -210,7 +210,7 @@ def _row_sized(buffer, n) -> bool:
     return bool(dims) and _uses(dims[-1], n)
 
 
-def tir_calls(func) -> list:
+def _tir_calls(func) -> list:
     """The ``call_tir`` calls of a Relax function, in binding order."""
     calls = []
 
@@ -224,6 +224,8 @@ def tir_calls(func) -> list:
 
 @expr_functor_mutator
 class _Redirect(PyExprMutator):
+    """The planned call sites of a function (see redirect_calls) -> their new kernels and arguments."""
+
     def __init__(self, mod, plan: dict):
         super().__init__(mod)
         self.plan = plan
@@ -265,7 +267,7 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
     if not varying:
         return mod, 0
     dim = max(varying, key=lambda v: len({b[v] for b in buckets}))  # the sequence, when it has the most sizes
-    sites = {name: tir_calls(mod[name]) for name in names}
+    sites = {name: _tir_calls(mod[name]) for name in names}
     if len({len(c) for c in sites.values()}) != 1:
         return mod, 0  # the bucket functions do not line up (never seen): keep every bucket's kernels
     bb = relax.BlockBuilder(mod)
@@ -313,7 +315,7 @@ def _without_unused(replaced: set, mod):
     used = set()
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
-            for call in tir_calls(func):
+            for call in _tir_calls(func):
                 used.add(call.args[0].name_hint)
     for gv in list(mod.get_global_vars()):
         if isinstance(mod[gv], PrimFunc) and gv.name_hint in replaced and gv.name_hint not in used:
@@ -337,4 +339,4 @@ def _shared(bb, mod, members: dict, tokens: dict, n_inputs: int):
     return gv, str(func.params[n_inputs].ty)
 
 
-__all__ = ["redirect_calls", "share_buckets", "tir_calls"]
+__all__ = ["redirect_calls", "share_buckets"]
