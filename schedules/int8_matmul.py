@@ -76,6 +76,7 @@ MAX_TILE_ROWS = 12
 PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of the output
 L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (half a 2 MiB L2)
 MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
+KERNEL_PREFIX = "intformer_qgemm_"  # every GEMM kernel's name (compiler/passes/bound_rows.py reads it)
 ROWS_FREE_M = 4  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 4 rows
 # (a bucket it does not divide, the range's top, say, pads its output and slices it); told the input's length
 # (with_active_rows), a kernel with a 4-row tile computes the whole tiles and a remainder of 1-2 rows in one
@@ -828,7 +829,7 @@ def emit_int8_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, w_q: np.ndarray, t
         consts[1][:n] = (consts[1][:n] + addend).astype(np.int32)  # wraps as int32 arithmetic does
     active = active if rows_free and not kern.tiles else None
     func = gemm_primfunc(rows, k, n, kern, epilogue, rows_free=rows_free, active_rows=active is not None)
-    name = (f"intformer_qgemm_{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
+    name = (f"{KERNEL_PREFIX}{kern.isa}_{rows}x{k}x{n}" + (f"_{epilogue.tag()}" if epilogue else "")
             + ("_rows_free" if rows_free else "") + ("_active" if active is not None else ""))
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
     a2 = a_q if len(shape) == 2 else bb.emit(relax.op.reshape(a_q, (rows, k)))

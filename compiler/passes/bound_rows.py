@@ -34,19 +34,19 @@ from collections import defaultdict
 import tvm
 from tvm import relax
 
-from compiler.passes.share_buckets import redirect_calls
+from compiler.passes.share_buckets import redirect_calls, without_unused
 from compiler.tvm_compat import (
     Analyzer,
     PrimCall,
     PrimFunc,
     SBlockRealize,
     TensorLoad,
-    dead_code_elimination,
     is_buffer,
     tirx,
     visit_ir,
 )
 from schedules.gemm_epilogue import EPILOGUE_ATTR
+from schedules.int8_matmul import KERNEL_PREFIX as GEMM_PREFIX
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 ROWS_SUFFIX = "_rows"  # a bounded kernel's name: the original's with this suffix
@@ -226,13 +226,12 @@ def _uses(func) -> tuple[dict, set]:
 
 # epilogue steps of a GEMM that a zero per-row operand could make fault (a division) or index out of a table
 _UNSAFE_STEPS = ("floor_divide", "floor_mod", "divide", "take")
-_GEMM_PREFIX = "intformer_q"  # the project's GEMM kernels (schedules/int8_matmul.py), the ones given the length
 
 
 def _gemm_reads_rows_only(kernel, name: str, var, call) -> bool:
     """A GEMM given the length computes the input's rows (rounded up to its tile: up to 3 padded rows) from
     `var`: as its activation, or as a per-row operand of an epilogue that cannot fault on the zero rows."""
-    if not name.startswith(_GEMM_PREFIX) or not isinstance(kernel, PrimFunc):
+    if not name.startswith(GEMM_PREFIX) or not isinstance(kernel, PrimFunc):
         return False
     if call.args[1].fields and call.args[1].fields[0].same_as(var):
         return True
@@ -356,14 +355,7 @@ def bound_rows(mod, sizes: dict[str, int]):
             plan[(name, gv.name_hint, occurrence)] = (bounded[key], [lengths[name]])
     if not plan:
         return mod, 0
-    out = redirect_calls(bb.get(), plan, names)
-    used = {c.args[0].name_hint for f in out.functions.values() if isinstance(f, relax.Function)
-            for c in (b.value for b in _tir_bindings(f))}
-    for gv in list(out.get_global_vars()):
-        if isinstance(out[gv], PrimFunc) and any(gv.name_hint == name for name, _ in bounded) \
-                and gv.name_hint not in used:
-            del out[gv]
-    return dead_code_elimination()(out), len(plan)
+    return without_unused({name for name, _ in bounded}, redirect_calls(bb.get(), plan, names)), len(plan)
 
 
 __all__ = ["ROWS_SUFFIX", "bound_kernel", "bound_rows"]

@@ -303,12 +303,12 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
         return mod, 0
     out = bb.get()
     before = sum(1 for f in out.functions.values() if isinstance(f, PrimFunc))
-    out = _without_unused({kernel for _, kernel, _ in plan}, redirect_calls(out, plan, names))
+    out = without_unused({kernel for _, kernel, _ in plan}, redirect_calls(out, plan, names))
     after = sum(1 for f in out.functions.values() if isinstance(f, PrimFunc))
     return out, before - after
 
 
-def _without_unused(replaced: set, mod):
+def without_unused(replaced: set, mod):
     """`mod` after dead-code elimination, and without the replaced kernels no call refers to any more (an
     exported kernel, one with a global symbol, is an entry point to DCE and would stay)."""
     mod = dead_code_elimination()(mod)
@@ -339,4 +339,4 @@ def _shared(bb, mod, members: dict, tokens: dict, n_inputs: int):
     return gv, str(func.params[n_inputs].ty)
 
 
-__all__ = ["redirect_calls", "share_buckets"]
+__all__ = ["redirect_calls", "share_buckets", "without_unused"]
