@@ -147,15 +147,21 @@ def compile_module(mod, target, tir_passes=()):
     (the s_tir pipeline), before LowerTVMBuiltin."""
     if not tir_passes:
         return tvm.compile(mod, target)
-    from tvm.s_tir.pipeline import default_s_tir_pipeline  # 0.27: tvm.tirx.build takes TIR pipelines by name
+    with _PIPELINE_LOCK:  # the name is global: two compiles at once must not swap their passes
+        _register_pipeline(tir_passes)
+        return tvm.compile(mod, target, tir_pipeline="intformer")
+
+
+def _register_pipeline(tir_passes) -> None:
+    """TIR pipeline "intformer": TVM's s_tir lowering, then `tir_passes` (0.27: tvm.tirx.build takes TIR
+    pipelines by name)."""
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
 
     def factory():
         lower, finalize_host, finalize_device = default_s_tir_pipeline()
         return tvm.transform.Sequential([lower, *tir_passes]), finalize_host, finalize_device
 
-    with _PIPELINE_LOCK:  # the name is global: two compiles at once must not swap their passes
-        tvm.tirx.register_tir_pipeline("intformer", factory)
-        return tvm.compile(mod, target, tir_pipeline="intformer")
+    tvm.tirx.register_tir_pipeline("intformer", factory)
 
 
 def export_library(executable, path: str, cross_compiler=None) -> None:
@@ -205,9 +211,14 @@ def normalize_prim_func(sch):
     return _normalize(sch)
 
 
-def build_tir(func, target):
-    """A TIR PrimFunc or module -> a runtime Module (tvm.build before 0.2x): for kernel benchmarks and tests."""
-    return tvm.tirx.build(func, target)
+def build_tir(func, target, tir_passes=()):
+    """A TIR PrimFunc or module -> a runtime Module (tvm.build before 0.2x): for kernel benchmarks and tests;
+    `tir_passes` as in compile_module."""
+    if not tir_passes:
+        return tvm.tirx.build(func, target)
+    with _PIPELINE_LOCK:
+        _register_pipeline(tir_passes)
+        return tvm.tirx.build(func, target, pipeline="intformer")
 
 
 def parse_prim_func(text: str):

@@ -2,17 +2,21 @@
 
 TVM lowers every kernel-local buffer of 1 KiB or more (and every "local" one) to a TVMBackendAllocWorkspace /
 TVMBackendFreeWorkspace pair at the place it is allocated: inside a loop, once per iteration. MiniLM at 16 tokens
-made 1,210 such pairs per call: the row kernels' int64 / int32 row buffers once per row (on the stack now: 690
-pairs left), and the length-shared GEMMs' accumulators once per column tile (49 in a 384x1536 GEMM), which stay
-in the pool: they are (n, 64) for the kernel's symbolic n.
+made 1,210 such pairs per call: the row kernels' int64 / int32 row buffers once per row, and the length-shared
+GEMMs' tile accumulators once per column tile (min(n, 4) x 64 and min(n, 2) x 64 int32 for the kernel's symbolic
+n: 648 pairs, ~20 us of a 0.4 ms call at 4 tokens, Zen 4). Both are on the stack now; 42 pairs are left, the
+GEMMs' converted activations (n x K: no bound).
 
 Expects: lowered TIR PrimFuncs for a CPU target, after the s_tir lowering pipeline (flattened buffers, blocks
 gone) and before LowerTVMBuiltin (the build's ``codegen`` stage runs it there: compiler/tvm_compat.py
 ``compile_module``).
-Guarantees: in each PrimFunc, allocations of a constant size are marked to stay plain allocations (LowerTVMBuiltin
-leaves them; the LLVM code generator places them on the stack at the entry of the function or of the parallel
-task body they belong to, once), smallest first, while their sum stays within `budget` bytes; larger or symbolic
-allocations keep the workspace pool. Only where the memory comes from changes, never what is computed. With the
+Guarantees: in each PrimFunc, allocations of a constant size, or of a symbolic size with a constant upper bound
+(Analyzer.const_int_bound: a flat buffer of min(n, 4) * 64 elements), are marked to stay plain allocations
+(LowerTVMBuiltin leaves them; the LLVM code generator places them on the stack at the entry of the function or of
+the parallel task body they belong to, once), smallest first, while their sum stays within `budget` bytes; a
+bounded one is allocated at its bound (the buffer is replaced, in its allocation and its uses, by one of that
+constant size: the same elements at the same offsets). Larger or unbounded allocations keep the workspace pool.
+Only where the memory comes from changes, never what is computed. With the
 default budget a kernel's stack frame grows by at most 32 KiB beyond what TVM itself puts there (its buffers under
 1 KiB); thread stacks are 8 MiB with glibc, 128 KiB with musl. The stack buffers are 16-byte aligned (the
 workspace pool's were 64). Tuning (schedules/tune.py) measures kernels built without this pass.
@@ -20,7 +24,7 @@ workspace pool's were 64). Tuning (schedules/tune.py) measures kernels built wit
 
 from __future__ import annotations
 
-from compiler.tvm_compat import AllocBuffer, IntImm, mutate_ir, on_stack, tirx, visit_ir
+from compiler.tvm_compat import AllocBuffer, Analyzer, IntImm, mutate_ir, on_stack, tirx, visit_ir
 
 STACK_BUDGET = 32 * 1024  # bytes of scratch per kernel moved to the stack
 
@@ -34,13 +38,32 @@ def _constant_bytes(buffer) -> int | None:
     return size
 
 
+def _bound_bytes(buffer, analyzer) -> tuple[int, int] | None:
+    """(bytes, elements) at most, for a flat buffer of symbolic size with a constant bound (a tile's scratch of
+    min(n, 4) rows of a kernel over n rows: 4 rows), or None."""
+    if len(buffer.shape) != 1 or buffer.strides or not _zero(buffer.elem_offset):
+        return None
+    hi = analyzer.const_int_bound(buffer.shape[0]).max_value
+    if not 0 < hi < (1 << 31):
+        return None
+    return int(hi) * buffer.dtype.bits * buffer.dtype.lanes // 8, int(hi)
+
+
+def _zero(expr) -> bool:
+    return isinstance(expr, IntImm) and int(expr) == 0
+
+
 def stack_allocations(func, budget: int = STACK_BUDGET):
-    """`func` with its constant-size allocations, smallest first within `budget` bytes, marked for the stack."""
-    sizes = []
+    """`func` with its allocations of a constant size, or of a symbolic size with a constant bound (then allocated
+    at that bound), smallest first within `budget` bytes, marked for the stack."""
+    sizes, bounds, analyzer = [], {}, Analyzer()
 
     def collect(node, visitor):
         if isinstance(node, AllocBuffer):
             n = _constant_bytes(node.buffer)
+            bound = _bound_bytes(node.buffer, analyzer) if n is None else None
+            if bound is not None:
+                n, bounds[node.buffer] = bound
             if n is not None:
                 sizes.append((n, node.buffer))
         visitor.default_visit(node)
@@ -54,12 +77,21 @@ def stack_allocations(func, budget: int = STACK_BUDGET):
         chosen.add(buffer)
     if not chosen:
         return func
+    # a bounded buffer is replaced, in its allocation and every use, by one of its bound's constant size
+    resized = {b: tirx.decl_buffer([IntImm(str(b.shape[0].ty), hi)], b.dtype, b.name, scope=b.scope(),
+                                   data_alignment=b.data_alignment)
+               for b, hi in bounds.items() if b in chosen}
+    on_stack_now = chosen | set(resized.values())
 
     def mark(node, mutator):
-        node = mutator.default_mutate(node)
-        return on_stack(node) if node.buffer in chosen else node
+        node = mutator.default_mutate(node)  # resizes the buffer first
+        return on_stack(node) if node.buffer in on_stack_now else node
 
-    return func.with_body(mutate_ir(func.body, [(AllocBuffer, mark)]))
+    def resize(var, _mutator):
+        return next((new for old, new in resized.items() if old.same_as(var)), var)
+
+    callbacks = [(AllocBuffer, mark)] + [(type(b), resize) for b in list(resized)[:1]]
+    return func.with_body(mutate_ir(func.body, callbacks))
 
 
 def stack_scratch(budget: int = STACK_BUDGET):
