@@ -82,6 +82,28 @@ def test_every_length_equals_the_reference_and_the_padded_text(ranged_lib, tiny_
     assert np.array_equal(own, padded[:, :n])
 
 
+def test_check_remembers_shapes_not_values(ranged_lib):
+    """CompiledModel's per-call check keeps the shapes it accepted: a length seen before still has its ids checked
+    against the embedding table, a length outside the range is refused before and after."""
+    from compiler.runtime import CompiledModel
+
+    model = CompiledModel(ranged_lib[0])
+    long = _feed(17, seed=0)
+    with pytest.raises(IntformerError, match=r"shape \(1, 17\), the library was compiled for 1x1..16"):
+        model(long)
+    assert model(_feed(5, seed=1))[0].shape == (1, 5, 32)
+    bad = _feed(5, seed=2)
+    bad["input_ids"][0, 3] = 1 << 20
+    with pytest.raises(IntformerError, match="'input_ids' has values out of range"):
+        model(bad)
+    bad["input_ids"][0, 3] = -(1 << 20)  # (a Gather also takes negative ids down to minus its rows)
+    with pytest.raises(IntformerError, match=r"\(min -1048576, max \d+\)"):
+        model(bad)
+    with pytest.raises(IntformerError, match="1x1..16"):
+        model(long)
+    assert np.array_equal(model(_feed(5, seed=1))[0], model(_feed(5, seed=1))[0])
+
+
 def test_vm_main_alone_in_a_fresh_process(ranged_lib, tmp_path):
     lib, _ = ranged_lib
     script = textwrap.dedent(f"""
