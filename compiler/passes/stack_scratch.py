@@ -29,8 +29,12 @@ from compiler.tvm_compat import AllocBuffer, Analyzer, IntImm, mutate_ir, on_sta
 STACK_BUDGET = 32 * 1024  # bytes of scratch per kernel moved to the stack
 
 
+def _element_bytes(buffer) -> int:
+    return max(1, (buffer.dtype.bits * buffer.dtype.lanes + 7) // 8)  # a bool takes a byte
+
+
 def _constant_bytes(buffer) -> int | None:
-    size = buffer.dtype.bits * buffer.dtype.lanes // 8
+    size = _element_bytes(buffer)
     for d in buffer.shape:
         if not isinstance(d, IntImm):
             return None
@@ -46,7 +50,7 @@ def _bound_bytes(buffer, analyzer) -> tuple[int, int] | None:
     hi = analyzer.const_int_bound(buffer.shape[0]).max_value
     if not 0 < hi < (1 << 31):
         return None
-    return int(hi) * buffer.dtype.bits * buffer.dtype.lanes // 8, int(hi)
+    return int(hi) * _element_bytes(buffer), int(hi)
 
 
 def _zero(expr) -> bool:
@@ -56,7 +60,7 @@ def _zero(expr) -> bool:
 def stack_allocations(func, budget: int = STACK_BUDGET):
     """`func` with its allocations of a constant size, or of a symbolic size with a constant bound (then allocated
     at that bound), smallest first within `budget` bytes, marked for the stack."""
-    sizes, bounds, analyzer = [], {}, Analyzer()
+    sizes, bounds, analyzer = {}, {}, Analyzer()  # a buffer allocated at several places counts once
 
     def collect(node, visitor):
         if isinstance(node, AllocBuffer):
@@ -65,12 +69,12 @@ def stack_allocations(func, budget: int = STACK_BUDGET):
             if bound is not None:
                 n, bounds[node.buffer] = bound
             if n is not None:
-                sizes.append((n, node.buffer))
+                sizes[node.buffer] = n
         visitor.default_visit(node)
 
     visit_ir(func.body, collect)
     chosen, total = set(), 0
-    for n, buffer in sorted(sizes, key=lambda s: s[0]):
+    for buffer, n in sorted(sizes.items(), key=lambda s: s[1]):
         if total + n > budget:
             break
         total += n
@@ -87,10 +91,10 @@ def stack_allocations(func, budget: int = STACK_BUDGET):
         node = mutator.default_mutate(node)  # resizes the buffer first
         return on_stack(node) if node.buffer in on_stack_now else node
 
-    def resize(var, _mutator):
-        return next((new for old, new in resized.items() if old.same_as(var)), var)
+    def resize(var, _mutator):  # a buffer is a Var (0.27): every reference to it, in any node
+        return resized.get(var, var)
 
-    callbacks = [(AllocBuffer, mark)] + [(type(b), resize) for b in list(resized)[:1]]
+    callbacks = [(AllocBuffer, mark)] + ([(tirx.Var, resize)] if resized else [])
     return func.with_body(mutate_ir(func.body, callbacks))
 
 

@@ -92,6 +92,8 @@ def test_check_remembers_shapes_not_values(ranged_lib):
     with pytest.raises(IntformerError, match=r"shape \(1, 17\), the library was compiled for 1x1..16"):
         model(long)
     assert model(_feed(5, seed=1))[0].shape == (1, 5, 32)
+    seen = [set(accepted) for _, _, accepted in model._checks]
+    assert all((1, 5) in a for a in seen)  # remembered for every input
     bad = _feed(5, seed=2)
     bad["input_ids"][0, 3] = 1 << 20
     with pytest.raises(IntformerError, match="'input_ids' has values out of range"):
@@ -102,6 +104,7 @@ def test_check_remembers_shapes_not_values(ranged_lib):
     with pytest.raises(IntformerError, match="1x1..16"):
         model(long)
     assert np.array_equal(model(_feed(5, seed=1))[0], model(_feed(5, seed=1))[0])
+    assert [set(accepted) for _, _, accepted in model._checks] == seen  # a refused shape is never remembered
 
 
 def test_vm_main_alone_in_a_fresh_process(ranged_lib, tmp_path):
