@@ -65,7 +65,6 @@ def test_row_scratch_on_the_stack_within_the_budget(passes, workspace):
     assert np.array_equal(got, y - y.sum(axis=1, keepdims=True))
 
 
-
 @T.prim_func
 def _tiles(a: T.handle, b: T.handle):
     """Lowered TIR (flat buffers, no blocks) as a length-shared GEMM's: n rows in tiles of 4, each through a
