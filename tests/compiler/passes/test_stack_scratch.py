@@ -104,7 +104,7 @@ def test_symbolic_scratch_with_a_bound_goes_on_the_stack_at_its_bound(budget, on
     refs = []
 
     def visit(node, visitor):
-        if isinstance(node, tvm.tirx.Var) and node.name == "acc":
+        if isinstance(node, C.tirx.Var) and node.name == "acc":
             refs.append(node)
         visitor.default_visit(node)
 
