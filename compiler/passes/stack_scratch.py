@@ -45,16 +45,13 @@ def _constant_bytes(buffer) -> int | None:
 def _bound_bytes(buffer, analyzer) -> tuple[int, int] | None:
     """(bytes, elements) at most, for a flat buffer of symbolic size with a constant bound (a tile's scratch of
     min(n, 4) rows of a kernel over n rows: 4 rows), or None."""
-    if len(buffer.shape) != 1 or buffer.strides or not _zero(buffer.elem_offset):
+    offset = buffer.elem_offset
+    if len(buffer.shape) != 1 or buffer.strides or not (isinstance(offset, IntImm) and int(offset) == 0):
         return None
     hi = analyzer.const_int_bound(buffer.shape[0]).max_value
     if not 0 < hi < (1 << 31):
         return None
     return int(hi) * _element_bytes(buffer), int(hi)
-
-
-def _zero(expr) -> bool:
-    return isinstance(expr, IntImm) and int(expr) == 0
 
 
 def stack_allocations(func, budget: int = STACK_BUDGET):
