@@ -20,7 +20,9 @@ outside it), or, when one op starts it (every other member reads a member), one 
 shift and zero point, where it was seven. Any other group is split at its first result. Then each group takes in
 the row ops left outside every group whose results only it reads (a per-row exponent's chain before a
 requantization), and the last op of another group when it reads only that group's per-row scalars; groups of one
-binding are left to FuseOps. Only the grouping changes: each op computes what it computed before, bit for bit, and
+binding are left to FuseOps. Alias bindings (``y = x``, which earlier passes leave between a requantization and
+the next matmul's token quantization) are resolved first (CanonicalizeBindings): they would cut a chain in two.
+Only the grouping changes: each op computes what it computed before, bit for bit, and
 compiler/passes/default_schedule.py then computes every stage of a row under one row loop.
 """
 
@@ -376,6 +378,7 @@ def _vars_used_in(expr) -> set:
 
 def fuse_rows(mod):
     """The module with row-wise groups outlined (see the module docstring); returns (module, groups made)."""
+    mod = relax.transform.CanonicalizeBindings()(mod)  # an alias binding (y = x) would cut a chain in two
     bb = relax.BlockBuilder(mod)
     counter = [0]
     for gv, func in list(mod.functions.items()):

@@ -66,6 +66,40 @@ def test_a_row_chain_becomes_one_primitive_function():
     tvm.ir.assert_structural_equal(got, expected)
 
 
+def test_an_alias_inside_a_chain_does_not_cut_it():
+    """`a = d` (a binding of one variable to another, left by earlier passes between a requantization and the next
+    matmul's token quantization) is resolved first: the chain on both sides of it is one group, as without it."""
+    rows, row = tensor_type((4, 8), "int32"), tensor_type((4, 1), "int32")
+    x = relax.Var("x", rows)
+    bb = BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            m = bb.emit(relax.op.max(x, axis=[-1], keepdims=True))
+            d = bb.emit(relax.op.subtract(m, x))
+            a = bb.emit(d)
+            s = bb.emit(relax.op.sum(a, axis=[-1], keepdims=True))
+            y = bb.emit_output(relax.op.add(a, s))
+        bb.emit_func_output(y)
+    legal = _legalized(bb.get())
+    assert any(isinstance(b.value, relax.Var) for b in legal["main"].body.blocks[0].bindings)  # the alias is there
+    kernel = {name: legal.get_global_var(name) for name in ("max", "subtract", "sum", "add")}
+    want = BlockBuilder(legal)
+    x0 = relax.Var("x0", rows)
+    with want.function("fused_rows0", [x0], attrs={"Primitive": True}, private=True):
+        with want.dataflow():
+            m = want.emit(relax.call_tir(kernel["max"], [x0], row))
+            d = want.emit(relax.call_tir(kernel["subtract"], [m, x0], rows))
+            s = want.emit(relax.call_tir(kernel["sum"], [d], row))
+            y = want.emit(relax.call_tir(kernel["add"], [d, s], rows))
+            out = want.emit_output(y)
+        want.emit_func_output(out)
+    expected = _main_calls_the_group(want, legal, rows)
+
+    got, groups = fuse_rows(legal)
+    assert groups == 1
+    tvm.ir.assert_structural_equal(got, expected)
+
+
 def test_a_reshape_ends_the_rows_and_a_lone_op_is_left_to_fuse_ops():
     @I.ir_module
     class Before:
