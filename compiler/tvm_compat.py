@@ -265,6 +265,34 @@ from tvm.tirx.stmt import AllocBuffer  # noqa: E402  (tvm.tir.Allocate before 0.
 from tvm_ffi import structural_equal, structural_hash  # noqa: E402  (tvm.ir.structural_* before 0.2x)
 
 
+def register_vector_op(name: str, lower) -> str:
+    """A pure TIR op ``tirx.<name>`` (idempotent): the vectorizer widens its calls like an arithmetic op, and the
+    LLVM build expands each call with ``lower(call)`` (LowerIntrin, after vectorization: ``call`` has the vector
+    operands). Returns the op's name for ``tirx.call_intrin`` (0.27: ``tvm.ir.register_op_attr`` creates the op;
+    ``tvm.tirx.register_intrin_lowering``, tvm.tir's before 0.2x)."""
+    op = f"tirx.{name}"
+    try:
+        if tvm.ir.Op.get(op).has_attr("TVectorizable"):
+            return op  # registered already (an attribute cannot be registered twice at one level)
+    except AttributeError:  # not registered yet (0.27 reports an unknown op so)
+        pass
+    tvm.ir.register_op_attr(op, "TCallEffectKind", 1, level=99)  # pure
+    tvm.ir.register_op_attr(op, "TVectorizable", True, level=99)
+    tvm.ir.register_op_attr(op, "TScriptPrinterName", name, level=99)
+    tirx.register_intrin_lowering(op, target="llvm", f=lower, level=99)
+    # TVMScript prints a call as ``T.<name>(...)``; the parser (compiler/passes/share_buckets.py reads kernels back)
+    # finds it as an attribute of its ``T`` module: a call of the first operand's type
+    import tvm.tirx.script.parser as script_t
+
+    setattr(script_t, name, lambda *args: tirx.call_intrin(str(args[0].ty), op, *args))
+    return op
+
+
+def expr_lanes(expr) -> int:
+    """The vector lanes of a TIR expression's type (1 for a scalar; 0.27 types an expression by ``ty``)."""
+    ty = str(expr.ty)
+    return int(ty.split("x")[1]) if "x" in ty else 1
+
 def is_buffer(param) -> bool:
     """Whether a PrimFunc parameter is a buffer (0.27: a Var of BufferType; a tvm.tir.Buffer in buffer_map
     before), not a scalar."""
@@ -324,4 +352,5 @@ __all__ = [
     "structural_equal", "structural_hash",
     "meta_schedule", "IntImm", "PrimFunc", "derived_object", "tirx", "SBlock", "SBlockRealize", "TensorLoad", "Cast",
     "PrimCall", "mutate_ir", "visit_ir", "walk_ir", "AllocBuffer", "on_stack", "Analyzer", "is_buffer",
+    "register_vector_op", "expr_lanes",
 ]

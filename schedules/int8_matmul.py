@@ -109,6 +109,7 @@ class GemmKernel:
     rows: int = 1
     runtime_pack: bool = False
     tiles: bool = False  # a matrix-tile unit (AMX): built whole by schedules/amx_gemm.py, not tensorized or tuned
+    pair_mulhi: bool = False  # requantize epilogues in int32 with mulhi (gemm_epilogue.pair_requantize): x86
 
     def register_budget(self) -> int:
         """Vector registers the accumulator tile may take (the rest: weights, the broadcast, scratch)."""
@@ -134,14 +135,14 @@ class GemmKernel:
 
 # Ordered by preference; the first whose features (and architecture) the target has wins, "generic" always matches.
 INTRINSICS: dict[str, GemmKernel] = {
-    "amx": GemmKernel("amx", 16, 4, 8, runtime_pack=True, tiles=True),
+    "amx": GemmKernel("amx", 16, 4, 8, runtime_pack=True, tiles=True, pair_mulhi=True),
     "avx512vnni": GemmKernel("avx512vnni", 16, 4, 32, VNNI_16x4, act_dtype="uint8", act_offset=ACT_OFFSET,
-                             runtime_pack=True),
+                             runtime_pack=True, pair_mulhi=True),
     "avxvnni": GemmKernel("avxvnni", 8, 4, 16, AVXVNNI_8x4, act_dtype="uint8", act_offset=ACT_OFFSET,
-                          runtime_pack=True),
+                          runtime_pack=True, pair_mulhi=True),
     "i8mm": GemmKernel("i8mm", 2, 8, 32, SMMLA_2x2x8, rows=2),
     "dotprod": GemmKernel("dotprod", 4, 4, 32, SDOT_4x4, runtime_pack=True),
-    "avx2": GemmKernel("avx2", 8, 2, 16, PMADDWD_8x2, act_dtype="int16", scratch=1),
+    "avx2": GemmKernel("avx2", 8, 2, 16, PMADDWD_8x2, act_dtype="int16", scratch=1, pair_mulhi=True),
     "neon": GemmKernel("neon", 4, 2, 32, NEON_4x2, scratch=2, runtime_pack=True),
     "generic": GemmKernel("generic", lanes=16, k_group=1, registers=32),
 }

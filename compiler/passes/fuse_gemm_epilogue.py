@@ -20,8 +20,9 @@ is cut where its value is narrowest (fewest bytes per element, the later of equa
 stays in the graph, where the build groups it with its consumer) and, if that is past the matmul, replaced by one
 call of the GEMM kernel with that epilogue (schedules/int8_matmul.emit_int8_matmul), which writes the final
 int8 / int16 (M, N) tensor directly and computes the same values bit for bit; the layout ops the chain passed
-are applied to that result, in order (on the narrow type: a head transpose moves int8, not int16). The matmuls
-left over are lowered by LowerIntMatmul.
+are applied to that result, in order (on the narrow type: a head transpose moves int8, not int16). On the x86
+kernels (``GemmKernel.pair_mulhi``) each requantization whose constants qualify runs in int32 with a high multiply
+(schedules/gemm_epilogue.pair_requantize: the same values). The matmuls left over are lowered by LowerIntMatmul.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from compiler.tvm_compat import (
     mutate_functions,
     tensor_info,
 )
-from schedules.gemm_epilogue import OPS, TAKE_MODES, Epilogue, EpilogueStep
+from schedules.gemm_epilogue import OPS, TAKE_MODES, Epilogue, EpilogueStep, pair_requantize
 from schedules.int8_matmul import emit_int8_matmul, select_kernel
 
 _MATMUL = "relax.matmul"
@@ -173,8 +174,9 @@ def _transparent(call, m: int, n: int) -> bool:
     return call.op.name in _TRANSPARENT and shape is not None and shape[-1] == n and math.prod(shape[:-1]) == m
 
 
-def find_chains(func: relax.Function) -> dict:
-    """{the var whose binding the fused kernel replaces: Chain} for every fusable matmul of ``func``."""
+def find_chains(func: relax.Function, pair: bool = False) -> dict:
+    """{the var whose binding the fused kernel replaces: Chain} for every fusable matmul of ``func``; ``pair``: each
+    requantization that qualifies runs in int32 with mulhi (gemm_epilogue.pair_requantize; x86 kernels)."""
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     users = _users(func)
     chains = {}
@@ -214,8 +216,10 @@ def find_chains(func: relax.Function) -> dict:
             cur = nxt
         if best is not None:
             end, n_steps, n_ops, n_layout = best
-            chains[end] = Chain(a, w, Epilogue(tuple(steps[:n_steps])), tuple(operands[:n_ops]),
-                                tuple(layout[:n_layout]))
+            epi, ops = Epilogue(tuple(steps[:n_steps])), tuple(operands[:n_ops])
+            if pair:  # |a @ w| <= 128 * sum |w| per column (an int8 activation)
+                epi, ops = pair_requantize(epi, ops, 128 * np.abs(w.astype(np.int64)).sum(axis=0))
+            chains[end] = Chain(a, w, epi, ops, tuple(layout[:n_layout]))
     return chains
 
 
@@ -264,12 +268,13 @@ class FuseGemmEpilogue:
         self.fused = 0
 
     def transform_module(self, mod, ctx):
-        if select_kernel(self.target).isa == "generic":
+        kernel = select_kernel(self.target)
+        if kernel.isa == "generic":
             return mod  # LowerIntMatmul keeps plain matmuls there: nothing to fuse into
         chains = {}
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
-                chains.update(find_chains(func))
+                chains.update(find_chains(func, kernel.pair_mulhi))
         if not chains:
             return mod
         mutator = _Fuse(mod, self.target, chains, self.rows_free)

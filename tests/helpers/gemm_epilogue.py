@@ -10,6 +10,7 @@ from schedules.gemm_epilogue import Epilogue, EpilogueStep as S
 _NUMPY = {
     "add": np.add, "subtract": np.subtract, "multiply": np.multiply, "right_shift": np.right_shift,
     "left_shift": np.left_shift, "minimum": np.minimum, "maximum": np.maximum, "floor_divide": np.floor_divide,
+    "mulhi": lambda x, c: (np.asarray(x, np.int64) * np.asarray(c, np.int64)) >> 32,  # the product's high word
 }
 _TAKE = {"fast": lambda i, size: i, "clip": lambda i, size: np.clip(i, 0, size - 1), "wrap": np.mod}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tvm
 
-from schedules.gemm_epilogue import Epilogue, EpilogueStep as S
+from schedules.gemm_epilogue import Epilogue, EpilogueStep as S, pair_requantize
 from schedules.int8_matmul import emit_int8_matmul, gemm_primfunc, select_kernel
 from targets import resolve_target
 from tests.helpers.gemm_epilogue import apply_epilogue, requantize
@@ -111,3 +111,89 @@ def test_vnni_folds_leading_int32_adds_into_the_bias():
     kernels = [f for gv, f in bb.get().functions.items() if gv.name_hint.startswith("intformer_qgemm")]
     kept = Epilogue.from_json(str(kernels[0].attrs[EPILOGUE_ATTR])).steps
     assert [s.op for s in epi.steps[:3]] == ["subtract", "add", "astype"] and kept == epi.steps[2:]
+
+
+def _requant_chain(n, rng, shifts, r, zp=-3, out="int16", m=None):
+    """int64(acc) * m + r >> s + zp, clip, astype: a requantization as integerize emits it."""
+    info = np.iinfo(out)
+    epi = Epilogue((S("astype", "int64"), S("multiply", "int64", "vector", "int32"),
+                    S("add", "int64", "vector", "int64"), S("right_shift", "int64", "vector", "int64"),
+                    S("add", "int64", "scalar", "int64"), S("clip", "int64", attrs=(int(info.min), int(info.max))),
+                    S("astype", out)))
+    m = rng.integers(1 << 30, 1 << 31, n) if m is None else m
+    return epi, (m.astype(np.int32), np.asarray(r, np.int64), np.asarray(shifts, np.int64), np.array([zp], np.int64))
+
+
+def _accumulators(w, rng):
+    """a @ w for random int8 rows and, per column, the rows that reach the bound 128 * sum |w| (both signs)."""
+    a = _rand_int8(rng, (40, w.shape[0]))
+    a[0], a[1] = np.where(w[:, 0] >= 0, 127, -128), np.where(w[:, 0] >= 0, -128, 127)
+    return a.astype(np.int32) @ w.astype(np.int32)
+
+
+PAIRED = {  # name: (shifts, rounding) for 64 columns; whether the rewrite applies
+    "shifts_30_to_35_rounding_half": (lambda s: (s, np.left_shift(1, s - 1)), True),  # FFN1 / Q, K, V in MiniLM
+    "shift_40_rounding_and_zero_point": (lambda s: (s * 0 + 40, (1 << 39) + (5 << 40)), True),
+    "rounding_not_a_multiple_of_2_32": (lambda s: (s * 0 + 39, np.full(64, 1883420411392)), False),
+}
+
+
+@pytest.mark.parametrize("case", list(PAIRED))
+def test_pair_requantize_equals_the_int64_chain(case):
+    """pair_requantize (int32 with mulhi) against the chain it replaces, in NumPy, on accumulators up to the bound
+    it is told; a dead column (m = 0) among live ones; chains it cannot take stay as they were."""
+    rng = np.random.default_rng(7)
+    w = _rand_int8(rng, (384, 64))
+    make, applies = PAIRED[case]
+    shifts, r = make(rng.integers(30, 36, 64))
+    m = rng.integers(1 << 30, 1 << 31, 64)
+    m[5] = 0
+    epi, ops = _requant_chain(64, rng, shifts, np.where(m == 0, 1, r) if case.startswith("shifts") else r, m=m)
+    if case.startswith("shifts"):
+        ops = (ops[0], ops[1], np.where(m == 0, 1, ops[2]), ops[3])  # quantize_multiplier(0): (0, shift 1)
+    paired, paired_ops = pair_requantize(epi, ops, 128 * np.abs(w.astype(np.int64)).sum(axis=0))
+    assert ("mulhi" in [s.op for s in paired.steps]) == applies
+    assert all(s.dtype != "int64" for s in paired.steps) == applies
+    acc = _accumulators(w, rng)
+    np.testing.assert_array_equal(apply_epilogue(paired, paired_ops, acc), apply_epilogue(epi, ops, acc))
+    if applies:  # told no bound (|acc| up to 2**31), shifts under 33 leave no room for the pre-shift
+        unbounded = pair_requantize(epi, ops)[0]
+        assert (unbounded == epi) == case.startswith("shifts")
+
+
+def test_pair_requantize_second_stage_and_helpers_chains():
+    """The helpers' chains (a scalar multiplier and shift, int8 / int16, bias and column sums first) and a second
+    requantization of the int16 result: each qualifying one rewritten, all equal to the int64 chains."""
+    rng = np.random.default_rng(3)
+    w = _rand_int8(rng, (96, 32))
+    bound = 128 * np.abs(w.astype(np.int64)).sum(axis=0)
+    acc = _accumulators(w, rng)
+    for opts in ({}, {"out": "int16"}, {"per_channel": False}, {"lookup": True}):
+        epi, ops = requantize(32, rng, **opts)
+        paired, paired_ops = pair_requantize(epi, ops, bound)
+        assert "mulhi" in [s.op for s in paired.steps]
+        np.testing.assert_array_equal(apply_epilogue(paired, paired_ops, acc), apply_epilogue(epi, ops, acc))
+    first, first_ops = _requant_chain(32, rng, np.full(32, 36), np.full(32, 1 << 35))
+    second = (S("astype", "int64"), S("multiply", "int64", "scalar", "int64"), S("add", "int64", "scalar", "int64"),
+              S("right_shift", "int64", "scalar", "int64"), S("clip", "int64", attrs=(-128, 127)), S("astype", "int8"))
+    epi = Epilogue(first.steps + second)
+    ops = first_ops + (np.array([1518500250]), np.array([(1 << 37) - (7 << 38)]), np.array([38]))
+    paired, paired_ops = pair_requantize(epi, ops, bound)
+    assert [s.op for s in paired.steps].count("mulhi") == 2
+    np.testing.assert_array_equal(apply_epilogue(paired, paired_ops, acc), apply_epilogue(epi, ops, acc))
+
+
+@pytest.mark.parametrize("target", TARGETS[:-1])  # the x86 kernels (pair_mulhi)
+def test_paired_epilogue_kernel_bit_exact(target):
+    """The rewritten chain in a fused GEMM kernel against NumPy's int64 chain (the model's case: int16 output,
+    per-column shifts 30 to 35, a pre-shift where the shift is under 33)."""
+    rng = np.random.default_rng(11)
+    a, w = _rand_int8(rng, (37, 384)), _rand_int8(rng, (384, 64))
+    a[0] = np.where(w[:, 0] >= 0, 127, -128)
+    shifts = rng.integers(30, 36, 64)
+    epi, ops = _requant_chain(64, rng, shifts, np.left_shift(1, shifts - 1))
+    paired, paired_ops = pair_requantize(epi, ops, 128 * np.abs(w.astype(np.int64)).sum(axis=0))
+    assert select_kernel(target).pair_mulhi and "left_shift" in [s.op for s in paired.steps]
+    want = apply_epilogue(epi, ops, a.astype(np.int32) @ w.astype(np.int32))
+    got, _ = _build_and_run(lambda bb, x: emit_int8_matmul(bb, x, w, target, paired, paired_ops), {"a": a}, target)
+    np.testing.assert_array_equal(got, want)

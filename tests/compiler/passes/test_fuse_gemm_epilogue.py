@@ -197,3 +197,23 @@ def test_row_scaled_chain_reads_the_row_shifts(host):
     acc_ref = a_ref.astype(np.int32) @ w.astype(np.int32)
     np.testing.assert_array_equal(want, io.requantize_rows(acc_ref, m0, sh, k_ref, z_ref, colsum, bias, 3))
     assert len(np.unique(k_ref)) > 1
+
+
+def _epilogue_ops(mod) -> list[list[str]]:
+    from schedules.gemm_epilogue import EPILOGUE_ATTR, Epilogue
+
+    return [[s.op for s in Epilogue.from_json(str(f.attrs[EPILOGUE_ATTR])).steps]
+            for gv, f in mod.functions.items() if isinstance(f, C.PrimFunc) and f.attrs is not None
+            and EPILOGUE_ATTR in f.attrs]
+
+
+def test_x86_kernels_requantize_in_int32_arm_kernels_keep_int64():
+    """On the x86 kernels (GemmKernel.pair_mulhi) the requantizations whose constants qualify run with mulhi
+    (gemm_epilogue.pair_requantize; test_structure_and_bit_exact checks the values on the host); the ARM kernels
+    keep the int64 chain."""
+    mod = _graph()
+    x86 = _epilogue_ops(FuseGemmEpilogue(resolve_target("x86-avx512-vnni").tvm_target())(mod))
+    arm = _epilogue_ops(FuseGemmEpilogue(resolve_target("rpi5").tvm_target())(mod))
+    assert len(x86) == len(arm) == 2
+    assert any("mulhi" in ops for ops in x86)
+    assert not any("mulhi" in ops for ops in arm) and all("astype" in ops for ops in arm)

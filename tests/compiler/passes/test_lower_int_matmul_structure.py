@@ -12,7 +12,7 @@ from tvm.script import ir as I, relax as R
 from compiler.passes.fuse_gemm_epilogue import FuseGemmEpilogue
 from compiler.passes.lower_int_matmul import LowerIntMatmul
 from compiler.tvm_compat import BlockBuilder, const, tensor_type
-from schedules.gemm_epilogue import Epilogue, EpilogueStep
+from schedules.gemm_epilogue import Epilogue, EpilogueStep, pair_requantize
 from schedules.int8_matmul import batch_primfunc, gemm_args, gemm_primfunc, select_batch_kernel, select_kernel
 
 VNNI = tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake", "mtriple": "x86_64-linux-gnu", "num-cores": 2})
@@ -81,8 +81,9 @@ def test_lower_int_matmul_keeps_plain_matmuls_without_a_kernel():
 
 def test_fuse_gemm_epilogue_writes_int8_from_the_kernel():
     """The requantize chain after the constant-weight matmul (astype, multiply, add, right_shift, add, clip,
-    astype int8) becomes the epilogue of one kernel call writing the int8 result; its scalar constants are the
-    call's operands in step order. The activation matmul is left for LowerIntMatmul."""
+    astype int8) becomes the epilogue of one kernel call writing the int8 result, on VNNI in its int32 form
+    (gemm_epilogue.pair_requantize: a pre-shift, mulhi, ...); its scalar constants are the call's operands in step
+    order. The activation matmul is left for LowerIntMatmul."""
     kern = select_kernel(VNNI)
     i64 = "int64"
     epilogue = Epilogue((
@@ -90,6 +91,9 @@ def test_fuse_gemm_epilogue_writes_int8_from_the_kernel():
         EpilogueStep("add", i64, "scalar", i64), EpilogueStep("right_shift", i64, "scalar", i64),
         EpilogueStep("add", i64, "scalar", i64), EpilogueStep("clip", i64, attrs=(-128, 127)),
         EpilogueStep("astype", "int8")))
+    epilogue, values = pair_requantize(epilogue, tuple(np.array([v], np.int64) for v in (M0, ROUND, SHIFT, ZP)),
+                                       128 * np.abs(W.astype(np.int64)).sum(axis=0))
+    assert [s.op for s in epilogue.steps][:2] == ["left_shift", "mulhi"] and kern.pair_mulhi
     bb = BlockBuilder()
     name = f"intformer_qgemm_avx512vnni_4x8x16_{epilogue.tag()}"
     gemm = _kernel(bb, gemm_primfunc(4, 8, 16, kern, epilogue), name)
@@ -98,7 +102,7 @@ def test_fuse_gemm_epilogue_writes_int8_from_the_kernel():
         with bb.dataflow():
             z = bb.emit_output(R.matmul(b, c, out_dtype="int32"))
             packed, correction = gemm_args(W, kern)
-            operands = [const(np.array([v]), i64) for v in (M0, ROUND, SHIFT, ZP)]  # a scalar: one element
+            operands = [const(v, str(v.dtype)) for v in values]  # a scalar: one element
             q = bb.emit(relax.call_tir(gemm, [a, const(packed, "int8"), const(correction, "int32"), *operands],
                                        tensor_type((4, 16), "int8")))
             q = bb.emit_output(q)
