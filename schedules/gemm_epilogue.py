@@ -172,6 +172,8 @@ def _as_int32_tail(steps, operands, bound: int):
             return None
         if step.op == "clip":
             lo, hi = max(step.attrs[0], int(_INT32.min)), min(step.attrs[1], int(_INT32.max))
+            if lo > hi:  # both bounds beyond int32's range on one side
+                return None
             out.append(EpilogueStep("clip", "int32", attrs=(lo, hi)))
             bound = max(abs(lo), abs(hi))
             continue
@@ -211,8 +213,8 @@ def _pair_requant(steps, operands, in_dtype: str, bound):
         return None
     m, r, sh = (_constants(st, c) for st, c in zip(head[1:], operands[:3]))
     m_b, r_b, s_b, b_b = np.broadcast_arrays(m, r, sh, np.asarray(bound, np.int64))
-    if np.any((m_b < 0) | (m_b > int(_INT32.max)) | (s_b < 0) | (s_b > 62)):
-        return None
+    if np.any((m_b < 0) | (m_b > int(_INT32.max)) | (s_b < 0) | (s_b > 62) | (r_b <= -(1 << 62)) | (r_b >= 1 << 62)):
+        return None  # (|r| < 2**62: its magnitude and r << t below stay in int64)
     live = m_b != 0
     t = np.where(live, np.maximum(np.maximum(32 - _trailing_zeros(r_b), 32 - s_b), 0), 0)
     room = 30 - np.floor(np.log2(np.maximum(b_b, 1))).astype(np.int64)  # |x| << t < 2**31 for t <= room
@@ -285,9 +287,9 @@ def _bound_through(step, given, bound, top):
         return np.minimum(bound, max(abs(int(step.attrs[0])), abs(int(step.attrs[1]))))
     if step.op == "astype" and step.dtype in ("int8", "int16"):
         return np.minimum(bound, _bound_after(step, top))
-    if step.op == "astype":
-        return bound
-    return top
+    if step.op == "astype" and step.dtype in ("int32", "int64"):
+        return bound  # |value| <= bound < 2**31 survives either cast
+    return top  # an unsigned cast (a negative value becomes a large one), any other op
 
 
 OPERAND_SHAPES: dict[str, Callable] = {  # operand kind -> (m, n, step) -> the shapes of its parameter buffers

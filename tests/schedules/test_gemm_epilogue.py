@@ -125,16 +125,19 @@ def _requant_chain(n, rng, shifts, r, zp=-3, out="int16", m=None):
 
 
 def _accumulators(w, rng):
-    """a @ w for random int8 rows and, per column, the rows that reach the bound 128 * sum |w| (both signs)."""
-    a = _rand_int8(rng, (40, w.shape[0]))
-    a[0], a[1] = np.where(w[:, 0] >= 0, 127, -128), np.where(w[:, 0] >= 0, -128, 127)
+    """a @ w for random int8 rows and, for every column, the two rows that take it to its extremes (-128 against
+    its positive weights and 127 against its negative ones, and the other way round: within 128 * sum |w|)."""
+    extremes = [np.where(w[:, j] >= 0, v, -1 - v) for j in range(w.shape[1]) for v in (127, -128)]
+    a = np.concatenate([_rand_int8(rng, (40, w.shape[0])), np.array(extremes, np.int8)])
     return a.astype(np.int32) @ w.astype(np.int32)
 
 
 PAIRED = {  # name: (shifts, rounding) for 64 columns; whether the rewrite applies
     "shifts_30_to_35_rounding_half": (lambda s: (s, np.left_shift(1, s - 1)), True),  # FFN1 / Q, K, V in MiniLM
     "shift_40_rounding_and_zero_point": (lambda s: (s * 0 + 40, (1 << 39) + (5 << 40)), True),
-    "rounding_not_a_multiple_of_2_32": (lambda s: (s * 0 + 39, np.full(64, 1883420411392)), False),
+    # r has 9 trailing zero bits: a pre-shift of 23 would make it a multiple of 2**32, more than |acc| leaves room for
+    "rounding_needs_a_longer_pre_shift_than_the_bound_allows": (lambda s: (s * 0 + 39, np.full(64, 1883420411392)),
+                                                                False),
 }
 
 
@@ -197,3 +200,48 @@ def test_paired_epilogue_kernel_bit_exact(target):
     want = apply_epilogue(epi, ops, a.astype(np.int32) @ w.astype(np.int32))
     got, _ = _build_and_run(lambda bb, x: emit_int8_matmul(bb, x, w, target, paired, paired_ops), {"a": a}, target)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shift,applies", [(29, True), (28, False)])
+def test_pair_requantize_at_the_edge_of_the_pre_shift(shift, applies):
+    """|acc| up to 2**27 - 1 leaves room for a pre-shift of 4 (x << 4 < 2**31): shift 29 (t = 4) is rewritten and
+    exact at +-bound, shift 28 (t = 5 would overflow int32) is left as it was. Negative rounding constants (a zero
+    point folded in), a dead column with a large constant, a zero point near the tail's limit."""
+    n, bound = 8, (1 << 27) - 1
+    rng = np.random.default_rng(5)
+    m = rng.integers(1 << 30, 1 << 31, n)
+    m[3] = 0
+    r = np.left_shift(1, shift - 1) - np.arange(n) * np.left_shift(1, shift)  # 2**(s-1) - z 2**s, z = 0..7
+    r[3] = 1 << 40  # dead column: the constant r >> s
+    epi, ops = _requant_chain(n, rng, np.full(n, shift), r, zp=(1 << 29) - 5, out="int32", m=m)
+    paired, paired_ops = pair_requantize(epi, ops, np.full(n, bound))
+    assert ("mulhi" in [s.op for s in paired.steps]) == applies
+    if applies:
+        assert paired.steps[0].op == "left_shift" and int(np.max(paired_ops[0])) == 4
+    acc = np.concatenate([rng.integers(-bound, bound + 1, (64, n)), np.full((1, n), bound), np.full((1, n), -bound),
+                          np.full((1, n), 1 - bound)]).astype(np.int32)
+    np.testing.assert_array_equal(apply_epilogue(paired, paired_ops, acc), apply_epilogue(epi, ops, acc))
+
+
+def test_pair_requantize_refuses_what_int32_cannot_hold():
+    """A rounding constant of -2**63, a clip entirely below int32's range, a zero point whose int32 sum could wrap, an
+    unsigned cast before a second requantization (a negative value becomes a large one): each is left as it was
+    (the last one checked by value: with the clip's bound kept through the cast it was rewritten and wrong)."""
+    i64 = "int64"
+    head = (S("astype", i64), S("multiply", i64, "scalar", i64), S("add", i64, "scalar", i64),
+            S("right_shift", i64, "scalar", i64))
+    ops = (np.array([1 << 30]), np.array([-(1 << 63)]), np.array([24]))
+    epi = Epilogue(head + (S("clip", i64, attrs=(-32768, 32767)), S("astype", "int16")))
+    assert pair_requantize(epi, ops, 1000)[0] == epi
+    epi = Epilogue(head + (S("clip", i64, attrs=(-(1 << 40), -(1 << 35))), S("astype", "int32")))
+    assert pair_requantize(epi, (ops[0], np.array([1 << 23]), ops[2]), 1000)[0] == epi
+    big_zero_point = Epilogue(head + (S("add", i64, "scalar", i64), S("clip", i64, attrs=(-(1 << 31), (1 << 31) - 1)),
+                                      S("astype", "int32")))  # an int32 sum would wrap where int64 saturates
+    big_ops = (np.array([(1 << 31) - 1]), np.array([0]), np.array([32]), np.array([(1 << 30) + 5]))
+    assert pair_requantize(big_zero_point, big_ops)[0] == big_zero_point
+    unsigned = Epilogue((S("clip", "int32", attrs=(-100, 100)), S("astype", "uint8"), S("astype", "int32"))
+                        + head + (S("astype", "int32"),))
+    paired, paired_ops = pair_requantize(unsigned, (np.array([1 << 30]), np.array([0]), np.array([8])), 1000)
+    acc = np.array([[-1, 0, 100, -100]], np.int32)
+    np.testing.assert_array_equal(apply_epilogue(paired, paired_ops, acc),
+                                  apply_epilogue(unsigned, (np.array([1 << 30]), np.array([0]), np.array([8])), acc))

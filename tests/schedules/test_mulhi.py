@@ -1,8 +1,7 @@
 """mulhi (schedules/intrinsics/mulhi.py): the high word of an int32 x int32 product, bit-exact against NumPy at
-every vector width the vectorizer can give it (the pair form at even widths of 4 or more, the 64-bit formula
-otherwise), on the operands' extremes; on AVX-512 the pair form is vpmuldq and one permute, no 64-bit lanes
-narrowed back; a kernel using it prints as TVMScript that parses back (compiler/passes/share_buckets.py reads
-kernels so)."""
+vector widths 16, 8 and 4 (the pair form) and 3 and 1 (the 64-bit formula), on the operands' extremes; on
+AVX-512 the pair form is vpmuldq and one permute, no 64-bit lanes narrowed back; a kernel using it prints as
+TVMScript that parses back (compiler/passes/share_buckets.py reads kernels so)."""
 
 from __future__ import annotations
 
