@@ -195,15 +195,42 @@ def _trailing_zeros(v: np.ndarray) -> np.ndarray:
     return np.where(v == 0, 64, np.log2(np.maximum(low, 1).astype(np.float64)).astype(np.int64))
 
 
+def _room(bound: int) -> int:
+    """The largest t with |x| << t < 2**31 for every |x| <= bound."""
+    return 30 - (max(int(bound), 1).bit_length() - 1)
+
+
+def _column_plan(m: int, r: int, s: int, bound: int) -> tuple[int, int] | None:
+    """(z, t) for one column of (x * m + r) >> s: x + z pre-shifted by t, with (r - z * m) << t a multiple of 2**32
+    and s + t >= 32, |x + z| << t within int32; the least t with z = 0, else (a zero point folded into r) the z
+    that makes r - z * m a multiple of 2**(32 - t) at the least t, when |z| stays small. None if neither fits."""
+    t_min = max(0, 32 - s)
+    t = max(t_min, 32 - _trailing_zeros(np.array([r]))[0])
+    if t <= _room(bound):
+        return 0, int(t)
+    k = 32 - t_min  # solve z * m = r (mod 2**k): m = 2**e * odd, r needs e trailing zeros too
+    e = (m & -m).bit_length() - 1
+    if e >= k or r % (1 << e):
+        return None
+    mod = 1 << (k - e)
+    z = ((r >> e) * pow(m >> e, -1, mod)) % mod
+    z = z - mod if z >= mod // 2 else z
+    if abs(z) >= (1 << 16) or t_min > _room(bound + abs(z)):
+        return None
+    return z, t_min
+
+
 def _pair_requant(steps, operands, in_dtype: str, bound):
     """``steps`` starting with int64(x) * m + r >> s (then int64 steps up to a narrowing cast) as int32 steps with
     ``mulhi`` -> (steps, operands, steps consumed) or None; ``bound``: |x| at most (per column or one value).
 
-    With x' = x << t, p = x' * m and h = p >> 32: (x * m + r) >> s == (h + (r << t >> 32)) >> (s + t - 32) when
-    r << t is a multiple of 2**32 (the low 32 bits of p then cannot carry past the 2**32's place: floor((N + f) /
-    2**k) = floor(N / 2**k) for an integer N and 0 <= f < 1) and s + t >= 32. Each column takes the least such t;
-    x' must fit int32 (|x| << t < 2**31) and m be in [0, 2**31), so |h| <= 2**30. A column with m = 0 is the
-    constant r >> s. Returns None when a column cannot qualify or the steps after the shift need int64."""
+    With x' = (x + z) << t, p = x' * m and h = p >> 32: (x * m + r) >> s == (h + ((r - z m) << t >> 32)) >>
+    (s + t - 32) when (r - z m) << t is a multiple of 2**32 (the low 32 bits of p then cannot carry past the
+    2**32's place: floor((N + f) / 2**k) = floor(N / 2**k) for an integer N and 0 <= f < 1) and s + t >= 32.
+    Each column takes a plan (z, t) (``_column_plan``: z = 0 when a pre-shift makes r such a multiple, else a
+    small z, the zero point integerize folded into r); x' must fit int32 and m be in [0, 2**31), so
+    |h| <= 2**30. A column with m = 0 is the constant r >> s. Returns None when a column has no plan or the steps
+    after the shift need int64."""
     if len(steps) < 5 or in_dtype not in ("int32", "int16", "int8"):
         return None
     head = steps[:4]
@@ -212,16 +239,22 @@ def _pair_requant(steps, operands, in_dtype: str, bound):
     if any(st.operand not in ("scalar", "vector") for st in head[1:]):
         return None
     m, r, sh = (_constants(st, c) for st, c in zip(head[1:], operands[:3]))
-    m_b, r_b, s_b, b_b = np.broadcast_arrays(m, r, sh, np.asarray(bound, np.int64))
+    m_b, r_b, s_b, b_b = (v.reshape(-1) for v in np.broadcast_arrays(m, r, sh, np.asarray(bound, np.int64)))
     if np.any((m_b < 0) | (m_b > int(_INT32.max)) | (s_b < 0) | (s_b > 62) | (r_b <= -(1 << 62)) | (r_b >= 1 << 62)):
-        return None  # (|r| < 2**62: its magnitude and r << t below stay in int64)
-    live = m_b != 0
-    t = np.where(live, np.maximum(np.maximum(32 - _trailing_zeros(r_b), 32 - s_b), 0), 0)
-    room = 30 - np.floor(np.log2(np.maximum(b_b, 1))).astype(np.int64)  # |x| << t < 2**31 for t <= room
-    if np.any(live & ((t > room) | (np.abs(r_b) >= np.left_shift(1, 62 - np.minimum(t, 62))))):
-        return None
-    r2 = np.where(live, (r_b << t) >> 32, r_b >> s_b)  # a dead column: its constant r >> s, shift 0
-    s2 = np.where(live, s_b + t - 32, 0)
+        return None  # (|r| < 2**62: r - z m and its pre-shift below stay in int64)
+    z, t, r2, s2 = (np.zeros(len(m_b), np.int64) for _ in range(4))
+    for j, (mj, rj, sj, bj) in enumerate(zip(m_b.tolist(), r_b.tolist(), s_b.tolist(), b_b.tolist())):
+        if mj == 0:  # a dead column: its constant r >> s, shift 0
+            r2[j] = rj >> sj
+            continue
+        plan = _column_plan(mj, rj, sj, bj)
+        if plan is None:
+            return None
+        z[j], t[j] = plan
+        rest = (rj - plan[0] * mj) << plan[1]
+        if abs(rest) >= 1 << 62:
+            return None
+        r2[j], s2[j] = rest >> 32, sj + plan[1] - 32
     if np.any(s2 > 31) or np.any(np.abs(r2) >= (1 << 30)):
         return None
     tail = _as_int32_tail(steps[4:], operands[3:], int(np.max(((1 << 30) + np.abs(r2)) >> s2)) + 1)
@@ -235,6 +268,8 @@ def _pair_requant(steps, operands, in_dtype: str, bound):
         new.append(EpilogueStep(op, "int32", kind, "int32"))
         ops.append((value.reshape(-1) if kind == "vector" else value.reshape(-1)[:1]).astype(np.int32))
 
+    if np.any(z):
+        emit("add", z, "scalar")
     if np.any(t):
         emit("left_shift", t, "scalar")
     emit("mulhi", m_b, head[1].operand)

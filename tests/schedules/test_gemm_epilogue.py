@@ -245,3 +245,21 @@ def test_pair_requantize_refuses_what_int32_cannot_hold():
     acc = np.array([[-1, 0, 100, -100]], np.int32)
     np.testing.assert_array_equal(apply_epilogue(paired, paired_ops, acc),
                                   apply_epilogue(unsigned, (np.array([1 << 30]), np.array([0]), np.array([8])), acc))
+
+
+@pytest.mark.parametrize("m", [2094456386, 1518500251, 1073741824 + 6])  # even, odd, a multiple of 2
+def test_pair_requantize_finds_the_folded_zero_point(m):
+    """A second requantization of int16 codes with their zero point z16 folded into the rounding constant (r =
+    2**(s-1) - z16 m + z8 2**s, as integerize emits it: r has few trailing zeros): the rewrite finds z16 back
+    (x + z16, then mulhi), equal to the int64 chain on every int16 code."""
+    i64, s, z16, z8 = "int64", 39, -1234, 3
+    epi = Epilogue((S("astype", "int16"), S("astype", i64), S("multiply", i64, "scalar", i64),
+                    S("add", i64, "scalar", i64), S("right_shift", i64, "scalar", i64),
+                    S("clip", i64, attrs=(-128, 127)), S("astype", "int8")))
+    r = (1 << (s - 1)) - z16 * m + z8 * (1 << s)
+    ops = (np.array([m]), np.array([r]), np.array([s]))
+    paired, paired_ops = pair_requantize(epi, ops)
+    assert [st.op for st in paired.steps][:4] == ["astype", "astype", "add", "mulhi"]
+    assert int(paired_ops[0][0]) == -z16  # x - z16
+    codes = np.arange(-32768, 32768, dtype=np.int32).reshape(-1, 1)
+    np.testing.assert_array_equal(apply_epilogue(paired, paired_ops, codes), apply_epilogue(epi, ops, codes))
