@@ -281,7 +281,8 @@ def register_vector_op(name: str, lower) -> str:
     tvm.ir.register_op_attr(op, "TScriptPrinterName", name, level=99)
     tirx.register_intrin_lowering(op, target="llvm", f=lower, level=99)
     # TVMScript prints a call as ``T.<name>(...)``; the parser (compiler/passes/share_buckets.py reads kernels back)
-    # finds it as an attribute of its ``T`` module: a call of the first operand's type
+    # finds it as an attribute of its ``T`` module: a call typed as its first operand (right for an op whose
+    # result has its operands' type, as mulhi's; another op would need its own rule here)
     import tvm.tirx.script.parser as script_t
 
     setattr(script_t, name, lambda *args: tirx.call_intrin(str(args[0].ty), op, *args))
