@@ -294,6 +294,7 @@ def expr_lanes(expr) -> int:
     ty = str(expr.ty)
     return int(ty.split("x")[1]) if "x" in ty else 1
 
+
 def is_buffer(param) -> bool:
     """Whether a PrimFunc parameter is a buffer (0.27: a Var of BufferType; a tvm.tir.Buffer in buffer_map
     before), not a scalar."""
