@@ -290,9 +290,9 @@ def register_vector_op(name: str, lower) -> str:
 
 
 def expr_lanes(expr) -> int:
-    """The vector lanes of a TIR expression's type (1 for a scalar; 0.27 types an expression by ``ty``)."""
-    ty = str(expr.ty)
-    return int(ty.split("x")[1]) if "x" in ty else 1
+    """The vector lanes of a TIR expression's type (1 for a scalar; 0.27 types an expression by ``ty``, ``dtype``
+    before)."""
+    return expr.ty.dtype.lanes
 
 
 def is_buffer(param) -> bool:

@@ -188,11 +188,9 @@ def _as_int32_tail(steps, operands, bound: int):
     return None
 
 
-def _trailing_zeros(v: np.ndarray) -> np.ndarray:
-    """The number of trailing zero bits of each int64 (64 for 0)."""
-    v = np.asarray(v, np.int64)
-    low = (v & -v).astype(np.uint64)  # the lowest set bit
-    return np.where(v == 0, 64, np.log2(np.maximum(low, 1).astype(np.float64)).astype(np.int64))
+def _trailing_zeros(v: int) -> int:
+    """The number of trailing zero bits of an integer (64 for 0: any shift keeps it a multiple)."""
+    return (v & -v).bit_length() - 1 if v else 64
 
 
 def _room(bound: int) -> int:
@@ -205,11 +203,11 @@ def _column_plan(m: int, r: int, s: int, bound: int) -> tuple[int, int] | None:
     and s + t >= 32, |x + z| << t within int32; the least t with z = 0, else (a zero point folded into r) the z
     that makes r - z * m a multiple of 2**(32 - t) at the least t, when |z| stays small. None if neither fits."""
     t_min = max(0, 32 - s)
-    t = max(t_min, 32 - _trailing_zeros(np.array([r]))[0])
+    t = max(t_min, 32 - _trailing_zeros(r))
     if t <= _room(bound):
-        return 0, int(t)
+        return 0, t
     k = 32 - t_min  # solve z * m = r (mod 2**k): m = 2**e * odd, r needs e trailing zeros too
-    e = (m & -m).bit_length() - 1
+    e = _trailing_zeros(m)
     if e >= k or r % (1 << e):
         return None
     mod = 1 << (k - e)
