@@ -33,6 +33,24 @@ def _main_calls_the_group(bb, legal, rows, extra=()):
     return _with_main(bb, legal, main)
 
 
+def _max_subtract_sum_add_grouped(legal):
+    """The expected module for the chain m = max(x), d = m - x, s = sum(d), y = d + s over (4, 8) int32 rows: one
+    private Primitive function calling legal's four kernels, main calling it."""
+    kernel = {name: legal.get_global_var(name) for name in ("max", "subtract", "sum", "add")}
+    rows, row = tensor_type((4, 8), "int32"), tensor_type((4, 1), "int32")
+    bb = BlockBuilder(legal)
+    x0 = relax.Var("x0", rows)
+    with bb.function("fused_rows0", [x0], attrs={"Primitive": True}, private=True):
+        with bb.dataflow():
+            m = bb.emit(relax.call_tir(kernel["max"], [x0], row))
+            d = bb.emit(relax.call_tir(kernel["subtract"], [m, x0], rows))
+            s = bb.emit(relax.call_tir(kernel["sum"], [d], row))
+            y = bb.emit(relax.call_tir(kernel["add"], [d, s], rows))
+            out = bb.emit_output(y)  # the group's result, bound once more as the dataflow's output
+        bb.emit_func_output(out)
+    return _main_calls_the_group(bb, legal, rows)
+
+
 def test_a_row_chain_becomes_one_primitive_function():
     @I.ir_module
     class Before:
@@ -47,30 +65,15 @@ def test_a_row_chain_becomes_one_primitive_function():
             return y
 
     legal = _legalized(Before)
-    kernel = {name: legal.get_global_var(name) for name in ("max", "subtract", "sum", "add")}
-    rows, row = tensor_type((4, 8), "int32"), tensor_type((4, 1), "int32")
-    bb = BlockBuilder(legal)
-    x0 = relax.Var("x0", rows)
-    with bb.function("fused_rows0", [x0], attrs={"Primitive": True}, private=True):
-        with bb.dataflow():
-            m = bb.emit(relax.call_tir(kernel["max"], [x0], row))
-            d = bb.emit(relax.call_tir(kernel["subtract"], [m, x0], rows))
-            s = bb.emit(relax.call_tir(kernel["sum"], [d], row))
-            y = bb.emit(relax.call_tir(kernel["add"], [d, s], rows))
-            out = bb.emit_output(y)  # the group's result, bound once more as the dataflow's output
-        bb.emit_func_output(out)
-    expected = _main_calls_the_group(bb, legal, rows)
-
     got, groups = fuse_rows(legal)
     assert groups == 1
-    tvm.ir.assert_structural_equal(got, expected)
+    tvm.ir.assert_structural_equal(got, _max_subtract_sum_add_grouped(legal))
 
 
 def test_an_alias_inside_a_chain_does_not_cut_it():
     """`a = d` (a binding of one variable to another, left by earlier passes between a requantization and the next
     matmul's token quantization) is resolved first: the chain on both sides of it is one group, as without it."""
-    rows, row = tensor_type((4, 8), "int32"), tensor_type((4, 1), "int32")
-    x = relax.Var("x", rows)
+    x = relax.Var("x", tensor_type((4, 8), "int32"))
     bb = BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
@@ -82,22 +85,9 @@ def test_an_alias_inside_a_chain_does_not_cut_it():
         bb.emit_func_output(y)
     legal = _legalized(bb.get())
     assert any(isinstance(b.value, relax.Var) for b in legal["main"].body.blocks[0].bindings)  # the alias is there
-    kernel = {name: legal.get_global_var(name) for name in ("max", "subtract", "sum", "add")}
-    want = BlockBuilder(legal)
-    x0 = relax.Var("x0", rows)
-    with want.function("fused_rows0", [x0], attrs={"Primitive": True}, private=True):
-        with want.dataflow():
-            m = want.emit(relax.call_tir(kernel["max"], [x0], row))
-            d = want.emit(relax.call_tir(kernel["subtract"], [m, x0], rows))
-            s = want.emit(relax.call_tir(kernel["sum"], [d], row))
-            y = want.emit(relax.call_tir(kernel["add"], [d, s], rows))
-            out = want.emit_output(y)
-        want.emit_func_output(out)
-    expected = _main_calls_the_group(want, legal, rows)
-
     got, groups = fuse_rows(legal)
     assert groups == 1
-    tvm.ir.assert_structural_equal(got, expected)
+    tvm.ir.assert_structural_equal(got, _max_subtract_sum_add_grouped(legal))
 
 
 def test_a_reshape_ends_the_rows_and_a_lone_op_is_left_to_fuse_ops():
