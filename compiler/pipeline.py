@@ -84,6 +84,7 @@ def _build_stages() -> Stages:
 
     return [
         Stage("manifest", s.manifest, SCHEDULED, SCHEDULED),     # names, shapes, scales, target, versions, hashes
+        Stage("pair_requantize", s.pair_requantize, SCHEDULED, SCHEDULED),  # x86: row requantizations in int32
         Stage("legalize", s.legalize, SCHEDULED, SCHEDULED),     # Relax ops -> TIR kernels (LegalizeOps)
         Stage("fuse_rows", s.fuse_rows, SCHEDULED, SCHEDULED),   # softmax, LayerNorm, lookups: a kernel per row group
         Stage("fuse", s.fuse, SCHEDULED, SCHEDULED),             # FuseOps + FuseTIR: the library's kernels (`tune`)

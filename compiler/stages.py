@@ -308,6 +308,13 @@ def manifest(st: CompileState) -> CompileState:
     return replace(st, manifest=m, lowered_mod=add_manifest(mod, m))
 
 
+def pair_requantize(st: CompileState) -> CompileState:
+    """x86: the requantizations left in the graph (the row kernels') in int32 lanes with a high multiply."""
+    from compiler.passes.pair_row_requantize import PairRowRequantize
+
+    return replace(st, lowered_mod=PairRowRequantize(st.target_spec.tvm_target())(st.lowered_mod))
+
+
 def legalize(st: CompileState) -> CompileState:
     """Relax ops -> TIR kernels called through call_tir, each with its op pattern."""
     from compiler.build import legalize as _legalize

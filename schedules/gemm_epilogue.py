@@ -17,7 +17,7 @@ Guarantees:
   cast / take), so the fused kernel equals the unfused graph bit for bit.
 - ``pair_requantize`` rewrites a chain's int64 requantizations whose constants allow it into int32 steps around
   ``mulhi`` (the product's high word, schedules/intrinsics/mulhi.py), with the same values (proof in
-  ``_pair_requant``): on x86, 16 lanes per vector instead of 8 (compiler/passes/fuse_gemm_epilogue.py applies
+  ``pair_requant_steps``): on x86, 16 lanes per vector instead of 8 (compiler/passes/fuse_gemm_epilogue.py applies
   it for the x86 kernels).
 """
 
@@ -218,7 +218,7 @@ def _column_plan(m: int, r: int, s: int, bound: int) -> tuple[int, int] | None:
     return z, t_min
 
 
-def _pair_requant(steps, operands, in_dtype: str, bound):
+def pair_requant_steps(steps, operands, in_dtype: str, bound):
     """``steps`` starting with int64(x) * m + r >> s (then int64 steps up to a narrowing cast) as int32 steps with
     ``mulhi`` -> (steps, operands, steps consumed) or None; ``bound``: |x| at most (per column or one value).
 
@@ -278,7 +278,7 @@ def _pair_requant(steps, operands, in_dtype: str, bound):
 
 def pair_requantize(epi: Epilogue, operands: tuple, acc_bound=None) -> tuple[Epilogue, tuple]:
     """The chain with each requantization ``int64(x) * m + r >> s`` (then adds, clips, a narrowing cast) that
-    qualifies (``_pair_requant``) computed in int32 with ``mulhi`` (schedules/intrinsics/mulhi.py): the same
+    qualifies (``pair_requant_steps``) computed in int32 with ``mulhi`` (schedules/intrinsics/mulhi.py): the same
     values bit for bit, in about half the instructions on x86 (16 int32 lanes per vector instead of 8 int64
     ones). ``acc_bound``: |accumulator| at most, per column (128 times the weight column's sum of magnitudes for
     an int8 activation) or one value. Steps that do not qualify, or that read a row or outer operand, are kept."""
@@ -288,7 +288,7 @@ def pair_requantize(epi: Epilogue, operands: tuple, acc_bound=None) -> tuple[Epi
     bound = np.minimum(np.asarray(top if acc_bound is None else acc_bound, np.int64), top)
     out_steps, out_ops, i, k, dtype = [], [], 0, 0, "int32"
     while i < len(steps):
-        found = _pair_requant(steps[i:], ops[k:], dtype, bound)
+        found = pair_requant_steps(steps[i:], ops[k:], dtype, bound)
         if found is not None:
             new_steps, new_ops, used = found
             out_steps += new_steps

@@ -64,7 +64,7 @@ class Chain:
     layout: tuple = ()  # the layout calls the chain passed, in order: replayed on the fused result
 
 
-def _users(func: relax.Function) -> dict:
+def users_of(func: relax.Function) -> dict:
     """var -> the binding vars that use it (uses by the function's result count as a None user)."""
     users: dict = {}
     for block in func.body.blocks:
@@ -116,7 +116,8 @@ def _outer_operand(value: relax.Expr, dtype: str, m: int, n: int, values: dict) 
     return None
 
 
-def _step(call: relax.Call, x: relax.Var, m: int, n: int, values: dict) -> tuple[EpilogueStep, tuple] | None:
+def epilogue_step(call: relax.Call, x: relax.Var, m: int, n: int, values: dict
+                   ) -> tuple[EpilogueStep, tuple] | None:
     """The epilogue step of ``call`` applied to the chain value ``x`` and its operands (a NumPy constant, a Relax
     value of a "row" operand, the Relax row value and the NumPy vector of an "outer" one; none for a unary op), or
     None if it is not one."""
@@ -178,7 +179,7 @@ def find_chains(func: relax.Function, pair: bool = False) -> dict:
     """{the var whose binding the fused kernel replaces: Chain} for every fusable matmul of ``func``; ``pair``: each
     requantization that qualifies runs in int32 with mulhi (gemm_epilogue.pair_requantize; x86 kernels)."""
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-    users = _users(func)
+    users = users_of(func)
     chains = {}
     for var, value in values.items():
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == _MATMUL):
@@ -205,7 +206,7 @@ def find_chains(func: relax.Function, pair: bool = False) -> dict:
                     moved = True
                 layout.append(call)
             else:
-                step = _step(call, cur, m, n, values)
+                step = epilogue_step(call, cur, m, n, values)
                 if step is None or (moved and step[0].operand in ("vector", "row", "outer")):
                     break
                 steps.append(step[0])

@@ -9,7 +9,8 @@ values each: vpmuldq on the even values, on the odd ones shifted down, and one p
 
 Expects: int32 operands (scalars or vectors of equal lanes) on a little-endian target (x86, AArch64: lane 2i is
 the low half of 64-bit lane i). Guarantees: after import, ``mulhi`` builds the op's calls; the LLVM build expands
-a call of an even number of lanes (4 or more) into the pair form, any other into the 64-bit formula.
+a call of an even number of lanes (4 or more) into the pair form, any other into the 64-bit formula;
+``mulhi_primfunc`` is the op as an elementwise kernel (compiler/passes/pair_row_requantize.py calls it).
 """
 
 from __future__ import annotations
@@ -52,4 +53,17 @@ def mulhi(x, m):
     return tirx.call_intrin("int32", OP, x, m)
 
 
-__all__ = ["OP", "mulhi"]
+def mulhi_primfunc(shape: tuple, vector: bool):
+    """The elementwise kernel ``y = mulhi(x, m)`` over int32 ``x`` of static ``shape``: ``m`` a vector along the last
+    axis (shape (shape[-1],)) or a scalar (shape ()); marked broadcast (op_pattern 1) so the build groups it with
+    its neighbours like any elementwise op."""
+    from tvm import te
+
+    shape = tuple(tirx.const(int(d), "int64") for d in shape)  # int64 extents, as LegalizeOps' kernels
+    x = te.placeholder(shape, "int32", name="x")
+    m = te.placeholder((shape[-1],) if vector else (), "int32", name="m")
+    y = te.compute(shape, lambda *i: mulhi(x(*i), m(i[-1]) if vector else m()), name="T_mulhi")
+    return te.create_prim_func([x, m, y]).with_attr("op_pattern", 1).without_attr("global_symbol")
+
+
+__all__ = ["OP", "mulhi", "mulhi_primfunc"]
