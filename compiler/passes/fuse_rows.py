@@ -11,7 +11,9 @@ carry an ``op_pattern``.
 Guarantees: every maximal group of bindings that
   * call elementwise/broadcast/injective kernels, reductions over the last axis with keepdims, or lookups in a
     constant 1-D table (``ROW_PATTERNS``),
-  * produce static-shape tensors over the same rows (equal shapes but for the last axis), and
+  * produce static-shape tensors over the same rows (equal shapes but for the last axis and leading unit axes:
+    a reshape between (1, L, H) and (L, H), where the GEMMs' 2-D results meet the graph's 3-D row ops, and a
+    slice within each row, the attention scores' padded keys cut off, join the group), and
   * are connected producer -> consumer
 becomes one private function marked ``Primitive`` (FuseTIR turns it into one PrimFunc; FuseOps leaves it alone).
 A group never has a path that leaves it and comes back (so the graph stays acyclic). It hands out one result (read
@@ -44,14 +46,26 @@ def _shape(expr):
     return tensor_info(expr)[1]
 
 
-def _same_shape_as_an_input(out, args) -> bool:
-    return any(_shape(a) == out for a in args if isinstance(a, relax.Var))
+def _rows(shape: tuple) -> tuple:
+    """The rows of a shape: all but its last axis, leading unit axes dropped ((1, L, H) and (L, H) are L rows)."""
+    rows = tuple(shape[:-1])
+    while rows and rows[0] == 1:
+        rows = rows[1:]
+    return rows
+
+
+def _same_rows_as_an_input(out, args) -> bool:
+    """The output has the rows of one of its tensor inputs: its shape but for leading unit axes (a reshape adding
+    or dropping them moves no element) and the last axis (a slice within each row: a batch GEMM's padded scores
+    cut to the keys)."""
+    return any(_shape(a) and _rows(_shape(a)) == _rows(out) for a in args if isinstance(a, relax.Var))
 
 
 def _elementwise(out, args) -> bool:
-    """Elementwise / broadcast (full_like, where, the binary ops with a row or channel operand): the output has the
-    shape of one of its tensor inputs (a reshape or transpose does not)."""
-    return _same_shape_as_an_input(out, args)
+    """Elementwise / broadcast (full_like, where, the binary ops with a row or channel operand), or an injective op
+    within each row: the output has the rows of one of its tensor inputs (a transpose or a reshape that splits
+    the last axis does not)."""
+    return _same_rows_as_an_input(out, args)
 
 
 def _broadcast(out, args) -> bool:
@@ -103,7 +117,7 @@ def _row_key(mod, binding):
     args = list(value.args[1].fields) if isinstance(value.args[1], relax.Tuple) else []
     if accept is None or not out or not accept(out, args):
         return None
-    return tuple(out[:-1])
+    return _rows(out)
 
 
 def _var_args(expr) -> list:

@@ -105,11 +105,11 @@ def test_structure_and_bit_exact(host):
     assert len(gemms_fused) == len(gemms_plain) == 3
     assert sorted(dt for _, dt in gemms_fused) == ["int32", "int8", "int8"]  # two with their epilogue
     # no requantize or lookup op is left outside the GEMMs (the unfused matmul's chain has neither), and the
-    # build (compiler/build.fuse_kernels) makes fewer kernels
+    # build (compiler/build.fuse_kernels) makes fewer kernels (reshapes aside: the VM runs them as views)
     assert {"relax.right_shift", "relax.take"} <= _ops(plain)
     assert not {"relax.right_shift", "relax.take", "relax.clip"} & _ops(fused)
-    kernels = [sum(isinstance(f, C.PrimFunc) for f in fuse_kernels(m, host).functions.values())
-               for m in (plain, fused)]
+    kernels = [sum(isinstance(f, C.PrimFunc) and not gv.name_hint.startswith("reshape")
+                   for gv, f in fuse_kernels(m, host).functions.items()) for m in (plain, fused)]
     assert kernels[1] < kernels[0]
 
     x = np.random.default_rng(1).integers(-128, 128, (1, SEQ, HID)).astype(np.int8)

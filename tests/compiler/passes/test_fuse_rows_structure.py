@@ -109,6 +109,69 @@ def test_a_reshape_ends_the_rows_and_a_lone_op_is_left_to_fuse_ops():
 
 
 
+def test_a_reshape_of_leading_unit_axes_stays_in_the_rows():
+    """(1, 4, 8) -> (4, 8) moves no element between rows (the GEMMs' 2-D results and the graph's 3-D row ops meet
+    so: GELU on (1, L, 1536), its requantization on (L, 1536)): the chain through it is one group, reshape
+    included."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 4, 8), "int32")):
+            with R.dataflow():
+                a = R.add(x, x)
+                r = R.reshape(a, (4, 8))
+                y = R.multiply(r, r)
+                R.output(y)
+            return y
+
+    legal = _legalized(Before)
+    kernel = {name: legal.get_global_var(name) for name in ("add", "reshape", "multiply")}
+    rows3, rows2 = tensor_type((1, 4, 8), "int32"), tensor_type((4, 8), "int32")
+    want = BlockBuilder(legal)
+    x0 = relax.Var("x0", rows3)
+    with want.function("fused_rows0", [x0], attrs={"Primitive": True}, private=True):
+        with want.dataflow():
+            a = want.emit(relax.call_tir(kernel["add"], [x0, x0], rows3))
+            r = want.emit(relax.call_tir(kernel["reshape"], [a], rows2))
+            y = want.emit(relax.call_tir(kernel["multiply"], [r, r], rows2))
+            out = want.emit_output(y)
+        want.emit_func_output(out)
+    x = relax.Var("x", rows3)
+    main = BlockBuilder()
+    with main.function("main", [x]):
+        with main.dataflow():
+            y = main.emit_output(relax.Call(want.get().get_global_var("fused_rows0"), [x]))
+        main.emit_func_output(y)
+
+    got, groups = fuse_rows(legal)
+    assert groups == 1
+    tvm.ir.assert_structural_equal(got, _with_main(want, legal, main))
+
+
+def test_a_slice_within_each_row_joins_the_group():
+    """The batch GEMM's scores padded to 16 lanes (40 keys in 48 columns) cut to the keys: the softmax after it
+    reads the padded rows directly (no copy)."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((4, 16), "int32")):
+            with R.dataflow():
+                s = R.strided_slice(x, axes=[1], begin=[0], end=[10])
+                m = R.max(s, axis=[-1], keepdims=True)
+                y = R.subtract(s, m)
+                R.output(y)
+            return y
+
+    legal = _legalized(Before)
+    got, groups = fuse_rows(legal)
+    assert groups == 1
+    main = got["main"].body.blocks[0].bindings
+    assert len(main) == 1 and got[main[0].value.op].attrs["Primitive"]  # main: one call of the group
+    inner = [b.value.args[0].name_hint for b in got[main[0].value.op].body.blocks[0].bindings
+             if isinstance(b.value, relax.Call)]
+    assert inner == ["strided_slice", "max", "subtract"]
+
+
 def test_a_row_scalar_against_a_channel_vector_joins_the_row_group():
     """shift (a constant per channel) - k (a per-row scalar) has no operand of its output's shape, yet it is a row
     op (the per-token exponent of a dynamic requantization): it joins the group of the reduction that made k."""
