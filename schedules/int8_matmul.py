@@ -77,6 +77,7 @@ PAD_PENALTY = 0.97  # a tile that pads M rows also pays a strided_slice copy of 
 L2_WEIGHT_BYTES = 1 << 20  # weights up to this size stay in L2 across calls (half a 2 MiB L2)
 MIN_ROW_TILES = 8  # splitting M across threads needs enough row tiles to balance
 KERNEL_PREFIX = "intformer_qgemm_"  # every GEMM kernel's name (compiler/passes/bound_rows.py reads it)
+BATCH_PREFIX = "intformer_qbmm_"  # every batch GEMM kernel's name (activation x activation, no epilogue)
 ROWS_FREE_M = 4  # a rows-free kernel (several lengths, compiler/passes/share_buckets.py): the tile for 4 rows
 # (a bucket it does not divide, the range's top, say, pads its output and slices it); told the input's length
 # (with_active_rows), a kernel with a 4-row tile computes the whole tiles and a remainder of 1-2 rows in one
@@ -870,7 +871,7 @@ def emit_int8_batch_matmul(bb: relax.BlockBuilder, a_q: relax.Expr, b_q: relax.E
     bt = math.prod(batch)
     kern = select_batch_kernel(target)
     func = batch_primfunc(bt, m, k, n, kern, rows_free)
-    name = f"intformer_qbmm_{kern.isa}_{bt}x{m}x{k}x{n}" + ("_rows_free" if rows_free else "")
+    name = f"{BATCH_PREFIX}{kern.isa}_{bt}x{m}x{k}x{n}" + ("_rows_free" if rows_free else "")
     gv = bb.add_func(func.with_attr("global_symbol", name), name)
 
     def as_3d(x, shape, rows, cols):

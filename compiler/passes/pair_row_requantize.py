@@ -9,7 +9,11 @@ Expects: a Relax module before legalize (the build's ``pair_requantize`` stage),
 ``astype(x, "int64")`` (x int8 / int16 / int32 of a static shape), ``multiply`` by m, ``add`` r,
 ``right_shift`` by s (m, r, s constant scalars or vectors along the last axis), then int64 ``add`` /
 ``subtract`` / ``minimum`` / ``maximum`` / ``clip`` steps with such constants up to a narrowing ``astype``,
-each intermediate a dataflow value read by the next step only, every step of x's shape.
+each intermediate a dataflow value read by the next step only, every step of x's shape. |x| is bounded by its
+type, or tighter by the ops that made it (``value_bound``: int8 / int16 casts, the exact int8 sums of the
+project's GEMM and batch GEMM kernels without an epilogue, element moves, sums, adds and products): the
+attention scores less their zero point's term, and the context before its requantization, leave room for the
+pre-shift their shift needs.
 Guarantees: on targets whose GEMM kernel pairs its requantizations (``GemmKernel.pair_mulhi``: x86), each such
 chain whose constants qualify (schedules/gemm_epilogue.pair_requant_steps: with an optional zero point z and
 pre-shift t, (r - z m) << t a multiple of 2**32, s + t >= 32, (x + z) << t within int32) is replaced by
@@ -29,14 +33,15 @@ from tvm import relax
 from compiler.passes.fuse_gemm_epilogue import epilogue_step, users_of
 from compiler.tvm_compat import (
     PyExprMutator,
+    constant_value,
     dead_code_elimination,
     expr_functor_mutator,
     mutate_functions,
     tensor_info,
     tensor_type,
 )
-from schedules.gemm_epilogue import EpilogueStep, pair_requant_steps
-from schedules.int8_matmul import select_kernel
+from schedules.gemm_epilogue import EPILOGUE_ATTR, EpilogueStep, pair_requant_steps
+from schedules.int8_matmul import BATCH_PREFIX, KERNEL_PREFIX, select_kernel
 from schedules.intrinsics.mulhi import mulhi_primfunc
 
 _NARROW_INPUTS = ("int8", "int16", "int32")
@@ -48,8 +53,70 @@ def _is_op(value, name: str) -> bool:
     return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
 
 
-def find_row_chains(func: relax.Function) -> dict:
-    """{the narrowing cast's var: (x, int32 steps, their operands)} for every chain of ``func`` that qualifies."""
+_MOVES = {"relax.reshape", "relax.permute_dims", "relax.strided_slice"}  # ops that only move elements
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+_INT8_PRODUCT = 128 * 128  # the largest |a * b| of two int8 values
+
+
+def _gemm_sum_bound(mod, call) -> int | None:
+    """K * 128 * 128 for a call of the project's int8 GEMM or batch GEMM kernel without an epilogue (its int32
+    result is the exact sum of K products of int8 values; K: its int8 activation's last axis), else None."""
+    gv = call.args[0]
+    if not isinstance(gv, tvm.ir.GlobalVar) or not gv.name_hint.startswith((KERNEL_PREFIX, BATCH_PREFIX)):
+        return None
+    func = mod[gv] if gv in mod.functions else None
+    args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+    if func is None or func.attrs is not None and EPILOGUE_ATTR in func.attrs or not args:
+        return None
+    a_dtype, a_shape = tensor_info(args[0])
+    if tensor_info(call)[0] != "int32" or a_dtype != "int8" or not a_shape:
+        return None
+    return a_shape[-1] * _INT8_PRODUCT
+
+
+def _type_bound(dtype) -> int:
+    """The largest |value| of a type: 1 for bool, 2**(bits-1) for a signed integer, unbounded otherwise."""
+    if dtype == "bool":
+        return 1
+    if dtype and dtype.startswith(("int", "uint")):
+        return int(np.iinfo(dtype).max) + 1
+    return 1 << 62
+
+
+def value_bound(expr, values: dict, mod, depth: int = 12) -> int:
+    """The largest |value| ``expr`` can hold, from the ops that made it (int8 / int16 casts, the exact int8
+    GEMM sums, element moves, sums, adds and products with constants); its type's range where unknown."""
+    top = _type_bound(tensor_info(expr)[0])
+    const = constant_value(expr)
+    if const is not None:
+        return min(int(np.ceil(np.abs(const).max())), top) if const.size else 0
+    value = values.get(expr) if isinstance(expr, relax.Var) else expr
+    if isinstance(value, relax.Var) and depth > 0:  # an alias
+        return min(value_bound(value, values, mod, depth - 1), top)
+    if depth == 0 or not isinstance(value, relax.Call):
+        return top
+    found = None
+    if value.op == _CALL_TIR:
+        found = _gemm_sum_bound(mod, value)
+    elif isinstance(value.op, tvm.ir.Op):
+        name, args = value.op.name, value.args
+        if name == "relax.astype" or name in _MOVES:
+            found = value_bound(args[0], values, mod, depth - 1)
+        elif name in ("relax.add", "relax.subtract"):
+            found = sum(value_bound(a, values, mod, depth - 1) for a in args)
+        elif name == "relax.multiply":
+            found = value_bound(args[0], values, mod, depth - 1) * value_bound(args[1], values, mod, depth - 1)
+        elif name == "relax.sum":
+            (_, shape_in), (_, shape_out) = tensor_info(args[0]), tensor_info(value)
+            if shape_in and shape_out is not None:
+                found = value_bound(args[0], values, mod, depth - 1) * (
+                    int(np.prod(shape_in)) // max(int(np.prod(shape_out)), 1))
+    return top if found is None else min(found, top)
+
+
+def find_row_chains(func: relax.Function, mod=None) -> dict:
+    """{the narrowing cast's var: (x, int32 steps, their operands)} for every chain of ``func`` that qualifies;
+    ``mod``: the module holding the kernels ``func`` calls (an input made by an int8 GEMM is bounded by it)."""
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     users = users_of(func)
     chains = {}
@@ -78,7 +145,8 @@ def find_row_chains(func: relax.Function) -> dict:
                 break
         if end is None:
             continue
-        found = pair_requant_steps(steps, operands, x_dtype, int(np.iinfo(x_dtype).max))
+        bound = min(int(np.iinfo(x_dtype).max), value_bound(x, values, mod) if mod is not None else 1 << 62)
+        found = pair_requant_steps(steps, operands, x_dtype, bound)
         if found is not None and found[2] == len(steps):
             chains[end] = (x, found[0], found[1])
     return chains
@@ -138,7 +206,7 @@ class PairRowRequantize:
         chains = {}
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
-                chains.update(find_row_chains(func))
+                chains.update(find_row_chains(func, mod))
         if not chains:
             return mod
         mutator = _Pair(mod, chains)

@@ -15,8 +15,9 @@ from tvm import relax
 from compiler import tvm_compat as C
 from compiler.build import fuse_kernels
 from compiler.passes.default_schedule import apply_default_schedules
-from compiler.passes.pair_row_requantize import PairRowRequantize, find_row_chains
-from schedules.int8_matmul import select_kernel
+from compiler.passes.pair_row_requantize import PairRowRequantize, find_row_chains, value_bound
+from schedules.gemm_epilogue import Epilogue, EpilogueStep
+from schedules.int8_matmul import emit_int8_batch_matmul, emit_int8_matmul, select_kernel
 from schedules.intrinsics.mulhi import mulhi_primfunc
 from targets import resolve_target
 
@@ -144,3 +145,59 @@ def test_arm_keeps_int64():
     assert find_row_chains(mod["main"])  # it qualifies; only the target decides
     for target in ("rpi5", "armv7"):
         assert C.structural_equal(PairRowRequantize(resolve_target(target).tvm_target())(mod), mod)
+
+
+def test_value_bound_of_the_attention_scores(x86):
+    """Scores q @ k (int8, K = 32, N padded to 16 lanes and sliced) less the zero point's term (-8 * colsum(k)):
+    |x| <= 32 * 128 * 128 + 32 * 128 * 8; a GEMM with a requantize epilogue, or a value of unknown origin,
+    gets its type's range."""
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", C.tensor_type((12, 10, 32), "int8"))
+    k = relax.Var("k", C.tensor_type((12, 32, 10), "int8"))
+    u = relax.Var("u", C.tensor_type((10, 32), "int32"))
+    with bb.function("main", [q, k, u]):
+        with bb.dataflow():
+            scores = emit_int8_batch_matmul(bb, q, k, x86)  # (12, 10, 16) sliced to (12, 10, 10)
+            col = bb.emit(R.multiply(bb.emit(R.sum(bb.emit(R.astype(k, "int32")), axis=[-2], keepdims=True)),
+                                     _c(-8, "int32")))
+            x = bb.emit(R.subtract(scores, col))
+            w = np.ones((32, 8), np.int8)
+            plain = emit_int8_matmul(bb, bb.emit(R.astype(u, "int8")), w, x86)
+            requant = Epilogue((EpilogueStep("right_shift", "int32", "scalar", "int32"),))
+            fused = emit_int8_matmul(bb, bb.emit(R.astype(u, "int8")), w, x86, requant, (np.array([3], np.int32),))
+            y = bb.emit_output(relax.Tuple([x, plain, fused, bb.emit(R.add(u, u))]))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    values = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}
+    x, plain, fused, uu = values[mod["main"].body.body].fields
+    assert value_bound(x, values, mod) == 32 * 128 * 128 + 32 * 128 * 8
+    assert value_bound(plain, values, mod) == 32 * 128 * 128
+    assert value_bound(fused, values, mod) == 1 << 31  # the epilogue's result: its type's range
+    assert value_bound(uu, values, mod) == 1 << 31  # u + u may wrap
+
+
+def test_a_bounded_int32_input_pairs_bit_exact(x86):
+    """x = 4 * int32(an int16 value): |x| <= 2**17 leaves room for the pre-shift s = 20 needs (13 bits), which an
+    int32 of unknown origin does not (test_chains_that_do_not_qualify_are_left_alone)."""
+    host = resolve_target("host").tvm_target()
+    if not select_kernel(host).pair_mulhi:
+        pytest.skip(f"the host's GEMM kernel ({select_kernel(host).isa}) keeps int64 requantizations (not x86)")
+    m, r, s = 1_500_000_017, 1 << 19, 20
+    bb = relax.BlockBuilder()
+    v = relax.Var("v", C.tensor_type((ROWS, N), "int16"))
+    with bb.function("main", [v]):
+        with bb.dataflow():
+            x = bb.emit(R.multiply(bb.emit(R.astype(v, "int32")), _c(4, "int32")))
+            y = bb.emit(R.right_shift(bb.emit(R.add(bb.emit(R.multiply(bb.emit(R.astype(x, "int64")),
+                                                                       _c(m, "int64"))), _c(r, "int64"))),
+                                      _c(s, "int64")))
+            y = bb.emit_output(R.astype(bb.emit(R.clip(y, -32768, 32767)), "int16"))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    assert len(find_row_chains(mod["main"], mod)) == 1 and not find_row_chains(mod["main"])  # the bound decides
+    built = apply_default_schedules(fuse_kernels(PairRowRequantize(host)(mod), host), host)
+    vm = relax.VirtualMachine(tvm.compile(built, host), tvm.cpu())
+    vals = np.random.default_rng(5).integers(-32768, 32768, (ROWS, N)).astype(np.int16)
+    vals[0], vals[1] = -32768, 32767
+    want = np.clip((vals.astype(np.int64) * 4 * m + r) >> s, -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(vals)).numpy(), want)
