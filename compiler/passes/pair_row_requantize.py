@@ -86,10 +86,13 @@ def _type_bound(dtype) -> int:
 def value_bound(expr, values: dict, mod, depth: int = 12) -> int:
     """The largest |value| ``expr`` can hold, from the ops that made it (int8 / int16 casts, the exact int8
     GEMM sums, element moves, sums, adds and products with constants); its type's range where unknown."""
-    top = _type_bound(tensor_info(expr)[0])
+    dtype = tensor_info(expr)[0]
+    top = _type_bound(dtype)
+    if not dtype or not dtype.startswith("int"):
+        return top  # unsigned values wrap to large ones (uint16(-1) = 65535); bool is 0 or 1
     const = constant_value(expr)
-    if const is not None:
-        return min(int(np.ceil(np.abs(const).max())), top) if const.size else 0
+    if const is not None:  # in Python ints: |-32768| of an int16 array is still -32768 in NumPy
+        return max(abs(int(const.min())), abs(int(const.max()))) if const.size else 0
     value = values.get(expr) if isinstance(expr, relax.Var) else expr
     if isinstance(value, relax.Var) and depth > 0:  # an alias
         return min(value_bound(value, values, mod, depth - 1), top)
@@ -201,6 +204,7 @@ class PairRowRequantize:
         self.paired = 0
 
     def transform_module(self, mod, ctx):
+        self.paired = 0
         if not select_kernel(self.target).pair_mulhi:
             return mod
         chains = {}

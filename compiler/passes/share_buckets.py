@@ -7,7 +7,9 @@ apart, every bucket carried its own copy of every kernel (about 0.25 MB each for
 the number of buckets under the size budget.
 
 Expects: a module after share_kernels (scheduled PrimFuncs called through ``call_tir``) whose bucket functions
-are named by `compiler.ranged.bucket_name`, with their sizes (`buckets`); their call sites line up one to one.
+are named by `compiler.ranged.bucket_name`, with their sizes (`buckets`); their call sites line up one to one
+(buckets whose call sites do not, a bucket of size 1 whose row ops fuse_rows grouped otherwise, share only with
+the buckets that line up with them).
 Guarantees: at each call site, the kernels that buckets differing along one ranged dim call there, when their
 TVMScript is equal but for integer literals and variable names, become one kernel with an integer parameter
 ``n`` (int32 or int64 as the literals are; placed after its inputs) in which each differing literal is an exact
@@ -268,8 +270,15 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
         return mod, 0
     dim = max(varying, key=lambda v: len({b[v] for b in buckets}))  # the sequence, when it has the most sizes
     sites = {name: _tir_calls(mod[name]) for name in names}
-    if len({len(c) for c in sites.values()}) != 1:
-        return mod, 0  # the bucket functions do not line up (never seen): keep every bucket's kernels
+    counts = {name: len(c) for name, c in sites.items()}
+    if len(set(counts.values())) != 1:  # a bucket of size 1 may group its row ops otherwise (fuse_rows drops unit
+        total = 0                        # axes): the buckets whose call sites line up share among themselves
+        for count in sorted(set(counts.values())):
+            part = [(b, name) for b, name in zip(buckets, names) if counts[name] == count]
+            if len(part) > 1:
+                mod, removed = share_buckets(mod, [b for b, _ in part], [name for _, name in part])
+                total += removed
+        return mod, total
     bb = relax.BlockBuilder(mod)
     made: dict = {}  # members (as names) -> (GlobalVar, dtype of its n or None)
     plan: dict = {}

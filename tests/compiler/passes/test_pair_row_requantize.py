@@ -201,3 +201,23 @@ def test_a_bounded_int32_input_pairs_bit_exact(x86):
     vals[0], vals[1] = -32768, 32767
     want = np.clip((vals.astype(np.int64) * 4 * m + r) >> s, -32768, 32767).astype(np.int16)
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(vals)).numpy(), want)
+
+
+def test_value_bound_of_unsigned_values_and_a_type_minimum():
+    """uint16(int8 -1) is 65535 (an unsigned value's bound is its type's range, whatever made it); a constant
+    holding its type's minimum (-32768 in int16) bounds a product by 32768, not by NumPy's |-32768| = -32768."""
+    bb = relax.BlockBuilder()
+    v = relax.Var("v", C.tensor_type((ROWS, N), "int8"))
+    with bb.function("main", [v]):
+        with bb.dataflow():
+            u = bb.emit(R.astype(bb.emit(R.astype(v, "uint16")), "int32"))
+            c = np.ones(N, np.int16)
+            c[0] = -32768
+            p = bb.emit(R.astype(bb.emit(R.multiply(bb.emit(R.astype(v, "int16")), _c(c, "int16"))), "int32"))
+            y = bb.emit_output(relax.Tuple([u, p]))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    values = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}
+    u, p = values[mod["main"].body.body].fields
+    assert value_bound(u, values, mod) == 1 << 16
+    assert value_bound(p, values, mod) == 1 << 15  # 128 * 32768, capped at int16's range by the product's type

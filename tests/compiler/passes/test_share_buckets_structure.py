@@ -175,3 +175,35 @@ def test_a_kernel_called_twice_is_replaced_at_each_call():
     calls = [c for name in ("twice_16", "twice_32") for c in _calls(got[name])]
     assert len({c.args[0].name_hint for c in calls}) == 1
     assert [int(c.args[1].fields[1].value) for c in calls] == [16, 16, 32, 32]
+
+
+def test_buckets_that_do_not_line_up_share_among_those_that_do():
+    """A batch bucket of size 1 groups its rows otherwise (fuse_rows drops unit axes: (L, H) and (1, L, H) are the
+    same rows, so its add joins the row group, where the other buckets keep it in a kernel of its own): buckets 2,
+    3 and 4 still share their kernels, bucket 1 keeps its own."""
+    from compiler.build import fuse, group_rows, legalize
+    from compiler.passes.default_schedule import apply_default_schedules
+    from targets import resolve_target
+
+    host = resolve_target("host").tvm_target()
+    bb = relax.BlockBuilder()
+    for b in (1, 2, 3, 4):
+        x = relax.Var("x", tensor_type((b * 8, 32), "int32"))
+        with bb.function(f"main_{b}", [x]):
+            with bb.dataflow():
+                r = bb.emit(relax.op.reshape(bb.emit(relax.op.add(x, x)), (b, 8, 32)))
+                y = bb.emit_output(relax.op.subtract(r, bb.emit(relax.op.max(r, axis=[-1], keepdims=True))))
+            bb.emit_func_output(y)
+    built = apply_default_schedules(fuse(group_rows(legalize(bb.get(), host)), host), host)
+
+    def callees(mod, name):
+        found = []
+        relax.analysis.post_order_visit(mod[name], lambda e: found.append(e.args[0].name_hint) if isinstance(
+            e, relax.Call) and e.op == tvm.ir.Op.get("relax.call_tir") else None)
+        return found
+
+    assert len(callees(built, "main_1")) == 1 and len(callees(built, "main_2")) == 2  # they do not line up
+    shared, removed = share_buckets(built, [{"B": b} for b in (1, 2, 3, 4)], [f"main_{b}" for b in (1, 2, 3, 4)])
+    assert removed >= 2  # at least the 2, 3 and 4 buckets' add kernels -> one (each rule of the pass still holds)
+    assert len({callees(shared, f"main_{b}")[0] for b in (2, 3, 4)}) == 1
+    assert callees(shared, "main_1") == callees(built, "main_1")
