@@ -271,8 +271,10 @@ def share_buckets(mod, buckets: list[dict[str, int]], names: list[str]):
     dim = max(varying, key=lambda v: len({b[v] for b in buckets}))  # the sequence, when it has the most sizes
     sites = {name: _tir_calls(mod[name]) for name in names}
     counts = {name: len(c) for name, c in sites.items()}
-    if len(set(counts.values())) != 1:  # a bucket of size 1 may group its row ops otherwise (fuse_rows drops unit
-        total = 0                        # axes): the buckets whose call sites line up share among themselves
+    if len(set(counts.values())) != 1:
+        # a bucket of size 1 may group its row ops otherwise (fuse_rows drops unit axes): the buckets whose call
+        # sites line up share among themselves
+        total = 0
         for count in sorted(set(counts.values())):
             part = [(b, name) for b, name in zip(buckets, names) if counts[name] == count]
             if len(part) > 1:
