@@ -90,41 +90,30 @@ def test_an_alias_inside_a_chain_does_not_cut_it():
     tvm.ir.assert_structural_equal(got, _max_subtract_sum_add_grouped(legal))
 
 
-def test_a_reshape_ends_the_rows_and_a_lone_op_is_left_to_fuse_ops():
-    @I.ir_module
-    class Before:
-        @R.function
-        def main(x: R.Tensor((4, 8), "int32")):
-            with R.dataflow():
-                a = R.add(x, x)
-                r = R.reshape(a, (8, 4))
-                y = R.multiply(r, r)
-                R.output(y)
-            return y
+def _add_reshape_multiply(shape, new_shape):
+    """main(x) = r * r with r = reshape(x + x, new_shape), x int32 of ``shape``."""
+    x = relax.Var("x", tensor_type(shape, "int32"))
+    bb = BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            r = bb.emit(relax.op.reshape(bb.emit(relax.op.add(x, x)), new_shape))
+            y = bb.emit_output(relax.op.multiply(r, r))
+        bb.emit_func_output(y)
+    return bb.get()
 
-    legal = _legalized(Before)
+
+def test_a_reshape_ends_the_rows_and_a_lone_op_is_left_to_fuse_ops():
+    legal = _legalized(_add_reshape_multiply((4, 8), (8, 4)))
     got, groups = fuse_rows(legal)
     assert groups == 0
     tvm.ir.assert_structural_equal(got, legal)
-
 
 
 def test_a_reshape_of_leading_unit_axes_stays_in_the_rows():
     """(1, 4, 8) -> (4, 8) moves no element between rows (the GEMMs' 2-D results and the graph's 3-D row ops meet
     so: GELU on (1, L, 1536), its requantization on (L, 1536)): the chain through it is one group, reshape
     included."""
-    @I.ir_module
-    class Before:
-        @R.function
-        def main(x: R.Tensor((1, 4, 8), "int32")):
-            with R.dataflow():
-                a = R.add(x, x)
-                r = R.reshape(a, (4, 8))
-                y = R.multiply(r, r)
-                R.output(y)
-            return y
-
-    legal = _legalized(Before)
+    legal = _legalized(_add_reshape_multiply((1, 4, 8), (4, 8)))
     kernel = {name: legal.get_global_var(name) for name in ("add", "reshape", "multiply")}
     rows3, rows2 = tensor_type((1, 4, 8), "int32"), tensor_type((4, 8), "int32")
     want = BlockBuilder(legal)
